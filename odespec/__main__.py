@@ -1,0 +1,5 @@
+"""``python -m odespec``."""
+
+from odespec.cli import main
+
+main()

@@ -1,0 +1,6 @@
+"""Compile stage: frozen spec objects -> torch modules."""
+
+from odespec.compile.model import ODENet, compile_spec, count_parameters
+from odespec.compile.ode_block import ODEBlock
+
+__all__ = ["ODENet", "ODEBlock", "compile_spec", "count_parameters"]

@@ -1,0 +1,67 @@
+"""Assemble a validated :class:`Spec` into a ``torch.nn.Module`` (an ODE-Net)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from odespec.compile.ode_block import ODEBlock
+from odespec.errors import BuildError
+from odespec.layers import LayerContext, registry
+from odespec.spec.model import LayerSpec, OdeBlockSpec, Spec
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ODENet(nn.Sequential):
+    """The compiled model: layers and ODE blocks in spec order. Input (batch, *input_shape)."""
+
+    def __init__(self, spec: Spec, modules: list[nn.Module]):
+        super().__init__(*modules)
+        self.spec = spec
+
+    @property
+    def ode_blocks(self) -> list[ODEBlock]:
+        return [m for m in self if isinstance(m, ODEBlock)]
+
+    @property
+    def nfe_forward(self) -> int:
+        """Function evaluations of the last forward pass, over all ODE blocks."""
+        return sum(b.nfe_forward for b in self.ode_blocks)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda``; a missing CUDA is a :class:`BuildError` naming the fix."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BuildError(
+            "the spec asks for device 'cuda', but this PyTorch has no usable CUDA device",
+            "run with --device cpu, or install a CUDA build of PyTorch on a machine with a GPU",
+        )
+    return torch.device(name)
+
+
+def compile_spec(spec: Spec, *, device: Optional[str] = None, dtype: Optional[str] = None) -> ODENet:
+    """Build the ODE-Net a spec describes. Parameters are initialised from ``spec.seed``."""
+    dev = resolve_device(device or spec.device)
+    dt = _DTYPES[dtype or spec.dtype]
+    # fork the global RNG so building a model never disturbs the caller's random stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        modules: list[nn.Module] = []
+        shape = spec.input_shape
+        for item in spec.model:
+            if isinstance(item, OdeBlockSpec):
+                modules.append(ODEBlock(item))
+            else:
+                assert isinstance(item, LayerSpec)
+                modules.append(registry.get(item.kind).build(item.options, shape, LayerContext()))
+            shape = item.out_shape
+    model = ODENet(spec, modules)
+    return model.to(device=dev, dtype=dt)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of a built model (compared against the spec's count in tests)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,135 @@
+"""An ONNX graph assembled from pieces torch exported: layer segments are spliced in once, the
+dynamics subgraph once per solver stage, and the Runge-Kutta arithmetic between the stages is
+emitted by the solvers' own :func:`~odespec.solvers.step.rk_step` running over symbolic values.
+
+Weights are initializers shared by every copy of the dynamics, so the file holds each weight
+once however many steps are unrolled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from odespec.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Value:
+    """A symbolic tensor: the name of an ONNX value. rk_step only passes these around."""
+
+    name: str
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers of one ONNX graph."""
+
+    def __init__(self, np_dtype: np.dtype):
+        self.np_dtype = np.dtype(np_dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._consts: dict[tuple, str] = {}
+        self._spliced_weights: set[str] = set()
+        self._n = 0
+
+    def fresh(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def const(self, value: Union[float, Sequence[int]], *, dtype: Optional[np.dtype] = None) -> str:
+        """A constant initializer, shared by every user of the same value."""
+        arr = np.asarray(value, dtype=dtype or self.np_dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = f"const/{len(self._consts)}"
+            self.initializers[name] = numpy_helper.from_array(arr, name)
+            self._consts[key] = name
+        return self._consts[key]
+
+    def node(self, op: str, inputs: Sequence[str], **attrs: object) -> str:
+        out = self.fresh(op.lower())
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
+        return out
+
+    # -- the combiner rk_step calls ----------------------------------------------------------------
+    def combine(self, base: Optional[Value], h: float, terms: Sequence[tuple[float, Value]]) -> Value:
+        """``base + h * sum(c * k)`` as ONNX nodes: one Mul per term (h folded into the
+        constant), one Sum over all of them."""
+        parts = [base.name] if base is not None else []
+        for c, k in terms:
+            coef = float(h) * float(c)
+            parts.append(k.name if coef == 1.0 else self.node("Mul", [k.name, self.const(coef)]))
+        if not parts:
+            raise ExportError("internal error: an empty Runge-Kutta combination")
+        if len(parts) == 1:
+            return Value(parts[0])
+        return Value(self.node("Sum", parts))
+
+    # -- splicing a torch-exported graph ------------------------------------------------------------
+    def splice(self, sub: onnx.GraphProto, inputs: dict[str, str], prefix: str, weights_prefix: str) -> list[str]:
+        """Copy ``sub``'s nodes into this graph.
+
+        ``inputs`` maps the subgraph's input names to values of this graph (inputs the exporter
+        pruned because they were unused are ignored). Node outputs get ``prefix`` (unique per
+        copy); initializers get ``weights_prefix`` and are added only the first time, so every
+        copy of the same subgraph shares one set of weights.
+        """
+        sub_inputs = {i.name for i in sub.input}
+        missing = sub_inputs - set(inputs)
+        if missing:
+            raise ExportError(f"internal error: no value for subgraph inputs {sorted(missing)}")
+        weights = {t.name for t in sub.initializer}
+        if weights_prefix not in self._spliced_weights:
+            self._spliced_weights.add(weights_prefix)
+            for t in sub.initializer:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(t)
+                copy.name = weights_prefix + t.name
+                self.initializers[copy.name] = copy
+
+        def rename(name: str) -> str:
+            if name == "":
+                return name  # an omitted optional input
+            if name in sub_inputs:
+                return inputs[name]
+            if name in weights:
+                return weights_prefix + name
+            return prefix + name
+
+        for n in sub.node:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+                raise ExportError(
+                    f"a layer exported to ONNX control flow ({n.op_type}); odespec cannot unroll it",
+                    "use layers without data-dependent control flow inside dynamics",
+                )
+            copy = onnx.NodeProto()
+            copy.CopyFrom(n)
+            copy.doc_string = ""  # the exporter may record source locations; keep the file path-free
+            copy.name = prefix + (n.name or n.op_type)
+            del copy.input[:]
+            copy.input.extend(rename(x) for x in n.input)
+            del copy.output[:]
+            copy.output.extend(rename(x) for x in n.output)
+            self.nodes.append(copy)
+        return [rename(o.name) for o in sub.output]
+
+    def make_model(
+        self,
+        name: str,
+        inputs: list[onnx.ValueInfoProto],
+        outputs: list[onnx.ValueInfoProto],
+        opset: int,
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=list(self.initializers.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="odespec")
+        # keep the IR version onnxruntime releases of the last years accept
+        model.ir_version = min(model.ir_version, 9 if opset <= 20 else 10)
+        return model
+
+
+ONNX_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
+NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}

@@ -1,0 +1,150 @@
+"""What a layer type is: its options schema, its shape rule, its parameter count and its torch
+builder, kept side by side in one class so that adding a layer touches one place.
+
+This module (and every layer family module) must not import torch at import time: the spec
+validator uses the schema and shape rules, and ``odespec validate`` must start fast. Builders
+import torch inside ``build``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+Shape = tuple[int, ...]
+
+__all__ = ["Shape", "ShapeError", "LayerContext", "LayerType"]
+
+
+class ShapeError(ValueError):
+    """A layer cannot take the shape it is given. Caught by the validator and located there."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """Where a layer sits: inside an ODE block's dynamics, and whether t is concatenated."""
+
+    in_dynamics: bool = False
+    time_concat: bool = False
+
+
+class LayerType:
+    """Base class of every layer type. Subclasses set the class attributes and override methods.
+
+    ``options`` passed to the methods are complete: the validator fills defaults from
+    ``properties`` before calling them.
+    """
+
+    #: the name used in specs, e.g. ``linear``
+    name: ClassVar[str]
+    #: one-line description, shown in the schema and the README
+    description: ClassVar[str]
+    #: JSON-Schema properties of the options object (each with description and default)
+    properties: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: option names without a default
+    required: ClassVar[tuple[str, ...]] = ()
+    #: the option a scalar short form fills (``- linear: 50`` means ``features: 50``)
+    shorthand: ClassVar[Optional[str]] = None
+    #: schema of the short form's value; defaults to the shorthand option's own schema
+    shorthand_schema: ClassVar[Optional[Mapping[str, Any]]] = None
+    #: why the layer may not appear inside an ODE block's dynamics (None: it may)
+    not_in_dynamics: ClassVar[Optional[str]] = None
+    #: whether ``time: concat`` feeds t to this layer as an extra input feature/channel
+    takes_time: ClassVar[bool] = False
+
+    # -- schema --------------------------------------------------------------------------------
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the layer's value in ``{name: value}`` form."""
+        full: dict[str, Any] = {
+            "type": "object",
+            "description": cls.description,
+            "properties": {k: dict(v) for k, v in cls.properties.items()},
+            "additionalProperties": False,
+        }
+        if cls.required:
+            full["required"] = list(cls.required)
+        if cls.shorthand is None:
+            if cls.required:
+                return full
+            # A layer without required options may also be written `- relu:` (null value).
+            return {"if": {"type": "object"}, "then": full, "else": {"type": "null"}}
+        short = dict(cls.shorthand_schema or cls.properties[cls.shorthand])
+        short.setdefault("description", f"short for {{{cls.shorthand}: VALUE}}")
+        return {"if": {"type": "object"}, "then": full, "else": short}
+
+    @classmethod
+    def bare_allowed(cls) -> bool:
+        """Whether the layer can be written as a bare string (``- relu``)."""
+        return not cls.required
+
+    @classmethod
+    def normalize(cls, value: Any) -> dict[str, Any]:
+        """Turn a schema-valid value (object, short form or null) into full options."""
+        if isinstance(value, dict):
+            given = dict(value)
+        elif value is None:
+            given = {}
+        else:
+            assert cls.shorthand is not None
+            given = {cls.shorthand: value}
+        options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
+        options.update(given)
+        return options
+
+    # -- rules ---------------------------------------------------------------------------------
+    def check(self, options: Mapping[str, Any], ctx: LayerContext) -> None:
+        """Semantic checks beyond the schema that need no shape; raise ShapeError."""
+
+    def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
+        """The per-sample output shape for a per-sample input ``shape``; raise ShapeError."""
+        return shape
+
+    def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
+        """Trainable parameters, computed from shapes before anything is allocated."""
+        return 0
+
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
+        """The torch module. Modules with ``ctx.time_concat`` take ``(t, x)``, others ``x``."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    @staticmethod
+    def need_rank(shape: Shape, rank: int, what: str, hint: Optional[str] = None) -> None:
+        if len(shape) != rank:
+            raise ShapeError(
+                f"expects a {what} input of rank {rank} per sample, got shape {fmt_shape(shape)}",
+                hint,
+            )
+
+
+def fmt_shape(shape: Shape) -> str:
+    """Shapes as users read them: ``(64, 7, 7)``; a 1-tuple without the trailing comma."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def int_schema(description: str, default: Any = None, minimum: int = 1, maximum: int = 1_000_000) -> dict:
+    """Schema of a bounded integer option (bounds keep shape products sane before allocation)."""
+    s: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description}
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def bool_schema(description: str, default: bool) -> dict:
+    return {"type": "boolean", "description": description, "default": default}
+
+
+def number_schema(description: str, default: Any = None, **bounds: Any) -> dict:
+    s: dict[str, Any] = {"type": "number", "description": description, **bounds}
+    if default is not None:
+        s["default"] = default
+    return s

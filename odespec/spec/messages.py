@@ -1,0 +1,240 @@
+"""Turn JSON-Schema validation errors into the messages users read.
+
+jsonschema's own messages are written for schema authors ("Additional properties are not
+allowed ('solvr' was unexpected)"); users of a spec need the place, what was expected and how to
+fix it ("unknown key 'solvr'" + "did you mean 'solver'?"). One function per keyword.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Iterable, Iterator, Optional
+
+from odespec.errors import SpecIssue
+from odespec.spec.load import LoadedDocument, format_path
+from odespec.spec.schema import NAMES_KEY
+
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing (null)",
+}
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def describe(value: Any) -> str:
+    """A short, YAML-flavoured rendering of a value for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "a mapping" if value else "an empty mapping"
+    return type(value).__name__
+
+
+def suggestion(name: Any, candidates: Iterable[str]) -> Optional[str]:
+    """A did-you-mean hint naming the one or two closest candidates, or None.
+
+    Two when they are equally close ('dopri' -> 'dopri5' or 'dopri8'): picking one at random
+    would mislead.
+    """
+    cands = sorted(set(candidates))
+    found = difflib.get_close_matches(str(name), cands, n=3, cutoff=0.6)
+    if not found:
+        return None
+    ratio = lambda c: difflib.SequenceMatcher(None, str(name), c).ratio()  # noqa: E731
+    best = sorted(c for c in found if ratio(c) == ratio(found[0]))[:2]
+    return "did you mean " + " or ".join(repr(c) for c in best) + "?"
+
+
+def _choices(names: Iterable[Any], limit: int = 12) -> str:
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _type_hint(expected: list[str], instance: Any) -> Optional[str]:
+    """Hints for the values people actually write wrongly, YAML 1.1 habits first."""
+    if isinstance(instance, str):
+        low = instance.strip().lower()
+        if "boolean" in expected and low in _YAML11_BOOLS:
+            return f"write true or false; YAML 1.1 words such as {instance!r} are read as text here"
+        if ("integer" in expected or "number" in expected) and re.fullmatch(r"[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?", low) and "_" in low:
+            return f"numbers are written without underscores: {instance.replace('_', '')}"
+        try:
+            float(instance)
+        except ValueError:
+            pass
+        else:
+            if "integer" in expected or "number" in expected:
+                return "remove the quotes to write a number"
+    if isinstance(instance, float) and "integer" in expected and instance.is_integer():
+        return f"write {int(instance)} (no decimal point)"
+    return None
+
+
+class _Formatter:
+    def __init__(self, doc: LoadedDocument):
+        self.doc = doc
+
+    def issue(self, path: tuple, message: str, hint: Optional[str] = None, *, key: bool = False) -> SpecIssue:
+        mark = self.doc.key_mark(path) if key else self.doc.mark(path)
+        return SpecIssue(self.doc.filename, mark.line, mark.column, format_path(path), message, hint)
+
+    def convert(self, error: Any) -> Iterator[SpecIssue]:
+        path = tuple(error.absolute_path)
+        handler = getattr(self, "on_" + error.validator, None)
+        if handler is not None:
+            yield from handler(error, path)
+        else:  # pragma: no cover - every keyword the schema uses has a handler (tested)
+            yield self.issue(path, error.message)
+
+    # one handler per JSON-Schema keyword -------------------------------------------------------
+    def on_type(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        expected = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        hint = _type_hint(expected, e.instance) or e.schema.get("description")
+        if path == ():
+            hint = "a spec is a mapping of keys to values that starts with `odespec: 1`"
+        yield self.issue(path, f"expected {words}, got {describe(e.instance)}", hint)
+
+    def on_enum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        kind = e.schema.get(NAMES_KEY)
+        options = e.validator_value
+        is_key = "propertyNames" in list(e.relative_schema_path)
+        where = path + (e.instance,) if is_key else path
+        if kind:
+            if kind == "layer" and e.instance == "ode" and is_key:
+                yield self.issue(where, "an ODE block cannot be nested inside dynamics",
+                                 "put ODE blocks one after another in the model list", key=True)
+                return
+            if kind == "layer" and not is_key:
+                from odespec.layers import registry
+
+                if e.instance in registry.names() or e.instance == "ode":
+                    yield self.issue(where, *self._needs_options(e.instance))
+                    return
+            if not isinstance(e.instance, str):
+                yield self.issue(where, f"expected a {kind} name, got {describe(e.instance)}", f"one of: {_choices(options)}")
+                return
+            hint = suggestion(e.instance, options) or f"known {kind}s: {_choices(options)}"
+            yield self.issue(where, f"unknown {kind} {e.instance!r}", hint, key=is_key)
+            return
+        guess = suggestion(e.instance, [str(o) for o in options]) if isinstance(e.instance, str) else None
+        hint = guess or e.schema.get("description")
+        yield self.issue(where, f"{describe(e.instance)} is not one of: {_choices(describe(o) for o in options)}", hint)
+
+    @staticmethod
+    def _needs_options(name: str) -> tuple[str, str]:
+        if name == "ode":
+            return ("an ODE block needs its settings", "write `- ode: {dynamics: {layers: [...]}}`")
+        from odespec.layers import registry
+
+        t = registry.get(name)
+        need = ", ".join(t.required)
+        if t.shorthand:
+            return (f"layer {name!r} needs options ({need})", f"write `- {name}: VALUE` (short for {{{t.shorthand}: VALUE}})")
+        return (f"layer {name!r} needs options ({need})", f"write `- {name}: {{{need}: ...}}`")
+
+    def on_const(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        hint = e.schema.get("description")
+        if path == ("odespec",):
+            hint = f"this version of odespec reads spec format {e.validator_value}; start the file with `odespec: {e.validator_value}`"
+        yield self.issue(path, f"expected {describe(e.validator_value)}, got {describe(e.instance)}", hint)
+
+    def on_required(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        props = e.schema.get("properties", {})
+        for name in e.validator_value:
+            if isinstance(e.instance, dict) and name not in e.instance:
+                desc = props.get(name, {}).get("description")
+                yield self.issue(path, f"missing required key {name!r}", desc)
+
+    def on_additionalProperties(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        if NAMES_KEY in e.schema.get("propertyNames", {}):
+            return  # reported once, as an unknown name, by propertyNames
+        allowed = list(e.schema.get("properties", {}))
+        for key in e.instance:
+            if key in allowed:
+                continue
+            hint = suggestion(key, allowed) or f"allowed keys: {_choices(allowed)}"
+            yield self.issue(path + (key,), f"unknown key {key!r}", hint, key=True)
+
+    def on_maxProperties(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        keys = ", ".join(repr(k) for k in e.instance)
+        yield self.issue(
+            path,
+            f"a layer is a mapping with one key, {{name: options}}; this one has {len(e.instance)}: {keys}",
+            "indent the options under the layer name, or start each layer with its own '-'",
+        )
+
+    def on_minProperties(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield self.issue(path, "an empty mapping is not a layer", "write the layer's name, e.g. `- relu` or `- linear: 64`")
+
+    def on_minItems(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        n = e.validator_value
+        yield self.issue(path, f"needs at least {n} item{'s' if n != 1 else ''}, got {len(e.instance)}", e.schema.get("description"))
+
+    def on_maxItems(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        n = e.validator_value
+        yield self.issue(path, f"at most {n} items allowed, got {len(e.instance)}", e.schema.get("description"))
+
+    def _bound(self, e: Any, path: tuple, op: str) -> Iterator[SpecIssue]:
+        yield self.issue(path, f"{describe(e.instance)} is not {op} {e.validator_value!r}", e.schema.get("description"))
+
+    def on_minimum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield from self._bound(e, path, ">=")
+
+    def on_maximum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield from self._bound(e, path, "<=")
+
+    def on_exclusiveMinimum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield from self._bound(e, path, ">")
+
+    def on_exclusiveMaximum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield from self._bound(e, path, "<")
+
+    def on_pattern(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield self.issue(path, f"{describe(e.instance)} is not allowed here", e.schema.get("description"))
+
+    def on_maxLength(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        yield self.issue(path, f"text longer than {e.validator_value} characters", e.schema.get("description"))
+
+
+def schema_issues(doc: LoadedDocument, errors: Iterable[Any]) -> list[SpecIssue]:
+    """SpecIssues for jsonschema errors, deduplicated, in document order.
+
+    A "missing required key 'model'" is dropped when the same mapping has an unknown key
+    'modle' whose hint already says "did you mean 'model'?": one typo, one message.
+    """
+    fmt = _Formatter(doc)
+    seen: set[tuple] = set()
+    out: list[SpecIssue] = []
+    for error in errors:
+        for issue in fmt.convert(error):
+            key = (issue.line, issue.column, issue.path, issue.message)
+            if key not in seen:
+                seen.add(key)
+                out.append(issue)
+    misspelt = {
+        (i.path.rpartition(".")[0] if "." in i.path else "", h)
+        for i in out
+        if i.message.startswith("unknown key ") and i.hint
+        for h in re.findall(r"'([^']+)'", i.hint.partition("did you mean")[2])
+    }
+    return [
+        i for i in out
+        if not (i.message.startswith("missing required key ")
+                and (i.path, i.message[len("missing required key "):].strip("'")) in misspelt)
+    ]

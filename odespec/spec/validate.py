@@ -1,0 +1,279 @@
+"""Validation: JSON Schema first, then the checks a schema cannot express (shapes, option
+compatibility, budgets). Produces frozen :mod:`odespec.spec.model` objects or raises one
+:class:`SpecError` holding every problem found.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Optional
+
+from odespec.errors import SpecError, SpecIssue
+from odespec.layers import LayerContext, ShapeError, registry
+from odespec.layers.base import fmt_shape
+from odespec.spec.load import LoadedDocument, Path, format_path
+from odespec.spec.messages import schema_issues
+from odespec.spec.schema import MAX_STEPS
+from odespec.spec.model import (
+    DynamicsSpec,
+    GradientSpec,
+    LayerSpec,
+    Location,
+    ModelItem,
+    OdeBlockSpec,
+    OnnxExportSpec,
+    Shape,
+    SolverSpec,
+    Spec,
+    TrainSpec,
+)
+
+#: refuse specs whose parameters would not fit comfortably in memory (400 MB in float32),
+#: computed from shapes before anything is allocated
+MAX_PARAMETERS = 100_000_000
+#: per-sample activation size limit, for the same reason
+MAX_ACTIVATION = 100_000_000
+
+_FIXED_ONLY = ("steps", "step_size")
+_ADAPTIVE_ONLY = ("rtol", "atol", "first_step", "max_step", "max_num_steps")
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    from odespec.spec.schema import active_schema
+
+    schema = active_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def validate(doc: LoadedDocument) -> Spec:
+    """Validate a loaded document; return the frozen :class:`Spec` or raise :class:`SpecError`."""
+    issues = schema_issues(doc, _validator().iter_errors(doc.data))
+    if issues:
+        raise SpecError(issues)
+    return _Checker(doc).run()
+
+
+class _Checker:
+    """Semantic checks on schema-valid data; collects issues instead of stopping at the first."""
+
+    def __init__(self, doc: LoadedDocument):
+        self.doc = doc
+        self.issues: list[SpecIssue] = []
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def loc(self, path: Path) -> Location:
+        m = self.doc.mark(path)
+        return Location(self.doc.filename, m.line, m.column, format_path(path))
+
+    def error(self, path: Path, message: str, hint: Optional[str] = None, *, key: bool = False) -> None:
+        m = self.doc.key_mark(path) if key else self.doc.mark(path)
+        self.issues.append(SpecIssue(self.doc.filename, m.line, m.column, format_path(path), message, hint))
+
+    # -- the whole spec -----------------------------------------------------------------------
+    def run(self) -> Spec:
+        data = self.doc.data
+        shape: Optional[Shape] = tuple(data["input"]["shape"])
+        items: list[ModelItem] = []
+        for i, raw in enumerate(data["model"]):
+            path: Path = ("model", i)
+            item = self.model_item(raw, path, shape)
+            if item is None:
+                shape = None  # unknown from here on; later layers are still checked for options
+                continue
+            items.append(item)
+            shape = item.out_shape
+        total = sum(it.num_params for it in items)
+        if total > MAX_PARAMETERS:
+            self.error(
+                ("model",),
+                f"the model has {total:,} parameters; the limit is {MAX_PARAMETERS:,}",
+                "reduce layer widths or channels (parameters are counted from shapes, nothing was allocated)",
+            )
+        export = self.export(data)
+        if self.issues:
+            raise SpecError(self.issues)
+        train = TrainSpec(**data["train"]) if "train" in data else None
+        return Spec(
+            name=data["name"],
+            input_shape=tuple(data["input"]["shape"]),
+            model=tuple(items),
+            export=export,
+            source_file=self.doc.filename,
+            source_sha256=self.doc.sha256,
+            format_version=data["odespec"],
+            description=data.get("description", ""),
+            seed=data.get("seed", 0),
+            dtype=data.get("dtype", "float32"),
+            device=data.get("device", "cpu"),
+            train=train,
+            num_params=total,
+        )
+
+    def model_item(self, raw: Any, path: Path, shape: Optional[Shape]) -> Optional[ModelItem]:
+        kind, value = (raw, None) if isinstance(raw, str) else next(iter(raw.items()))
+        if kind == "ode":
+            return self.ode_block(value, path + ("ode",), shape)
+        return self.layer(kind, value, path, shape, LayerContext())
+
+    # -- layers -------------------------------------------------------------------------------
+    def layer(self, kind: str, value: Any, path: Path, shape: Optional[Shape], ctx: LayerContext) -> Optional[LayerSpec]:
+        ltype = registry.get(kind)
+        where = path if value is None and not isinstance(self._at(path), dict) else path + (kind,)
+        if ctx.in_dynamics and ltype.not_in_dynamics:
+            self.error(where, f"layer {kind!r} is not allowed inside an ODE block's dynamics", ltype.not_in_dynamics)
+            return None
+        options = ltype.normalize(value)
+        layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time)
+        try:
+            ltype.check(options, layer_ctx)
+            if shape is None:
+                return None
+            out = ltype.output_shape(options, shape, layer_ctx)
+            n = ltype.num_params(options, shape, layer_ctx)
+        except ShapeError as e:
+            shown = f" on input {fmt_shape(shape)}" if shape is not None and "shape" not in e.message else ""
+            # the path already ends in the layer's name unless it was written bare
+            prefix = "" if where[-1] == kind else f"{kind}: "
+            self.error(where, f"{prefix}{e.message}{shown}", e.hint)
+            return None
+        if math.prod(out) > MAX_ACTIVATION:
+            self.error(where, f"{kind}: output {fmt_shape(out)} has {math.prod(out):,} values per sample; the limit is {MAX_ACTIVATION:,}")
+            return None
+        return LayerSpec(kind=kind, options=options, loc=self.loc(path), out_shape=out, num_params=n)
+
+    def _at(self, path: Path) -> Any:
+        node = self.doc.data
+        for p in path:
+            node = node[p]
+        return node
+
+    # -- ODE blocks ---------------------------------------------------------------------------
+    def ode_block(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[OdeBlockSpec]:
+        t = tuple(float(x) for x in raw.get("t", [0, 1]))
+        ok = self.times(t, path + ("t",))
+        solver = self.solver(raw.get("solver", {"method": "dopri5"}), path + ("solver",), t)
+        gradient = self.gradient(raw.get("gradient", "backprop"), path + ("gradient",))
+        output = raw.get("output", "final")
+        dyn = self.dynamics(raw["dynamics"], path + ("dynamics",), shape)
+        if not ok or solver is None or gradient is None or dyn is None or shape is None:
+            return None
+        out_shape = (len(t),) + shape if output == "trajectory" else shape
+        return OdeBlockSpec(
+            t=t,
+            output=output,
+            dynamics=dyn,
+            solver=solver,
+            gradient=gradient,
+            loc=self.loc(path),
+            out_shape=out_shape,
+            num_params=sum(layer.num_params for layer in dyn.layers),
+        )
+
+    def times(self, t: tuple[float, ...], path: Path) -> bool:
+        if any(not math.isfinite(x) for x in t):
+            self.error(path, "times must be finite numbers")
+            return False
+        diffs = [b - a for a, b in zip(t, t[1:])]
+        if all(d > 0 for d in diffs) or all(d < 0 for d in diffs):
+            return True
+        if len(t) == 2:
+            self.error(path, f"t0 and t1 are both {t[0]:g}; the time span is empty", "write t: [0, 1] or another span")
+        else:
+            self.error(path, "output times must be strictly increasing (or strictly decreasing)",
+                       "sort the times and remove duplicates")
+        return False
+
+    def solver(self, raw: Any, path: Path, t: tuple[float, ...]) -> Optional[SolverSpec]:
+        from odespec.solvers import tableaus
+
+        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
+        method = raw.get("method", "dopri5")
+        adaptive = tableaus.is_adaptive(method)
+        before = len(self.issues)
+        if adaptive:
+            for k in _FIXED_ONLY:
+                if k in raw:
+                    self.error(path + (k,), f"{k!r} is for fixed-step methods; {method!r} is adaptive",
+                               "give rtol/atol for an adaptive method, or choose a fixed-step method such as rk4",
+                               key=True)
+        else:
+            for k in _ADAPTIVE_ONLY:
+                if k in raw:
+                    self.error(path + (k,), f"{k!r} is for adaptive methods; {method!r} is fixed-step",
+                               "give steps (or step_size) for a fixed-step method, or choose an adaptive method such as dopri5",
+                               key=True)
+            if "steps" in raw and "step_size" in raw:
+                self.error(path + ("step_size",), "give steps or step_size, not both", key=True)
+            elif "steps" not in raw and "step_size" not in raw:
+                self.error(path, f"fixed-step method {method!r} needs steps or step_size", "for example: {method: "
+                           f"{method}, steps: 10}}")
+            elif "step_size" in raw:
+                span = abs(t[-1] - t[0])
+                if span / raw["step_size"] > MAX_STEPS:
+                    self.error(path + ("step_size",),
+                               f"step_size {raw['step_size']:g} over a span of {span:g} makes more than {MAX_STEPS:,} steps",
+                               "use a larger step_size")
+        if len(self.issues) > before:
+            return None
+        fields = {k: v for k, v in raw.items() if k != "method"}
+        return SolverSpec(method=method, adaptive=adaptive, **fields)
+
+    def gradient(self, raw: Any, path: Path) -> Optional[GradientSpec]:
+        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
+        method = raw["method"]
+        allowed = {"backprop": (), "adjoint": ("rtol", "atol", "seminorm"), "checkpoint": ("checkpoints",)}[method]
+        bad = [k for k in raw if k != "method" and k not in allowed]
+        for k in bad:
+            self.error(path + (k,), f"{k!r} is not an option of gradient method {method!r}",
+                       f"{method!r} takes: {', '.join(allowed)}" if allowed else f"{method!r} takes no options",
+                       key=True)
+        if bad:
+            return None
+        return GradientSpec(**raw)
+
+    def dynamics(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[DynamicsSpec]:
+        time = raw.get("time", "none")
+        ctx = LayerContext(in_dynamics=True, time_concat=time == "concat")
+        layers: list[LayerSpec] = []
+        cur = shape
+        failed = False
+        for i, item in enumerate(raw["layers"]):
+            kind, value = (item, None) if isinstance(item, str) else next(iter(item.items()))
+            lpath = path + ("layers", i)
+            spec = self.layer(kind, value, lpath, cur, ctx)
+            if spec is None:
+                failed, cur = True, None
+                continue
+            layers.append(spec)
+            cur = spec.out_shape
+        if time == "concat" and not any(registry.get(layer.kind).takes_time for layer in layers) and not failed:
+            self.error(path + ("time",), "time: concat needs a layer that takes t (linear, conv1d, conv2d)",
+                       "add such a layer, or write time: none", key=False)
+            return None
+        if failed or shape is None:
+            return None
+        if cur != shape:
+            last = layers[-1]
+            self.error(path, f"maps shape {fmt_shape(shape)} to {fmt_shape(cur)}; an ODE block must keep the state's shape",
+                       f"the last layer ({last.kind!r}, line {last.loc.line}) outputs {fmt_shape(cur)}; the state is {fmt_shape(shape)}")
+            return None
+        return DynamicsSpec(time=time, layers=tuple(layers), loc=self.loc(path))
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, data: dict) -> OnnxExportSpec:
+        from odespec.solvers import tableaus
+
+        raw = dict(data.get("export", {}).get("onnx", {}))
+        path: Path = ("export", "onnx")
+        method = raw.get("method", "rk4")
+        if tableaus.is_adaptive(method):
+            fixed = [m for m in tableaus.method_names() if not tableaus.is_adaptive(m)]
+            self.error(path + ("method",), f"{method!r} is adaptive; an exported graph is fixed-step",
+                       f"use one of: {', '.join(fixed)}")
+        raw.setdefault("file", f"{data['name']}.onnx")
+        return OnnxExportSpec(**raw)
