@@ -112,9 +112,9 @@ def export_onnx(
 
 
 def _grid_steps(block: OdeBlockSpec, steps: int) -> int:
-    from odespec.solvers.fixed import fixed_grid
+    from odespec.export.onnx_export import fixed_grid
 
-    return sum(len(interval) for interval in fixed_grid(block.t, steps=steps))
+    return sum(len(interval) for interval in fixed_grid(block.t, steps))
 
 
 def _on_cpu(model: torch.nn.Module) -> bool:

@@ -33,7 +33,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self._consts: dict[tuple, str] = {}
-        self._spliced_weights: set[str] = set()
+        self._shared_names: dict[str, dict[str, str]] = {}
         self._n = 0
 
     def fresh(self, base: str) -> str:
@@ -70,52 +70,72 @@ class GraphBuilder:
         return Value(self.node("Sum", parts))
 
     # -- splicing a torch-exported graph ------------------------------------------------------------
-    def splice(self, sub: onnx.GraphProto, inputs: dict[str, str], prefix: str, weights_prefix: str) -> list[str]:
-        """Copy ``sub``'s nodes into this graph.
+    def splice(self, sub: onnx.GraphProto, inputs: dict[str, str], weights_prefix: str) -> list[str]:
+        """Copy ``sub``'s nodes into this graph; return the names of its outputs here.
 
         ``inputs`` maps the subgraph's input names to values of this graph (inputs the exporter
-        pruned because they were unused are ignored). Node outputs get ``prefix`` (unique per
-        copy); initializers get ``weights_prefix`` and are added only the first time, so every
-        copy of the same subgraph shares one set of weights.
+        pruned because they were unused are ignored). Initializers, and ``Constant`` nodes
+        (hoisted into initializers), get ``weights_prefix`` and are added only the first time,
+        so every copy of the same subgraph shares one set of weights and constants.
+        Intermediate values get short fresh names: an rk4 x 256 unroll has thousands of them,
+        and long names would dominate the file size.
         """
         sub_inputs = {i.name for i in sub.input}
         missing = sub_inputs - set(inputs)
         if missing:
             raise ExportError(f"internal error: no value for subgraph inputs {sorted(missing)}")
-        weights = {t.name for t in sub.initializer}
-        if weights_prefix not in self._spliced_weights:
-            self._spliced_weights.add(weights_prefix)
-            for t in sub.initializer:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(t)
-                copy.name = weights_prefix + t.name
-                self.initializers[copy.name] = copy
+        shared = self._shared(sub, weights_prefix)
+        local: dict[str, str] = {}
 
         def rename(name: str) -> str:
             if name == "":
                 return name  # an omitted optional input
             if name in sub_inputs:
                 return inputs[name]
-            if name in weights:
-                return weights_prefix + name
-            return prefix + name
+            if name in shared:
+                return shared[name]
+            if name not in local:
+                local[name] = self.fresh("v")
+            return local[name]
 
         for n in sub.node:
+            if n.op_type == "Constant" and n.output[0] in shared:
+                continue
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
                 raise ExportError(
                     f"a layer exported to ONNX control flow ({n.op_type}); odespec cannot unroll it",
                     "use layers without data-dependent control flow inside dynamics",
                 )
-            copy = onnx.NodeProto()
-            copy.CopyFrom(n)
-            copy.doc_string = ""  # the exporter may record source locations; keep the file path-free
-            copy.name = prefix + (n.name or n.op_type)
-            del copy.input[:]
-            copy.input.extend(rename(x) for x in n.input)
-            del copy.output[:]
-            copy.output.extend(rename(x) for x in n.output)
-            self.nodes.append(copy)
+            outs = [rename(x) for x in n.output]
+            self.nodes.append(
+                helper.make_node(n.op_type, [rename(x) for x in n.input], outs, name=outs[0] if outs else "",
+                                 domain=n.domain or None)
+            )
+            self.nodes[-1].attribute.extend(n.attribute)
         return [rename(o.name) for o in sub.output]
+
+    def _shared(self, sub: onnx.GraphProto, weights_prefix: str) -> dict[str, str]:
+        """Subgraph value name -> shared initializer name, adding the initializers once."""
+        if weights_prefix in self._shared_names:
+            return self._shared_names[weights_prefix]
+        names: dict[str, str] = {}
+        tensors = list(sub.initializer)
+        for n in sub.node:
+            value = [a for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+            if n.op_type == "Constant" and not n.input and value:
+                t = onnx.TensorProto()
+                t.CopyFrom(value[0].t)
+                t.name = n.output[0]
+                tensors.append(t)
+        for t in tensors:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(t)
+            copy.name = weights_prefix + t.name
+            copy.doc_string = ""
+            self.initializers[copy.name] = copy
+            names[t.name] = copy.name
+        self._shared_names[weights_prefix] = names
+        return names
 
     def make_model(
         self,

@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import onnx
 import torch
@@ -81,6 +81,21 @@ def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, 
     return onnx.load_from_string(buf.getvalue()).graph
 
 
+def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, float]]]:
+    """For each output interval, its steps as ``(t_start, h)``: the same grid the fixed-step
+    solver walks (:func:`odespec.solvers.fixed.steps_for_interval`, ``t0 + j * h``)."""
+    from odespec.solvers.fixed import steps_for_interval
+    from odespec.solvers.options import FixedStepOptions
+
+    opts = FixedStepOptions(steps=steps)
+    grid = []
+    for t0, t1 in zip(times[:-1], times[1:]):
+        n = steps_for_interval(t1 - t0, opts)
+        h = (t1 - t0) / n
+        grid.append([(t0 + j * h, h) for j in range(n)])
+    return grid
+
+
 def _segments(model: ODENet) -> list[nn.Module]:
     """Group consecutive plain layers into one Sequential; ODE blocks stand alone."""
     out: list[nn.Module] = []
@@ -100,7 +115,6 @@ def _segments(model: ODENet) -> list[nn.Module]:
 
 def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     """The fixed-step ONNX model of ``model`` (not yet checked or written)."""
-    from odespec.solvers.fixed import fixed_grid
     from odespec.solvers.step import rk_step
     from odespec.solvers.tableaus import get_tableau
 
@@ -121,20 +135,19 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
             if isinstance(seg, ODEBlock):
                 sub = _export_piece(_Dynamics(seg), (torch.tensor(0.0, dtype=tdtype), example), ["t", "y"],
                                     settings.opset, settings.dynamic_batch)
-                block_prefix = f"ode{j}/"
-                counter = [0]
 
-                def f(t: float, y: Value, _sub=sub, _p=block_prefix, _c=counter) -> Value:
-                    _c[0] += 1
-                    (out,) = gb.splice(_sub, {"t": gb.const(float(t)), "y": y.name}, f"{_p}f{_c[0]}/", _p)
+                def f(t: float, y: Value, _sub=sub, _p=f"ode{j}/") -> Value:
+                    (out,) = gb.splice(_sub, {"t": gb.const(float(t)), "y": y.name}, _p)
                     return Value(out)
 
-                times = seg.spec.t
                 y = Value(cur)
                 outs = [y]
-                for interval in fixed_grid(times, steps=settings.steps):
+                for interval in fixed_grid(seg.spec.t, settings.steps):
+                    k1 = None
                     for t0, h in interval:
-                        y = rk_step(f, t0, y, h, tableau, combine=gb.combine).y
+                        res = rk_step(f, t0, y, h, tableau, combine=gb.combine, k1=k1, with_error=False)
+                        y = res.y_next
+                        k1 = res.ks[-1] if tableau.fsal else None
                     outs.append(y)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
@@ -144,7 +157,7 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
                 example = torch.zeros((2,) + tuple(seg.spec.out_shape), dtype=tdtype)
             else:
                 sub = _export_piece(seg, (example,), ["x"], settings.opset, settings.dynamic_batch)
-                (cur,) = gb.splice(sub, {"x": cur}, f"seg{j}/", f"seg{j}/")
+                (cur,) = gb.splice(sub, {"x": cur}, f"seg{j}/")
                 with torch.no_grad():
                     example = seg(example)
         gb.nodes.append(helper.make_node("Identity", [cur], [OUTPUT_NAME], name="output"))

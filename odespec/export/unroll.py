@@ -10,7 +10,7 @@ import dataclasses
 
 from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock
-from odespec.spec.model import SolverSpec
+from odespec.spec.model import GradientSpec, SolverSpec
 
 
 def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
@@ -23,7 +23,8 @@ def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
     for m in model:
         if isinstance(m, ODEBlock):
             solver = SolverSpec(method=method, adaptive=False, steps=steps)
-            spec = dataclasses.replace(m.spec, solver=solver, loc=m.spec.loc)
+            # the twin serves inference and parity: plain autograd is enough (and exact)
+            spec = dataclasses.replace(m.spec, solver=solver, gradient=GradientSpec())
             twin = copy.copy(m)  # shares parameters and buffers; only the spec changes
             twin._modules = dict(m._modules)
             object.__setattr__(twin, "spec", spec)

@@ -81,7 +81,7 @@ class SolverSpec:
     def options(self) -> dict[str, Any]:
         """torchdiffeq-style ``options`` for :func:`odespec.solvers.odeint`."""
         if not self.adaptive:
-            return {"step_size": self.step_size} if self.step_size is not None else {}
+            return {"steps": self.steps} if self.steps is not None else {"step_size": self.step_size}
         out: dict[str, Any] = {"max_num_steps": self.max_num_steps}
         if self.first_step is not None:
             out["first_step"] = self.first_step

@@ -75,7 +75,7 @@ def build_schema() -> dict[str, Any]:
         "type": "integer",
         "minimum": 1,
         "maximum": MAX_STEPS,
-        "description": "Fixed-step methods: number of equal steps over the whole time span.",
+        "description": "Fixed-step methods: number of equal steps per output interval (over the whole span when t is [t0, t1]).",
         "default": None,
     }
     tol = dict(exclusiveMinimum=0, maximum=1)
@@ -85,7 +85,7 @@ def build_schema() -> dict[str, Any]:
         "properties": {
             "method": {**method, "default": "dopri5"},
             "steps": steps,
-            "step_size": _num("Fixed-step methods: the step size (alternative to steps).", None, exclusiveMinimum=0),
+            "step_size": _num("Fixed-step methods: the largest step; each output interval is divided into the fewest equal steps no larger (alternative to steps).", None, exclusiveMinimum=0),
             "rtol": _num("Adaptive methods: relative tolerance.", 1e-7, **tol),
             "atol": _num("Adaptive methods: absolute tolerance.", 1e-9, **tol),
             "first_step": _num("Adaptive methods: initial step size (default: chosen automatically).", None, exclusiveMinimum=0),
@@ -185,7 +185,7 @@ def build_schema() -> dict[str, Any]:
                      "description": "Output file name (default: NAME.onnx), written in the output directory."},
             "method": {**{k: v for k, v in method.items() if k != "description"},
                        "description": "Fixed-step method of the unrolled graph.", "default": "rk4"},
-            "steps": {**steps, "default": 8, "description": "Steps over each ODE block's time span."},
+            "steps": {**steps, "default": 8, "description": "Steps per output interval of each ODE block."},
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": 17,
                       "description": "ONNX opset version."},
             "dynamic_batch": {"type": "boolean", "default": True,

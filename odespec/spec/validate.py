@@ -212,12 +212,12 @@ class _Checker:
             elif "steps" not in raw and "step_size" not in raw:
                 self.error(path, f"fixed-step method {method!r} needs steps or step_size", "for example: {method: "
                            f"{method}, steps: 10}}")
-            elif "step_size" in raw:
-                span = abs(t[-1] - t[0])
-                if span / raw["step_size"] > MAX_STEPS:
-                    self.error(path + ("step_size",),
-                               f"step_size {raw['step_size']:g} over a span of {span:g} makes more than {MAX_STEPS:,} steps",
-                               "use a larger step_size")
+            else:
+                key = "steps" if "steps" in raw else "step_size"
+                total = _total_steps(t, raw.get("steps"), raw.get("step_size"))
+                if total > MAX_STEPS:
+                    self.error(path + (key,), f"this makes {total:,} steps over {len(t) - 1} output interval(s); "
+                               f"the limit is {MAX_STEPS:,}", "use fewer steps (steps count per output interval)")
         if len(self.issues) > before:
             return None
         fields = {k: v for k, v in raw.items() if k != "method"}
@@ -275,5 +275,22 @@ class _Checker:
             fixed = [m for m in tableaus.method_names() if not tableaus.is_adaptive(m)]
             self.error(path + ("method",), f"{method!r} is adaptive; an exported graph is fixed-step",
                        f"use one of: {', '.join(fixed)}")
+        steps = raw.get("steps", 8)
+        for i, item in enumerate(data["model"]):
+            if isinstance(item, dict) and "ode" in item:
+                t = item["ode"].get("t", [0, 1])
+                if _total_steps(t, steps, None) > MAX_STEPS:
+                    self.error(path + ("steps",), f"{steps:,} steps per output interval over the {len(t) - 1} "
+                               f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
+                               "use fewer steps, or fewer output times")
         raw.setdefault("file", f"{data['name']}.onnx")
         return OnnxExportSpec(**raw)
+
+
+def _total_steps(t: Any, steps: Optional[int], step_size: Optional[float]) -> int:
+    """Fixed steps a solve over ``t`` takes (an upper bound for ``step_size``), computed before
+    anything runs so that a spec cannot ask for a billion steps."""
+    if steps is not None:
+        return steps * (len(t) - 1)
+    assert step_size is not None
+    return sum(math.ceil(abs(b - a) / step_size) for a, b in zip(t, t[1:]))
