@@ -13,6 +13,7 @@ import torch
 
 import odespec
 from odespec.compile.model import ODENet, compile_spec, count_parameters
+from odespec.compile.ode_block import ResNetBlock
 from odespec.errors import BuildError
 from odespec.spec import load_spec
 from odespec.spec.model import OdeBlockSpec, Spec
@@ -71,11 +72,14 @@ def export_onnx(
     opset: Optional[int] = None,
     parity: bool = True,
     parity_tol: Optional[float] = None,
+    loop: Optional[bool] = None,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
 
-    Nothing is written if any check fails.
+    ``loop=True`` writes each output interval's steps as one ONNX ``Loop`` node instead of
+    unrolling them (``None``: the spec's ``export.onnx.loop``). Nothing is written if any
+    check fails.
     """
     from odespec.export.onnx_export import build_onnx, check_onnx, export_settings_from_spec
     from odespec.export.parity import check_parity
@@ -84,7 +88,7 @@ def export_onnx(
     from odespec.solvers.tableaus import get_tableau, is_adaptive
 
     spec = model.spec
-    settings = export_settings_from_spec(spec, method=method, steps=steps, opset=opset)
+    settings = export_settings_from_spec(spec, method=method, steps=steps, opset=opset, loop=loop)
     if is_adaptive(settings.method):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
                          "choose a fixed-step method such as rk4")
@@ -98,12 +102,17 @@ def export_onnx(
     parity_result = None
     if parity:
         dtype = next(cpu.parameters()).dtype if any(True for _ in cpu.parameters()) else torch.float32
+        # a graph exported with a fixed batch of 1 can only be checked at batch 1
+        batches = (1, 7, 256) if settings.dynamic_batch else (1,)
         parity_result = check_parity(
-            data, twin, spec.input_shape, dtype=dtype,
+            data, twin, spec.input_shape, dtype=dtype, batch_sizes=batches,
             tolerance=parity_tol if parity_tol is not None else spec.export.parity_tol, seed=spec.seed,
         ).to_dict()
     stages = len(get_tableau(settings.method).b)
-    nfe = sum(_grid_steps(b.spec, settings.steps) for b in cpu.ode_blocks) * stages
+    nfe = sum(
+        len(b.dynamics) if isinstance(b, ResNetBlock) else _grid_steps(b.spec, settings.steps) * stages
+        for b in cpu.ode_blocks
+    )
     target = atomic_write_bytes(path, data)
     return ExportResult(
         path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
@@ -164,9 +173,10 @@ def build_all(
     steps: Optional[int] = None,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
+    loop: Optional[bool] = None,
 ) -> BuildResult:
     """The whole chain: validate, compile, export, check parity, write ``NAME.onnx`` and
-    ``NAME.build.json`` into ``out_dir``."""
+    ``NAME.build.json`` into ``out_dir``. ``loop`` as in :func:`export_onnx`."""
     import json
 
     from odespec.fileio import atomic_write_text
@@ -179,7 +189,7 @@ def build_all(
         raise BuildError(f"internal error: built {n_params} parameters, the spec promised {spec.num_params}")
     t_built = time.perf_counter()
     out = Path(out_dir)
-    result = export_onnx(model, out / spec.export.file, method=method, steps=steps)
+    result = export_onnx(model, out / spec.export.file, method=method, steps=steps, loop=loop)
     report = {
         "odespec_version": odespec.__version__,
         "spec": {"file": os.path.basename(str(spec_path)), "name": spec.name, "sha256": spec.source_sha256},

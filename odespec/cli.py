@@ -144,6 +144,56 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Optional[int], 
     _run(body, fmt)
 
 
+@cli.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Input array: .npy, .npz (the array named like the model's input, or the only one) or .csv "
+                   "(rows = samples, columns = the flattened per-sample input; a header row is allowed).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the output to this .npy, .npz or .csv file instead of printing it.")
+@_FORMAT
+def run_command(model: str, input_path: str, output: Optional[str], fmt: str) -> None:
+    """Run the ONNX MODEL in onnxruntime on an input array; print or write the output."""
+
+    def body() -> int:
+        from odespec.export.run import check_output_path, render_outputs, run_onnx, save_outputs
+
+        if output:
+            check_output_path(output)  # refuse an unknown format before running anything
+        result = run_onnx(model, input_path)
+        written = save_outputs(output, result) if output else None
+        if fmt == "json":
+            doc = {"ok": True, "model": model, **result.to_dict(with_data=written is None)}
+            if written is not None:
+                doc["written"] = str(written)
+            click.echo(json.dumps(doc, indent=2))
+        elif written is not None:
+            shapes = ", ".join(f"{n} {tuple(y.shape)}" for n, y in zip(result.names, result.arrays))
+            click.echo(f"wrote {written}: {shapes}")
+        else:
+            click.echo(render_outputs(result))
+        return EXIT_OK
+
+    _run(body, fmt)
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@_FORMAT
+def inspect_command(model: str, fmt: str) -> None:
+    """Show what the ONNX file MODEL holds: metadata, inputs and outputs, opset, op counts,
+    initializers, file size. Works on any ONNX file."""
+
+    def body() -> int:
+        from odespec.export.inspect import inspect_onnx, render_inspect
+
+        info = inspect_onnx(model)
+        click.echo(json.dumps(info, indent=2) if fmt == "json" else render_inspect(info))
+        return EXIT_OK
+
+    _run(body, fmt)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="odespec")

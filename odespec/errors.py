@@ -18,6 +18,8 @@ __all__ = [
     "BuildError",
     "ExportError",
     "ParityError",
+    "RunError",
+    "InputFileError",
 ]
 
 
@@ -113,3 +115,19 @@ class ExportError(BuildError):
 
 class ParityError(ExportError):
     """onnxruntime's output differs from PyTorch's by more than the allowed tolerance."""
+
+
+class RunError(OdespecError):
+    """Running or inspecting an ONNX file failed: the file is missing, is not ONNX, or
+    onnxruntime could not run it."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        self.hint = hint
+        super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
+
+
+class InputFileError(RunError):
+    """An input file for ``odespec run`` cannot be used: missing, unreadable, or its array
+    does not fit the model's input (shape or dtype). A usage error, hence exit code 2."""
+
+    exit_code = 2

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from odespec.compile.ode_block import ODEBlock
+from odespec.compile.ode_block import ODEBlock, ResNetBlock, BlockBase, make_block
 from odespec.errors import BuildError
 from odespec.layers import LayerContext, registry
 from odespec.spec.model import LayerSpec, OdeBlockSpec, Spec
@@ -23,8 +23,9 @@ class ODENet(nn.Sequential):
         self.spec = spec
 
     @property
-    def ode_blocks(self) -> list[ODEBlock]:
-        return [m for m in self if isinstance(m, ODEBlock)]
+    def ode_blocks(self) -> list[BlockBase]:
+        """The ODE blocks (of every family), in order."""
+        return [m for m in self if isinstance(m, BlockBase)]
 
     @property
     def nfe_forward(self) -> int:
@@ -53,7 +54,7 @@ def compile_spec(spec: Spec, *, device: Optional[str] = None, dtype: Optional[st
         shape = spec.input_shape
         for item in spec.model:
             if isinstance(item, OdeBlockSpec):
-                modules.append(ODEBlock(item))
+                modules.append(make_block(item))
             else:
                 assert isinstance(item, LayerSpec)
                 modules.append(registry.get(item.kind).build(item.options, shape, LayerContext()))

@@ -35,10 +35,28 @@ class GraphBuilder:
         self._consts: dict[tuple, str] = {}
         self._shared_names: dict[str, dict[str, str]] = {}
         self._n = 0
+        self._root: GraphBuilder = self
+
+    def body(self) -> "GraphBuilder":
+        """A builder for a subgraph (e.g. a ``Loop`` body) nested in this graph.
+
+        It has its own node list but shares the root's initializers, constants, shared-weight
+        table and name counter: constants and weights it creates land in the *outer* graph's
+        initializers, which the subgraph references by name (ONNX subgraphs may read
+        outer-scope values), so weights are stored once; and one counter keeps every value
+        name unique across the graph and its subgraphs, as ONNX requires (no shadowing).
+        """
+        child = GraphBuilder(self.np_dtype)
+        child._root = self._root
+        child.initializers = self._root.initializers
+        child._consts = self._root._consts
+        child._shared_names = self._root._shared_names
+        return child
 
     def fresh(self, base: str) -> str:
-        self._n += 1
-        return f"{base}_{self._n}"
+        """A value name not used anywhere in the root graph or its subgraphs."""
+        self._root._n += 1
+        return f"{base}_{self._root._n}"
 
     def const(self, value: Union[float, Sequence[int]], *, dtype: Optional[np.dtype] = None) -> str:
         """A constant initializer, shared by every user of the same value."""

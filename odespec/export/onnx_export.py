@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import onnx
 import torch
@@ -28,7 +28,8 @@ from torch import nn
 
 import odespec
 from odespec.compile.model import ODENet
-from odespec.compile.ode_block import ODEBlock
+from odespec.compile.dynamics import DynamicsNet
+from odespec.compile.ode_block import ResNetBlock, BlockBase
 from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
 
@@ -44,15 +45,18 @@ class ExportSettings:
     steps: int = 8
     opset: int = 17
     dynamic_batch: bool = True
+    #: one ONNX ``Loop`` per output interval (file size independent of ``steps``) instead of
+    #: unrolling every step (see :mod:`odespec.export.loop`)
+    loop: bool = False
 
 
 class _Dynamics(nn.Module):
     """f(t, y) with t as a 0-d tensor input, for tracing (and without touching the NFE count)."""
 
-    def __init__(self, block: ODEBlock):
+    def __init__(self, dynamics: DynamicsNet):
         super().__init__()
-        self.layers = block.dynamics.layers
-        self.takes_t = block.dynamics.takes_t
+        self.layers = dynamics.layers
+        self.takes_t = dynamics.takes_t
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         for layer, with_t in zip(self.layers, self.takes_t):
@@ -97,11 +101,14 @@ def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, flo
 
 
 def _segments(model: ODENet) -> list[nn.Module]:
-    """Group consecutive plain layers into one Sequential; ODE blocks stand alone."""
+    """Group consecutive plain layers into one Sequential; ODE blocks stand alone. A block's
+    augmentation (zero padding) joins the plain layers before it: it is an ordinary layer."""
     out: list[nn.Module] = []
     run: list[nn.Module] = []
     for m in model:
-        if isinstance(m, ODEBlock):
+        if isinstance(m, BlockBase):
+            if m.augmenter is not None:
+                run.append(m.augmenter)
             if run:
                 out.append(nn.Sequential(*run))
                 run = []
@@ -115,45 +122,26 @@ def _segments(model: ODENet) -> list[nn.Module]:
 
 def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     """The fixed-step ONNX model of ``model`` (not yet checked or written)."""
-    from odespec.solvers.step import rk_step
-    from odespec.solvers.tableaus import get_tableau
-
     spec = model.spec
-    tableau = get_tableau(settings.method)
     param = next(model.parameters(), None)
     tdtype = param.dtype if param is not None else torch.float32
     dtype_name = "float64" if tdtype == torch.float64 else "float32"
     gb = GraphBuilder(NUMPY_DTYPES[dtype_name])
+    batch: Any = "batch" if settings.dynamic_batch else 1
+    elem = ONNX_DTYPES[dtype_name]
     was_training = model.training
     model.eval()
     try:
         cur = INPUT_NAME
-        shape = spec.input_shape
-        example = torch.zeros((2,) + tuple(shape), dtype=tdtype, device="cpu")
-        cpu_model = model  # pieces are traced on CPU; the caller passes a CPU model
-        for j, seg in enumerate(_segments(cpu_model)):
-            if isinstance(seg, ODEBlock):
-                sub = _export_piece(_Dynamics(seg), (torch.tensor(0.0, dtype=tdtype), example), ["t", "y"],
-                                    settings.opset, settings.dynamic_batch)
-
-                def f(t: float, y: Value, _sub=sub, _p=f"ode{j}/") -> Value:
-                    (out,) = gb.splice(_sub, {"t": gb.const(float(t)), "y": y.name}, _p)
-                    return Value(out)
-
-                y = Value(cur)
-                outs = [y]
-                for interval in fixed_grid(seg.spec.t, settings.steps):
-                    k1 = None
-                    for t0, h in interval:
-                        res = rk_step(f, t0, y, h, tableau, combine=gb.combine, k1=k1, with_error=False)
-                        y = res.y_next
-                        k1 = res.ks[-1] if tableau.fsal else None
-                    outs.append(y)
+        example = torch.zeros((2,) + tuple(spec.input_shape), dtype=tdtype, device="cpu")
+        for j, seg in enumerate(_segments(model)):  # the caller passes a CPU model
+            if isinstance(seg, BlockBase):
+                outs = _solve_block(gb, seg, Value(cur), example, settings, f"ode{j}/", elem, batch)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
                     cur = gb.node("Concat", [gb.node("Unsqueeze", [v.name, axes]) for v in outs], axis=1)
                 else:
-                    cur = y.name
+                    cur = outs[-1].name
                 example = torch.zeros((2,) + tuple(seg.spec.out_shape), dtype=tdtype)
             else:
                 sub = _export_piece(seg, (example,), ["x"], settings.opset, settings.dynamic_batch)
@@ -164,13 +152,65 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     finally:
         model.train(was_training)
 
-    batch: Any = "batch" if settings.dynamic_batch else 1
-    elem = ONNX_DTYPES[dtype_name]
     inp = helper.make_tensor_value_info(INPUT_NAME, elem, [batch, *spec.input_shape])
     out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [batch, *spec.output_shape])
     onnx_model = gb.make_model(spec.name, [inp], [out], settings.opset)
     _set_metadata(onnx_model, model, settings)
     return onnx_model
+
+
+def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Tensor, settings: ExportSettings,
+                 prefix: str, elem: int, batch: Any) -> list[Value]:
+    """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times.
+
+    Continuous blocks and RK-Nets use the export method and step count (unrolled, or one ONNX
+    Loop per output interval); a ResNet block is its own Euler steps, each with its own weights.
+    """
+    from odespec.solvers.step import rk_step
+    from odespec.solvers.tableaus import get_tableau
+
+    t_example = torch.tensor(0.0, dtype=example.dtype)
+    state_example = torch.zeros((2,) + tuple(block.spec.state_shape), dtype=example.dtype)
+
+    def stage_func(sub: onnx.GraphProto, weights: str) -> Callable[[float, Value], Value]:
+        def f(t: float, y_: Value) -> Value:
+            (out,) = gb.splice(sub, {"t": gb.const(float(t)), "y": y_.name}, weights)
+            return Value(out)
+
+        return f
+
+    def export_dynamics(dyn: nn.Module) -> onnx.GraphProto:
+        return _export_piece(_Dynamics(dyn), (t_example, state_example), ["t", "y"], settings.opset,
+                             settings.dynamic_batch)
+
+    outs = [y]
+    if isinstance(block, ResNetBlock):
+        euler = get_tableau("euler")
+        k = 0
+        for interval in block.grid:
+            for t0, h in interval:
+                f = stage_func(export_dynamics(block.dynamics[k]), f"{prefix}step{k}/")
+                y = rk_step(f, t0, y, h, euler, combine=gb.combine, with_error=False).y_next
+                k += 1
+            outs.append(y)
+        return outs
+
+    tableau = get_tableau(settings.method)
+    sub = export_dynamics(block.dynamics)
+    grid = fixed_grid(block.spec.t, settings.steps)
+    if settings.loop:
+        from odespec.export.loop import loop_solve
+
+        return loop_solve(gb, sub, prefix, y, grid, tableau, elem, [batch, *block.spec.state_shape])
+    f = stage_func(sub, prefix)
+    for interval in grid:
+        k1 = None
+        for t0, h in interval:
+            res = rk_step(f, t0, y, h, tableau, combine=gb.combine, k1=k1, with_error=False)
+            y = res.y_next
+            k1 = res.ks[-1] if tableau.fsal else None
+        outs.append(y)
+    return outs
 
 
 def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSettings) -> None:
@@ -194,6 +234,7 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "spec_sha256": spec.source_sha256,
         "export_method": settings.method,
         "export_steps": str(settings.steps),
+        "export_layout": "loop" if settings.loop else "unrolled",
         "ode_blocks": json.dumps(blocks),
     }
     onnx_model.doc_string = f"{spec.name}: ODE-Net exported by odespec {odespec.__version__}"
@@ -211,7 +252,8 @@ def check_onnx(onnx_model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_settings_from_spec(spec: Any, *, method: Optional[str] = None, steps: Optional[int] = None,
-                              opset: Optional[int] = None) -> ExportSettings:
+                              opset: Optional[int] = None, loop: Optional[bool] = None) -> ExportSettings:
+    """The spec's ``export.onnx`` settings, with the arguments that are not ``None`` overriding them."""
     o = spec.export
     return ExportSettings(method=method or o.method, steps=steps or o.steps, opset=opset or o.opset,
-                          dynamic_batch=o.dynamic_batch)
+                          dynamic_batch=o.dynamic_batch, loop=o.loop if loop is None else loop)

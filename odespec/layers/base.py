@@ -59,6 +59,9 @@ class LayerType:
     not_in_dynamics: ClassVar[Optional[str]] = None
     #: whether ``time: concat`` feeds t to this layer as an extra input feature/channel
     takes_time: ClassVar[bool] = False
+    #: for container layers: the option holding a list of inner layers, which the validator
+    #: checks like any layer list and hands to the methods below as LayerSpecs
+    children_key: ClassVar[Optional[str]] = None
 
     # -- schema --------------------------------------------------------------------------------
     @classmethod

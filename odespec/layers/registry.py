@@ -78,7 +78,7 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    from odespec.layers import activation, conv, dense, norm  # noqa: F401  (register built-ins)
+    from odespec.layers import activation, blocks, conv, dense, norm  # noqa: F401  (register built-ins)
 
     global _BUILTIN
     _BUILTIN = frozenset(_REGISTRY)

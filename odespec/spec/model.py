@@ -113,11 +113,15 @@ class OdeBlockSpec:
     loc: Location
     out_shape: Shape = ()
     num_params: int = 0
+    #: ode: continuous block; rknet: fixed steps, shared weights; resnet: Euler steps, own weights
+    family: str = "ode"
+    #: extra zero channels/features appended to the state (augmented neural ODE)
+    augment: int = 0
     kind: str = field(default="ode", init=False)
 
     @property
     def state_shape(self) -> Shape:
-        """Per-sample shape of the ODE state (the block's input)."""
+        """Per-sample shape of the ODE state (the block's input plus any augmentation)."""
         return self.out_shape[1:] if self.output == "trajectory" else self.out_shape
 
 
@@ -134,6 +138,7 @@ class OnnxExportSpec:
     opset: int = 17
     dynamic_batch: bool = True
     parity_tol: float = 1e-5
+    loop: bool = False
 
 
 @dataclass(frozen=True)

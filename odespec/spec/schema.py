@@ -145,12 +145,33 @@ def build_schema() -> dict[str, Any]:
         "description": "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically.",
         "properties": {
             "t": {
-                "type": "array",
-                "items": {"type": "number"},
-                "minItems": 2,
-                "maxItems": 10_000,
-                "description": "Integration times: [t0, t1], or more output times (strictly monotonic).",
+                "description": "Integration times: [t0, t1], more output times (strictly monotonic), or "
+                "{start, stop, num} for num evenly spaced times.",
                 "default": [0, 1],
+                "if": {"type": "array"},
+                "then": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 10_000,
+                         "description": "[t0, t1], or more output times (strictly monotonic)."},
+                "else": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "number", "description": "First time.", "default": 0},
+                        "stop": {"type": "number", "description": "Last time."},
+                        "num": {"type": "integer", "minimum": 2, "maximum": 10_000,
+                                "description": "Number of times, both ends included."},
+                    },
+                    "required": ["stop", "num"],
+                    "additionalProperties": False,
+                },
+            },
+            "family": {
+                "enum": ["ode", "rknet", "resnet"],
+                "default": "ode",
+                "description": "ode: a continuous block with the spec's solver; rknet: fixed-step solver, weights "
+                "shared across steps; resnet: Euler steps with separate weights per step (steps residual blocks).",
+            },
+            "augment": {
+                "type": "integer", "minimum": 0, "maximum": 4096, "default": 0,
+                "description": "Augmented neural ODE: append this many zero channels (or features) to the state.",
             },
             "output": {
                 "enum": ["final", "trajectory"],
@@ -191,6 +212,10 @@ def build_schema() -> dict[str, Any]:
             "dynamic_batch": {"type": "boolean", "default": True,
                               "description": "Leave the batch dimension symbolic."},
             "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check.", 1e-5, exclusiveMinimum=0, maximum=1),
+            "loop": {"type": "boolean", "default": False,
+                     "description": "Export each output interval's steps as one ONNX Loop node holding a single "
+                                    "solver step, so the file size does not grow with the step count "
+                                    "(default: unroll every step)."},
         },
         "additionalProperties": False,
     }
@@ -304,3 +329,10 @@ def active_schema() -> dict[str, Any]:
                 if t.bare_allowed():
                     item["then"]["enum"].append(name)
     return schema
+
+
+if __name__ == "__main__":  # pragma: no cover - the developers' regeneration command
+    # `python -m odespec.spec.schema > schemas/odespec.schema.json` after changing a registry
+    import sys
+
+    sys.stdout.write(schema_text(build_schema()))

@@ -129,6 +129,14 @@ class _Checker:
             return None
         options = ltype.normalize(value)
         layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time)
+        if ltype.children_key:
+            # inner layers are checked like any layer list (t is not fed inside a container)
+            base = where + (ltype.children_key,) if isinstance(value, dict) else where
+            inner_ctx = LayerContext(in_dynamics=ctx.in_dynamics)
+            children, _ = self.layer_list(options[ltype.children_key], base, shape, inner_ctx)
+            if children is None:
+                return None
+            options[ltype.children_key] = tuple(children)
         try:
             ltype.check(options, layer_ctx)
             if shape is None:
@@ -154,15 +162,21 @@ class _Checker:
 
     # -- ODE blocks ---------------------------------------------------------------------------
     def ode_block(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[OdeBlockSpec]:
-        t = tuple(float(x) for x in raw.get("t", [0, 1]))
+        t = _times(raw.get("t", [0, 1]))
         ok = self.times(t, path + ("t",))
         solver = self.solver(raw.get("solver", {"method": "dopri5"}), path + ("solver",), t)
         gradient = self.gradient(raw.get("gradient", "backprop"), path + ("gradient",))
         output = raw.get("output", "final")
-        dyn = self.dynamics(raw["dynamics"], path + ("dynamics",), shape)
-        if not ok or solver is None or gradient is None or dyn is None or shape is None:
+        family = raw.get("family", "ode")
+        augment = raw.get("augment", 0)
+        if solver is not None and gradient is not None:
+            ok = self.family(family, solver, gradient, path) and ok
+        state = None if shape is None else (shape[0] + augment,) + shape[1:]
+        dyn = self.dynamics(raw["dynamics"], path + ("dynamics",), state)
+        if not ok or solver is None or gradient is None or dyn is None or state is None:
             return None
-        out_shape = (len(t),) + shape if output == "trajectory" else shape
+        copies = _total_steps(t, solver.steps, None) if family == "resnet" else 1
+        out_shape = (len(t),) + state if output == "trajectory" else state
         return OdeBlockSpec(
             t=t,
             output=output,
@@ -171,8 +185,24 @@ class _Checker:
             gradient=gradient,
             loc=self.loc(path),
             out_shape=out_shape,
-            num_params=sum(layer.num_params for layer in dyn.layers),
+            num_params=copies * sum(layer.num_params for layer in dyn.layers),
+            family=family,
+            augment=augment,
         )
+
+    def family(self, family: str, solver: SolverSpec, gradient: GradientSpec, path: Path) -> bool:
+        """RK-Nets need a fixed-step solver; ResNets are Euler steps with their own weights."""
+        before = len(self.issues)
+        if family in ("rknet", "resnet") and gradient.method == "adjoint":
+            self.error(path + ("gradient",), f"a {family} backpropagates through its steps; the adjoint is for "
+                       "continuous ODE blocks", "write gradient: backprop (or checkpoint), or family: ode")
+        if family == "rknet" and solver.adaptive:
+            self.error(path + ("solver",), f"an RK-Net takes a fixed number of steps; {solver.method!r} is adaptive",
+                       "use a fixed-step method such as rk4 with steps: N")
+        if family == "resnet" and (solver.method != "euler" or solver.steps is None):
+            self.error(path + ("solver",), "a ResNet block is Euler steps with separate weights per step",
+                       "write solver: {method: euler, steps: N} (N residual blocks)")
+        return len(self.issues) == before
 
     def times(self, t: tuple[float, ...], path: Path) -> bool:
         if any(not math.isfinite(x) for x in t):
@@ -236,26 +266,31 @@ class _Checker:
             return None
         return GradientSpec(**raw)
 
-    def dynamics(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[DynamicsSpec]:
-        time = raw.get("time", "none")
-        ctx = LayerContext(in_dynamics=True, time_concat=time == "concat")
+    def layer_list(self, items: list, path: Path, shape: Optional[Shape],
+                   ctx: LayerContext) -> tuple[Optional[list[LayerSpec]], Optional[Shape]]:
+        """Check a list of layers; returns (None, None) if any of them is invalid."""
         layers: list[LayerSpec] = []
         cur = shape
         failed = False
-        for i, item in enumerate(raw["layers"]):
+        for i, item in enumerate(items):
             kind, value = (item, None) if isinstance(item, str) else next(iter(item.items()))
-            lpath = path + ("layers", i)
-            spec = self.layer(kind, value, lpath, cur, ctx)
+            spec = self.layer(kind, value, path + (i,), cur, ctx)
             if spec is None:
                 failed, cur = True, None
                 continue
             layers.append(spec)
             cur = spec.out_shape
-        if time == "concat" and not any(registry.get(layer.kind).takes_time for layer in layers) and not failed:
+        return (None, None) if failed else (layers, cur)
+
+    def dynamics(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[DynamicsSpec]:
+        time = raw.get("time", "none")
+        ctx = LayerContext(in_dynamics=True, time_concat=time == "concat")
+        layers, cur = self.layer_list(raw["layers"], path + ("layers",), shape, ctx)
+        if layers is None or shape is None:
+            return None
+        if time == "concat" and not any(registry.get(layer.kind).takes_time for layer in layers):
             self.error(path + ("time",), "time: concat needs a layer that takes t (linear, conv1d, conv2d)",
                        "add such a layer, or write time: none", key=False)
-            return None
-        if failed or shape is None:
             return None
         if cur != shape:
             last = layers[-1]
@@ -278,7 +313,7 @@ class _Checker:
         steps = raw.get("steps", 8)
         for i, item in enumerate(data["model"]):
             if isinstance(item, dict) and "ode" in item:
-                t = item["ode"].get("t", [0, 1])
+                t = _times(item["ode"].get("t", [0, 1]))
                 if _total_steps(t, steps, None) > MAX_STEPS:
                     self.error(path + ("steps",), f"{steps:,} steps per output interval over the {len(t) - 1} "
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
@@ -294,3 +329,11 @@ def _total_steps(t: Any, steps: Optional[int], step_size: Optional[float]) -> in
         return steps * (len(t) - 1)
     assert step_size is not None
     return sum(math.ceil(abs(b - a) / step_size) for a, b in zip(t, t[1:]))
+
+
+def _times(raw: Any) -> tuple[float, ...]:
+    """``[t0, t1, ...]`` or ``{start, stop, num}`` (evenly spaced, both ends included)."""
+    if isinstance(raw, dict):
+        start, stop, num = float(raw.get("start", 0)), float(raw["stop"]), int(raw["num"])
+        return tuple(start + (stop - start) * i / (num - 1) for i in range(num))
+    return tuple(float(x) for x in raw)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_checked_in_schema_matches_the_registries():
     checked_in = (ROOT / "schemas" / SCHEMA_FILENAME).read_text(encoding="utf-8")
     assert checked_in == schema_text(build_schema()), (
-        "schemas/odespec.schema.json is stale: run `odespec schema -o schemas/odespec.schema.json`"
+        "schemas/odespec.schema.json is stale: run `python -m odespec.spec.schema > schemas/odespec.schema.json`"
     )
 
 

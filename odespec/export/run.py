@@ -1,0 +1,267 @@
+"""``odespec run``: feed an array from a ``.npy``, ``.npz`` or ``.csv`` file to an ONNX model in
+onnxruntime, and print or write what comes out.
+
+Problems with the input file (missing, unreadable, wrong shape or dtype) are
+:class:`~odespec.errors.InputFileError` (exit code 2, a usage error); problems with the model
+or with running it are :class:`~odespec.errors.RunError` (exit code 1). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from odespec.errors import InputFileError, RunError
+from odespec.export.inspect import format_shape
+
+__all__ = ["ModelInput", "RunResult", "open_model", "load_input", "run_onnx", "check_output_path", "save_outputs",
+           "render_outputs", "OUTPUT_FORMATS"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+OUTPUT_FORMATS = (".npy", ".npz", ".csv")
+INPUT_FORMATS = (".npy", ".npz", ".csv")
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The one input a model takes: name, shape (ints, symbolic names, ``None``) and dtype."""
+
+    name: str
+    shape: tuple[Any, ...]
+    dtype: np.dtype
+
+
+@dataclass
+class RunResult:
+    """One run: the model's input and the shape fed to it, then the outputs in the model's
+    output order."""
+
+    model_input: ModelInput
+    input_shape: tuple[int, ...]
+    names: list[str]
+    arrays: list[np.ndarray]
+
+    def to_dict(self, *, with_data: bool) -> dict[str, Any]:
+        """JSON-ready; ``with_data`` includes the output values (non-finite ones as ``null``)."""
+        mi = self.model_input
+        return {
+            "input": {"name": mi.name, "model_shape": list(mi.shape), "dtype": str(mi.dtype),
+                      "shape": list(self.input_shape)},
+            "outputs": [
+                {"name": n, "shape": list(y.shape), "dtype": str(y.dtype),
+                 **({"data": _json_values(y)} if with_data else {})}
+                for n, y in zip(self.names, self.arrays)
+            ],
+        }
+
+
+def open_model(path: PathLike) -> tuple[Any, ModelInput]:
+    """An onnxruntime CPU session for the model at ``path`` and its single input."""
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise RunError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        raise RunError(f"{p}: onnxruntime cannot load it as an ONNX model: {_first_line(e)}",
+                       "odespec inspect shows what the file holds") from e
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise RunError(f"{p}: the model takes {len(inputs)} inputs ({names}); odespec run feeds exactly one")
+    inp = inputs[0]
+    if inp.type not in _ORT_DTYPES:
+        raise RunError(f"{p}: input {inp.name!r} has type {inp.type}; odespec run feeds numeric tensors")
+    return sess, ModelInput(inp.name, tuple(inp.shape), np.dtype(_ORT_DTYPES[inp.type]))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_input(path: PathLike, model_input: ModelInput) -> np.ndarray:
+    """Read the array in ``path`` (``.npy``, ``.npz`` or ``.csv``), reshape a CSV's rows to the
+    per-sample shape, check the shape and cast to the model's input dtype."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in INPUT_FORMATS:
+        raise InputFileError(f"{p}: unknown input format {p.suffix or '(no extension)'!r}",
+                             f"use one of {', '.join(INPUT_FORMATS)}")
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    try:
+        if ext == ".npy":
+            x = np.load(p, allow_pickle=False)
+        elif ext == ".npz":
+            x = _from_npz(p, model_input.name)
+        else:
+            x = _from_csv(p, model_input)
+    except InputFileError:
+        raise
+    except Exception as e:  # numpy raises ValueError, OSError, zipfile errors... for bad files
+        raise InputFileError(f"{p}: cannot read it as {ext}: {_first_line(e)}") from e
+    _check_shape(p, x, model_input)
+    return _cast(p, x, model_input.dtype)
+
+
+def _from_npz(p: Path, name: str) -> np.ndarray:
+    with np.load(p, allow_pickle=False) as z:
+        keys = list(z.files)
+        if name in keys:
+            return z[name]
+        if len(keys) == 1:
+            return z[keys[0]]
+    raise InputFileError(f"{p}: holds {len(keys)} arrays ({', '.join(keys) or 'none'}) and none is named {name!r}",
+                         f"name the array {name!r}, or store only one")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _from_csv(p: Path, model_input: ModelInput) -> np.ndarray:
+    """Rows are samples, columns the flattened per-sample input; a non-numeric first row is a
+    header and is skipped."""
+    with open(p, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and not all(_is_number(c) for c in rows[0]):
+        rows = rows[1:]
+    if not rows:
+        raise InputFileError(f"{p}: no data rows")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise InputFileError(f"{p}: rows have different numbers of columns ({', '.join(map(str, sorted(widths)))})")
+    for i, r in enumerate(rows):
+        bad = [c for c in r if not _is_number(c)]
+        if bad:
+            raise InputFileError(f"{p}: data row {i + 1}: {bad[0]!r} is not a number")
+    data = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
+    per_sample = model_input.shape[1:]
+    if not all(isinstance(d, int) for d in per_sample):
+        raise InputFileError(f"{p}: the model's input shape {format_shape(model_input.shape)} is not fixed after "
+                             "the batch dimension, so CSV rows cannot be reshaped to it", "use .npy or .npz")
+    want = math.prod(per_sample)
+    if data.shape[1] != want:
+        raise InputFileError(
+            f"{p}: expected {want} columns per row (a sample of the model's input {model_input.name!r} has shape "
+            f"{format_shape(per_sample)}), got {data.shape[1]}",
+            "rows are samples; columns are one sample's values, flattened in C order")
+    return data.reshape((len(rows), *per_sample))
+
+
+def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:
+    want = model_input.shape
+    fits = x.ndim == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, x.shape))
+    if fits:
+        return
+    hint = None
+    if x.ndim == len(want) - 1 and all(not isinstance(d, int) or d == n for d, n in zip(want[1:], x.shape)):
+        hint = "the array looks like one sample without the batch dimension: save x[None] (shape (1, ...))"
+    raise InputFileError(
+        f"{p}: array of shape {format_shape(x.shape)} does not fit the model's input {model_input.name!r}: "
+        f"expected shape {format_shape(want)}, got {format_shape(x.shape)}", hint)
+
+
+def _cast(p: Path, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    # same_kind: float64 -> float32 and int -> float are fine; text, objects, complex numbers
+    # or floats for an integer input are not
+    if x.dtype.kind not in "biuf" or not np.can_cast(x.dtype, dtype, casting="same_kind"):
+        raise InputFileError(f"{p}: array of dtype {x.dtype} cannot be fed to an input of dtype {dtype}: "
+                             f"expected {dtype}, got {x.dtype}")
+    return np.ascontiguousarray(x.astype(dtype, copy=False))
+
+
+def run_onnx(model_path: PathLike, input_path: PathLike) -> RunResult:
+    """Run the model at ``model_path`` on the array in ``input_path``."""
+    sess, model_input = open_model(model_path)
+    x = load_input(input_path, model_input)
+    try:
+        arrays = sess.run(None, {model_input.name: x})
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        raise RunError(f"{model_path}: onnxruntime failed to run the model: {_first_line(e)}") from e
+    names = [o.name for o in sess.get_outputs()]
+    return RunResult(model_input, tuple(x.shape), names, [np.asarray(a) for a in arrays])
+
+
+def check_output_path(path: PathLike) -> None:
+    """Refuse an output extension :func:`save_outputs` cannot write, before anything runs."""
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        raise InputFileError(f"{path}: unknown output format {Path(path).suffix or '(no extension)'!r}",
+                             f"use one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def save_outputs(path: PathLike, result: RunResult) -> Path:
+    """Write the outputs atomically: ``.npz`` holds every output under its name; ``.npy`` and
+    ``.csv`` hold the single output (rows = samples, columns = the flattened per-sample
+    values, with a header row naming them)."""
+    from odespec.fileio import atomic_write_bytes
+
+    check_output_path(path)
+    ext = Path(path).suffix.lower()
+    buf = io.BytesIO()
+    if ext == ".npz":
+        np.savez(buf, **dict(zip(result.names, result.arrays)))
+        return atomic_write_bytes(path, buf.getvalue())
+    if len(result.arrays) != 1:
+        raise RunError(f"the model has {len(result.arrays)} outputs; {ext} holds one", "write .npz instead")
+    (y,) = result.arrays
+    if ext == ".npy":
+        np.save(buf, y, allow_pickle=False)
+        return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, _csv_bytes(result.names[0], y))
+
+
+def _csv_bytes(name: str, y: np.ndarray) -> bytes:
+    rows = y.reshape(1, 1) if y.ndim == 0 else y.reshape(y.shape[0], -1)
+    if y.dtype.kind == "f":
+        # enough digits that reading the CSV back gives the same floats
+        fmt = "%.9g" if y.dtype.itemsize <= 4 else "%.17g"
+    elif y.dtype.kind in "biu":
+        fmt, rows = "%d", rows.astype(np.int64)
+    else:
+        raise RunError(f"output {name!r} has dtype {y.dtype}, which CSV cannot hold", "write .npy or .npz instead")
+    text = io.StringIO()
+    header = ",".join(f"{name}_{i}" for i in range(rows.shape[1]))
+    np.savetxt(text, rows, fmt=fmt, delimiter=",", header=header, comments="")
+    return text.getvalue().encode("utf-8")
+
+
+def render_outputs(result: RunResult) -> str:
+    """Each output's name, shape and dtype, then its values (numpy's printing, summarised
+    when large)."""
+    parts = []
+    with np.printoptions(threshold=1000, edgeitems=3, linewidth=100):
+        for name, y in zip(result.names, result.arrays):
+            parts.append(f"{name}: shape {format_shape(y.shape)}, dtype {y.dtype}\n{np.array2string(y)}")
+    return "\n".join(parts)
+
+
+def _json_values(y: np.ndarray) -> Any:
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        # JSON has no NaN or infinity; null keeps the output parseable
+        return np.where(np.isfinite(y), y, None).tolist()
+    return y.tolist()

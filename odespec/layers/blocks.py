@@ -1,0 +1,122 @@
+"""Composite and sequence layers: residual blocks, recurrent encoders, Gaussian sampling."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from odespec.layers.base import LayerContext, LayerType, Shape, ShapeError, bool_schema, fmt_shape, int_schema
+from odespec.layers.registry import register
+
+
+@register
+class Residual(LayerType):
+    name = "residual"
+    description = "y = x + g(x) for the inner layers g (a ResNet block); g must keep the shape."
+    properties = {
+        "layers": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {"$ref": "#/$defs/layer"},
+            "description": "The inner layers g, applied in order.",
+        }
+    }
+    required = ("layers",)
+    shorthand = "layers"
+    #: the validator checks and replaces this option's items with LayerSpecs (see validate.py)
+    children_key = "layers"
+
+    def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
+        children = options["layers"]
+        out = children[-1].out_shape if children else shape
+        if out != shape:
+            last = children[-1]
+            raise ShapeError(
+                f"the inner layers map {fmt_shape(shape)} to {fmt_shape(out)}; a residual block must keep the shape",
+                f"the last inner layer ({last.kind!r}, line {last.loc.line}) outputs {fmt_shape(out)}",
+            )
+        return shape
+
+    def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
+        return sum(child.num_params for child in options["layers"])
+
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+        from torch import nn
+
+        from odespec.layers.registry import get
+        from odespec.layers.torch_modules import Residual as ResidualModule
+
+        modules = []
+        for child in options["layers"]:
+            modules.append(get(child.kind).build(child.options, shape, LayerContext(in_dynamics=ctx.in_dynamics)))
+            shape = child.out_shape
+        return ResidualModule(nn.Sequential(*modules))
+
+
+class _Recurrent(LayerType):
+    torch_name: str = "RNN"
+    gates: int = 1
+    properties = {
+        "hidden": int_schema("Hidden state size."),
+        "reverse": bool_schema("Run backwards in time (last observation first), as the latent ODE's encoder does.", False),
+        "output": {
+            "enum": ["last", "sequence"],
+            "default": "last",
+            "description": "last: the final hidden state, shape (hidden,); sequence: every step's, (T, hidden).",
+        },
+        "bias": bool_schema("Learn biases.", True),
+    }
+    required = ("hidden",)
+    shorthand = "hidden"
+
+    def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
+        self.need_rank(shape, 2, "(time, features)", "recurrent layers read a sequence of feature vectors")
+        h = options["hidden"]
+        return (h,) if options["output"] == "last" else (shape[0], h)
+
+    def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
+        d, h = shape[-1], options["hidden"]
+        return self.gates * (d * h + h * h + (2 * h if options["bias"] else 0))
+
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+        from odespec.layers.torch_modules import RecurrentEncoder
+
+        return RecurrentEncoder(self.torch_name, shape[-1], options["hidden"], reverse=options["reverse"],
+                                sequence=options["output"] == "sequence", bias=options["bias"])
+
+
+@register
+class Rnn(_Recurrent):
+    name = "rnn"
+    description = "Elman RNN (tanh) over a (time, features) sequence."
+    not_in_dynamics = "a recurrent encoder reads a whole sequence; it belongs before the ODE block"
+
+
+@register
+class Gru(_Recurrent):
+    name = "gru"
+    description = "GRU over a (time, features) sequence."
+    torch_name = "GRU"
+    gates = 3
+    not_in_dynamics = "a recurrent encoder reads a whole sequence; it belongs before the ODE block"
+
+
+@register
+class Gaussian(LayerType):
+    name = "gaussian"
+    description = ("Split (2L,) into mean and log-variance and sample z = mean + exp(logvar/2) * eps "
+                   "while training (the mean in eval mode): the latent ODE's q(z0).")
+    not_in_dynamics = "sampling makes f(t, y) random; sample before the ODE block"
+
+    def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
+        if len(shape) != 1 or shape[0] % 2:
+            raise ShapeError(
+                f"expects an even number of features (mean and log-variance), got {fmt_shape(shape)}",
+                "put a linear layer with 2 x latent size features before it",
+            )
+        return (shape[0] // 2,)
+
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+        from odespec.layers.torch_modules import GaussianSample
+
+        return GaussianSample()

@@ -1,0 +1,88 @@
+"""Runge-Kutta ODE solvers: tableaus, one generic RK step, fixed-step and adaptive integration.
+
+Importing this package (or :mod:`odespec.solvers.tableaus`, :mod:`~odespec.solvers.tableau`,
+:mod:`~odespec.solvers.options`, :mod:`~odespec.solvers.dense`) does not import torch: the spec
+validator only needs method names, orders and option keys. The torch-backed names below are
+resolved on first access (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_LAZY = {
+    # torch-backed
+    "odeint": "odespec.solvers.odeint",
+    "solve": "odespec.solvers.odeint",
+    "Solution": "odespec.solvers.solution",
+    "SolveStats": "odespec.solvers.solution",
+    "rk_step": "odespec.solvers.step",
+    "torch_combine": "odespec.solvers.step",
+    "StepResult": "odespec.solvers.step",
+    "Combine": "odespec.solvers.step",
+    # torch-free
+    "ButcherTableau": "odespec.solvers.tableau",
+    "Interpolant": "odespec.solvers.tableau",
+    "UnknownMethodError": "odespec.solvers.tableaus",
+    "register_tableau": "odespec.solvers.tableaus",
+    "unregister_tableau": "odespec.solvers.tableaus",
+    "get_tableau": "odespec.solvers.tableaus",
+    "method_names": "odespec.solvers.tableaus",
+    "is_adaptive": "odespec.solvers.tableaus",
+    "InvalidOptionError": "odespec.solvers.options",
+    "allowed_options": "odespec.solvers.options",
+    "parse_options": "odespec.solvers.options",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odespec.solvers.odeint import odeint, solve
+    from odespec.solvers.options import InvalidOptionError, allowed_options, parse_options
+    from odespec.solvers.solution import Solution, SolveStats
+    from odespec.solvers.step import Combine, StepResult, rk_step, torch_combine
+    from odespec.solvers.tableau import ButcherTableau, Interpolant
+    from odespec.solvers.tableaus import (
+        UnknownMethodError,
+        get_tableau,
+        is_adaptive,
+        method_names,
+        register_tableau,
+        unregister_tableau,
+    )
+
+
+class _Package(types.ModuleType):
+    """The package's module type. The import system binds a loaded submodule as an attribute of
+    its package, which would let the *module* ``odespec.solvers.odeint`` shadow the *function*
+    ``odeint`` once anything imported that module; the function wins here (as in torchdiffeq).
+    ``from odespec.solvers.odeint import ...`` and ``sys.modules`` still reach the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            isinstance(value, types.ModuleType)
+            and _LAZY.get(name) == value.__name__
+            and hasattr(value, name)
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'odespec.solvers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

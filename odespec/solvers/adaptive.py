@@ -1,0 +1,281 @@
+"""Adaptive-step integration with an embedded Runge-Kutta pair.
+
+Design notes (why it looks like this):
+
+* Time and step size are Python floats. The only host sync per step is reading the error ratio
+  (the accept/reject decision); every step-size computation after that is plain Python.
+* The error estimate and its norm are computed under ``torch.no_grad``: the decision is not
+  differentiable anyway, and skipping autograd bookkeeping for those ops is a measurable saving.
+* ``|y|`` of the accepted state is kept for the next step's error scale, saving one op per step.
+* Output times are served by dense output inside the step that covers them, so requested outputs
+  do not shorten the steps (unless ``force_output_steps``).
+
+Error norm: Hairer's RMS norm ``sqrt(mean((err / (atol + rtol * max(|y0|, |y1|)))**2))`` over
+all elements (a batch shares one step size, as in torchdiffeq). DOP853 combines its two
+estimators as in Hairer's code. Step-size control: PI controller (Hairer's DOPRI5 constants,
+beta = 0.04) by default, or ``controller="i"``, the plain I controller with torchdiffeq's rule of
+never shrinking after an accepted step. The controller exponent is ``1/order`` (for every built-in
+pair this equals Hairer's ``1/(min(p, p_hat) + 1)``; DOP853's combined estimator behaves like
+``h**8``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from odespec.solvers.common import Outcome, TimedFunc, solver_error
+from odespec.solvers.dense import dense_weights, needs_end_derivative
+from odespec.solvers.options import AdaptiveOptions
+from odespec.solvers.step import dense_stages, error_estimates, interpolate, rk_step
+from odespec.solvers.tableau import ButcherTableau
+
+__all__ = ["integrate_adaptive", "ErrorNorm"]
+
+Tol = Union[float, torch.Tensor]
+
+_PI_BETA = 0.04  # Hairer's default for DOPRI5; with alpha = 1/q - 0.75 beta
+_MIN_FACOLD = 1e-4  # Hairer: the previous error ratio is floored to keep the PI term bounded
+_MAX_NONFINITE_RETRIES = 10  # after that many consecutive non-finite estimates, give up
+_STRETCH = 1.01  # stretch the last step by up to 1% rather than leave a sliver (Hairer)
+_UNDERFLOW = 10.0  # step underflows when |h| <= _UNDERFLOW * eps * |t|  (Hairer: 0.1|h| <= uround|x|)
+
+
+class ErrorNorm:
+    """Scaled RMS norm of error estimates with per-component ``atol``/``rtol``."""
+
+    def __init__(self, y0: torch.Tensor, rtol: Tol, atol: Tol):
+        real = y0.abs().dtype
+        self.atol = torch.as_tensor(atol, dtype=real, device=y0.device)
+        if isinstance(rtol, torch.Tensor):
+            self.rtol_t = rtol.to(dtype=real, device=y0.device)
+            self.rtol = 0.0
+        else:
+            self.rtol_t = None
+            self.rtol = float(rtol)
+        self.inv_sqrt_n = 1.0 / math.sqrt(max(1, y0.numel()))
+
+    def scale(self, y0_abs: torch.Tensor, y1_abs: torch.Tensor) -> torch.Tensor:
+        """``atol + rtol * max(|y0|, |y1|)`` (a NaN in y1 propagates, so it is never accepted)."""
+        m = torch.maximum(y0_abs, y1_abs)
+        if self.rtol_t is None:
+            return torch.add(self.atol, m, alpha=self.rtol)
+        return torch.addcmul(self.atol, self.rtol_t, m)
+
+    def rms(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Unscaled 2-norm of ``x / scale`` (multiply by ``inv_sqrt_n`` for the RMS)."""
+        return torch.linalg.vector_norm(x / scale)
+
+
+def _error_ratio(
+    tableau: ButcherTableau, norm: ErrorNorm, h: float, ks, y_abs, y1: torch.Tensor
+) -> tuple[float, torch.Tensor]:
+    """The step's error ratio (accept if <= 1) as a Python float, and ``|y1|``. One host sync."""
+    with torch.no_grad():
+        err, aux = error_estimates(h, tableau, ks)
+        y1_abs = y1.abs()
+        sk = norm.scale(y_abs, y1_abs)
+        if aux is None:
+            return norm.rms(err, sk).item() * norm.inv_sqrt_n, y1_abs
+        # DOP853: err5^2 / sqrt(err5^2 + w * err3^2), both as scaled RMS norms
+        e5, e3 = torch.stack([norm.rms(err, sk), norm.rms(aux, sk)]).tolist()
+    e5 *= norm.inv_sqrt_n
+    e3 *= norm.inv_sqrt_n
+    den = e5 * e5 + tableau.aux_weight * e3 * e3
+    if not math.isfinite(den):
+        return math.nan, y1_abs
+    return (e5 * e5 / math.sqrt(den) if den > 0.0 else 0.0), y1_abs
+
+
+def _initial_step(
+    f: TimedFunc,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    order: int,
+    norm: ErrorNorm,
+) -> float:
+    """Hairer, Norsett & Wanner, *Solving ODEs I*, II.4: a first step from the size of y0, f0
+    and a finite-difference estimate of the second derivative. Returns |h| (NaN when f0 is not
+    finite; the caller reports that)."""
+    with torch.no_grad():
+        y0_abs = y0.abs()
+        scale = norm.scale(y0_abs, y0_abs)
+        d0, d1 = torch.stack([norm.rms(y0, scale), norm.rms(f0, scale)]).tolist()
+        d0 *= norm.inv_sqrt_n
+        d1 *= norm.inv_sqrt_n
+        if not (math.isfinite(d0) and math.isfinite(d1)):
+            return math.nan
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        y1 = torch.add(y0, f0, alpha=direction * h0)
+        f1 = f(t0 + direction * h0, y1)
+        d2 = norm.rms(f1 - f0, scale).item() * norm.inv_sqrt_n / h0
+    if not math.isfinite(d2):
+        return h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100.0 * h0, h1)
+
+
+def integrate_adaptive(
+    f: TimedFunc,
+    y0: torch.Tensor,
+    times: list[float],
+    tableau: ButcherTableau,
+    opts: AdaptiveOptions,
+    rtol: Tol,
+    atol: Tol,
+    time_eps: float,
+) -> Outcome:
+    """Integrate from ``times[0]`` through ``times[-1]`` (monotonic, either direction) and
+    return the state at every time. Failures are returned in ``Outcome.error``, not raised."""
+    n_out = len(times)
+    outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
+    if n_out == 1:
+        return outcome
+    t = times[0]
+    t_end = times[-1]
+    direction = 1.0 if t_end > t else -1.0
+    norm = ErrorNorm(y0, rtol, atol)
+    order = tableau.order
+    if opts.controller == "pi":
+        beta = _PI_BETA
+        alpha = 1.0 / order - 0.75 * beta
+    else:
+        beta = 0.0
+        alpha = 1.0 / order
+    # torchdiffeq's I controller never shrinks the step after an accepted one
+    no_shrink = opts.controller == "i"
+    safety, ifactor, dfactor = opts.safety, opts.ifactor, opts.dfactor
+    max_step, min_step = opts.max_step, opts.min_step
+    hermite_f1 = needs_end_derivative(tableau)
+
+    y = y0
+    k1 = f(t, y0)
+    if k1.shape != y0.shape:
+        raise ValueError(f"func returned shape {tuple(k1.shape)} for a state of shape {tuple(y0.shape)}")
+
+    def fail(reason: str, h: float, message: str) -> Outcome:
+        outcome.t_last, outcome.y_last, outcome.step_size = t, y, h
+        outcome.error = solver_error(reason, t, h, message)
+        return outcome
+
+    span = abs(t_end - t)
+    if opts.first_step is not None:
+        h_abs = opts.first_step
+    else:
+        h_abs = _initial_step(f, t, y0, k1, direction, order, norm)
+        if math.isnan(h_abs):
+            return fail("non-finite", 0.0, "the derivative at the initial state is not finite")
+    h = direction * max(min(h_abs, max_step, span), min_step)
+
+    with torch.no_grad():
+        y_abs = y0.abs()
+    out_idx = 1
+    facold = _MIN_FACOLD
+    last_rejected = False
+    n_nonfinite = 0  # consecutive non-finite error estimates
+    last_nonfinite = False  # the last rejection was for a non-finite estimate
+    while out_idx < n_out:
+        if outcome.n_steps >= opts.max_num_steps:
+            return fail("max-steps", h, f"reached max_num_steps={opts.max_num_steps} before t={t_end:.6g}")
+        if abs(h) <= _UNDERFLOW * time_eps * abs(t) or h == 0.0:
+            if last_nonfinite:
+                # shrinking away from NaN/inf values until t stopped moving: that is the cause
+                return fail("non-finite", h, "the dynamics are not finite just past this time")
+            return fail("step-size-underflow", h, "step size underflow: the step no longer changes t")
+        target = times[out_idx] if opts.force_output_steps else t_end
+        remaining = target - t
+        clipped = direction * (t + _STRETCH * h - target) >= 0.0 and abs(remaining) <= max_step
+        if clipped:
+            # land exactly on the target (end of the span, or the next output time when forced)
+            h_step, t_new = remaining, target
+        else:
+            h_step, t_new = h, t + h
+
+        res = rk_step(f, t, y, h_step, tableau, k1=k1, with_error=False)
+        ratio, y1_abs = _error_ratio(tableau, norm, h_step, res.ks, y_abs, res.y_next)
+        outcome.n_steps += 1
+
+        if not math.isfinite(ratio):
+            outcome.n_rejected += 1
+            n_nonfinite += 1
+            last_nonfinite = True
+            # A non-finite first stage cannot be cured by a smaller step: fail at once.
+            if n_nonfinite == 1 and not bool(torch.isfinite(k1).all()):
+                return fail("non-finite", h_step, "the derivative at the current state is not finite")
+            if n_nonfinite > _MAX_NONFINITE_RETRIES:
+                return fail(
+                    "non-finite",
+                    h_step,
+                    f"error estimate stayed non-finite after {_MAX_NONFINITE_RETRIES} smaller steps",
+                )
+            h = h_step * dfactor
+            last_rejected = True
+            if abs(h) < min_step:
+                return fail("non-finite", h_step, "error estimate not finite at the minimum step size")
+            continue
+        n_nonfinite = 0
+
+        if ratio <= 1.0:
+            outcome.n_accepted += 1
+            y_next = res.y_next
+            f1 = res.ks[-1] if tableau.fsal else None
+            ks_dense = None
+            while out_idx < n_out and direction * (times[out_idx] - t_new) <= 0.0:
+                tau = times[out_idx]
+                if tau == t_new:
+                    outcome.outs.append(y_next)
+                else:
+                    if ks_dense is None:
+                        # extra interpolant stages (DOP853) or f(t_new, y_next) for Hermite
+                        ks_dense = dense_stages(f, t, y, h_step, tableau, res.ks)
+                        if hermite_f1:
+                            f1 = f(t_new, y_next)
+                            ks_dense.append(f1)
+                    theta = (tau - t) / h_step
+                    outcome.outs.append(interpolate(y, h_step, ks_dense, dense_weights(tableau, theta)))
+                out_idx += 1
+
+            # step-size proposal (Hairer's DOPRI5 PI controller / torchdiffeq's I controller)
+            if ratio == 0.0:
+                factor = ifactor
+            else:
+                factor = safety * ratio ** (-alpha) * (facold**beta)
+                factor = min(ifactor, max(1.0 if no_shrink else dfactor, factor))
+            h_new = h_step * factor
+            if last_rejected:
+                # no growth right after a rejection
+                h_new = direction * min(abs(h_new), abs(h_step))
+            if clipped and factor >= 1.0:
+                # a comfortably accurate step that was shortened to hit a target: go back to
+                # the step size proposed before the shortening
+                h_new = direction * max(abs(h_new), abs(h))
+            facold = max(ratio, _MIN_FACOLD)
+            last_rejected = False
+            t, y, y_abs = t_new, y_next, y1_abs
+            k1 = f1  # None for a non-FSAL method: the next step evaluates it
+            h = direction * max(min(abs(h_new), max_step), min_step)
+        else:
+            outcome.n_rejected += 1
+            last_nonfinite = False
+            factor = max(dfactor, safety * ratio ** (-alpha))
+            h_new = abs(h_step) * factor
+            if h_new < min_step:
+                if abs(h_step) <= min_step * (1.0 + 1e-12):
+                    return fail(
+                        "step-size-underflow",
+                        h_step,
+                        f"error test failed at the minimum step size min_step={min_step:.3g}",
+                    )
+                h_new = min_step
+            h = direction * h_new
+            last_rejected = True
+
+    outcome.t_last, outcome.y_last, outcome.step_size = t, y, h
+    return outcome

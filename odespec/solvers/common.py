@@ -1,0 +1,70 @@
+"""Pieces shared by the fixed-step and adaptive integrators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from odespec.errors import SolverError
+
+__all__ = ["TimedFunc", "Outcome", "solver_error"]
+
+
+class TimedFunc:
+    """Wraps the user's ``func(t, y)``: the integrators keep time as Python floats (exact
+    bookkeeping, no device syncs), the user's function gets a 0-d tensor ``t`` as in
+    torchdiffeq. Also counts evaluations."""
+
+    __slots__ = ("func", "dtype", "device", "nfe")
+
+    def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device):
+        self.func = func
+        self.dtype = dtype
+        self.device = device
+        self.nfe = 0
+
+    def __call__(self, t, y):
+        self.nfe += 1
+        if not isinstance(t, torch.Tensor):
+            # scalar_tensor is the cheapest way to a 0-d tensor and, on a GPU, a fill kernel
+            # rather than a host-to-device copy
+            t = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        return self.func(t, y)
+
+
+@dataclass
+class Outcome:
+    """What an integrator returns: the outputs reached (``outs[i]`` at ``times[i]``), the last
+    accepted state, step statistics and the failure, if any."""
+
+    outs: list
+    t_last: float
+    y_last: torch.Tensor
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    step_size: float = 0.0
+    error: Optional[SolverError] = field(default=None)
+
+
+_HINTS = {
+    "non-finite": (
+        "the dynamics produced NaN or inf near t={t:.6g}; check the model for overflow "
+        "(unbounded activations, large weights) or try a smaller step / fixed-step method"
+    ),
+    "step-size-underflow": (
+        "the dynamics may be stiff or singular near t={t:.6g}; try a fixed-step method, "
+        "looser tolerances or regularisation"
+    ),
+    "max-steps": (
+        "raise options['max_num_steps'] or loosen rtol/atol; if the steps are tiny the "
+        "dynamics may be stiff near t={t:.6g}: try a fixed-step method or regularisation"
+    ),
+}
+
+
+def solver_error(reason: str, t: float, h: float, message: str) -> SolverError:
+    """A :class:`SolverError` with the standard hint for ``reason``."""
+    return SolverError(reason, float(t), float(h), message, _HINTS[reason].format(t=t))

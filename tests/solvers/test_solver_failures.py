@@ -1,0 +1,101 @@
+"""Failures are reported quickly, with where (t), the step size (h), why (reason) and a hint."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from solver_problems import harmonic
+
+from odespec.errors import OdespecError, SolverError
+from odespec.solvers import odeint, solve
+
+F64 = torch.float64
+
+
+def _expect_failure(reason, func, y0, ts, **kw):
+    start = time.perf_counter()
+    with pytest.raises(SolverError) as info:
+        odeint(func, y0, ts, **kw)
+    assert time.perf_counter() - start < 5.0, "failure must be detected quickly"
+    err = info.value
+    assert isinstance(err, OdespecError)
+    assert err.reason == reason
+    assert math.isfinite(err.t) and math.isfinite(err.h)
+    assert err.hint and f"reason: {reason}" in str(err) and "hint:" in str(err)
+    return err
+
+
+def test_nan_dynamics_fail_immediately():
+    calls = [0]
+
+    def f(t, y):
+        calls[0] += 1
+        return y * float("nan")
+
+    err = _expect_failure("non-finite", f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64))
+    assert err.t == 0.0 and calls[0] <= 2
+
+
+def test_nan_appearing_later_is_located():
+    def f(t, y):
+        return torch.where(t < 1.0, -y, y * float("nan"))
+
+    err = _expect_failure("non-finite", f, torch.ones(2, dtype=F64), torch.tensor([0.0, 3.0], dtype=F64))
+    assert 0.9 < err.t <= 1.0
+
+
+def test_nan_fixed_step():
+    y0 = torch.ones(1, dtype=F64)
+    ts = torch.linspace(0, 3, 7, dtype=F64)
+    err = _expect_failure("non-finite", lambda t, y: y * y, y0, ts, method="euler",
+                          options={"step_size": 0.1})
+    assert 1.0 <= err.t <= 3.0
+    sol = solve(lambda t, y: y * y, y0, ts, method="euler", options={"step_size": 0.1},
+                return_on_failure=True)
+    assert sol.status == "non-finite" and not sol.success
+    assert 1 <= len(sol.ys) < 7 and torch.isfinite(sol.ys).all()
+    assert torch.equal(sol.ts, ts[: len(sol.ys)])
+
+
+def test_max_num_steps():
+    err = _expect_failure("max-steps", harmonic, torch.tensor([1.0, 0.0], dtype=F64),
+                          torch.tensor([0.0, 100.0], dtype=F64), options={"max_num_steps": 10})
+    assert 0.0 < err.t < 100.0 and err.h > 0
+    assert "max_num_steps" in err.hint
+
+
+def test_step_size_underflow_at_singularity():
+    """y' = 1/(1-t) has the solution -log(1-t), singular at t=1."""
+    f = lambda t, y: (1.0 / (1.0 - t)).expand_as(y)  # noqa: E731
+    err = _expect_failure("step-size-underflow", f, torch.zeros(1, dtype=F64),
+                          torch.tensor([0.0, 2.0], dtype=F64))
+    assert abs(err.t - 1.0) < 1e-6 and abs(err.h) < 1e-12
+    assert "stiff" in err.hint
+
+
+def test_underflow_backward_time():
+    f = lambda t, y: (1.0 / (1.0 + t)).expand_as(y)  # noqa: E731  singular at t=-1
+    err = _expect_failure("step-size-underflow", f, torch.zeros(1, dtype=F64),
+                          torch.tensor([0.0, -2.0], dtype=F64))
+    assert abs(err.t + 1.0) < 1e-6 and err.h < 0
+
+
+def test_return_on_failure():
+    f = lambda t, y: (1.0 / (1.0 - t)).expand_as(y)  # noqa: E731
+    ts = torch.tensor([0.0, 0.5, 0.9, 1.5, 2.0], dtype=F64)
+    sol = solve(f, torch.zeros(1, dtype=F64), ts, return_on_failure=True)
+    assert sol.status == "step-size-underflow" == sol.stats.status
+    assert isinstance(sol.error, SolverError) and not sol.success
+    assert sol.ys.shape == (3, 1) and torch.equal(sol.ts, ts[:3])
+    assert torch.allclose(sol.ys[:, 0], -torch.log1p(-ts[:3]), atol=1e-6)
+    assert 0.9 < sol.t_last < 1.0 and sol.y_last.item() > 10
+    assert sol.stats.n_steps > 0
+
+
+def test_return_on_failure_for_nan_start():
+    sol = solve(lambda t, y: y * float("nan"), torch.ones(3), torch.tensor([0.0, 1.0]),
+                return_on_failure=True)
+    assert sol.status == "non-finite" and sol.ys.shape == (1, 3) and sol.t_last == 0.0
