@@ -20,7 +20,9 @@ def render_summary(summary: dict[str, Any]) -> str:
             s = r["solver"]
             how = f"steps={s['steps']}" if s.get("steps") else (
                 f"step_size={s['step_size']:g}" if s.get("step_size") else f"rtol={s['rtol']:g} atol={s['atol']:g}")
-            solver = f"{s['method']} {how} / {r['gradient']}"
+            nfe = r.get("nfe_per_forward")
+            solver = f"{s['method']} {how} / {r['gradient']}" + (f" ({r['family']})" if r.get("family", "ode") != "ode" else "")
+            solver += f", {nfe} f-evals/forward" if nfe is not None else ", adaptive f-evals"
         rows.append((str(r["index"]), r["kind"], _shape(r["output_shape"]), f"{r['parameters']:,}", solver))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
