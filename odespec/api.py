@@ -20,7 +20,7 @@ from odespec.spec.model import OdeBlockSpec, Spec
 
 SpecLike = Union[Spec, str, "os.PathLike[str]"]
 
-__all__ = ["build", "export_onnx", "build_all", "ExportResult", "BuildResult"]
+__all__ = ["build", "export_onnx", "build_all", "load_weights", "ExportResult", "BuildResult"]
 
 
 def _as_spec(spec: SpecLike) -> Spec:
@@ -48,18 +48,31 @@ class ExportResult:
     nfe_per_forward: int
     export_seconds: float
     parity: Optional[dict[str, Any]] = None
+    #: onnxruntime's output against the model solved with its training solver:
+    #: ``max_abs_error``, ``max_rel_error`` (relative to the output's largest magnitude),
+    #: ``reference`` (the training solvers), ``inputs``; ``skipped`` instead when the training
+    #: solver failed on the inputs; ``None`` when not measured
+    deployment_error: Optional[dict[str, Any]] = None
+    #: ``steps: auto``: the chosen method and steps, the table of candidates, the evaluations
+    calibration: Optional[dict[str, Any]] = None
+    layout: str = "unrolled"
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's ``onnx`` entry."""
         return {
             "file": self.path.name,
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "method": self.method,
             "steps": self.steps,
+            "steps_source": "calibrated" if self.calibration else "given",
+            "layout": self.layout,
             "opset": self.opset,
             "nfe_per_forward": self.nfe_per_forward,
             "export_seconds": round(self.export_seconds, 4),
             "parity": self.parity,
+            "deployment_error": self.deployment_error,
+            "calibration": self.calibration,
         }
 
 
@@ -68,11 +81,15 @@ def export_onnx(
     path: Union[str, "os.PathLike[str]"],
     *,
     method: Optional[str] = None,
-    steps: Optional[int] = None,
+    steps: Union[int, str, None] = None,
     opset: Optional[int] = None,
     parity: bool = True,
     parity_tol: Optional[float] = None,
     loop: Optional[bool] = None,
+    match_tol: Optional[float] = None,
+    calibration_data: Union[str, "os.PathLike[str]", None] = None,
+    deployment: bool = True,
+    latency: bool = True,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
@@ -80,50 +97,106 @@ def export_onnx(
     ``loop=True`` writes each output interval's steps as one ONNX ``Loop`` node instead of
     unrolling them (``None``: the spec's ``export.onnx.loop``). Nothing is written if any
     check fails.
+
+    ``steps="auto"`` (or the spec's ``steps: auto``, or a ``match_tol`` without ``steps``)
+    calibrates: the cheapest fixed method and step count whose output stays within
+    ``match_tol`` (default: the spec's, 1e-4) of the model solved with its training solver,
+    searching ``method`` alone when it is given (see :mod:`odespec.export.calibrate`;
+    ``latency=False`` skips timing the candidates). ``deployment`` measures onnxruntime's
+    output against the training-solver model (``ExportResult.deployment_error``). Both use
+    the parity check's seeded inputs, or the samples in ``calibration_data`` (``.npy``,
+    ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs).
     """
-    from odespec.export.onnx_export import build_onnx, check_onnx, export_settings_from_spec
-    from odespec.export.parity import check_parity
+    import dataclasses
+    import json
+
+    from odespec.errors import ExportError
+    from odespec.export import calibrate as cal
+    from odespec.export.onnx_export import add_metadata, build_onnx, check_onnx, export_settings_from_spec
+    from odespec.export.parity import check_parity, ort_session
     from odespec.export.unroll import fixed_step_model
     from odespec.fileio import atomic_write_bytes
-    from odespec.solvers.tableaus import get_tableau, is_adaptive
+    from odespec.solvers.tableaus import is_adaptive
 
     spec = model.spec
-    settings = export_settings_from_spec(spec, method=method, steps=steps, opset=opset, loop=loop)
-    if is_adaptive(settings.method):
+    auto = _wants_calibration(spec, steps, match_tol)
+    settings = export_settings_from_spec(spec, method=method, steps=None if auto else steps, opset=opset, loop=loop)
+    if is_adaptive(settings.method) and not (auto and method is None):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
                          "choose a fixed-step method such as rk4")
-    start = time.perf_counter()
     cpu = model if _on_cpu(model) else _cpu_copy(model)
+    dtype = next(cpu.parameters()).dtype if any(True for _ in cpu.parameters()) else torch.float32
+    inputs = (cal.data_input_set(calibration_data, spec.input_shape, dtype=dtype) if calibration_data is not None
+              else cal.seeded_input_set(spec.input_shape, dtype=dtype, seed=spec.seed))
+    reference: Optional[list[Any]] = None
+    calibration = None
+    if auto:
+        tol = match_tol if match_tol is not None else spec.export.match_tol
+        methods = (method,) if method else (spec.export.calibration_methods or cal.CALIBRATION_METHODS)
+        reference = cal.reference_outputs(cpu, inputs)
+        calibration = cal.calibrate(cpu, inputs, match_tol=tol, methods=methods, latency=latency,
+                                    latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
+        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
+    start = time.perf_counter()
     onnx_model = build_onnx(cpu, settings)
     check_onnx(onnx_model)
     data = onnx_model.SerializeToString()
     elapsed = time.perf_counter() - start
     twin = fixed_step_model(cpu, settings.method, settings.steps)
     parity_result = None
+    sess = ort_session(data) if parity or deployment else None
     if parity:
-        dtype = next(cpu.parameters()).dtype if any(True for _ in cpu.parameters()) else torch.float32
         # a graph exported with a fixed batch of 1 can only be checked at batch 1
         batches = (1, 7, 256) if settings.dynamic_batch else (1,)
         parity_result = check_parity(
             data, twin, spec.input_shape, dtype=dtype, batch_sizes=batches,
-            tolerance=parity_tol if parity_tol is not None else spec.export.parity_tol, seed=spec.seed,
+            tolerance=parity_tol if parity_tol is not None else spec.export.parity_tol, seed=spec.seed, session=sess,
         ).to_dict()
-    stages = len(get_tableau(settings.method).b)
-    nfe = sum(
-        len(b.dynamics) if isinstance(b, ResNetBlock) else _grid_steps(b.spec, settings.steps) * stages
-        for b in cpu.ode_blocks
-    )
+    deployment_result = None
+    if deployment:
+        try:
+            deployment_result = cal.deployment_error(sess, cpu, inputs, static_batch=not settings.dynamic_batch,
+                                                     reference=reference)
+        except ExportError as e:  # the training solver failed on these inputs: say so, still export
+            deployment_result = {"reference": cal.training_solvers(cpu), "inputs": inputs.description,
+                                 "skipped": str(e).splitlines()[0]}
+    meta = {"export_steps_source": "calibrated" if calibration else "given"}
+    if calibration is not None:
+        meta["calibration"] = json.dumps({
+            "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
+            "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
+        })
+    if deployment_result is not None:
+        meta["deployment_error"] = json.dumps(
+            {k: v for k, v in deployment_result.items() if k in ("max_abs_error", "max_rel_error", "reference",
+                                                                  "inputs", "skipped")})
+    add_metadata(onnx_model, meta)
+    data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
         path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
-        steps=settings.steps, opset=settings.opset, nfe_per_forward=nfe, export_seconds=elapsed, parity=parity_result,
+        steps=settings.steps, opset=settings.opset, nfe_per_forward=cal.nfe_per_forward(cpu, settings.method, settings.steps),
+        export_seconds=elapsed, parity=parity_result, deployment_error=deployment_result,
+        calibration=calibration.to_dict() if calibration is not None else None,
+        layout="loop" if settings.loop else "unrolled",
     )
 
 
-def _grid_steps(block: OdeBlockSpec, steps: int) -> int:
-    from odespec.export.onnx_export import fixed_grid
+def _wants_calibration(spec: Spec, steps: Union[int, str, None], match_tol: Optional[float]) -> bool:
+    """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` argument and
+    either the spec's ``steps: auto`` or a ``match_tol`` argument."""
+    from odespec.errors import ExportError
 
-    return sum(len(interval) for interval in fixed_grid(block.t, steps))
+    if isinstance(steps, str):
+        if steps != "auto":
+            raise ExportError(f"steps must be a positive integer or 'auto', got {steps!r}")
+        return True
+    if steps is not None:
+        if match_tol is not None:
+            raise ExportError("match_tol is for steps='auto' (calibration); the step count is given",
+                              "leave out steps to calibrate, or leave out match_tol")
+        return False
+    return spec.export.auto or match_tol is not None
 
 
 def _on_cpu(model: torch.nn.Module) -> bool:
@@ -147,6 +220,20 @@ class BuildResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def _fixed_nfe(block: OdeBlockSpec) -> Optional[int]:
+    """f-evaluations per forward of a fixed-step block (None: adaptive, it varies)."""
+    from odespec.solvers.fixed import steps_for_interval
+    from odespec.solvers.options import FixedStepOptions
+    from odespec.solvers.tableaus import get_tableau
+
+    s = block.solver
+    if s.adaptive:
+        return None
+    opts = FixedStepOptions(steps=s.steps, step_size=s.step_size)
+    n = sum(steps_for_interval(b - a, opts) for a, b in zip(block.t, block.t[1:]))
+    return n if block.family == "resnet" else n * get_tableau(s.method).stages
+
+
 def summary(spec: Spec) -> dict[str, Any]:
     """Layers with output shapes and parameter counts, and each ODE block's solver."""
     rows = []
@@ -160,6 +247,8 @@ def summary(spec: Spec) -> dict[str, Any]:
             row["gradient"] = item.gradient.method
             row["t"] = [item.t[0], item.t[-1]]
             row["output"] = item.output
+            row["family"] = item.family
+            row["nfe_per_forward"] = _fixed_nfe(item)
         rows.append(row)
     return {"input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
             "parameters": spec.num_params, "layers": rows}
@@ -170,13 +259,18 @@ def build_all(
     out_dir: Union[str, "os.PathLike[str]"],
     *,
     method: Optional[str] = None,
-    steps: Optional[int] = None,
+    steps: Union[int, str, None] = None,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     loop: Optional[bool] = None,
+    match_tol: Optional[float] = None,
+    weights: Union[str, "os.PathLike[str]", None] = None,
+    calibration_data: Union[str, "os.PathLike[str]", None] = None,
 ) -> BuildResult:
-    """The whole chain: validate, compile, export, check parity, write ``NAME.onnx`` and
-    ``NAME.build.json`` into ``out_dir``. ``loop`` as in :func:`export_onnx`."""
+    """The whole chain: validate, compile, (load ``weights``), export, check parity, measure
+    the deployment error, write ``NAME.onnx`` and ``NAME.build.json`` into ``out_dir``.
+    ``steps``, ``loop``, ``match_tol`` and ``calibration_data`` as in :func:`export_onnx`;
+    ``weights`` as in :func:`load_weights`."""
     import json
 
     from odespec.fileio import atomic_write_text
@@ -187,19 +281,107 @@ def build_all(
     n_params = count_parameters(model)
     if n_params != spec.num_params:  # the validator's shape-based count must be exact
         raise BuildError(f"internal error: built {n_params} parameters, the spec promised {spec.num_params}")
+    weights_info = load_weights(model, weights) if weights is not None else None
     t_built = time.perf_counter()
     out = Path(out_dir)
-    result = export_onnx(model, out / spec.export.file, method=method, steps=steps, loop=loop)
+    result = export_onnx(model, out / spec.export.file, method=method, steps=steps, loop=loop, match_tol=match_tol,
+                         calibration_data=calibration_data)
     report = {
         "odespec_version": odespec.__version__,
         "spec": {"file": os.path.basename(str(spec_path)), "name": spec.name, "sha256": spec.source_sha256},
         "dtype": dtype or spec.dtype,
         "device": device or spec.device,
         "parameters": n_params,
+        "weights": weights_info,
         "summary": summary(spec),
         "onnx": result.to_dict(),
         "timings_seconds": {"build": round(t_built - t0, 4), "export": round(result.export_seconds, 4),
                             "total": round(time.perf_counter() - t0, 4)},
     }
+    if result.calibration is not None:
+        report["timings_seconds"]["calibration"] = result.calibration["seconds"]
     report_path = atomic_write_text(out / f"{spec.name}.build.json", json.dumps(report, indent=2) + "\n")
     return BuildResult(spec=spec, model=model, export=result, report_path=report_path, report=report)
+
+
+#: keys under which common checkpoint layouts keep the model's state dict
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_weights(model: ODENet, path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
+    """Load a state dict from ``path`` into ``model`` (every parameter and buffer, shapes checked).
+
+    ``.safetensors`` files are read with ``safetensors`` (an optional dependency); anything
+    else with ``torch.load(weights_only=True)``, which refuses pickled code: a plain state dict
+    (``torch.save(model.state_dict(), path)``) or a checkpoint dict holding one under
+    ``state_dict``, ``model_state_dict`` or ``model``. Values are cast to the model's dtype.
+    Returns the report's ``weights`` entry (file name, sha256, tensor count).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BuildError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
+    raw = p.read_bytes()
+    if p.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load as load_safetensors
+        except ImportError as e:
+            raise BuildError(f"{p}: reading .safetensors needs the safetensors package",
+                             "pip install safetensors, or save the state dict with torch.save") from e
+        try:
+            state = load_safetensors(raw)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise BuildError(f"{p}: not a readable safetensors file: {e}") from e
+    else:
+        import io
+        import pickle
+        import warnings
+
+        # torch.save writes a zip archive (legacy files: a pickle, protocol 2+ starts with 0x80)
+        if not (raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80"):
+            raise BuildError(f"{p}: neither a torch.save file nor .safetensors",
+                             "save a state dict with torch.save(model.state_dict(), path), or "
+                             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols it may not support
+                warnings.simplefilter("ignore")
+                state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # objects beyond tensors and containers: never run pickled code
+            raise BuildError(f"{p}: holds objects other than tensors, which a weights-only load refuses "
+                             "(it never runs pickled code)",
+                             "save only the state dict: torch.save(model.state_dict(), path)") from e
+        except Exception as e:  # a truncated or corrupt archive
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BuildError(f"{p}: cannot read it as a torch.save file: {first}") from e
+        if isinstance(state, dict):
+            for key in _STATE_DICT_KEYS:
+                if isinstance(state.get(key), dict):
+                    state = state[key]
+                    break
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise BuildError(f"{p}: holds no state dict (a mapping of names to tensors)",
+                         "save one with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {_some(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_some(unexpected)}")
+        if wrong:
+            parts.append("wrong shape " + ", ".join(f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})"
+                                                    for k in wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+        raise BuildError(f"{p}: the weights do not fit the spec's model: " + "; ".join(parts),
+                         "the weights must come from a model built from this spec (same layers and shapes)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BuildError(f"{p}: non-finite values in {_some(bad)}")
+    model.load_state_dict(state, strict=True)  # copies, casting to each tensor's dtype and device
+    return {"file": p.name, "sha256": hashlib.sha256(raw).hexdigest(), "tensors": len(state)}
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -116,29 +116,109 @@ def schema(output: Optional[str]) -> None:
     _run(body)
 
 
+class _StepsType(click.ParamType):
+    """``--steps``: a step count from 1 to 100000, or ``auto`` (calibrate)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a step count or 'auto'", param, ctx)
+        if not 1 <= n <= 100_000:
+            self.fail(f"{n} is not in the range 1<=x<=100000", param, ctx)
+        return n
+
+
+def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options ``build`` and ``export`` share: how the graph is laid out and how many steps."""
+    options = [
+        click.option("--method", help="Fixed-step method of the exported graph (default: the spec's "
+                                      "export.onnx.method; with calibration, the only method searched)."),
+        click.option("--steps", type=_StepsType(), help="Steps per output interval of each ODE block in the exported "
+                                                        "graph, or auto to calibrate (default: the spec's)."),
+        click.option("--loop/--no-loop", default=None, help="One ONNX Loop per output interval instead of unrolled "
+                                                            "steps (default: the spec's export.onnx.loop)."),
+        click.option("--match-tol", type=click.FloatRange(min=0, min_open=True, max=1),
+                     help="Calibrate the step count: the cheapest fixed method and steps within this max abs error "
+                          "of the model solved with its training solver (implies --steps auto)."),
+        click.option("--calibration-data", type=click.Path(dir_okay=False),
+                     help="Inputs for calibration and the deployment error: .npy, .npz or .csv, as odespec run reads "
+                          "them (default: seeded random inputs)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _check_steps_options(steps: Any, match_tol: Optional[float]) -> None:
+    if match_tol is not None and isinstance(steps, int):
+        raise click.UsageError("--match-tol calibrates the step count; it cannot be combined with --steps N "
+                               "(use --steps auto, or leave --steps out)")
+
+
+def _echo_build(result: Any, fmt: str) -> None:
+    from odespec.export.calibrate import render_report
+
+    if fmt == "json":
+        click.echo(json.dumps(result.report, indent=2))
+    else:
+        click.echo(render_report(result.report, result.export.path, result.report_path))
+
+
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out-dir", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Directory for NAME.onnx and NAME.build.json.")
-@click.option("--method", help="Fixed-step method of the exported graph (default: the spec's export.onnx.method).")
-@click.option("--steps", type=click.IntRange(1, 100_000), help="Steps per ODE block in the exported graph.")
+@_export_options
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override the spec's device.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Override the spec's dtype.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Trained weights to load before exporting (odespec train's RUN/model.safetensors, or a "
+                   "torch.save state dict, loaded with weights_only=True).")
 @_FORMAT
-def build(spec: str, out_dir: str, method: Optional[str], steps: Optional[int], device: Optional[str],
-          dtype: Optional[str], fmt: str) -> None:
-    """Validate SPEC, compile it, export the unrolled model to ONNX, check parity with
-    onnxruntime and write a build report."""
+def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
+          match_tol: Optional[float], calibration_data: Optional[str], device: Optional[str], dtype: Optional[str],
+          weights: Optional[str], fmt: str) -> None:
+    """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
+    onnxruntime, measure its error against the training solver and write a build report."""
+    _check_steps_options(steps, match_tol)
 
     def body() -> int:
         from odespec.api import build_all
-        from odespec.report import render_build
 
-        result = build_all(spec, out_dir, method=method, steps=steps, device=device, dtype=dtype)
-        if fmt == "json":
-            click.echo(json.dumps(result.report, indent=2))
-        else:
-            click.echo(render_build(result.report, result.export.path, result.report_path))
+        result = build_all(spec, out_dir, method=method, steps=steps, device=device, dtype=dtype, loop=loop,
+                           match_tol=match_tol, calibration_data=calibration_data, weights=weights)
+        _echo_build(result, fmt)
+        return EXIT_OK
+
+    _run(body, fmt)
+
+
+@cli.command("export")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for NAME.onnx and NAME.build.json.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Trained weights to export: a state dict in a .safetensors file or a torch.save file "
+                   "(loaded with weights_only=True).")
+@_export_options
+@_FORMAT
+def export_command(spec: str, out_dir: str, weights: Optional[str], method: Optional[str], steps: Any,
+                   loop: Optional[bool], match_tol: Optional[float], calibration_data: Optional[str], fmt: str) -> None:
+    """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
+    deployment error, calibration with --match-tol or steps: auto, report)."""
+    _check_steps_options(steps, match_tol)
+
+    def body() -> int:
+        from odespec.api import build_all
+
+        result = build_all(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
+                           weights=weights, calibration_data=calibration_data)
+        _echo_build(result, fmt)
         return EXIT_OK
 
     _run(body, fmt)
@@ -192,6 +272,79 @@ def inspect_command(model: str, fmt: str) -> None:
         return EXIT_OK
 
     _run(body, fmt)
+
+
+@cli.command("train")
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", "run_dir", type=click.Path(file_okay=False),
+              help="Run directory for the spec copy, checkpoints, metrics.jsonl and model.safetensors "
+                   "[default: runs/NAME].")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its latest checkpoint.")
+@click.option("--iterations", type=click.IntRange(1, 100_000_000), help="Override the spec's iterations (or epochs).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override the spec's device.")
+@_FORMAT
+def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optional[str], iterations: Optional[int],
+                  device: Optional[str], fmt: str) -> None:
+    """Train the model SPEC describes, per its train section; or continue a run with --resume.
+
+    Progress goes to stderr. Ctrl-C writes a checkpoint and exits with code 130; the message
+    says how to resume.
+    """
+
+    if resume_dir is None and spec is None:
+        raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    if resume_dir is not None and run_dir is not None:
+        raise click.UsageError("--resume continues in its own directory; -o is for new runs")
+
+    def body() -> int:
+        from odespec.train import TrainingInterrupted
+        from odespec.train.loop import resume, train
+
+        try:
+            if resume_dir is not None:
+                if spec is not None:
+                    _same_spec_as_run(spec, resume_dir)
+                result = resume(resume_dir, iterations=iterations, device=device)
+            else:
+                assert spec is not None
+                result = train(spec, run_dir, iterations=iterations, device=device)
+        except TrainingInterrupted as e:
+            if fmt == "json":
+                click.echo(json.dumps({"ok": False, "interrupted": True, "iteration": e.iteration,
+                                       "total": e.total, "checkpoint": str(e.checkpoint),
+                                       "resume": f"odespec train --resume {e.run_dir}"}, indent=2))
+            click.echo(str(e), err=True)
+            return e.exit_code
+        if fmt == "json":
+            click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2))
+        else:
+            ev = "  ".join(f"{k} {v:.4g}" for k, v in result.evaluation.items())
+            click.echo(f"trained {result.name}: {result.iterations} iterations in {result.seconds:.1f} s; "
+                       f"last loss {result.last.get('loss', float('nan')):.4g}" + (f"; {ev}" if ev else ""))
+            click.echo(f"wrote {result.weights}")
+            click.echo(f"export with: odespec build {spec or result.run_dir / 'spec.yaml'} --weights {result.weights}")
+        return EXIT_OK
+
+    _run(body, fmt)
+
+
+def _same_spec_as_run(spec: str, run_dir: str) -> None:
+    """``train SPEC --resume RUN``: SPEC must be the spec the run was trained with."""
+    import hashlib
+    from pathlib import Path
+
+    from odespec.train import TrainError
+    from odespec.train.rundir import read_run_info
+
+    info = read_run_info(Path(run_dir))
+    try:
+        digest = hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+    except OSError as e:
+        raise TrainError(f"cannot read {spec}: {e.strerror}") from None
+    if digest != info.get("spec_sha256"):
+        raise TrainError(f"{spec} is not the spec {run_dir} was trained with (it differs from "
+                         f"{Path(run_dir) / 'spec.yaml'})", "resume without SPEC, or start a new run with -o DIR")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -67,6 +67,23 @@ class ODEBlock(BlockBase):
         self.dynamics = DynamicsNet(spec.dynamics, spec.state_shape)
         self.last_stats: Optional[Any] = None
 
+    @property
+    def nfe_backward(self) -> int:
+        """Function evaluations of the backward pass through the last forward solve, read from
+        the solve's ``stats.backward``, which the gradient method fills in while ``.backward()``
+        runs (0 until then). ``adjoint``: evaluations of the augmented dynamics, each one
+        ``f`` plus one vector-Jacobian product; ``checkpoint``: ``f`` re-evaluations while
+        replaying the steps; ``backprop``: always 0, since autograd replays recorded operations
+        and calls no ``f``."""
+        stats = self.last_stats
+        return 0 if stats is None else stats.backward.nfe
+
+    @nfe_backward.setter
+    def nfe_backward(self, value: int) -> None:
+        # BlockBase.__init__ initialises the counter; here it is derived from last_stats
+        if value:
+            raise AttributeError("ODEBlock.nfe_backward is read from the last solve's stats")
+
     def solve(self, y0: torch.Tensor) -> torch.Tensor:
         from odespec.solvers import solve
 
@@ -99,7 +116,7 @@ class ResNetBlock(BlockBase):
 
     def __init__(self, spec: OdeBlockSpec):
         super().__init__(spec)
-        from odespec.export.onnx_export import fixed_grid
+        from odespec.solvers.grid import fixed_grid
 
         self.grid = fixed_grid(spec.t, spec.solver.steps)
         n = sum(len(interval) for interval in self.grid)

@@ -119,6 +119,11 @@ class GraphBuilder:
         for n in sub.node:
             if n.op_type == "Constant" and n.output[0] in shared:
                 continue
+            if n.op_type == "Identity" and not n.domain and n.output[0] not in local:
+                # torch's exporter writes Identity nodes for deduplicated initializers; every
+                # copy of the subgraph would repeat them, so read the source value directly
+                local[n.output[0]] = rename(n.input[0])
+                continue
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
                 raise ExportError(
                     f"a layer exported to ONNX control flow ({n.op_type}); odespec cannot unroll it",

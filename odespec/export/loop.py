@@ -16,8 +16,7 @@ method the first stage ``k1`` of the next step. The step size is a constant per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -31,23 +30,36 @@ from odespec.solvers.tableau import ButcherTableau
 __all__ = ["TimeValue", "loop_solve"]
 
 
-@dataclass(frozen=True, eq=False)
 class TimeValue:
-    """A symbolic scalar time in a graph being built.
+    """A symbolic scalar time in a graph being built, plus a constant offset.
 
     ``rk_step`` computes stage times as ``t + c_i * h`` with a float ``c_i * h``; on this value
-    that addition emits one ``Add`` node, so stage times are computed in the graph.
+    that addition only records the offset. :attr:`name` emits the ``Add`` node when a stage
+    really reads its time, so autonomous dynamics (whose exported graph has no ``t`` input)
+    leave no dead time arithmetic in the loop body, and stages with equal ``c_i`` (rk4's two
+    midpoints) share one node.
     """
 
-    name: str
-    builder: GraphBuilder
+    def __init__(self, base: str, builder: GraphBuilder, offset: float = 0.0,
+                 _made: Optional[dict[float, str]] = None):
+        self.base = base
+        self.builder = builder
+        self.offset = offset
+        self._made = {} if _made is None else _made  # offset -> value name, shared by derived times
 
     def __add__(self, dt: float) -> "TimeValue":
-        if float(dt) == 0.0:
-            return self
-        return TimeValue(self.builder.node("Add", [self.name, self.builder.const(float(dt))]), self.builder)
+        return TimeValue(self.base, self.builder, self.offset + float(dt), self._made)
 
     __radd__ = __add__
+
+    @property
+    def name(self) -> str:
+        """The ONNX value holding this time (computed in the graph on first use)."""
+        if self.offset == 0.0:
+            return self.base
+        if self.offset not in self._made:
+            self._made[self.offset] = self.builder.node("Add", [self.base, self.builder.const(self.offset)])
+        return self._made[self.offset]
 
 
 def loop_solve(
@@ -63,7 +75,7 @@ def loop_solve(
     """Solve one ODE block with one ``Loop`` node per output interval.
 
     ``dynamics`` is the torch-exported f(t, y) graph (inputs ``t``, ``y``), ``grid`` the
-    intervals' steps as :func:`~odespec.export.onnx_export.fixed_grid` returns them,
+    intervals' steps as :func:`~odespec.solvers.grid.fixed_grid` returns them,
     ``state_shape`` the state's full shape including the batch dimension (an int or a
     symbolic name each). Returns the state at every output time, ``y0`` first.
     """
@@ -79,9 +91,16 @@ def loop_solve(
     return outs
 
 
+def _takes_t(dynamics: onnx.GraphProto) -> bool:
+    """Whether the exported f(t, y) reads t (the exporter drops an unused input)."""
+    return any(i.name == "t" for i in dynamics.input)
+
+
 def _splice_f(builder: GraphBuilder, dynamics: onnx.GraphProto, weights_prefix: str):
+    takes_t = _takes_t(dynamics)
+
     def f(t: TimeValue, y: Value) -> Value:
-        (out,) = builder.splice(dynamics, {"t": t.name, "y": y.name}, weights_prefix)
+        (out,) = builder.splice(dynamics, {"t": t.name if takes_t else "", "y": y.name}, weights_prefix)
         return Value(out)
 
     return f
@@ -132,7 +151,7 @@ def _interval_loop(
     initial = [gb.const(t0), y.name]
     if fsal:
         # the first step's first stage, computed once before the loop (rk_step does the same)
-        (k1,) = gb.splice(dynamics, {"t": gb.const(t0), "y": y.name}, weights_prefix)
+        (k1,) = gb.splice(dynamics, {"t": gb.const(t0) if _takes_t(dynamics) else "", "y": y.name}, weights_prefix)
         initial.append(k1)
     outputs = [gb.fresh("t_end"), gb.fresh("y_end")] + ([gb.fresh("k_end")] if fsal else [])
     # trip count = the interval's step count; no condition input (a "for" loop)

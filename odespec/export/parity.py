@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,14 @@ def ort_session(model_bytes: bytes):
         raise ExportError(f"onnxruntime could not load the exported model: {e}") from e
 
 
+def seeded_inputs(input_shape: Sequence[int], *, dtype: torch.dtype, batch_sizes: Sequence[int] = (1, 7, 256),
+                  seed: int = 0) -> list[torch.Tensor]:
+    """Standard-normal input batches drawn from ``seed`` (in float64, then cast, so that both
+    dtypes see the same values): the inputs of the parity check and of the deployment error."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn((b, *input_shape), generator=gen, dtype=torch.float64).to(dtype) for b in batch_sizes]
+
+
 def check_parity(
     model_bytes: bytes,
     reference: torch.nn.Module,
@@ -56,16 +64,16 @@ def check_parity(
     tolerance: float,
     batch_sizes: Sequence[int] = (1, 7, 256),
     seed: int = 0,
+    session: Optional[Any] = None,
 ) -> ParityResult:
     """Compare onnxruntime with ``reference`` (the PyTorch fixed-step model) on seeded random
-    inputs at several batch sizes; raise :class:`ParityError` above ``tolerance``."""
-    sess = ort_session(model_bytes)
-    gen = torch.Generator().manual_seed(seed)
+    inputs at several batch sizes; raise :class:`ParityError` above ``tolerance``.
+    ``session``: an onnxruntime session of ``model_bytes`` already open."""
+    sess = session if session is not None else ort_session(model_bytes)
     max_abs = 0.0
     max_rel = 0.0
     reference.eval()
-    for b in batch_sizes:
-        x = torch.randn((b, *input_shape), generator=gen, dtype=torch.float64).to(dtype)
+    for x in seeded_inputs(input_shape, dtype=dtype, batch_sizes=batch_sizes, seed=seed):
         with torch.no_grad():
             want = reference(x).cpu().to(torch.float64).numpy()
         (got,) = sess.run(None, {INPUT_NAME: x.numpy()})

@@ -1,4 +1,5 @@
-"""Runge-Kutta ODE solvers: tableaus, one generic RK step, fixed-step and adaptive integration.
+"""Runge-Kutta ODE solvers: tableaus, one generic RK step, fixed-step and adaptive integration,
+and three ways for gradients to flow through a solve (backprop, adjoint, checkpoint).
 
 Importing this package (or :mod:`odespec.solvers.tableaus`, :mod:`~odespec.solvers.tableau`,
 :mod:`~odespec.solvers.options`, :mod:`~odespec.solvers.dense`) does not import torch: the spec
@@ -18,6 +19,15 @@ _LAZY = {
     # torch-backed
     "odeint": "odespec.solvers.odeint",
     "solve": "odespec.solvers.odeint",
+    "odeint_adjoint": "odespec.solvers.odeint",
+    "BackwardStats": "odespec.solvers.solution",
+    "GradientMethod": "odespec.solvers.gradient",
+    "Backprop": "odespec.solvers.gradient",
+    "Adjoint": "odespec.solvers.gradient",
+    "Checkpoint": "odespec.solvers.gradient",
+    "UnknownGradientMethodError": "odespec.solvers.gradient",
+    "register_gradient": "odespec.solvers.gradient",
+    "gradient_names": "odespec.solvers.gradient",
     "Solution": "odespec.solvers.solution",
     "SolveStats": "odespec.solvers.solution",
     "rk_step": "odespec.solvers.step",
@@ -41,9 +51,18 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odespec.solvers.odeint import odeint, solve
+    from odespec.solvers.gradient import (
+        Adjoint,
+        Backprop,
+        Checkpoint,
+        GradientMethod,
+        UnknownGradientMethodError,
+        gradient_names,
+        register_gradient,
+    )
+    from odespec.solvers.odeint import odeint, odeint_adjoint, solve
     from odespec.solvers.options import InvalidOptionError, allowed_options, parse_options
-    from odespec.solvers.solution import Solution, SolveStats
+    from odespec.solvers.solution import BackwardStats, Solution, SolveStats
     from odespec.solvers.step import Combine, StepResult, rk_step, torch_combine
     from odespec.solvers.tableau import ButcherTableau, Interpolant
     from odespec.solvers.tableaus import (

@@ -17,20 +17,26 @@ class TimedFunc:
     bookkeeping, no device syncs), the user's function gets a 0-d tensor ``t`` as in
     torchdiffeq. Also counts evaluations."""
 
-    __slots__ = ("func", "dtype", "device", "nfe")
+    __slots__ = ("func", "dtype", "device", "nfe", "_t_float", "_t_tensor")
 
     def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device):
         self.func = func
         self.dtype = dtype
         self.device = device
         self.nfe = 0
+        self._t_float: Optional[float] = None
+        self._t_tensor: Optional[torch.Tensor] = None
 
     def __call__(self, t, y):
         self.nfe += 1
         if not isinstance(t, torch.Tensor):
-            # scalar_tensor is the cheapest way to a 0-d tensor and, on a GPU, a fill kernel
-            # rather than a host-to-device copy
-            t = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+            if t != self._t_float:
+                # scalar_tensor is the cheapest way to a 0-d tensor and, on a GPU, a fill kernel
+                # rather than a host-to-device copy. The last one is reused for the same time
+                # (DOPRI5/Tsit5's last two stages both sit at t + h).
+                self._t_float = t
+                self._t_tensor = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+            t = self._t_tensor
         return self.func(t, y)
 
 

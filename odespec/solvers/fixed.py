@@ -10,15 +10,17 @@ no sliver step is taken; when the outputs are multiples of ``step_size`` both co
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from odespec.solvers.common import Outcome, TimedFunc, solver_error
 from odespec.solvers.options import FixedStepOptions
+from odespec.solvers.replay import StepRecorder
 from odespec.solvers.step import rk_step
 from odespec.solvers.tableau import ButcherTableau
 
-__all__ = ["integrate_fixed", "steps_for_interval"]
+__all__ = ["integrate_fixed", "steps_for_interval", "count_steps"]
 
 # |span| / step_size within this relative distance of an integer counts as that integer, so that
 # e.g. span 1.0 with step 0.1 (1/0.1 = 10.000000000000002) takes 10 steps, not 11.
@@ -38,28 +40,41 @@ def steps_for_interval(span: float, opts: FixedStepOptions) -> int:
     return max(1, math.ceil(q))
 
 
+def count_steps(times: list[float], opts: FixedStepOptions) -> int:
+    """Total number of steps a fixed-step solve through ``times`` takes."""
+    return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:]))
+
+
 def integrate_fixed(
     f: TimedFunc,
     y0: torch.Tensor,
     times: list[float],
     tableau: ButcherTableau,
     opts: FixedStepOptions,
+    *,
+    recorder: Optional[StepRecorder] = None,
 ) -> Outcome:
     """Integrate through ``times`` (monotonic, either direction) with fixed steps.
 
     No per-step host syncs: finiteness is checked once at the end (one sync); the first
-    non-finite output ends the returned outputs and sets ``Outcome.error``.
+    non-finite output ends the returned outputs and sets ``Outcome.error``. ``recorder`` is
+    told every step (the checkpoint gradient method); the output at the end of an interval is
+    recorded as lying exactly at that step's end.
     """
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
     y = y0
     k1 = None
     h = 0.0
-    for t0, t1 in zip(times[:-1], times[1:]):
+    for i, (t0, t1) in enumerate(zip(times[:-1], times[1:])):
         span = t1 - t0
         n = steps_for_interval(span, opts)
         h = span / n
         for j in range(n):
             res = rk_step(f, t0 + j * h, y, h, tableau, k1=k1, with_error=False)
+            if recorder is not None:
+                end = j == n - 1
+                recorder.accept(t0 + j * h, h, t1 if end else t0 + (j + 1) * h, y,
+                                i + 1, i + 2 if end else i + 1)
             y = res.y_next
             # FSAL: the last stage is f(t + h, y_next), the next step's first stage
             k1 = res.ks[-1] if tableau.fsal else None

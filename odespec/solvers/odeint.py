@@ -1,27 +1,30 @@
-"""Public entry points: :func:`odeint` (torchdiffeq-compatible) and :func:`solve` (with stats).
+"""Public entry points: :func:`odeint` (torchdiffeq-compatible), :func:`odeint_adjoint`
+(torchdiffeq's drop-in) and :func:`solve` (with statistics and a choice of gradient method).
 
-Gradients flow by plain autograd through the solver's operations (discretise-then-optimise);
-step-size decisions are treated as constants. Time is not differentiable (it is handled as
+How gradients flow is the ``gradient`` argument (see :mod:`odespec.solvers.gradient`):
+``"backprop"`` (default) differentiates the solver's operations (discretise-then-optimise, step
+sizes are constants), ``"adjoint"`` solves the continuous adjoint backwards, ``"checkpoint"``
+recomputes backprop's graph segment by segment. Time is not differentiable (it is handled as
 Python floats).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from odespec.solvers.adaptive import integrate_adaptive
-from odespec.solvers.common import Outcome, TimedFunc
-from odespec.solvers.fixed import integrate_fixed
-from odespec.solvers.options import FixedStepOptions, InvalidOptionError, parse_options
-from odespec.solvers.solution import Solution, SolveStats
+from odespec.solvers.checks import check_monotonic, check_state, check_times, check_tolerance
+from odespec.solvers.common import Outcome
+from odespec.solvers.gradient import GradientMethod, Problem, make_gradient
+from odespec.solvers.integrate import make_setup
+from odespec.solvers.options import InvalidOptionError
+from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
 
-__all__ = ["odeint", "solve", "DEFAULT_METHOD"]
+__all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
 
 DEFAULT_METHOD = "dopri5"
 
@@ -54,6 +57,52 @@ def odeint(
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
 
 
+def odeint_adjoint(
+    func: Func,
+    y0: torch.Tensor,
+    t: Union[torch.Tensor, Sequence[float]],
+    *,
+    rtol: Tol = 1e-7,
+    atol: Tol = 1e-9,
+    method: Method = None,
+    options: Optional[Mapping[str, Any]] = None,
+    adjoint_rtol: Optional[Tol] = None,
+    adjoint_atol: Optional[Tol] = None,
+    adjoint_method: Method = None,
+    adjoint_options: Optional[Mapping[str, Any]] = None,
+    adjoint_params: Optional[Iterable[torch.Tensor]] = None,
+) -> torch.Tensor:
+    """torchdiffeq's ``odeint_adjoint``: :func:`odeint` with gradients by the continuous adjoint.
+
+    As in torchdiffeq, ``func`` must be an ``nn.Module`` (whose parameters get gradients) unless
+    ``adjoint_params`` names the tensors to differentiate (``()`` for none); the adjoint
+    tolerances and method default to the forward ones, and ``adjoint_options`` to ``options``
+    when the method is the same. ``adjoint_options={"norm": "seminorm"}`` (torchdiffeq's
+    spelling) is ``solve(..., seminorm=True)``.
+    """
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise ValueError(
+            "func must be an instance of nn.Module to specify the adjoint parameters; alternatively "
+            "they can be specified explicitly via the `adjoint_params` argument. If there are no "
+            "parameters then it is allowable to set `adjoint_params=()`."
+        )
+    seminorm = False
+    if adjoint_options is not None and "norm" in adjoint_options:
+        adjoint_options = dict(adjoint_options)
+        norm = adjoint_options.pop("norm")
+        if norm != "seminorm":
+            raise InvalidOptionError(
+                f"adjoint_options['norm'] must be 'seminorm' (odespec has no custom norms), got {norm!r}",
+                key="norm",
+            )
+        seminorm = True
+    return solve(
+        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient="adjoint",
+        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options, adjoint_params=adjoint_params, seminorm=seminorm,
+    ).ys
+
+
 def solve(
     func: Func,
     y0: torch.Tensor,
@@ -64,41 +113,71 @@ def solve(
     atol: Tol = 1e-9,
     options: Optional[Mapping[str, Any]] = None,
     return_on_failure: bool = False,
+    gradient: Union[str, GradientMethod] = "backprop",
+    adjoint_rtol: Optional[Tol] = None,
+    adjoint_atol: Optional[Tol] = None,
+    adjoint_method: Method = None,
+    adjoint_options: Optional[Mapping[str, Any]] = None,
+    adjoint_params: Optional[Iterable[torch.Tensor]] = None,
+    seminorm: bool = False,
+    checkpoints: Optional[int] = None,
 ) -> Solution:
-    """Like :func:`odeint` but returns a :class:`Solution` with statistics.
+    """Like :func:`odeint` but returns a :class:`Solution` with statistics, and chooses how
+    gradients flow.
 
     With ``return_on_failure=True`` a failed solve returns the outputs reached, the last accepted
     state and ``stats.status`` set to the failure reason instead of raising.
+
+    ``gradient``: ``"backprop"`` (default), ``"adjoint"`` or ``"checkpoint"`` (or a
+    :class:`~odespec.solvers.gradient.GradientMethod` instance); an unknown name raises
+    :class:`~odespec.solvers.gradient.UnknownGradientMethodError` with a did-you-mean. The
+    ``adjoint_*`` arguments and ``seminorm`` configure ``"adjoint"`` (see
+    :func:`odeint_adjoint`; ``seminorm=True`` leaves the parameter-gradient channels out of the
+    backward solve's error control); ``checkpoints`` configures ``"checkpoint"``;
+    ``adjoint_params`` names the tensors both differentiate besides ``y0`` (default: an
+    ``nn.Module``'s parameters, else the leaf tensors ``func`` is found to depend on). Passing
+    one to a method that does not use it is an error. The backward pass's work is readable in
+    ``stats.backward`` after ``.backward()``. Gradients reach the outputs ``ys`` (and, on
+    success, ``y_last``, which is ``ys[-1]``).
     """
+    given = {
+        k: v
+        for k, v in (
+            ("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
+            ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options),
+            ("adjoint_params", adjoint_params), ("checkpoints", checkpoints),
+        )
+        if v is not None
+    }
+    if seminorm is not False:
+        given["seminorm"] = seminorm
+    grad = make_gradient(gradient, given).for_function(func)
     tableau = _resolve_method(method)
-    opts = parse_options(tableau, options)
     if isinstance(y0, (tuple, list)):
         packed = _TupleState(func, y0, rtol, atol)
         sol = solve(packed.func, packed.y0, t, method=tableau, rtol=packed.rtol, atol=packed.atol,
-                    options=options, return_on_failure=return_on_failure)
+                    options=options, return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
-    y0 = _check_state(y0)
-    t = _check_times(t, y0)
+    y0 = check_state(y0)
+    t = check_times(t, y0)
     times = t.tolist()
     if len(times) > 1:
-        _check_monotonic(times)
-    f = TimedFunc(func, t.dtype, y0.device)
-
-    if isinstance(opts, FixedStepOptions):
-        outcome = integrate_fixed(f, y0, times, tableau, opts)
-    else:
-        _check_tolerance("rtol", rtol, y0)
-        _check_tolerance("atol", atol, y0)
-        outcome = integrate_adaptive(
-            f, y0, times, tableau, opts, rtol, atol, time_eps=torch.finfo(t.dtype).eps
-        )
+        check_monotonic(times)
+    setup = make_setup(tableau, options, rtol, atol, t.dtype)
+    if not setup.fixed:
+        check_tolerance("rtol", rtol, y0)
+        check_tolerance("atol", atol, y0)
+    backward = BackwardStats()
+    solved = grad.solve(Problem(func, y0, t, times, setup, options), backward)
+    outcome = solved.outcome
     if outcome.error is not None and not return_on_failure:
         raise outcome.error
-    return _solution(outcome, tableau, t, f.nfe)
+    return _solution(outcome, solved.ys, tableau, t, solved.nfe, grad.name, backward)
 
 
-def _solution(outcome: Outcome, tableau: ButcherTableau, t: torch.Tensor, nfe: int) -> Solution:
-    n = len(outcome.outs)
+def _solution(outcome: Outcome, ys: torch.Tensor, tableau: ButcherTableau, t: torch.Tensor, nfe: int,
+              gradient: str, backward: BackwardStats) -> Solution:
+    n = ys.shape[0]
     stats = SolveStats(
         method=tableau.name,
         nfe=nfe,
@@ -107,13 +186,18 @@ def _solution(outcome: Outcome, tableau: ButcherTableau, t: torch.Tensor, nfe: i
         n_rejected=outcome.n_rejected,
         final_step_size=float(outcome.step_size),
         status="success" if outcome.error is None else outcome.error.reason,
+        gradient=gradient,
+        backward=backward,
     )
+    # on success y_last is the last output: take it from ys, so gradients reach it whatever
+    # the gradient method (after a failure it may lie past the last output, outside ys)
+    y_last = ys[-1] if outcome.error is None else outcome.y_last
     return Solution(
         ts=t[:n],
-        ys=torch.stack(outcome.outs),
+        ys=ys,
         stats=stats,
         t_last=float(outcome.t_last),
-        y_last=outcome.y_last,
+        y_last=y_last,
         error=outcome.error,
     )
 
@@ -164,49 +248,3 @@ def _resolve_method(method: Method) -> ButcherTableau:
     if isinstance(method, str):
         return get_tableau(method)
     raise TypeError(f"method must be a name or a ButcherTableau, got {type(method).__name__}")
-
-
-def _check_state(y0: Any) -> torch.Tensor:
-    if not isinstance(y0, torch.Tensor):
-        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
-    if not (y0.is_floating_point() or y0.is_complex()):
-        raise TypeError(f"y0 must be a floating point tensor, got dtype {y0.dtype}")
-    return y0
-
-
-def _check_times(t: Any, y0: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t, dtype=y0.abs().dtype)
-    if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.to(y0.abs().dtype)
-    return t.to(y0.device)
-
-
-def _check_monotonic(times: list[float]) -> None:
-    if not all(math.isfinite(x) for x in times):
-        raise ValueError("t must be finite")
-    increasing = times[1] > times[0]
-    for a, b in zip(times, times[1:]):
-        if (b > a) != increasing or a == b:
-            raise ValueError("t must be strictly increasing or strictly decreasing")
-
-
-def _check_tolerance(name: str, tol: Tol, y0: torch.Tensor) -> None:
-    if isinstance(tol, torch.Tensor):
-        try:
-            shape = torch.broadcast_shapes(tol.shape, y0.shape)
-        except RuntimeError:
-            shape = None
-        if shape != y0.shape:
-            raise InvalidOptionError(
-                f"{name} of shape {tuple(tol.shape)} does not broadcast to the state shape "
-                f"{tuple(y0.shape)}",
-                key=name,
-            )
-        if bool((tol < 0).any()):
-            raise InvalidOptionError(f"{name} must be >= 0", key=name)
-        return
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0) or math.isinf(tol):
-        raise InvalidOptionError(f"{name} must be a finite number >= 0 or a tensor, got {tol!r}", key=name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from odespec.errors import SolverError
@@ -10,7 +10,28 @@ from odespec.errors import SolverError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["SolveStats", "Solution"]
+__all__ = ["BackwardStats", "SolveStats", "Solution"]
+
+
+@dataclass
+class BackwardStats:
+    """Work done by backward passes through one solve; filled in *during* ``.backward()``, so
+    read it afterwards (it is shared, not copied, by :attr:`SolveStats.backward`).
+
+    ``nfe`` counts evaluations of the user's ``func``: for ``gradient="adjoint"`` each is one
+    evaluation of the augmented dynamics (``func`` plus one vector-Jacobian product); for
+    ``"checkpoint"`` the re-evaluations while replaying the steps. ``"backprop"`` evaluates
+    nothing in its backward pass (autograd replays recorded operations), so it stays 0. The step
+    counters are the adjoint's backward solves (``"checkpoint"``: steps replayed, all
+    accepted). ``passes`` counts backward passes (more than one with ``retain_graph``); every
+    counter is a total over them.
+    """
+
+    nfe: int = 0
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    passes: int = 0
 
 
 @dataclass(frozen=True)
@@ -29,6 +50,10 @@ class SolveStats:
     n_rejected: int
     final_step_size: float
     status: str
+    #: the gradient method the solve used
+    gradient: str = "backprop"
+    #: the backward passes' work, filled in when they run
+    backward: BackwardStats = field(default_factory=BackwardStats)
 
 
 @dataclass(frozen=True)

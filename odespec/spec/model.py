@@ -20,6 +20,11 @@ __all__ = [
     "GradientSpec",
     "OdeBlockSpec",
     "OnnxExportSpec",
+    "DataSpec",
+    "LossSpec",
+    "OptimizerSpec",
+    "ScheduleSpec",
+    "InitSpec",
     "TrainSpec",
     "Spec",
     "ModelItem",
@@ -134,21 +139,102 @@ class OnnxExportSpec:
 
     file: str
     method: str = "rk4"
-    steps: int = 8
+    #: steps per output interval, or ``"auto"``: calibrate against the training solver
+    steps: Union[int, str] = 8
     opset: int = 17
     dynamic_batch: bool = True
     parity_tol: float = 1e-5
     loop: bool = False
+    #: ``steps: auto`` only: largest max abs error against the training-solver model
+    match_tol: float = 1e-4
+    #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
+    #: or every built-in fixed-step method when none is written); empty otherwise
+    calibration_methods: tuple[str, ...] = ()
+
+    @property
+    def auto(self) -> bool:
+        """Whether the step count (and maybe the method) is chosen by calibration."""
+        return self.steps == "auto"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where training data comes from: a registered data source and its complete options."""
+
+    source: str
+    options: Mapping[str, Any]
+    loc: Location
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The training loss: ``mse``, ``l1``, ``cross_entropy`` or ``elbo`` (with its noise std)."""
+
+    kind: str
+    #: elbo only: the fixed standard deviation of the Gaussian observation noise
+    noise_std: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer and its options; ``None`` means torch's default for that optimizer."""
+
+    method: str = "adam"
+    weight_decay: Optional[float] = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: Optional[float] = None
+    alpha: float = 0.99
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Learning-rate schedule over iterations: ``constant``, ``step`` or ``cosine``."""
+
+    kind: str = "constant"
+    #: step: multiply the rate by ``gamma`` every ``every`` iterations
+    every: Optional[int] = None
+    gamma: float = 0.1
+    #: cosine: the rate reached at the last iteration
+    min_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Re-initialisation of the linear layers of every ODE block's dynamics before training."""
+
+    weights: str = "default"
+    std: float = 0.1
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Training settings (filled out by the training issue)."""
+    """Training settings, used by ``odespec train``."""
 
-    iterations: int = 1000
-    batch_size: int = 32
+    data: DataSpec
+    loss: LossSpec
+    loc: Location
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
     lr: float = 1e-3
-    optimizer: str = "adam"
+    #: optimizer steps; None when ``epochs`` is given (then known once the data is loaded)
+    iterations: Optional[int] = None
+    epochs: Optional[int] = None
+    batch_size: int = 32
+    #: evaluate every N iterations (0: only after the last)
+    eval_every: int = 0
+    #: write a checkpoint every N iterations (0: only at the end and on Ctrl-C)
+    checkpoint_every: int = 500
+    #: a progress line every N iterations when stderr is not a terminal (None: about 50 per run)
+    log_every: Optional[int] = None
+    seed: int = 0
+    #: None: the spec's top-level device
+    device: Optional[str] = None
+    init: InitSpec = InitSpec()
 
 
 @dataclass(frozen=True)

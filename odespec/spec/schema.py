@@ -30,6 +30,10 @@ NAMES_KEY = "x-odespec-names"
 
 MAX_STEPS = 100_000
 MAX_NUM_STEPS = 10_000_000
+#: ``export.onnx.steps: auto``: the fixed-step methods calibration searches by default, and the
+#: most steps per output interval it tries before giving up
+CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
+MAX_CALIBRATION_STEPS = 4096
 
 
 def _num(description: str, default: Any, **kw: Any) -> dict:
@@ -206,7 +210,20 @@ def build_schema() -> dict[str, Any]:
                      "description": "Output file name (default: NAME.onnx), written in the output directory."},
             "method": {**{k: v for k, v in method.items() if k != "description"},
                        "description": "Fixed-step method of the unrolled graph.", "default": "rk4"},
-            "steps": {**steps, "default": 8, "description": "Steps per output interval of each ODE block."},
+            "steps": {
+                "description": "Steps per output interval of each ODE block, or auto: calibrate, choosing the "
+                               "cheapest fixed-step method and step count whose output stays within match_tol "
+                               "of the model solved with its training solver.",
+                "default": 8,
+                # a word takes the `auto` branch; a number-like string ('1_000', '8') the integer
+                # branch, so that it keeps the integer's messages (underscores, quoting)
+                "if": {"type": "string", "pattern": "^[A-Za-z]"},
+                "then": {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
+                "else": {**{k: v for k, v in steps.items() if k != "default"},
+                         "description": "Steps per output interval of each ODE block."},
+            },
+            "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
+                              "the calibration inputs.", 1e-4, exclusiveMinimum=0, maximum=1),
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": 17,
                       "description": "ONNX opset version."},
             "dynamic_batch": {"type": "boolean", "default": True,
@@ -219,20 +236,10 @@ def build_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    train = {
-        "type": "object",
-        "description": "Training settings (used by `odespec train`).",
-        "properties": {
-            "iterations": {"type": "integer", "minimum": 1, "maximum": 10_000_000, "default": 1000,
-                           "description": "Optimizer steps."},
-            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 32,
-                           "description": "Samples per step."},
-            "lr": _num("Learning rate.", 1e-3, exclusiveMinimum=0, maximum=10),
-            "optimizer": {"enum": ["adam", "adamw", "sgd", "rmsprop"], "default": "adam",
-                          NAMES_KEY: "optimizer", "description": "Optimizer."},
-        },
-        "additionalProperties": False,
-    }
+    # the train section is generated from the data-source registry, like the layers here
+    from odespec.train.schema import train_schema
+
+    train = train_schema()
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

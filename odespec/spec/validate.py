@@ -14,7 +14,7 @@ from odespec.layers import LayerContext, ShapeError, registry
 from odespec.layers.base import fmt_shape
 from odespec.spec.load import LoadedDocument, Path, format_path
 from odespec.spec.messages import schema_issues
-from odespec.spec.schema import MAX_STEPS
+from odespec.spec.schema import CALIBRATION_METHODS, MAX_STEPS
 from odespec.spec.model import (
     DynamicsSpec,
     GradientSpec,
@@ -94,10 +94,12 @@ class _Checker:
                 f"the model has {total:,} parameters; the limit is {MAX_PARAMETERS:,}",
                 "reduce layer widths or channels (parameters are counted from shapes, nothing was allocated)",
             )
+        # the train section is compared with the model only when the model itself is valid
+        model_ok = not self.issues and len(items) == len(data["model"])
         export = self.export(data)
+        train = self.train(data["train"], items if model_ok else None, data) if "train" in data else None
         if self.issues:
             raise SpecError(self.issues)
-        train = TrainSpec(**data["train"]) if "train" in data else None
         return Spec(
             name=data["name"],
             input_shape=tuple(data["input"]["shape"]),
@@ -299,6 +301,13 @@ class _Checker:
             return None
         return DynamicsSpec(time=time, layers=tuple(layers), loc=self.loc(path))
 
+    # -- train --------------------------------------------------------------------------------
+    def train(self, raw: dict, items: Optional[list[ModelItem]], data: dict) -> Optional[TrainSpec]:
+        """The train section's own rules, and (``items`` given) the data against the model."""
+        from odespec.train.check import check_train
+
+        return check_train(raw, items, tuple(data["input"]["shape"]), self.error, self.loc)
+
     # -- export -------------------------------------------------------------------------------
     def export(self, data: dict) -> OnnxExportSpec:
         from odespec.solvers import tableaus
@@ -311,7 +320,15 @@ class _Checker:
             self.error(path + ("method",), f"{method!r} is adaptive; an exported graph is fixed-step",
                        f"use one of: {', '.join(fixed)}")
         steps = raw.get("steps", 8)
-        for i, item in enumerate(data["model"]):
+        if steps == "auto":
+            # calibration searches the written method alone, else every built-in fixed-step one
+            raw["calibration_methods"] = (method,) if "method" in raw else CALIBRATION_METHODS
+        elif "match_tol" in raw:
+            self.error(path + ("match_tol",), "'match_tol' is for steps: auto (calibration); the step count "
+                       f"here is fixed ({steps})", "write steps: auto to choose the step count by calibration, or "
+                       "remove match_tol", key=True)
+        # (calibration keeps within MAX_STEPS itself)
+        for i, item in enumerate(data["model"] if steps != "auto" else []):
             if isinstance(item, dict) and "ode" in item:
                 t = _times(item["ode"].get("t", [0, 1]))
                 if _total_steps(t, steps, None) > MAX_STEPS:

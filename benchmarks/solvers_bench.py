@@ -1,0 +1,339 @@
+"""Solver benchmark (issue #3): odespec against torchdiffeq and torchode, and odespec's three
+gradient methods against each other.
+
+Run from the repository root (about 10 minutes on 2 cores; ``--quick`` for a smoke run):
+
+    .venv/bin/python benchmarks/solvers_bench.py [--repeat 15] [--only forward,accuracy,grad,seminorm,memory]
+
+Method, so the numbers can be judged:
+
+* ``torch.set_num_threads(1)`` (printed), float32, CPU, everything in one process; timings are
+  medians of ``--repeat`` interleaved rounds (each round runs every peer once, so machine noise
+  hits all peers alike); forward timings run under ``torch.no_grad()``.
+* dopri5, rtol 1e-5, atol 1e-6, t in [0, 10], output at t = 10. Error: max |y - ref| / max |ref|
+  against SciPy's DOP853 at rtol = atol = 1e-12 in float64, on the same float32 weights.
+* NFE: calls of the dynamics in an untimed run (torchode: its own count of evaluations of the
+  batched function). Overhead: solver time / (NFE x median time of one bare ``func(t, y0)``).
+* Work-precision: the NFE torchdiffeq needs for the error odespec reaches at the same rtol,
+  interpolated log-linearly on torchdiffeq's own (rtol, NFE, error) sweep, float64.
+* Gradient timings: forward + backward of ``sum(y(10)**2)`` w.r.t. y0 and all parameters, grad
+  enabled, dopri5 with 100 fixed steps (so every method integrates the same steps) and adaptive.
+* Memory: peak resident set size of a fresh process running one forward + backward, minus its
+  resident size just before (``ru_maxrss`` delta), with glibc's mmap threshold pinned at 64 KiB
+  so every tensor of the "wide" state (64 KiB) or larger is mapped and unmapped on its own and
+  the RSS tracks live tensor memory. It counts everything the solve allocates (autograd's saved
+  tensors, checkpoints, the adjoint's augmented state), which a saved-tensor hook would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from solvers_common import (  # noqa: E402
+    ATOL,
+    CASES,
+    RTOL,
+    Counter,
+    interleaved_medians,
+    make_case,
+    rel_error,
+    scipy_reference,
+    torchode_solver,
+)
+
+from odespec.solvers import odeint, solve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def machine() -> str:
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:15]
+    except OSError:
+        cpu = [platform.processor()]
+    return "\n".join(cpu + [f"python {platform.python_version()}, torch {torch.__version__}, "
+                            f"threads {torch.get_num_threads()}"])
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def forward_section(repeat: int) -> str:
+    import torchdiffeq
+
+    rows = []
+    notes = []
+    for name in CASES:
+        case = make_case(name)
+        ref = scipy_reference(case)
+        f, y0, t = case.func, case.y0, case.t
+        peers: dict[str, Callable[[], torch.Tensor]] = {
+            "odespec": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL)[-1],
+            "odespec controller=i": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL, options={"controller": "i"})[-1],
+            "torchdiffeq": lambda: torchdiffeq.odeint(f, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")[-1],
+        }
+        for jit in (False, True):
+            run, why = torchode_solver(case, jit)
+            label = "torchode-jit" if jit else "torchode"
+            if run is None:
+                notes.append(f"{name}: {label} not run: {why}")
+            else:
+                peers[label] = run
+        with torch.no_grad():
+            # untimed: NFE and error
+            nfe, err = {}, {}
+            counter = Counter(f)
+            for label in peers:
+                if label.startswith("torchode"):
+                    yy = peers[label]()
+                    nfe[label] = _torchode_nfe(case, label.endswith("jit"))
+                else:
+                    counter.n = 0
+                    if label.startswith("odespec"):
+                        opts = {"controller": "i"} if label.endswith("=i") else None
+                        yy = odeint(counter, y0, t, rtol=RTOL, atol=ATOL, options=opts)[-1]
+                    else:
+                        yy = torchdiffeq.odeint(counter, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")[-1]
+                    nfe[label] = counter.n
+                err[label] = rel_error(yy, ref)
+            # the bare calls run interleaved with the solvers, so the overhead ratio compares
+            # timings taken under the same machine load
+            n_bare = 50
+            t0 = t[0]
+
+            def bare_calls() -> None:
+                for _ in range(n_bare):
+                    f(t0, y0)
+
+            med = interleaved_medians({**peers, "bare": bare_calls}, repeat)
+            bare = med.pop("bare") / n_bare
+        for label in peers:
+            rows.append([
+                name, label, f"{med[label] * 1e3:.2f}", f"{med[label] / med['torchdiffeq']:.2f}",
+                str(nfe[label]), f"{err[label]:.1e}", f"{med[label] / (nfe[label] * bare):.2f}",
+            ])
+        rows.append([name, "(bare func call)", f"{bare * 1e6:.1f} us", "", "", "", ""])
+    out = _table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
+    return out + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _torchode_nfe(case, jit: bool) -> int:
+    import torchode as to
+
+    y0 = case.y0.reshape(case.y0.shape[0], -1)
+    t_eval = case.t.unsqueeze(0).expand(y0.shape[0], -1).contiguous()
+    term = to.ODETerm(case.func)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=ATOL, rtol=RTOL, term=term))
+    sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t_eval))
+    return int(sol.stats["n_f_evals"].max())
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def accuracy_section() -> str:
+    import torchdiffeq
+
+    rtols = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
+    rows = []
+    for name in CASES:
+        case = make_case(name, torch.float64)
+        ref = scipy_reference(case)
+        counter = Counter(case.func)
+        sweep = {}
+        with torch.no_grad():
+            for lib, fn in (("odespec", odeint), ("torchdiffeq", torchdiffeq.odeint)):
+                pts = []
+                for rtol in rtols:
+                    counter.n = 0
+                    y = fn(counter, case.y0, case.t, rtol=rtol, atol=rtol / 10, method="dopri5")[-1]
+                    pts.append((rtol, counter.n, rel_error(y, ref)))
+                sweep[lib] = pts
+        for (rtol, n_o, e_o), (_, n_t, e_t) in zip(sweep["odespec"], sweep["torchdiffeq"]):
+            n_equal = _nfe_at_error(sweep["torchdiffeq"], e_o)
+            rows.append([name, f"{rtol:.0e}", str(n_o), f"{e_o:.1e}", str(n_t), f"{e_t:.1e}",
+                         "-" if n_equal is None else f"{n_equal:.0f}",
+                         "-" if n_equal is None else f"{n_o / n_equal:.2f}"])
+    return _table(["case", "rtol", "odespec NFE", "odespec err", "tdq NFE", "tdq err",
+                   "tdq NFE at odespec's err", "NFE ratio"], rows)
+
+
+def _nfe_at_error(points: list[tuple[float, int, float]], err: float):
+    """torchdiffeq's NFE for ``err``, log-linear between its two sweep points around it."""
+    pts = sorted((e, n) for _, n, e in points if e > 0)
+    for (e1, n1), (e2, n2) in zip(pts, pts[1:]):
+        if e1 <= err <= e2:
+            w = math.log(err / e1) / math.log(e2 / e1) if e2 > e1 else 0.0
+            return n1 + w * (n2 - n1)
+    return None
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def _grad_fn(case, **kw) -> Callable[[], object]:
+    params = [case.y0] + list(case.func.parameters())
+
+    def run():
+        sol = solve(case.func, case.y0, case.t, **kw)
+        torch.autograd.grad(sol.ys[-1].square().sum(), params)
+        return sol
+
+    return run
+
+
+def grad_section(repeat: int) -> str:
+    import torchdiffeq
+
+    rows = []
+    for name in ("tiny-b512", "wide-b256"):
+        case = make_case(name)
+        case.y0.requires_grad_(True)
+        params = [case.y0] + list(case.func.parameters())
+        for label, common in (("100 fixed steps", {"method": "dopri5", "options": {"steps": 100}}),
+                              ("adaptive", {"method": "dopri5", "rtol": RTOL, "atol": ATOL})):
+            fns = {
+                "backprop": _grad_fn(case, **common),
+                "adjoint": _grad_fn(case, gradient="adjoint", **common),
+                "adjoint+seminorm": _grad_fn(case, gradient="adjoint", seminorm=True, **common),
+                "checkpoint": _grad_fn(case, gradient="checkpoint", **common),
+            }
+
+            def tdq(adjoint: bool):
+                fn = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+
+                def run():
+                    ys = fn(case.func, case.y0, case.t, **common)
+                    torch.autograd.grad(ys[-1].square().sum(), params)
+
+                return run
+
+            if "options" not in common:
+                # torchdiffeq's dopri5 has no fixed-step mode: compared in the adaptive rows only
+                fns["torchdiffeq backprop"] = tdq(False)
+                fns["torchdiffeq adjoint"] = tdq(True)
+            stats = {k: fn().stats for k, fn in fns.items() if not k.startswith("torchdiffeq")}
+            med = interleaved_medians(fns, repeat, warmup=1)
+            base = med["backprop"]
+            for k in fns:
+                st = stats.get(k)
+                rows.append([name, label, k, f"{med[k] * 1e3:.1f}", f"{med[k] / base:.2f}",
+                             "" if st is None else str(st.nfe),
+                             "" if st is None else str(st.backward.nfe)])
+    return _table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "forward NFE",
+                   "backward NFE"], rows)
+
+
+def seminorm_section() -> str:
+    rows = []
+    for name in CASES:
+        case = make_case(name)
+        case.y0.requires_grad_(True)
+        for rtol, atol in ((RTOL, ATOL), (1e-7, 1e-8)):
+            got = {}
+            for semi in (False, True):
+                sol = _grad_fn(case, gradient="adjoint", seminorm=semi, rtol=rtol, atol=atol)()
+                got[semi] = sol.stats.backward
+            rows.append([name, f"{rtol:.0e}", str(got[False].nfe), str(got[True].nfe),
+                         f"{got[True].nfe / got[False].nfe:.2f}",
+                         f"{got[False].n_rejected}/{got[True].n_rejected}"])
+    return _table(["case", "rtol", "backward NFE, mixed norm", "with seminorm", "ratio",
+                   "rejected steps (mixed/semi)"], rows)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(gradient: str, steps: int) -> None:
+    """One forward + backward in this (fresh) process; prints the peak RSS increase."""
+    torch.set_num_threads(1)
+    # warm-up on a tiny problem: one-time allocations (lazy imports, autograd engine, kernels'
+    # scratch buffers) happen here, with small tensors, not in the measured run
+    tiny = make_case("tiny-b1")
+    tiny.y0.requires_grad_(True)
+    _grad_fn(tiny, gradient=gradient, method="dopri5", options={"steps": 2})()
+    case = make_case("wide-b256")
+    case.y0.requires_grad_(True)
+    run = _grad_fn(case, gradient=gradient, method="dopri5", options={"steps": steps})
+    before = _rss_bytes()
+    sol = run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"delta": peak - before, "bwd_nfe": sol.stats.backward.nfe}))
+
+
+def memory_section(steps_list: list[int]) -> str:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    rows = []
+    results: dict[str, dict[int, int]] = {}
+    for gradient in ("backprop", "adjoint", "checkpoint"):
+        results[gradient] = {}
+        for steps in steps_list:
+            out = subprocess.run([sys.executable, __file__, "--memory-child", gradient, str(steps)],
+                                 capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+            results[gradient][steps] = json.loads(out.stdout.strip().splitlines()[-1])["delta"]
+    for gradient, by_steps in results.items():
+        first = by_steps[steps_list[0]]
+        rows.append([gradient] + [f"{v / 2**20:.1f}" for v in by_steps.values()]
+                    + [f"{by_steps[steps_list[-1]] / first:.2f}"])
+    return _table(["gradient"] + [f"{s} steps (MiB)" for s in steps_list]
+                  + [f"{steps_list[-1]} / {steps_list[0]}"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="3 repeats, memory up to 100 steps")
+    parser.add_argument("--only", default="forward,accuracy,grad,seminorm,memory")
+    parser.add_argument("--memory-child", nargs=2, metavar=("GRADIENT", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        return
+    torch.set_num_threads(1)
+    repeat = 3 if args.quick else args.repeat
+    only = set(args.only.split(","))
+    print(f"# odespec solver benchmark\n\n```\n{machine()}\n```\n")
+    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}\n")
+    if "forward" in only:
+        print("## Forward solve (no_grad), dopri5 rtol 1e-5 atol 1e-6\n")
+        print(forward_section(repeat), "\n", flush=True)
+    if "accuracy" in only:
+        print("## Work-precision (float64): NFE to reach the same error\n")
+        print(accuracy_section(), "\n", flush=True)
+    if "grad" in only:
+        print("## Forward + backward by gradient method\n")
+        print(grad_section(max(3, repeat // 2)), "\n", flush=True)
+    if "seminorm" in only:
+        print("## Adjoint backward NFE: mixed norm vs seminorm\n")
+        print(seminorm_section(), "\n", flush=True)
+    if "memory" in only:
+        steps = [10, 30, 100] if args.quick else [10, 30, 100, 300, 1000]
+        print("## Peak memory of forward + backward (wide-b256, dopri5 fixed steps, RSS delta)\n")
+        print(memory_section(steps), "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The continuous adjoint (Chen et al. 2018, Appendix B), optionally with seminorms (Kidger,
+Chen & Lyons 2021).
+
+The forward pass solves without recording a graph and keeps only the outputs. The backward pass
+solves the augmented system ``z = [y, a, g]`` backwards in time, interval by interval between
+the output times::
+
+    dy/dt = f(t, y),   da/dt = -a^T df/dy,   dg/dt = -a^T df/dtheta,
+
+from ``y(t_N)``, ``a(t_N) = dL/dy(t_N)``, ``g = 0``; at each output time ``y`` is reset to the
+forward value and ``dL/dy(t_i)`` is added to ``a``. At ``t_0``, ``a = dL/dy0`` and
+``g = dL/dtheta``. Each evaluation of the augmented dynamics is one evaluation of ``f`` with
+autograd and one vector-Jacobian product. Memory does not grow with the number of steps: no
+graph outlives one evaluation, and the integrator keeps only the current state.
+
+Error control of the backward solve uses a *mixed* norm, the largest scaled RMS norm over the
+channels ``y``, ``a`` and each parameter tensor (as torchdiffeq). ``seminorm=True`` drops the
+parameter channels from it: nothing else depends on them, so their local error only adds up,
+and the step size is set by ``y`` and ``a`` alone, which takes fewer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from odespec.errors import SolverError
+from odespec.solvers.checks import check_tolerance
+from odespec.solvers.common import TimedFunc
+from odespec.solvers.gradient.base import GradientMethod, Problem, Solved, plain_solve, register_gradient
+from odespec.solvers.gradient.params import resolve_params
+from odespec.solvers.integrate import Setup, make_setup
+from odespec.solvers.norms import MixedNorm, Tol
+from odespec.solvers.options import AdaptiveOptions, InvalidOptionError
+from odespec.solvers.solution import BackwardStats
+from odespec.solvers.tableau import ButcherTableau
+from odespec.solvers.tableaus import get_tableau
+
+__all__ = ["Adjoint"]
+
+
+@register_gradient
+class Adjoint(GradientMethod):
+    """``gradient="adjoint"``: the continuous adjoint, memory independent of the step count.
+
+    ``rtol``/``atol``/``method``/``options`` of the backward solve default to the forward
+    ones (``options`` only when the method is the same, as torchdiffeq). ``params``: the tensors
+    to differentiate besides ``y0`` (default: an ``nn.Module``'s parameters, or the leaves
+    ``func`` depends on). ``seminorm``: leave the parameter-gradient channels out of error
+    control.
+    """
+
+    name = "adjoint"
+    KWARGS = {
+        "adjoint_rtol": "rtol",
+        "adjoint_atol": "atol",
+        "adjoint_method": "method",
+        "adjoint_options": "options",
+        "adjoint_params": "params",
+        "seminorm": "seminorm",
+    }
+
+    def __init__(
+        self,
+        *,
+        rtol: Optional[Tol] = None,
+        atol: Optional[Tol] = None,
+        method: Union[str, ButcherTableau, None] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        params: Optional[Iterable[torch.Tensor]] = None,
+        seminorm: bool = False,
+    ):
+        if not isinstance(seminorm, bool):
+            raise InvalidOptionError(f"seminorm must be a bool, got {seminorm!r}", key="seminorm")
+        self.rtol = rtol
+        self.atol = atol
+        self.method = method
+        self.options = options
+        self.params = None if params is None else tuple(params)
+        self.seminorm = seminorm
+
+    def for_function(self, func: Callable) -> "Adjoint":
+        if self.params is None and isinstance(func, torch.nn.Module):
+            return self.replace(params=tuple(func.parameters()))
+        return self
+
+    def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
+        setup = self.backward_setup(problem)  # validate now, not in the middle of .backward()
+        params: tuple[torch.Tensor, ...] = ()
+        if torch.is_grad_enabled():
+            params = resolve_params(problem.func, self.params, problem.y0, problem.t[0])
+        if not (problem.y0.requires_grad or params):
+            return plain_solve(problem)
+        run = _AdjointRun(problem, setup, params, self.seminorm, stats)
+        ys = _AdjointFunction.apply(run, problem.y0, *params)
+        return Solved(ys, run.outcome, run.nfe)
+
+    def backward_setup(self, problem: Problem) -> Setup:
+        """The method, options and tolerances of the backward solves."""
+        fwd = problem.setup
+        tableau = fwd.tableau if self.method is None else _tableau(self.method)
+        options = self.options
+        if options is None:
+            if tableau is not fwd.tableau and problem.options:
+                raise InvalidOptionError(
+                    "adjoint_method differs from method, so the forward options cannot be reused "
+                    "for the backward solve; pass adjoint_options as well",
+                    key="adjoint_options",
+                )
+            options = problem.options if tableau is fwd.tableau else None
+        rtol = fwd.rtol if self.rtol is None else self.rtol
+        atol = fwd.atol if self.atol is None else self.atol
+        setup = make_setup(tableau, options, rtol, atol, problem.t.dtype)
+        if not setup.fixed:
+            check_tolerance("adjoint_rtol", rtol, problem.y0)
+            check_tolerance("adjoint_atol", atol, problem.y0)
+        return setup
+
+
+def _tableau(method: Union[str, ButcherTableau]) -> ButcherTableau:
+    return method if isinstance(method, ButcherTableau) else get_tableau(method)
+
+
+class _Augmented:
+    """The augmented dynamics ``[f, -a^T df/dy, -a^T df/dtheta]`` on a flat state."""
+
+    def __init__(self, func: Callable, shape: torch.Size, params: Sequence[torch.Tensor]):
+        self.func = func
+        self.shape = shape
+        self.n = shape.numel()
+        self.params = tuple(params)
+
+    def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        y = z[:n].view(self.shape)
+        a = z[n : 2 * n].view(self.shape)
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            fy = self.func(t, y_)
+            inputs = (y_,) + self.params
+            if fy.requires_grad:
+                # retain_graph: func may close over non-leaf tensors whose graph is the caller's
+                grads = torch.autograd.grad(fy, inputs, -a, allow_unused=True, retain_graph=True)
+            else:
+                grads = (None,) * len(inputs)
+        parts = [fy.detach().reshape(-1)]
+        parts.extend(torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1)
+                     for g, x in zip(grads, inputs))
+        return torch.cat(parts)
+
+
+class _AdjointRun:
+    """State shared by the forward and backward of one adjoint solve."""
+
+    def __init__(self, problem: Problem, setup: Setup, params: tuple[torch.Tensor, ...],
+                 seminorm: bool, stats: BackwardStats):
+        self.problem = problem
+        self.setup = setup
+        self.params = params
+        self.seminorm = seminorm
+        self.stats = stats
+        self.outcome: Any = None
+        self.nfe = 0
+
+    def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        f = self.problem.timed()
+        self.outcome = self.problem.setup.integrate(f, y0, self.problem.times)
+        self.nfe = f.nfe
+        return torch.stack(self.outcome.outs)
+
+    def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(dL/dy0, [dL/dtheta])`` by the backward solves; raises :class:`SolverError`."""
+        p = self.problem
+        shape, n = p.y0.shape, p.y0.numel()
+        aug = _Augmented(p.func, shape, self.params)
+        f = TimedFunc(aug, p.t.dtype, p.y0.device)
+        sizes = [n, n] + [q.numel() for q in self.params]
+        setup = self.setup
+        norm = None
+        if not setup.fixed:
+            z0 = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
+            norm = MixedNorm(z0, _aug_tol(setup.rtol, shape, sizes), _aug_tol(setup.atol, shape, sizes),
+                             sizes, 2 if self.seminorm else len(sizes))
+        times = p.times
+        a = grad_ys[-1].reshape(-1)
+        g = torch.zeros(sum(sizes[2:]), dtype=ys.dtype, device=ys.device)
+        stats = self.stats
+        stats.passes += 1
+        for i in range(ys.shape[0] - 1, 0, -1):
+            z = torch.cat([ys[i].reshape(-1), a, g])
+            outcome = setup.integrate(f, z, [times[i], times[i - 1]], norm=norm)
+            stats.n_steps += outcome.n_steps
+            stats.n_accepted += outcome.n_accepted
+            stats.n_rejected += outcome.n_rejected
+            if outcome.error is not None:
+                stats.nfe += f.nfe
+                e = outcome.error
+                raise SolverError(
+                    e.reason, e.t, e.h,
+                    f"the adjoint (backward) solve from t={times[i]:.6g} to t={times[i - 1]:.6g} failed: "
+                    f"{str(e).split(' (t=')[0]}",
+                    e.hint,
+                )
+            z = outcome.outs[-1]
+            a = z[n : 2 * n] + grad_ys[i - 1].reshape(-1)
+            g = z[2 * n :]
+            if not setup.fixed and setup.opts.first_step is None:
+                # start the next interval with the step this one ended with, instead of
+                # spending evaluations on the initial-step heuristic again
+                setup = dataclasses.replace(
+                    setup, opts=dataclasses.replace(setup.opts, first_step=_first_step(outcome, setup.opts))
+                )
+        stats.nfe += f.nfe
+        grads = list(g.split(sizes[2:])) if self.params else []
+        return a.view(shape), [gr.view_as(q) for gr, q in zip(grads, self.params)]
+
+
+def _first_step(outcome: Any, opts: AdaptiveOptions) -> Optional[float]:
+    h = abs(outcome.step_size)
+    return h if h > 0.0 and h >= opts.min_step else None
+
+
+def _aug_tol(tol: Tol, shape: torch.Size, sizes: Sequence[int]) -> Tol:
+    """A tolerance of the forward state's shape, extended to the augmented state: the same per
+    element for ``y`` and ``a``, its smallest entry for the parameter channels."""
+    if not isinstance(tol, torch.Tensor) or tol.ndim == 0:
+        return tol
+    per = tol.expand(shape).reshape(-1)
+    rest = sum(sizes[2:])
+    return torch.cat([per, per, per.min().expand(rest)])
+
+
+class _AdjointFunction(torch.autograd.Function):
+    """``ys = solve(y0; params)`` with the adjoint as its backward."""
+
+    @staticmethod
+    def forward(ctx: Any, run: _AdjointRun, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ys = run.forward(y0)
+        ctx.run = run
+        ctx.save_for_backward(ys)
+        return ys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        (ys,) = ctx.saved_tensors
+        with torch.no_grad():
+            grad_y0, grad_params = ctx.run.backward(ys, grad_ys)
+        return (None, grad_y0, *grad_params)

@@ -1,0 +1,158 @@
+"""The gradient-method abstraction (as diffrax's ``AbstractAdjoint``): one abstract class with
+one method to implement, :meth:`GradientMethod.solve`, one subclass per method, and a registry
+by name that :func:`odespec.solvers.solve` consults for its ``gradient=`` argument."""
+
+from __future__ import annotations
+
+import abc
+import copy
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar
+
+import torch
+
+from odespec.solvers.common import Outcome, TimedFunc
+from odespec.solvers.integrate import Setup
+from odespec.solvers.options import InvalidOptionError
+from odespec.solvers.solution import BackwardStats
+
+__all__ = [
+    "Problem",
+    "Solved",
+    "GradientMethod",
+    "UnknownGradientMethodError",
+    "register_gradient",
+    "gradient_names",
+    "get_gradient",
+    "make_gradient",
+    "plain_solve",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A checked initial value problem: ``func(t, y)``, ``y0``, the output times (as a tensor
+    ``t`` and as floats ``times``), the forward :class:`Setup` and the raw ``options`` mapping
+    (the adjoint reuses it for its backward solve)."""
+
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    y0: torch.Tensor
+    t: torch.Tensor
+    times: list[float]
+    setup: Setup
+    options: Optional[Mapping[str, Any]]
+
+    def timed(self, func: Optional[Callable] = None) -> TimedFunc:
+        """``func`` (default: the problem's) wrapped for the integrators, counting calls."""
+        return TimedFunc(self.func if func is None else func, self.t.dtype, self.y0.device)
+
+
+@dataclass(frozen=True)
+class Solved:
+    """What a gradient method's forward solve produced: the outputs reached (stacked; their
+    autograd history is the method's business), the integrator's outcome and the forward NFE."""
+
+    ys: torch.Tensor
+    outcome: Outcome
+    nfe: int
+
+
+def plain_solve(problem: Problem) -> Solved:
+    """Solve with ordinary autograd through every operation (also the no-gradient path)."""
+    f = problem.timed()
+    outcome = problem.setup.integrate(f, problem.y0, problem.times)
+    return Solved(torch.stack(outcome.outs), outcome, f.nfe)
+
+
+_T = TypeVar("_T", bound="GradientMethod")
+
+
+class GradientMethod(abc.ABC):
+    """How gradients flow through a solve.
+
+    Subclasses set ``name`` (the registry key) and ``KWARGS``, which maps the keyword arguments
+    of :func:`odespec.solvers.solve` they accept to their constructor's arguments, and implement
+    :meth:`solve`.
+    """
+
+    name: ClassVar[str]
+    KWARGS: ClassVar[Mapping[str, str]] = {}
+
+    @abc.abstractmethod
+    def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
+        """Solve ``problem`` so that ``Solved.ys`` carries gradients the method's way. A method
+        with work in the backward pass adds it to ``stats`` when that pass runs."""
+
+    def for_function(self: _T, func: Callable) -> _T:
+        """This method bound to ``func`` before a tuple state is flattened (the flattening wraps
+        ``func`` in a closure, hiding an ``nn.Module``'s parameters). Default: unchanged."""
+        return self
+
+    def replace(self: _T, **changes: Any) -> _T:
+        """A copy with some attributes changed."""
+        new = copy.copy(self)
+        new.__dict__.update(changes)
+        return new
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+
+class UnknownGradientMethodError(InvalidOptionError):
+    """No gradient method of that name is registered (did-you-mean in the message)."""
+
+
+_REGISTRY: dict[str, type[GradientMethod]] = {}
+
+
+def register_gradient(cls: type[GradientMethod]) -> type[GradientMethod]:
+    """Class decorator: make ``cls`` available as ``gradient=cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def gradient_names() -> tuple[str, ...]:
+    """Registered gradient method names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_gradient(name: str) -> type[GradientMethod]:
+    """The class registered as ``name``; :class:`UnknownGradientMethodError` with a did-you-mean
+    otherwise."""
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        names = gradient_names()
+        close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownGradientMethodError(
+            f"unknown gradient method {name!r}{hint} (known: {', '.join(names)})",
+            key="gradient",
+            allowed=names,
+        )
+    return cls
+
+
+def make_gradient(gradient: Any, given: Mapping[str, Any]) -> GradientMethod:
+    """The :class:`GradientMethod` for ``solve(gradient=..., **given)``.
+
+    ``given`` holds the gradient-related keyword arguments the caller set (non-default). One the
+    chosen method does not use is an error rather than silently ignored.
+    """
+    if isinstance(gradient, GradientMethod):
+        if given:
+            raise InvalidOptionError(
+                f"pass {', '.join(sorted(given))} to the {type(gradient).__name__} instance, not to solve()",
+                key=next(iter(given)),
+            )
+        return gradient
+    cls = get_gradient(gradient)
+    for key in given:
+        if key not in cls.KWARGS:
+            users = [n for n, c in _REGISTRY.items() if key in c.KWARGS]
+            where = " or ".join(repr(u) for u in users) or "no gradient method"
+            raise InvalidOptionError(
+                f"{key!r} does not apply to gradient={cls.name!r} (it is used by {where})", key=key
+            )
+    return cls(**{cls.KWARGS[k]: v for k, v in given.items()})

@@ -1,0 +1,101 @@
+"""Error norms of the adaptive step-size control.
+
+:class:`ErrorNorm` is Hairer's scaled RMS norm over every element of the state. :class:`MixedNorm`
+is the norm of a state made of several *channels* (the adjoint's augmented state ``[y, a,
+dL/dtheta]``): the largest of the channels' scaled RMS norms, as torchdiffeq's default adjoint
+norm; a *seminorm* (Kidger, Chen & Lyons 2021) leaves trailing channels out of error control
+altogether.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+
+__all__ = ["ErrorNorm", "MixedNorm", "Tol"]
+
+Tol = Union[float, torch.Tensor]
+
+
+class ErrorNorm:
+    """Scaled RMS norm of error estimates with per-component ``atol``/``rtol``.
+
+    Callers compute ``rms(x, scale(abs(y0), abs(y1))) * inv_sqrt_n``: the ``1/sqrt(n)`` is kept
+    out of the tensor expression so it costs a Python multiplication, not an aten op.
+    """
+
+    def __init__(self, y0: torch.Tensor, rtol: Tol, atol: Tol):
+        real = y0.abs().dtype
+        self.atol = torch.as_tensor(atol, dtype=real, device=y0.device)
+        if isinstance(rtol, torch.Tensor):
+            self.rtol_t = rtol.to(dtype=real, device=y0.device)
+            self.rtol = 0.0
+        else:
+            self.rtol_t = None
+            self.rtol = float(rtol)
+        self.inv_sqrt_n = 1.0 / math.sqrt(max(1, y0.numel()))
+
+    def abs(self, y: torch.Tensor) -> torch.Tensor:
+        """``|y|`` of the components that enter the norm."""
+        return y.abs()
+
+    def scale(self, y0_abs: torch.Tensor, y1_abs: torch.Tensor) -> torch.Tensor:
+        """``atol + rtol * max(|y0|, |y1|)`` (a NaN in y1 propagates, so it is never accepted)."""
+        m = torch.maximum(y0_abs, y1_abs)
+        if self.rtol_t is None:
+            return torch.add(self.atol, m, alpha=self.rtol)
+        return torch.addcmul(self.atol, self.rtol_t, m)
+
+    def rms(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Unscaled 2-norm of ``x / scale`` (multiply by ``inv_sqrt_n`` for the RMS)."""
+        return torch.linalg.vector_norm(x / scale)
+
+    def rows(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """:meth:`rms` of each row of ``x`` (shape ``(r, numel)``, flat states): one norm op."""
+        return torch.linalg.vector_norm(x / scale.reshape(-1), dim=1)
+
+
+class MixedNorm(ErrorNorm):
+    """``max_c RMS_c(x_c / scale_c)`` over the channels of a flat state.
+
+    ``sizes`` are the channels' lengths in order; only the first ``active`` channels enter the
+    norm (``active < len(sizes)`` is a seminorm). Tolerance tensors must have the full flat
+    length. ``|y|`` is only ever taken of the active prefix, so a seminorm also saves the
+    elementwise work on the ignored channels.
+    """
+
+    def __init__(self, z0: torch.Tensor, rtol: Tol, atol: Tol, sizes: Sequence[int], active: int):
+        if not 1 <= active <= len(sizes) or sum(sizes) != z0.numel():
+            raise ValueError(f"bad channels {list(sizes)} (active {active}) for a state of {z0.numel()}")
+        self.end = sum(sizes[:active])
+        head = z0.reshape(-1)[: self.end]
+        super().__init__(head, _head(rtol, self.end), _head(atol, self.end))
+        self.sizes = [n for n in sizes[:active] if n > 0]
+        self.weights = [1.0 / math.sqrt(n) for n in self.sizes]
+        self.inv_sqrt_n = 1.0  # rms() already returns the normalised value
+
+    def abs(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(-1)[: self.end].abs()
+
+    def rms(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        q = x.reshape(-1)[: self.end] / scale
+        if len(self.sizes) == 1:
+            return torch.linalg.vector_norm(q) * self.weights[0]
+        parts = q.split(self.sizes)
+        return torch.stack([torch.linalg.vector_norm(p) * w for p, w in zip(parts, self.weights)]).amax()
+
+    def rows(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        q = x[:, : self.end] / scale
+        if len(self.sizes) == 1:
+            return torch.linalg.vector_norm(q, dim=1) * self.weights[0]
+        parts = q.split(self.sizes, dim=1)
+        norms = [torch.linalg.vector_norm(p, dim=1) * w for p, w in zip(parts, self.weights)]
+        return torch.stack(norms).amax(dim=0)
+
+
+def _head(tol: Tol, end: int) -> Tol:
+    if isinstance(tol, torch.Tensor) and tol.ndim > 0:
+        return tol.reshape(-1)[:end]
+    return tol

@@ -1,0 +1,96 @@
+"""Batches from loaded arrays, as a pure function of the step number.
+
+The training samples form one endless stream: epoch e is a permutation of the samples drawn
+from a generator seeded by (seed, e), and step k takes stream positions k*B .. k*B+B-1 (a batch
+may span two epochs; none is ever short). So the data cursor of a checkpoint is just the step
+count, and a resumed run draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from odespec.train.data import LoadedData
+from odespec.train.errors import DataError
+
+__all__ = ["Batches", "EVAL_CHUNK"]
+
+#: evaluation runs in chunks of at least this many samples (it needs no gradients)
+EVAL_CHUNK = 1024
+_STREAM = 2  # seeds (seed, 0) and (seed, 1) make the generated data; (seed, 2, epoch) the order
+
+
+class Batches:
+    """Training batches and evaluation chunks on a device, in the model's dtype."""
+
+    def __init__(self, data: LoadedData, batch_size: int, *, seed: int, device: torch.device, dtype: torch.dtype,
+                 labels: bool):
+        self.n = len(data.x)
+        if batch_size > self.n:
+            raise DataError(f"batch_size {batch_size} is larger than the {self.n} training samples",
+                            f"use batch_size: {self.n} or less (or more data)")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dtype = dtype
+        self.scale = data.x_scale
+        self.x = self._inputs(data.x, device)
+        self.y = self._targets(data.y, device, labels)
+        self.has_eval = data.x_eval is not None
+        self.x_eval = self._inputs(data.x_eval, device) if data.x_eval is not None else self.x
+        self.y_eval = self._targets(data.y_eval, device, labels) if data.y_eval is not None else self.y
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _inputs(self, x: np.ndarray, device: torch.device) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        # scaled inputs (MNIST's uint8 pixels) are converted per batch, to keep memory small
+        return t.to(device) if self.scale is not None else t.to(device=device, dtype=self.dtype)
+
+    def _targets(self, y: np.ndarray, device: torch.device, labels: bool) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(y))
+        return t.to(device=device, dtype=torch.int64 if labels else self.dtype)
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.scale is None else x.to(self.dtype) * self.scale
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch`` (the last two are cached)."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, _STREAM, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Sample indices of the batch of step ``step`` (0-based)."""
+        start = step * self.batch_size
+        out = np.empty(self.batch_size, dtype=np.int64)
+        filled = 0
+        while filled < self.batch_size:
+            epoch, pos = divmod(start + filled, self.n)
+            take = min(self.batch_size - filled, self.n - pos)
+            out[filled:filled + take] = self.permutation(epoch)[pos:pos + take]
+            filled += take
+        return out
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of step ``step``."""
+        idx = torch.from_numpy(self.indices(step)).to(self.x.device)
+        return self._convert(self.x[idx]), self.y[idx]
+
+    def cursor(self, steps_done: int) -> dict[str, int]:
+        """Where the stream stands after ``steps_done`` steps (recorded in checkpoints)."""
+        seen = steps_done * self.batch_size
+        return {"samples_seen": seen, "epoch": seen // self.n, "position": seen % self.n}
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        """Steps that cover ``epochs`` passes over the training data (the last may be partial)."""
+        return -(-epochs * self.n // self.batch_size)
+
+    def eval_chunks(self, chunk: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The evaluation set (the training set when the source has none), in order."""
+        size = chunk or max(self.batch_size, EVAL_CHUNK)
+        for s in range(0, len(self.x_eval), size):
+            yield self._convert(self.x_eval[s:s + size]), self.y_eval[s:s + size]

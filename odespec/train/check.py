@@ -1,0 +1,242 @@
+"""Semantic checks of a spec's ``train`` section, run by the spec validator after the schema.
+
+What a schema cannot say: which options each optimizer, schedule and loss takes; that the data
+fit the model (input shape, targets against the output and the loss, the ode_demo windows' and
+the spirals' times against the ODE block's ``t``); that an ELBO has a ``gaussian`` layer to take
+its KL term from. Imports no torch and no numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from odespec.layers.base import fmt_shape
+from odespec.spec.model import (
+    DataSpec,
+    InitSpec,
+    LayerSpec,
+    Location,
+    LossSpec,
+    ModelItem,
+    OdeBlockSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    Shape,
+    TrainSpec,
+)
+from odespec.train import data as sources
+from odespec.train.data import DataShapes
+
+__all__ = ["check_train", "OPTIMIZER_OPTIONS", "SCHEDULE_OPTIONS", "LOSS_OPTIONS"]
+
+#: the options each optimizer takes (besides ``method``)
+OPTIMIZER_OPTIONS = {
+    "adam": ("weight_decay", "betas", "eps"),
+    "adamw": ("weight_decay", "betas", "eps"),
+    "sgd": ("weight_decay", "momentum", "nesterov"),
+    "rmsprop": ("weight_decay", "momentum", "eps", "alpha"),
+}
+SCHEDULE_OPTIONS = {"constant": (), "step": ("every", "gamma"), "cosine": ("min_lr",)}
+LOSS_OPTIONS = {"mse": (), "l1": (), "cross_entropy": (), "elbo": ("noise_std",)}
+
+Path = tuple
+ErrorFn = Callable[..., None]  # error(path, message, hint=None, *, key=False)
+T = ("train",)
+
+
+def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Shape,
+                error: ErrorFn, loc: Callable[[Path], Location]) -> Optional[TrainSpec]:
+    """Check a schema-valid ``train`` mapping; report problems through ``error`` and return the
+    :class:`TrainSpec`, or None if anything was wrong. ``items`` is None when the model itself
+    has errors (then only the train section's own rules are checked)."""
+    c = _TrainChecker(error)
+    data = c.data(raw["data"], loc)
+    shapes = sources.get(data.source).shapes(data.options) if data is not None else None
+    loss = c.loss(raw.get("loss"), shapes, data)
+    optimizer = c.optimizer(raw.get("optimizer", "adam"))
+    schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3))
+    init = c.init(raw.get("init"), items)
+    if "iterations" in raw and "epochs" in raw:
+        error(T + ("epochs",), "give iterations or epochs, not both", "epochs N means N passes over the training data",
+              key=True)
+        c.failed = True
+    if items is not None and data is not None and loss is not None:
+        c.model_fit(data, shapes, loss, items, input_shape)
+    if c.failed or data is None or loss is None or optimizer is None or schedule is None or init is None:
+        return None
+    return TrainSpec(
+        data=data, loss=loss, loc=loc(T), optimizer=optimizer, schedule=schedule, lr=raw.get("lr", 1e-3),
+        iterations=raw.get("iterations"), epochs=raw.get("epochs"), batch_size=raw.get("batch_size", 32),
+        eval_every=raw.get("eval_every", 0), checkpoint_every=raw.get("checkpoint_every", 500),
+        log_every=raw.get("log_every"), seed=raw.get("seed", 0), device=raw.get("device"), init=init,
+    )
+
+
+def _named(raw: Any, key: str) -> dict:
+    """``name`` or ``{key: name, ...options}`` as one dict."""
+    return {key: raw} if isinstance(raw, str) else dict(raw)
+
+
+def describe_shapes(shapes: DataShapes) -> str:
+    """``inputs (2,) and targets (10, 2)`` or ``inputs (2,) and 2 classes``, for messages."""
+    tail = f"{shapes.classes} classes" if shapes.classes is not None else f"targets {fmt_shape(shapes.target or ())}"
+    return f"inputs {fmt_shape(shapes.input)} and {tail}"
+
+
+class _TrainChecker:
+    def __init__(self, error: ErrorFn):
+        self._error = error
+        self.failed = False
+
+    def error(self, path: Path, message: str, hint: Optional[str] = None, *, key: bool = False) -> None:
+        self.failed = True
+        self._error(path, message, hint, key=key)
+
+    def options(self, raw: dict, path: Path, what: str, name: str, allowed: Sequence[str], first: str) -> bool:
+        """Report options that ``name`` does not take; True if there were none."""
+        bad = [k for k in raw if k != first and k not in allowed]
+        for k in bad:
+            self.error(path + (k,), f"{k!r} is not an option of {what} {name!r}",
+                       f"{name!r} takes: {', '.join(allowed)}" if allowed else f"{name!r} takes no options", key=True)
+        return not bad
+
+    # -- sections ---------------------------------------------------------------------------------
+    def data(self, raw: Any, loc: Callable[[Path], Location]) -> Optional[DataSpec]:
+        # checked here rather than with min/maxProperties, whose messages speak of layers
+        if isinstance(raw, dict) and len(raw) != 1:
+            got = ", ".join(repr(k) for k in raw) if raw else "none"
+            self.error(T + ("data",), f"give exactly one data source, as {{source: options}}; got {got}",
+                       f"known sources: {', '.join(sources.names())}")
+            return None
+        name, value = (raw, None) if isinstance(raw, str) else next(iter(raw.items()))
+        source = sources.get(name)
+        if value is None and source.required:
+            need = ", ".join(source.required)
+            short = f"{{{name}: VALUE}} (short for {{{name}: {{{source.shorthand}: VALUE}}}})" if source.shorthand \
+                else f"{{{name}: {{{need}: ...}}}}"
+            self.error(T + ("data",), f"data source {name!r} needs options ({need})", f"write data: {short}")
+            return None
+        return DataSpec(source=name, options=source.normalize(value), loc=loc(T + ("data",)))
+
+    def loss(self, raw: Any, shapes: Optional[DataShapes], data: Optional[DataSpec]) -> Optional[LossSpec]:
+        path = T + ("loss",)
+        if raw is None:  # the data decide: class labels -> cross_entropy, values -> mse
+            return LossSpec("cross_entropy" if shapes is not None and shapes.classes is not None else "mse")
+        opts = _named(raw, "kind")
+        kind = opts["kind"]
+        if not self.options(opts, path, "loss", kind, LOSS_OPTIONS[kind], "kind"):
+            return None
+        noise = opts.get("noise_std")
+        if kind == "elbo" and noise is None:
+            noise = sources.get(data.source).noise_std(data.options) if data is not None else None
+            if noise is None and data is not None:
+                self.error(path, "the elbo needs the observation noise's standard deviation",
+                           "write loss: {kind: elbo, noise_std: 0.3}")
+                return None
+        return LossSpec(kind, noise)
+
+    def optimizer(self, raw: Any) -> Optional[OptimizerSpec]:
+        path = T + ("optimizer",)
+        opts = _named(raw, "method")
+        method = opts.pop("method")
+        if not self.options(opts, path, "optimizer", method, OPTIMIZER_OPTIONS[method], "method"):
+            return None
+        if opts.get("nesterov") and not opts.get("momentum"):
+            self.error(path + ("nesterov",), "nesterov needs momentum", "write momentum: 0.9 (for example)", key=True)
+            return None
+        if "betas" in opts:
+            opts["betas"] = tuple(opts["betas"])
+        return OptimizerSpec(method=method, **opts)
+
+    def schedule(self, raw: Any, lr: float) -> Optional[ScheduleSpec]:
+        path = T + ("schedule",)
+        opts = _named(raw, "kind")
+        kind = opts.pop("kind")
+        if not self.options(opts, path, "schedule", kind, SCHEDULE_OPTIONS[kind], "kind"):
+            return None
+        if kind == "step" and "every" not in opts:
+            self.error(path, "a step schedule needs `every` (iterations between rate drops)",
+                       "write schedule: {kind: step, every: 500, gamma: 0.1}")
+            return None
+        if opts.get("min_lr", 0.0) > lr:
+            self.error(path + ("min_lr",), f"min_lr {opts['min_lr']:g} is above lr {lr:g}",
+                       "the cosine schedule decays from lr down to min_lr")
+            return None
+        return ScheduleSpec(kind=kind, **opts)
+
+    def init(self, raw: Optional[dict], items: Optional[Sequence[ModelItem]]) -> Optional[InitSpec]:
+        if raw is None:
+            return InitSpec()
+        spec = InitSpec(**raw)
+        if spec.weights == "default" and "std" in raw:
+            self.error(T + ("init", "std"), "std applies to weights: normal", "write init: {weights: normal, std: 0.1}",
+                       key=True)
+            return None
+        if spec.weights == "normal" and items is not None and not any(_dynamics_linears(items)):
+            self.error(T + ("init",), "init re-initialises the linear layers of ODE dynamics; this model has none",
+                       "remove init, or add a linear layer to an ODE block's dynamics")
+            return None
+        return spec
+
+    # -- the data against the model -------------------------------------------------------------------
+    def model_fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
+                  input_shape: Shape) -> None:
+        dpath, lpath = T + ("data",), T + ("loss",)
+        before = self.failed
+        self.failed = False  # so that the last step runs only if this comparison found nothing
+        self._fit(data, shapes, loss, items, input_shape, dpath, lpath)
+        self.failed = self.failed or before
+
+    def _fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
+             input_shape: Shape, dpath: Path, lpath: Path) -> None:
+        out = items[-1].out_shape
+        if loss.kind == "cross_entropy" and len(out) != 1:
+            self.error(lpath, f"cross_entropy takes one score per class, shape (classes,); the model outputs "
+                       f"{fmt_shape(out)}", "end the model with flatten and linear: CLASSES")
+            return
+        if loss.kind == "elbo":
+            n = sum(1 for it in items if isinstance(it, LayerSpec) and it.kind == "gaussian")
+            if n != 1:
+                self.error(lpath, f"the elbo takes its KL term from the model's gaussian layer; the model has {n}",
+                           "sample z0 with one `- gaussian` layer (after a linear layer giving mean and log-variance)")
+                return
+        if shapes is None:
+            return  # user files: checked when they are read
+        if shapes.input != input_shape:
+            self.error(dpath, f"the {data.source} data have {describe_shapes(shapes)}; the model's input is "
+                       f"{fmt_shape(input_shape)}", f"write input: {{shape: {list(shapes.input)}}}")
+            return
+        if shapes.classes is not None:
+            if loss.kind != "cross_entropy":
+                self.error(lpath, f"the {data.source} targets are class labels; loss {loss.kind!r} compares values",
+                           "write loss: cross_entropy")
+            elif out[0] < shapes.classes:
+                self.error(dpath, f"the {data.source} data have {shapes.classes} classes; the model outputs "
+                           f"{out[0]} class scores", f"end the model with linear: {shapes.classes}")
+        elif loss.kind == "cross_entropy":
+            self.error(lpath, f"the {data.source} targets are values of shape {fmt_shape(shapes.target or ())}; "
+                       "cross_entropy takes class labels", "write loss: mse (or l1)")
+        elif shapes.target != out:
+            self.error(dpath, f"the {data.source} data have {describe_shapes(shapes)}; the model outputs "
+                       f"{fmt_shape(out)}", "the model's output must have the targets' shape")
+        if self.failed:
+            return
+        for p in sources.get(data.source).check(data.options, input_shape, items):
+            self.error(p.path or dpath, p.message, p.hint)
+
+
+def _dynamics_linears(items: Sequence[ModelItem]) -> list[LayerSpec]:
+    """The linear layers of every ODE block's dynamics, inside containers too (what ``init``
+    re-initialises)."""
+
+    def walk(layers: Sequence[Any]) -> list[LayerSpec]:
+        found: list[LayerSpec] = []
+        for layer in layers:
+            if layer.kind == "linear":
+                found.append(layer)
+            for value in layer.options.values():  # a container's inner layers (residual)
+                if isinstance(value, tuple) and value and all(isinstance(v, LayerSpec) for v in value):
+                    found.extend(walk(value))
+        return found
+
+    return [layer for it in items if isinstance(it, OdeBlockSpec) for layer in walk(it.dynamics.layers)]

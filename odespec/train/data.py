@@ -1,0 +1,196 @@
+"""Data sources for ``odespec train``: a registry like the layers'.
+
+A source bundles, side by side: its options schema (which the spec schema is generated from),
+what it yields per sample when that is known before loading anything (so ``odespec validate``
+can compare it with the model), checks against the model (the ode_demo windows' times must be
+the ODE block's times), and a loader.
+
+This module and the source modules must not import torch or numpy at import time: the spec
+validator uses the schemas and the checks, and ``odespec validate`` must start fast. Loaders
+import what they need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence, TypeVar
+
+from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+__all__ = ["DataShapes", "Problem", "Need", "LoadedData", "DataSource", "register", "get", "names",
+           "all_sources", "resolve_path"]
+
+
+@dataclass(frozen=True)
+class DataShapes:
+    """Per-sample input shape and targets of a source: values of ``target`` shape, or class
+    labels in ``range(classes)``."""
+
+    input: Shape
+    target: Optional[Shape] = None
+    classes: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A mismatch between a source and the model, found before training; ``path`` is the spec
+    path to point at (``None``: the ``train.data`` entry itself)."""
+
+    message: str
+    hint: Optional[str] = None
+    path: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class Need:
+    """What the model needs from the data, handed to loaders (user files are checked here)."""
+
+    input_shape: Shape
+    output_shape: Shape
+    #: True when the loss takes class labels (cross_entropy)
+    labels: bool
+
+
+@dataclass
+class LoadedData:
+    """Training (and optionally evaluation) arrays, first axis = samples.
+
+    ``x_scale`` multiplies inputs when batches are made, so MNIST can stay uint8 in memory.
+    """
+
+    x: "np.ndarray"
+    y: "np.ndarray"
+    x_eval: "Optional[np.ndarray]" = None
+    y_eval: "Optional[np.ndarray]" = None
+    x_scale: Optional[float] = None
+
+
+class DataSource:
+    """Base class of every data source. Subclasses set the class attributes and override
+    :meth:`shapes`, :meth:`check` and :meth:`load` as they need."""
+
+    #: the name used in specs, e.g. ``spirals``
+    name: ClassVar[str]
+    #: one-line description, shown in the schema and the README
+    description: ClassVar[str]
+    #: JSON-Schema properties of the options object (each with description and default)
+    properties: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: option names without a default
+    required: ClassVar[tuple[str, ...]] = ()
+    #: the option a scalar short form fills (``npz: data.npz`` means ``{path: data.npz}``)
+    shorthand: ClassVar[Optional[str]] = None
+
+    # -- schema --------------------------------------------------------------------------------
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the source's value in ``{name: value}`` form."""
+        full: dict[str, Any] = {
+            "type": "object",
+            "description": cls.description,
+            "properties": {k: dict(v) for k, v in cls.properties.items()},
+            "additionalProperties": False,
+        }
+        if cls.required:
+            full["required"] = list(cls.required)
+        if cls.shorthand is not None:
+            short = dict(cls.properties[cls.shorthand])
+            short["description"] = f"short for {{{cls.shorthand}: VALUE}}"
+            return {"if": {"type": "object"}, "then": full, "else": short}
+        if cls.required:
+            return full
+        return {"if": {"type": "object"}, "then": full, "else": {"type": "null"}}
+
+    @classmethod
+    def normalize(cls, value: Any) -> dict[str, Any]:
+        """Turn a schema-valid value (object, short form or null) into complete options."""
+        if isinstance(value, dict):
+            given = dict(value)
+        elif value is None:
+            given = {}
+        else:
+            assert cls.shorthand is not None
+            given = {cls.shorthand: value}
+        options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
+        options.update(given)
+        return options
+
+    # -- rules (torch-free) --------------------------------------------------------------------
+    def shapes(self, options: Mapping[str, Any]) -> Optional[DataShapes]:
+        """Per-sample shapes, or None when only the files can tell (checked when loading)."""
+        return None
+
+    def check(self, options: Mapping[str, Any], input_shape: Shape, items: Sequence[ModelItem]) -> list[Problem]:
+        """Checks against the model beyond shapes (for example the ODE block's times)."""
+        return []
+
+    def noise_std(self, options: Mapping[str, Any]) -> Optional[float]:
+        """The observation noise the data was made with, if the source knows it (elbo default)."""
+        return None
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
+        """The arrays. ``base_dir`` resolves relative paths; ``need`` says what the model takes."""
+        raise NotImplementedError
+
+
+def resolve_path(base_dir: Path, value: str) -> Path:
+    """A path from the spec: absolute as written, else relative to the spec's directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def trajectory_block(items: Sequence[ModelItem]) -> Optional[tuple[int, OdeBlockSpec]]:
+    """The first ODE block with ``output: trajectory`` and its index in the model list."""
+    for i, item in enumerate(items):
+        if isinstance(item, OdeBlockSpec) and item.output == "trajectory":
+            return i, item
+    return None
+
+
+def same_times(got: Sequence[float], want: Sequence[float]) -> bool:
+    """Times equal up to rounding (``{start, stop, num}`` and a list may differ in the last bit)."""
+    if len(got) != len(want):
+        return False
+    scale = max(abs(want[-1] - want[0]), 1e-300)
+    return all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9 * scale) for a, b in zip(got, want))
+
+
+# -- the registry ---------------------------------------------------------------------------------
+_REGISTRY: dict[str, DataSource] = {}
+S = TypeVar("S", bound=type)
+
+
+def register(cls: S) -> S:
+    """Register a :class:`DataSource` subclass (usable as a decorator). Refuses duplicates."""
+    if not (isinstance(cls, type) and issubclass(cls, DataSource)):
+        raise TypeError(f"{cls!r} is not a DataSource subclass")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a data source named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _ensure_loaded() -> None:
+    from odespec.train import files, generators  # noqa: F401  (register the built-ins)
+
+
+def get(name: str) -> DataSource:
+    """The data source called ``name`` (KeyError if none)."""
+    _ensure_loaded()
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Registered data source names, sorted."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def all_sources() -> list[DataSource]:
+    """Registered data sources, sorted by name."""
+    return [_REGISTRY[n] for n in names()]

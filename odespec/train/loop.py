@@ -1,0 +1,312 @@
+"""The training loop: :func:`train` starts a run, :func:`resume` continues one exactly.
+
+The loop just calls the compiled model, so each ODE block trains with its own solver and
+gradient method. Exact resumption rests on three things: batches are a pure function of the
+iteration (:mod:`odespec.train.batches`), the learning rate too (:func:`~odespec.train.optim.lr_at`),
+and the global RNG state (which the gaussian layer and dropout draw from) is saved as it was at
+the start of the first iteration a checkpoint does not contain. So an interrupted-then-resumed
+run makes bit for bit the losses and weights of an uninterrupted one (on the same machine and
+device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, TextIO, Union
+
+import torch
+
+import odespec
+from odespec.compile.model import compile_spec, resolve_device
+from odespec.spec import load_spec
+from odespec.spec.model import Spec
+from odespec.train import data as sources
+from odespec.train.batches import Batches
+from odespec.train.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_weights,
+)
+from odespec.train.data import Need
+from odespec.train.errors import TrainError, TrainingFailed, TrainingInterrupted
+from odespec.train.interrupt import InterruptGuard
+from odespec.train.losses import make_loss
+from odespec.train.optim import lr_at, make_optimizer, set_lr
+from odespec.train.progress import Progress
+from odespec.train.reinit import apply_init
+from odespec.train.rundir import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    MetricsLog,
+    create_run,
+    read_run_info,
+    write_run_info,
+)
+
+__all__ = ["train", "resume", "TrainResult", "Callback", "DEFAULT_ITERATIONS"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: called with each finished iteration's record (a copy); raising KeyboardInterrupt stops
+#: training as Ctrl-C does
+Callback = Callable[[dict[str, Any]], None]
+#: iterations when the spec gives neither iterations nor epochs
+DEFAULT_ITERATIONS = 1000
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    name: str
+    iterations: int
+    last: dict[str, Any]
+    evaluation: dict[str, Any]
+    weights: Path
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "name": self.name, "iterations": self.iterations,
+                "last": self.last, "evaluation": self.evaluation, "weights": str(self.weights),
+                "seconds": round(self.seconds, 3)}
+
+
+def train(spec: Union[Spec, PathLike], run_dir: Optional[PathLike] = None, *, iterations: Optional[int] = None,
+          device: Optional[str] = None, callbacks: Sequence[Callback] = (), progress: bool = True,
+          stream: Optional[TextIO] = None) -> TrainResult:
+    """Train the model a spec describes, per its ``train`` section, into a new run directory
+    (default ``runs/NAME``). ``iterations``/``device`` override the spec's. Ctrl-C writes a
+    checkpoint and raises :class:`TrainingInterrupted`; continue with :func:`resume`."""
+    spec_obj = spec if isinstance(spec, Spec) else load_spec(spec)
+    if spec_obj.train is None:
+        raise TrainError(f"{spec_obj.source_file} has no train section",
+                         "add one, e.g. train: {data: circles, iterations: 500}; see the README's Training section")
+    source = Path(spec_obj.source_file)
+    try:
+        text = source.read_bytes()
+    except OSError:
+        raise TrainError(f"cannot read the spec file {source} (a run keeps a copy of it)",
+                         "load the spec from a file: odespec.load_spec(PATH)") from None
+    if hashlib.sha256(text).hexdigest() != spec_obj.source_sha256:
+        raise TrainError(f"{source} changed after it was loaded", "load it again")
+    run = Path(run_dir) if run_dir is not None else Path("runs") / spec_obj.name
+    dev = device or spec_obj.train.device or spec_obj.device
+    resolve_device(dev)  # a missing CUDA is reported before anything is written
+    trainer = _Trainer(spec_obj, run, base_dir=source.resolve().parent, device=dev, iterations=iterations,
+                       callbacks=callbacks, progress=progress, stream=stream)
+    create_run(run, text, trainer.info("running"))
+    return trainer.run()
+
+
+def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optional[str] = None,
+           callbacks: Sequence[Callback] = (), progress: bool = True, stream: Optional[TextIO] = None) -> TrainResult:
+    """Continue a run from its latest checkpoint, exactly as if it had not stopped.
+    ``iterations`` changes the total (a longer run; a cosine schedule then stretches too)."""
+    run = Path(run_dir)
+    info = read_run_info(run)
+    spec = load_spec(run / SPEC_FILE)
+    if spec.source_sha256 != info.get("spec_sha256"):
+        raise TrainError(f"{run / SPEC_FILE} is not the spec this run was trained with (its hash changed)",
+                         "start a new run with the edited spec: odespec train SPEC -o NEW_DIR")
+    ckpt = latest_checkpoint(run / CHECKPOINTS)
+    if ckpt is None:
+        raise TrainError(f"{run / CHECKPOINTS} holds no complete checkpoint to resume from",
+                         f"start the run again: odespec train {info.get('spec_source', 'SPEC')} -o NEW_DIR")
+    trainer = _Trainer(spec, run, base_dir=Path(info["data_base_dir"]), device=device or info["device"],
+                       iterations=iterations or info["iterations"], callbacks=callbacks, progress=progress,
+                       stream=stream, checkpoint=ckpt, created=info.get("created"))
+    write_run_info(run, trainer.info("running"))
+    return trainer.run()
+
+
+class _Trainer:
+    """One run's state: model, optimizer, data, logs; :meth:`run` trains to the total."""
+
+    def __init__(self, spec: Spec, run_dir: Path, *, base_dir: Path, device: str, iterations: Optional[int],
+                 callbacks: Sequence[Callback], progress: bool, stream: Optional[TextIO],
+                 checkpoint: Optional[Path] = None, created: Optional[str] = None):
+        assert spec.train is not None
+        self.spec, self.ts = spec, spec.train
+        self.run_dir, self.base_dir, self.device_name = run_dir, base_dir, device
+        self.device = resolve_device(device)
+        self.callbacks = list(callbacks)
+        self.created = created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.model = compile_spec(spec, device=device)
+        self.loss_fn = make_loss(self.ts.loss, self.model)
+        self.optimizer = make_optimizer(self.ts.optimizer, self.model.parameters(), self.ts.lr)
+        labels = self.ts.loss.kind == "cross_entropy"
+        need = Need(spec.input_shape, spec.output_shape, labels)
+        loaded = sources.get(self.ts.data.source).load(self.ts.data.options, seed=self.ts.seed, base_dir=base_dir,
+                                                       need=need)
+        dtype = next(self.model.parameters()).dtype
+        self.batches = Batches(loaded, self.ts.batch_size, seed=self.ts.seed, device=self.device, dtype=dtype,
+                               labels=labels)
+        self.total = iterations or self.ts.iterations or (
+            self.batches.steps_for_epochs(self.ts.epochs) if self.ts.epochs else DEFAULT_ITERATIONS)
+        self.done = 0
+        self.elapsed = 0.0
+        self.eval_done_at = -1
+        self.last_eval: dict[str, Any] = {}
+        self.rng: Optional[dict[str, Any]] = None  # restored from the checkpoint when resuming
+        self.checkpoint = checkpoint
+        self.metrics = MetricsLog(run_dir / METRICS_FILE)
+        self.progress = Progress(self.total, every=self.ts.log_every or max(1, self.total // 50), stream=stream,
+                                 enabled=progress)
+        if checkpoint is None:
+            apply_init(self.model, self.ts.init, spec.seed)
+        else:
+            self._load(checkpoint)
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def info(self, status: str) -> dict[str, Any]:
+        """The content of run.json."""
+        return {"odespec_version": odespec.__version__, "name": self.spec.name, "spec_file": SPEC_FILE,
+                "spec_source": str(self.spec.source_file), "spec_sha256": self.spec.source_sha256,
+                "data_base_dir": str(self.base_dir), "iterations": self.total, "device": self.device_name,
+                "created": self.created, "status": status, "completed": self.done,
+                "last": self.metrics.last, "evaluation": self.last_eval}
+
+    def _load(self, checkpoint: Path) -> None:
+        doc = load_checkpoint(checkpoint, self.model, self.optimizer)
+        self.done = doc["iteration"]
+        self.elapsed = doc.get("seconds", 0.0)
+        self.rng = doc["rng"]
+        self.last_eval = doc.get("evaluation", {})
+        self.eval_done_at = self.done if doc.get("eval_done") else -1
+        self.metrics = MetricsLog.resume(self.run_dir / METRICS_FILE, self.done)
+
+    def _seconds(self) -> float:
+        return self.elapsed + (time.perf_counter() - self._t0)
+
+    def _save_checkpoint(self, rng: dict[str, Any]) -> Path:
+        state = {"rng": rng, "data_cursor": self.batches.cursor(self.done), "seconds": round(self._seconds(), 4),
+                 "eval_done": self.eval_done_at == self.done, "evaluation": self.last_eval,
+                 "total_iterations": self.total, "spec_sha256": self.spec.source_sha256}
+        path = save_checkpoint(self.run_dir / CHECKPOINTS, self.done, self.model, self.optimizer, state)
+        self.metrics.flush()
+        return path
+
+    def _nfe_backward(self) -> Optional[int]:
+        counts = [getattr(b, "nfe_backward", None) for b in self.model.ode_blocks]
+        counts = [c for c in counts if c is not None]
+        return sum(counts) if counts else None
+
+    def _fork_rng(self) -> Any:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    # -- one iteration ------------------------------------------------------------------------------------
+    def _step(self) -> dict[str, Any]:
+        """Forward and backward for iteration ``done + 1``; changes no weight."""
+        lr = lr_at(self.ts.schedule, self.ts.lr, self.done, self.total)
+        set_lr(self.optimizer, lr)
+        x, y = self.batches.batch(self.done)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(x)
+        nfe_forward = self.model.nfe_forward
+        loss, extra = self.loss_fn(out, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingFailed(f"the loss is {value} at iteration {self.done + 1}",
+                             "lower lr, or use tighter solver tolerances; the last checkpoint is in "
+                             f"{self.run_dir / CHECKPOINTS}")
+        loss.backward()
+        return {"iteration": self.done + 1, "loss": value, **extra, "lr": lr, "nfe_forward": nfe_forward,
+                "nfe_backward": self._nfe_backward()}
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Loss and metrics on the evaluation set, in eval mode, touching no RNG state."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        try:
+            with torch.no_grad(), self._fork_rng():
+                for x, y in self.batches.eval_chunks():
+                    loss, extra = self.loss_fn(self.model(x), y)
+                    k = len(x)
+                    for name, v in {"loss": loss.item(), **extra}.items():
+                        sums[name] = sums.get(name, 0.0) + v * k
+                    n += k
+        finally:
+            self.model.train()
+        self.eval_done_at = self.done
+        self.last_eval = {f"eval_{k}": v / n for k, v in sums.items()}
+        return self.last_eval
+
+    def _eval_due(self) -> bool:
+        every = self.ts.eval_every
+        return (every > 0 and self.done % every == 0) or self.done == self.total
+
+    def _after(self) -> None:
+        """Evaluation, checkpoint, progress and callbacks after iteration ``done``."""
+        if self._eval_due():
+            self.metrics.update_last(self._evaluate())
+        every = self.ts.checkpoint_every
+        if (every > 0 and self.done % every == 0) or self.done == self.total:
+            self._save_checkpoint(capture_rng(self.device))
+        self.metrics.flush(if_due=True)
+        assert self.metrics.last is not None
+        self.progress.update(self.metrics.last)
+        for callback in self.callbacks:
+            callback(dict(self.metrics.last))
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self._t0 = time.perf_counter()
+        guard = InterruptGuard()
+        with self._fork_rng(), guard:
+            if self.rng is None:
+                torch.manual_seed(self.ts.seed)
+            else:
+                restore_rng(self.rng)
+            self.model.train()
+            pending: Optional[dict[str, Any]] = None
+            try:
+                if self.done and self.done < self.total and self._eval_due() and self.eval_done_at != self.done:
+                    self.metrics.update_last(self._evaluate())  # Ctrl-C had cut this evaluation short
+                while self.done < self.total:
+                    pending = capture_rng(self.device)  # what a checkpoint of `done` must restore
+                    record = self._step()
+                    with guard.deferred():
+                        self.optimizer.step()
+                        self.done += 1
+                        pending = None
+                        record["seconds"] = round(self._seconds(), 4)
+                        self.metrics.append(record)
+                    self._after()
+            except KeyboardInterrupt:
+                with guard.deferred():
+                    path = self._save_checkpoint(pending or capture_rng(self.device))
+                    write_run_info(self.run_dir, self.info("interrupted"))
+                    self.progress.message(f"interrupted after iteration {self.done}; checkpoint written")
+                raise TrainingInterrupted(self.run_dir, self.done, self.total, path) from None
+            except Exception:
+                # a failed solve or a diverged loss: keep the metrics so far and say so in run.json;
+                # the last periodic checkpoint is still there to resume from
+                self.progress.close()
+                self.metrics.flush()
+                write_run_info(self.run_dir, self.info("failed"))
+                raise
+            return self._finish()
+
+    def _finish(self) -> TrainResult:
+        self.progress.close()
+        if self.eval_done_at != self.done:  # resumed at or past the total: evaluate the weights once
+            self._evaluate()
+        weights = save_weights(self.run_dir / WEIGHTS_FILE, self.model, {
+            "odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256, "iterations": str(self.done)})
+        self.metrics.flush()
+        write_run_info(self.run_dir, self.info("finished"))
+        return TrainResult(run_dir=self.run_dir, name=self.spec.name, iterations=self.done,
+                           last=dict(self.metrics.last or {}), evaluation=dict(self.last_eval), weights=weights,
+                           seconds=self._seconds())

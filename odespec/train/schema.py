@@ -1,0 +1,126 @@
+"""The JSON Schema of the spec's ``train`` section, generated from the data-source registry.
+
+Same house rules as :mod:`odespec.spec.schema`: closed objects, a description and a default on
+every property, alternatives as ``if/then/else`` on the JSON type. Rules a schema cannot say
+(which options go with which optimizer, the data against the model) are in
+:mod:`odespec.train.check`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from odespec.spec.schema import NAMES_KEY
+from odespec.train import data as sources
+from odespec.train.check import LOSS_OPTIONS, OPTIMIZER_OPTIONS, SCHEDULE_OPTIONS
+
+__all__ = ["train_schema"]
+
+MAX_ITERATIONS = 100_000_000
+
+
+def _int(description: str, default: Any, minimum: int = 1, maximum: int = MAX_ITERATIONS) -> dict:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description, "default": default}
+
+
+def _num(description: str, default: Any, **bounds: Any) -> dict:
+    return {"type": "number", "description": description, **bounds, "default": default}
+
+
+def _named(key: str, names: list[str], kind: str, description: str, default: Any, properties: dict) -> dict:
+    """A name, or an object ``{key: name, ...options}`` (like ``solver`` and ``gradient``)."""
+    name = {"enum": names, NAMES_KEY: kind, "description": description}
+    return {
+        "description": description + " A name, or an object with options.",
+        "default": default,
+        "if": {"type": "string"},
+        "then": name,
+        "else": {
+            "type": "object",
+            "description": description,
+            "properties": {key: {**name, "default": default}, **properties},
+            "required": [key],
+            "additionalProperties": False,
+        },
+    }
+
+
+def train_schema() -> dict[str, Any]:
+    """The ``train`` object for the currently registered data sources."""
+    names = sources.names()
+    data = {
+        "description": "Training data: a source name, or a one-key mapping {source: options}.",
+        "if": {"type": "string"},
+        "then": {"enum": names, NAMES_KEY: "data source", "description": "A data source with its default options."},
+        "else": {
+            "type": "object",
+            "description": "A one-key mapping: {source: options}.",
+            "propertyNames": {"enum": names, NAMES_KEY: "data source"},
+            "properties": {s.name: s.options_schema() for s in sources.all_sources()},
+            "additionalProperties": False,
+        },
+    }
+    loss = _named("kind", list(LOSS_OPTIONS), "loss",
+                  "The loss: mse, l1 (mean absolute error), cross_entropy (class labels; accuracy is reported too) "
+                  "or elbo (latent ODE: Gaussian log-likelihood plus the KL of the gaussian layer's q(z0) from "
+                  "N(0, I)). Default: cross_entropy for class labels, mse otherwise.", None, {
+                      "noise_std": _num("elbo: standard deviation of the observation noise (default: the data "
+                                        "source's, e.g. spirals' noise_std).", None, exclusiveMinimum=0, maximum=1e6),
+                  })
+    optimizer = _named("method", list(OPTIMIZER_OPTIONS), "optimizer", "The optimizer.", "adam", {
+        "weight_decay": _num("L2 penalty (adamw: decoupled weight decay). Default 0, adamw 0.01 (torch's).", None,
+                             minimum=0, maximum=10),
+        "momentum": _num("sgd, rmsprop: momentum factor.", 0.0, minimum=0, maximum=1),
+        "nesterov": {"type": "boolean", "default": False, "description": "sgd: Nesterov momentum (needs momentum)."},
+        "betas": {"type": "array", "minItems": 2, "maxItems": 2, "default": [0.9, 0.999],
+                  "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "A decay rate."},
+                  "description": "adam, adamw: decay rates of the gradient's running mean and square."},
+        "eps": _num("adam, adamw, rmsprop: added to the denominator (default torch's, 1e-8).", None,
+                    exclusiveMinimum=0, maximum=1),
+        "alpha": _num("rmsprop: smoothing constant.", 0.99, minimum=0, maximum=1),
+    })
+    schedule = _named("kind", list(SCHEDULE_OPTIONS), "schedule",
+                      "Learning-rate schedule, over iterations: constant; step (times gamma every `every` "
+                      "iterations); cosine (from lr down to min_lr at the last iteration).", "constant", {
+                          "every": _int("step: iterations between rate drops.", None),
+                          "gamma": _num("step: factor applied at each drop.", 0.1, exclusiveMinimum=0, maximum=1),
+                          "min_lr": _num("cosine: the rate at the last iteration.", 0.0, minimum=0, maximum=10),
+                      })
+    init = {
+        "type": "object",
+        "description": "Re-initialise every linear layer of the ODE blocks' dynamics before training "
+                       "(torchdiffeq's ode_demo: weights N(0, 0.1), biases 0).",
+        "default": {"weights": "default"},
+        "properties": {
+            "weights": {"enum": ["default", "normal"], "default": "default",
+                        "description": "default: the layers' own initialisation; normal: weights N(0, std), biases 0."},
+            "std": _num("normal: standard deviation of the weights.", 0.1, exclusiveMinimum=0, maximum=100),
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "description": "Training settings, used by `odespec train`.",
+        "properties": {
+            "data": data,
+            "loss": loss,
+            "optimizer": optimizer,
+            "lr": _num("Learning rate (the schedule's starting rate).", 1e-3, exclusiveMinimum=0, maximum=10),
+            "schedule": schedule,
+            "iterations": _int("Optimizer steps (give this or epochs; neither: 1000).", None),
+            "epochs": _int("Passes over the training data, instead of iterations.", None, maximum=1_000_000),
+            "batch_size": _int("Samples per step.", 32, maximum=1_000_000),
+            "eval_every": _int("Evaluate every N iterations (0: only after the last).", 0, minimum=0),
+            "checkpoint_every": _int("Write a checkpoint every N iterations (0: only at the end and on Ctrl-C).",
+                                     500, minimum=0),
+            "log_every": _int("A progress line every N iterations when stderr is not a terminal "
+                              "(default: about 50 lines per run).", None),
+            "seed": _int("Seeds the data, the batch order and sampling during training (the initial weights "
+                         "come from the top-level seed).", 0, minimum=0, maximum=2**32 - 1),
+            "device": {"enum": ["cpu", "cuda"], "default": None,
+                       "description": "Where to train (default: the top-level device)."},
+            "init": init,
+        },
+        "required": ["data"],
+        "additionalProperties": False,
+    }

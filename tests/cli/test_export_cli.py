@@ -1,0 +1,152 @@
+"""``odespec export`` (trained weights, calibration) and ``odespec build``'s export options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import odespec
+from odespec.cli import cli
+from odespec.export.parity import ort_session
+from odespec.export.unroll import fixed_step_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "specs" / "ode_demo.yaml"
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _modified_state_dict() -> dict[str, torch.Tensor]:
+    """ode_demo's weights, changed enough to change every output."""
+    sd = odespec.build(DEMO).state_dict()
+    gen = torch.Generator().manual_seed(7)
+    return {k: v * 1.5 + 0.1 * torch.randn(v.shape, generator=gen) for k, v in sd.items()}
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    (y,) = ort_session(path.read_bytes()).run(None, {"input": x})
+    return y
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_export_with_weights_reflects_them(tmp_path: Path, fmt: str):
+    sd = _modified_state_dict()
+    weights = tmp_path / f"w.{fmt}"
+    if fmt == "pt":
+        torch.save(sd, weights)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(sd, str(weights))
+    r = run("export", DEMO, "-o", tmp_path / "out", "--weights", weights, "--steps", 8)
+    assert r.exit_code == 0, r.output
+    assert f"weights: w.{fmt} (4 tensors" in r.stdout and "deployment: " in r.stdout
+    onnx_path = tmp_path / "out" / "ode_demo.onnx"
+    x = np.random.default_rng(0).standard_normal((5, 2)).astype(np.float32)
+    trained = odespec.build(DEMO)
+    trained.load_state_dict(sd)
+    with torch.no_grad():
+        want = fixed_step_model(trained, "rk4", 8).eval()(torch.from_numpy(x)).numpy()
+        untrained = fixed_step_model(odespec.build(DEMO), "rk4", 8).eval()(torch.from_numpy(x)).numpy()
+    got = _ort(onnx_path, x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - untrained).max() > 1e-2
+    report = json.loads((tmp_path / "out" / "ode_demo.build.json").read_text())
+    assert report["weights"]["file"] == f"w.{fmt}" and len(report["weights"]["sha256"]) == 64
+    assert report["onnx"]["deployment_error"]["max_abs_error"] < 1e-3
+
+
+def test_export_checkpoint_dict_and_calibration_json(tmp_path: Path):
+    torch.save({"model": _modified_state_dict(), "iteration": 3}, tmp_path / "ckpt.pt")
+    r = run("export", DEMO, "-o", tmp_path, "--weights", tmp_path / "ckpt.pt", "--match-tol", "1e-4",
+            "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    c = doc["onnx"]["calibration"]
+    assert c["match_tol"] == 1e-4 and c["error"] <= 1e-4
+    assert doc["onnx"]["steps_source"] == "calibrated"
+    assert (doc["onnx"]["method"], doc["onnx"]["steps"]) == (c["method"], c["steps"])
+    assert doc["timings_seconds"]["calibration"] > 0
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"odespec: 1\n", "neither a torch.save file nor .safetensors"),
+    ("state", "do not fit the spec's model: missing"),
+])
+def test_bad_weights_exit_1_with_a_message(tmp_path: Path, content, words):
+    weights = tmp_path / "w.pt"
+    if content == "state":
+        torch.save({"0.dynamics.layers.1.weight": torch.zeros(3)}, weights)
+    else:
+        weights.write_bytes(content)
+    r = run("export", DEMO, "-o", tmp_path / "out", "--weights", weights)
+    assert r.exit_code == 1
+    assert words in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_file_is_a_usage_error(tmp_path: Path):
+    r = run("export", DEMO, "-o", tmp_path, "--weights", tmp_path / "nope.safetensors")
+    assert r.exit_code == 1 and "no such weights file" in r.stderr
+
+
+def test_build_loop_flag_and_no_loop(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--steps", 4, "--loop")
+    assert r.exit_code == 0, r.output
+    m = onnx.load(str(tmp_path / "ode_demo.onnx"))
+    assert sum(n.op_type == "Loop" for n in m.graph.node) == 5
+    assert json.loads((tmp_path / "ode_demo.build.json").read_text())["onnx"]["layout"] == "loop"
+    r = run("build", DEMO, "-o", tmp_path, "--steps", 4, "--no-loop")
+    assert r.exit_code == 0
+    assert not any(n.op_type == "Loop" for n in onnx.load(str(tmp_path / "ode_demo.onnx")).graph.node)
+
+
+def test_build_match_tol_prints_the_candidate_table(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--match-tol", "1e-5")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "calibration: steps chosen within match_tol 1e-05" in out
+    for column in ("method", "steps", "f-evals", "max abs error", "latency", "status"):
+        assert column in out
+    assert "rk4 x 3 steps, 60 f-evaluations" in out
+    assert out.strip().splitlines()[-1].startswith("report: ")
+
+
+def test_build_steps_auto_with_calibration_data_csv(tmp_path: Path):
+    x = np.random.default_rng(1).standard_normal((30, 2))
+    np.savetxt(tmp_path / "c.csv", x, delimiter=",", header="a,b", comments="")
+    r = run("build", DEMO, "-o", tmp_path / "o", "--steps", "auto", "--method", "rk4", "--calibration-data",
+            tmp_path / "c.csv", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["onnx"]["calibration"]["inputs"] == "c.csv (30 samples)"
+
+
+def test_usage_errors_exit_2(tmp_path: Path):
+    for args in (("--steps", "4", "--match-tol", "1e-3"), ("--steps", "lots"), ("--steps", "0"),
+                 ("--match-tol", "0"), ("--match-tol", "2")):
+        r = run("build", DEMO, "-o", tmp_path, *args)
+        assert r.exit_code == 2, (args, r.output)
+    r = run("export", DEMO, "-o", tmp_path, "--steps", "3", "--match-tol", "1e-3")
+    assert r.exit_code == 2 and "--match-tol" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_that_cannot_succeed_exits_1_and_writes_nothing(tmp_path: Path):
+    r = run("export", DEMO, "-o", tmp_path / "o", "--match-tol", "1e-8", "--method", "rk4")
+    assert r.exit_code == 1
+    assert "calibration failed" in r.stderr and "hint: " in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_calibration_data_exits_2(tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 5), np.float32))
+    r = run("build", DEMO, "-o", tmp_path / "o", "--match-tol", "1e-3", "--calibration-data", tmp_path / "x.npy")
+    assert r.exit_code == 2 and "expected shape (batch, 2)" in r.stderr

@@ -1,0 +1,176 @@
+"""The three gradient methods: gradcheck, adjoint vs backprop, checkpoint == backprop."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from odespec.solvers import ButcherTableau, solve
+
+F64 = torch.float64
+A = [[-0.1, 2.0], [-2.0, -0.1]]
+
+
+def _demo(a):
+    def f(t, y):
+        return (y**3) @ a
+
+    return f
+
+
+def _mlp(width=16, seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(), torch.nn.Linear(width, 2)).double()
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    return F()
+
+
+# Heun-Euler 2(1): adaptive, not FSAL, no interpolant -> cubic Hermite dense output, whose
+# f(t_new, y_new) evaluation is the next step's first stage (the trickiest replay path)
+HEUN_EULER = ButcherTableau(
+    name="heun_euler_test", order=2, a=((), (1,)), b=(Fraction(1, 2), Fraction(1, 2)), c=(0, 1),
+    b_err=(Fraction(-1, 2), Fraction(1, 2)),
+)
+
+FIXED = {"method": "rk4", "options": {"step_size": 0.025}}
+ADAPTIVE = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-10}
+GRAD_KW = {"backprop": {}, "adjoint": {}, "checkpoint": {}, "seminorm": {"seminorm": True}}
+
+
+@pytest.mark.parametrize("solver", ["fixed", "adaptive"])
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "checkpoint", "seminorm"])
+@pytest.mark.parametrize("ts", [[0.0, 0.3, 0.7, 1.0], [1.0, 0.4, -0.5]], ids=["forward", "backward"])
+def test_gradcheck(solver, gradient, ts):
+    """Analytic gradients of every method against finite differences of the forward solve,
+    w.r.t. y0 and a parameter, over several output times, forward and backward in time."""
+    kw = dict(FIXED if solver == "fixed" else ADAPTIVE)
+    if gradient == "seminorm":
+        if solver == "fixed":
+            pytest.skip("seminorm only changes error control")
+        kw.update(gradient="adjoint", seminorm=True)
+    else:
+        kw["gradient"] = gradient
+    t = torch.tensor(ts, dtype=F64)
+    y0 = torch.tensor([1.2, -0.3], dtype=F64, requires_grad=True)
+    a = torch.tensor(A, dtype=F64, requires_grad=True)
+
+    def run(y0, a):
+        return solve(_demo(a), y0, t, **kw).ys
+
+    # the adjoint is the exact gradient of the ODE, not of the discretisation: with rk4 at
+    # h = 0.025 the two differ by O(h^4), relative 3e-5 here; adaptive steps are constants to autograd but
+    # move in the finite differences (far below these tolerances at rtol 1e-8)
+    assert torch.autograd.gradcheck(run, (y0, a), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seminorm", [False, True])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8"])
+def test_adjoint_agrees_with_backprop(method, seminorm):
+    func = _mlp()
+    y0 = torch.randn(5, 2, dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 2, 6, dtype=F64)
+    params = [y0] + list(func.parameters())
+
+    def grads(**kw):
+        sol = solve(func, y0, t, method=method, rtol=1e-11, atol=1e-12, **kw)
+        return torch.autograd.grad(sol.ys.sin().sum(), params)
+
+    ref = grads()
+    adj = grads(gradient="adjoint", seminorm=seminorm)
+    for r, g in zip(ref, adj):
+        assert torch.allclose(g, r, rtol=1e-7, atol=1e-9), (g - r).abs().max()
+
+
+CHECKPOINT_CASES = {
+    "dopri5-dense": ("dopri5", {"rtol": 1e-8, "atol": 1e-9}, torch.linspace(0, 3, 23)),
+    "dopri8-extra-stages": ("dopri8", {"rtol": 1e-8, "atol": 1e-9}, torch.linspace(0, 3, 17)),
+    "bosh3": ("bosh3", {"rtol": 1e-6, "atol": 1e-8}, torch.linspace(0, 2, 9)),
+    "hermite-non-fsal": (HEUN_EULER, {"rtol": 1e-5, "atol": 1e-7}, torch.linspace(0, 2, 9)),
+    "rk4-fixed": ("rk4", {"options": {"step_size": 0.07}}, torch.linspace(0, 3, 7)),
+    "dopri5-fixed": ("dopri5", {"options": {"steps": 5}}, torch.tensor([0.0, 1.0, 2.5])),
+    "backward-time": ("dopri5", {"rtol": 1e-8, "atol": 1e-9}, torch.linspace(2, -1, 8)),
+    "forced-outputs": ("tsit5", {"rtol": 1e-8, "atol": 1e-9, "options": {"force_output_steps": True}},
+                       torch.linspace(0, 2, 5)),
+}
+
+
+@pytest.mark.parametrize("checkpoints", [None, 1, 3, 10_000])
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_checkpoint_equals_backprop(case, checkpoints):
+    """Same steps, same operations: the gradients agree to round-off."""
+    method, kw, t = CHECKPOINT_CASES[case]
+    func = _mlp(width=8, seed=1)
+    torch.manual_seed(2)
+    y0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    t = t.to(F64)
+    params = [y0] + list(func.parameters())
+    seed = torch.randn(len(t), 3, 2, dtype=F64)
+
+    ref_sol = solve(func, y0, t, method=method, **kw)
+    ref = torch.autograd.grad((ref_sol.ys * seed).sum(), params)
+    sol = solve(func, y0, t, method=method, gradient="checkpoint", checkpoints=checkpoints, **kw)
+    got = torch.autograd.grad((sol.ys * seed).sum(), params)
+
+    assert torch.equal(sol.ys, ref_sol.ys)
+    assert (sol.stats.n_steps, sol.stats.n_accepted) == (ref_sol.stats.n_steps, ref_sol.stats.n_accepted)
+    for r, g in zip(ref, got):
+        assert torch.allclose(g, r, rtol=1e-10, atol=1e-12), (case, (g - r).abs().max())
+    # the replay takes every accepted step once more (and no rejected one)
+    assert sol.stats.backward.n_steps == sol.stats.n_accepted
+    assert sol.stats.n_accepted <= sol.stats.backward.nfe <= sol.stats.nfe + sol.stats.n_accepted
+
+
+def test_checkpoint_through_y_last_and_partial_failure():
+    """y_last carries gradients; after a failure with return_on_failure, the outputs reached do."""
+    func = _mlp(width=8)
+    y0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 2, 5, dtype=F64)
+    for gradient in ("backprop", "checkpoint", "adjoint"):
+        sol = solve(func, y0, t, gradient=gradient, rtol=1e-9, atol=1e-10)
+        (g,) = torch.autograd.grad(sol.y_last.sum(), y0)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+    grads = {}
+    for gradient in ("backprop", "checkpoint"):
+        sol = solve(func, y0, t, gradient=gradient, rtol=1e-9, atol=1e-10, return_on_failure=True,
+                    options={"max_num_steps": 6})
+        assert not sol.success and 1 < sol.ys.shape[0] < len(t)
+        (grads[gradient],) = torch.autograd.grad(sol.ys.sum(), y0)
+    assert torch.allclose(grads["checkpoint"], grads["backprop"], rtol=1e-10, atol=1e-12)
+
+
+def test_tuple_state_gradients():
+    func_net = _mlp(width=8)
+
+    class TupleFunc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = func_net
+
+        def forward(self, t, state):
+            y, z = state
+            return self.inner(t, y), -z * y.sum()
+
+    func = TupleFunc()
+    y0 = (torch.randn(3, 2, dtype=F64, requires_grad=True), torch.ones(4, dtype=F64, requires_grad=True))
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    inputs = list(y0) + list(func.parameters())
+
+    def grads(**kw):
+        ys = solve(func, y0, t, rtol=1e-11, atol=1e-12, **kw).ys
+        return torch.autograd.grad(ys[0].sum() + ys[1].square().sum(), inputs)
+
+    ref = grads()
+    for kw in ({"gradient": "checkpoint"}, {"gradient": "adjoint"}):
+        for r, g in zip(ref, grads(**kw)):
+            assert torch.allclose(g, r, rtol=1e-7, atol=1e-9)

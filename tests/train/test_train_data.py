@@ -1,0 +1,246 @@
+"""Data sources: shapes, determinism by seed, agreement with the references they copy, the
+user-file readers and their errors, the IDX reader and the missing-MNIST message, batching."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from odespec.train import DataError
+from odespec.train import data as sources
+from odespec.train.batches import Batches
+from odespec.train.data import Need
+from odespec.train.files import MNIST_FILES, fit, read_csv
+from odespec.train.generators import circles, ode_demo_trajectory, ode_demo_windows, spirals
+from odespec.train.idx import read_idx, write_idx
+
+
+def load(name: str, options: dict, need: Need, *, seed: int = 0, base: Path = Path(".")):
+    src = sources.get(name)
+    return src.load(src.normalize(options), seed=seed, base_dir=base, need=need)
+
+
+# -- ode_demo --------------------------------------------------------------------------------------
+def test_ode_demo_truth_matches_an_independent_solver():
+    y = ode_demo_trajectory(1000, 25.0)
+    assert y.shape == (1000, 2) and tuple(y[0]) == (2.0, 0.0)
+    a = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+    t = np.linspace(0, 25, 1000)
+    ref = solve_ivp(lambda _t, v: (v**3) @ a, (0, 25), [2.0, 0.0], t_eval=t, method="DOP853", rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(ref.y.T - y)) < 1e-7
+
+
+def test_ode_demo_windows_are_consecutive_states():
+    x, y = ode_demo_windows(1000, 25.0, 10)
+    truth = ode_demo_trajectory(1000, 25.0)
+    assert x.shape == (990, 2) and y.shape == (990, 10, 2)  # starts from arange(1000 - 10), as torchdiffeq
+    np.testing.assert_array_equal(y[:, 0], x)
+    np.testing.assert_array_equal(y[123], truth[123:133])
+    loaded = load("ode_demo", {}, Need((2,), (10, 2), False))
+    np.testing.assert_array_equal(loaded.x, x)
+    np.testing.assert_array_equal(loaded.y_eval, y)  # evaluation: every window
+
+
+def test_ode_demo_window_times_are_the_models_t():
+    src = sources.get("ode_demo")
+    times = src.times(src.normalize(None))
+    assert len(times) == 10 and times[1] == pytest.approx(25 / 999) and times[-1] == pytest.approx(9 * 25 / 999)
+
+
+# -- spirals ----------------------------------------------------------------------------------------
+def test_spirals_shapes_times_and_seed():
+    x, ts = spirals(50, seed=1)
+    assert x.shape == (50, 100, 2)
+    np.testing.assert_allclose(ts, np.linspace(0, 6 * np.pi, 1000)[:100])  # latent_ode.py's samp_ts
+    np.testing.assert_array_equal(spirals(50, seed=1)[0], x)
+    assert not np.array_equal(spirals(50, seed=2)[0], x)
+
+
+def test_noiseless_spirals_lie_on_the_two_reference_spirals():
+    x, _ = spirals(20, noise_std=0.0, seed=3)
+    z = np.linspace(0, 6 * np.pi, 1000)
+    cc = np.stack([0.3 * z * np.cos(z) + 5, 0.3 * z * np.sin(z)], 1)
+    zw = 6 * np.pi + 1 - z
+    cw = np.stack([0.3 * 50 / zw * np.cos(zw) - 5, 0.3 * 50 / zw * np.sin(zw)], 1)
+    for sample in x:
+        hits = [np.allclose(traj[i:i + 100], sample) for traj in (cc, cw) for i in range(100, 900)]
+        assert sum(hits) == 1
+
+
+def test_spirals_source_separate_eval_set():
+    d = load("spirals", {"count": 6, "eval_count": 3, "points": 100, "observed": 10}, Need((10, 2), (10, 2), False))
+    assert d.x.shape == (6, 10, 2) and d.y is d.x and d.x_eval.shape == (3, 10, 2)
+    assert sources.get("spirals").noise_std(sources.get("spirals").normalize(None)) == 0.3
+
+
+# -- circles ----------------------------------------------------------------------------------------
+def test_circles_radii_labels_and_seed():
+    x, y = circles(400, seed=0)
+    r = np.linalg.norm(x, axis=1)
+    assert x.shape == (400, 2) and y.dtype == np.int64 and y.sum() == 200
+    assert r[y == 0].max() <= 0.5 and r[y == 1].min() >= 1.0 and r[y == 1].max() <= 1.5
+    np.testing.assert_array_equal(circles(400, seed=0)[0], x)
+    assert not np.array_equal(circles(400, seed=1)[0], x)
+
+
+# -- user files ----------------------------------------------------------------------------------------
+def test_npz_source_reads_x_and_y_relative_to_the_spec(tmp_path: Path):
+    np.savez(tmp_path / "d.npz", x=np.arange(12.0).reshape(6, 2), y=np.array([0, 1, 2, 0, 1, 2]))
+    d = load("npz", "d.npz", Need((2,), (3,), True), base=tmp_path)
+    assert d.x.shape == (6, 2) and d.y.dtype == np.int64 and d.x_eval is None
+    values = load("npz", {"path": "d.npz", "eval_path": "d.npz"}, Need((1, 2), (1,), False), base=tmp_path)
+    assert values.x.shape == (6, 1, 2) and values.y.shape == (6, 1) and values.y.dtype == np.float64
+    assert values.x_eval is not None
+
+
+def test_npz_errors_name_the_problem(tmp_path: Path):
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((3, 2)), y=np.zeros(3))
+    with pytest.raises(DataError, match=r"has no array 'x' \(it has: inputs, y\)"):
+        load("npz", "d.npz", Need((2,), (1,), False), base=tmp_path)
+    with pytest.raises(DataError, match=r"(?s)'missing.npz' not found.*relative to the spec"):
+        load("npz", "missing.npz", Need((2,), (1,), False), base=tmp_path)
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="pickle"):
+        load("npy", {"x": "o.npy", "y": "o.npy"}, Need((2,), (1,), False), base=tmp_path)
+
+
+def test_fit_checks_shapes_and_labels():
+    need = Need((2,), (3,), True)
+    with pytest.raises(DataError, match=r"3 input values .* takes 2"):
+        fit(np.zeros((4, 3)), np.zeros(4), need, "d")
+    with pytest.raises(DataError, match=r"label 3 is outside 0..2"):
+        fit(np.zeros((2, 2)), np.array([0, 3]), need, "d")
+    with pytest.raises(DataError, match="whole numbers"):
+        fit(np.zeros((2, 2)), np.array([0.5, 1.0]), need, "d")
+    with pytest.raises(DataError, match="one row per sample"):
+        fit(np.zeros((2, 2)), np.zeros(3), need, "d")
+    with pytest.raises(DataError, match=r"a target has 2 values .* has 3"):
+        fit(np.zeros((2, 2)), np.zeros((2, 2)), Need((2,), (3,), False), "d")
+
+
+def test_npy_pair(tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.ones((5, 4), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.zeros((5, 2)))
+    d = load("npy", {"x": "x.npy", "y": "y.npy"}, Need((2, 2), (2,), False), base=tmp_path)
+    assert d.x.shape == (5, 2, 2) and d.y.shape == (5, 2)
+
+
+def test_csv_with_header_and_named_target(tmp_path: Path):
+    (tmp_path / "d.csv").write_text("a,label,b\n1,0,2\n3,1,4\n5,1,6\n")
+    x, y = read_csv(tmp_path / "d.csv", "label")
+    np.testing.assert_array_equal(x, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(y, [0, 1, 1])
+    d = load("csv", {"path": "d.csv", "target": "label"}, Need((2,), (2,), True), base=tmp_path)
+    assert d.y.tolist() == [0, 1, 1]
+
+
+def test_csv_without_header_takes_the_last_column(tmp_path: Path):
+    (tmp_path / "d.csv").write_text("1,2,0.5\n3,4,1.5\n")
+    d = load("csv", "d.csv", Need((2,), (1,), False), base=tmp_path)
+    np.testing.assert_array_equal(d.y, [[0.5], [1.5]])
+    (tmp_path / "bad.csv").write_text("x,y\n1,oops\n")
+    with pytest.raises(DataError, match="every cell must be a number"):
+        load("csv", "bad.csv", Need((1,), (1,), False), base=tmp_path)
+    with pytest.raises(DataError, match=r"no column named 'z' \(its columns: x, y\)"):
+        load("csv", {"path": "bad.csv", "target": "z"}, Need((1,), (1,), False), base=tmp_path)
+
+
+# -- IDX and MNIST -------------------------------------------------------------------------------------
+def _mnist_dir(tmp_path: Path, *, gz: bool, train: int = 12, test: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    d = tmp_path / "mnist"
+    d.mkdir()
+    ext = ".gz" if gz else ""
+    write_idx(d / (MNIST_FILES[0] + ext), rng.integers(0, 256, (train, 28, 28), dtype=np.uint8))
+    write_idx(d / (MNIST_FILES[1] + ext), rng.integers(0, 10, train, dtype=np.uint8))
+    write_idx(d / (MNIST_FILES[2] + ext), rng.integers(0, 256, (test, 28, 28), dtype=np.uint8))
+    write_idx(d / (MNIST_FILES[3] + ext), rng.integers(0, 10, test, dtype=np.uint8))
+    return d
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_round_trip(tmp_path: Path, gz: bool):
+    a = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
+    p = tmp_path / ("a.idx" + (".gz" if gz else ""))
+    write_idx(p, a)
+    back = read_idx(p)
+    np.testing.assert_array_equal(back, a)
+    assert back.dtype == np.int32
+
+
+def test_idx_header_is_the_mnist_one(tmp_path: Path):
+    write_idx(tmp_path / "l", np.array([3, 1, 4], dtype=np.uint8))
+    # magic 0x00000801 (unsigned bytes, 1 dimension), then the count, then the labels
+    assert (tmp_path / "l").read_bytes() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4])
+
+
+def test_idx_errors(tmp_path: Path):
+    (tmp_path / "bad").write_bytes(b"PK\x03\x04rest")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
+    with pytest.raises(DataError, match="truncated: its header promises 5 bytes of data, it has 2"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "x.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "x.gz")
+    # a gzip bomb is read no further than its header promises
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2]) + bytes(50_000_000)))
+    assert read_idx(tmp_path / "bomb.gz").shape == (2,)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_from_local_idx_files(tmp_path: Path, gz: bool):
+    d = _mnist_dir(tmp_path, gz=gz)
+    data = load("mnist", "mnist", Need((1, 28, 28), (10,), True), base=tmp_path)
+    assert data.x.shape == (12, 1, 28, 28) and data.x.dtype == np.uint8 and data.x_scale == pytest.approx(1 / 255)
+    assert data.y.shape == (12,) and data.x_eval.shape == (6, 1, 28, 28)
+    np.testing.assert_array_equal(data.x[:, 0], read_idx(d / (MNIST_FILES[0] + (".gz" if gz else ""))))
+
+
+def test_missing_mnist_names_every_expected_file(tmp_path: Path):
+    (tmp_path / "mnist").mkdir()
+    write_idx(tmp_path / "mnist" / MNIST_FILES[1], np.zeros(3, dtype=np.uint8))
+    with pytest.raises(DataError) as e:
+        load("mnist", "mnist", Need((1, 28, 28), (10,), True), base=tmp_path)
+    text = str(e.value)
+    for name in (MNIST_FILES[0], MNIST_FILES[2], MNIST_FILES[3]):
+        assert name + "[.gz]" in text
+    assert "MNIST files missing in" in text and "never downloads" in text
+    assert MNIST_FILES[1] + "[.gz]" not in text
+
+
+# -- batching ----------------------------------------------------------------------------------------
+def _batches(n: int, b: int, seed: int = 0) -> Batches:
+    import torch
+
+    from odespec.train.data import LoadedData
+
+    x = np.arange(n, dtype=np.float64)[:, None]
+    return Batches(LoadedData(x, x), b, seed=seed, device=torch.device("cpu"), dtype=torch.float64, labels=False)
+
+
+def test_each_epoch_visits_every_sample_once_and_batches_never_run_short():
+    b = _batches(10, 4)
+    stream = np.concatenate([b.indices(k) for k in range(5)])  # 20 samples = 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert not np.array_equal(stream[:10], stream[10:])  # a new order every epoch
+    assert b.cursor(5) == {"samples_seen": 20, "epoch": 2, "position": 0}
+    assert b.steps_for_epochs(3) == math.ceil(30 / 4)
+
+
+def test_batches_are_a_function_of_the_step_and_the_seed():
+    a, b = _batches(10, 4), _batches(10, 4)
+    for k in (7, 0, 3):  # any order: no hidden cursor
+        np.testing.assert_array_equal(a.indices(k), b.indices(k))
+    assert not np.array_equal(_batches(10, 4, seed=1).indices(0), a.indices(0))
+
+
+def test_batch_larger_than_the_data_is_an_error():
+    with pytest.raises(DataError, match="batch_size 8 is larger than the 5 training samples"):
+        _batches(5, 8)
