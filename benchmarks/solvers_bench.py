@@ -19,7 +19,8 @@ Method, so the numbers can be judged:
 * Gradient timings: forward + backward of ``sum(y(10)**2)`` w.r.t. y0 and all parameters, grad
   enabled, dopri5 with 100 fixed steps (so every method integrates the same steps) and adaptive.
 * Memory: peak resident set size of a fresh process running one forward + backward, minus its
-  resident size just before (``ru_maxrss`` delta), with glibc's mmap threshold pinned at 64 KiB
+  resident size just before (``VmHWM`` after, reset just before, minus ``VmRSS`` before; after a
+  warm-up on a tiny problem), with glibc's mmap threshold pinned at 64 KiB
   so every tensor of the "wide" state (64 KiB) or larger is mapped and unmapped on its own and
   the RSS tracks live tensor memory. It counts everything the solve allocates (autograd's saved
   tensors, checkpoints, the adjoint's augmented state), which a saved-tensor hook would not.
@@ -32,7 +33,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -262,9 +262,24 @@ def seminorm_section() -> str:
 # --------------------------------------------------------------------------- memory
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(key: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in bytes.
+    Unlike ``getrusage``'s ``ru_maxrss``, which a child inherits from its parent across
+    fork + exec, ``VmHWM`` belongs to this process's own address space."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); harmless where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 def memory_child(gradient: str, steps: int) -> None:
@@ -278,9 +293,10 @@ def memory_child(gradient: str, steps: int) -> None:
     case = make_case("wide-b256")
     case.y0.requires_grad_(True)
     run = _grad_fn(case, gradient=gradient, method="dopri5", options={"steps": steps})
-    before = _rss_bytes()
+    _reset_peak()
+    before = _status_bytes("VmRSS")
     sol = run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     print(json.dumps({"delta": peak - before, "bwd_nfe": sol.stats.backward.nfe}))
 
 
@@ -331,7 +347,7 @@ def main() -> None:
         print(seminorm_section(), "\n", flush=True)
     if "memory" in only:
         steps = [10, 30, 100] if args.quick else [10, 30, 100, 300, 1000]
-        print("## Peak memory of forward + backward (wide-b256, dopri5 fixed steps, RSS delta)\n")
+        print("## Peak memory of forward + backward (wide-b256, dopri5 fixed steps, peak RSS increase)\n")
         print(memory_section(steps), "\n", flush=True)
 
 

@@ -120,6 +120,9 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmu
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+_JIT_FAILURE: list[str] = []
+
+
 def torchode_solver(case: Case, jit: bool) -> tuple[Optional[Callable[[], torch.Tensor]], str]:
     """A zero-argument closure solving ``case`` with torchode (eager or TorchScript), or
     ``(None, reason)`` when it cannot run."""
@@ -134,10 +137,15 @@ def torchode_solver(case: Case, jit: bool) -> tuple[Optional[Callable[[], torch.
     ctrl = to.IntegralController(atol=ATOL, rtol=RTOL, term=term)
     solver = to.AutoDiffAdjoint(method, ctrl)
     if jit:
+        if _JIT_FAILURE:
+            # a failed script leaves TorchScript's class registry half-filled; trying again
+            # only reports "Can't redefine method", so report the first failure
+            return None, _JIT_FAILURE[0]
         try:
             solver = torch.jit.script(solver)
         except Exception as e:  # noqa: BLE001 - report any scripting failure as the reason
-            return None, f"torch.jit.script failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            _JIT_FAILURE.append(f"torch.jit.script failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            return None, _JIT_FAILURE[0]
     problem = to.InitialValueProblem(y0=y0, t_eval=t_eval)
 
     def run() -> torch.Tensor:

@@ -13,7 +13,6 @@ import torch
 
 import odespec
 from odespec.compile.model import ODENet, compile_spec, count_parameters
-from odespec.compile.ode_block import ResNetBlock
 from odespec.errors import BuildError
 from odespec.spec import load_spec
 from odespec.spec.model import OdeBlockSpec, Spec

@@ -283,13 +283,16 @@ def inspect_command(model: str, fmt: str) -> None:
               help="Continue the run in this directory from its latest checkpoint.")
 @click.option("--iterations", type=click.IntRange(1, 100_000_000), help="Override the spec's iterations (or epochs).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override the spec's device.")
+@click.option("--max-nfe", type=click.IntRange(1, 100_000_000),
+              help="Override the spec's NFE budget (train.max_nfe): function evaluations per training forward pass.")
 @_FORMAT
 def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optional[str], iterations: Optional[int],
-                  device: Optional[str], fmt: str) -> None:
+                  device: Optional[str], max_nfe: Optional[int], fmt: str) -> None:
     """Train the model SPEC describes, per its train section; or continue a run with --resume.
 
     Progress goes to stderr. Ctrl-C writes a checkpoint and exits with code 130; the message
-    says how to resume.
+    says how to resume. Under torchrun (torchrun --nproc-per-node N -m odespec train SPEC) the
+    processes train data-parallel and only rank 0 writes.
     """
 
     if resume_dir is None and spec is None:
@@ -305,10 +308,10 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
             if resume_dir is not None:
                 if spec is not None:
                     _same_spec_as_run(spec, resume_dir)
-                result = resume(resume_dir, iterations=iterations, device=device)
+                result = resume(resume_dir, iterations=iterations, device=device, max_nfe=max_nfe)
             else:
                 assert spec is not None
-                result = train(spec, run_dir, iterations=iterations, device=device)
+                result = train(spec, run_dir, iterations=iterations, device=device, max_nfe=max_nfe)
         except TrainingInterrupted as e:
             if fmt == "json":
                 click.echo(json.dumps({"ok": False, "interrupted": True, "iteration": e.iteration,
@@ -316,6 +319,8 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
                                        "resume": f"odespec train --resume {e.run_dir}"}, indent=2))
             click.echo(str(e), err=True)
             return e.exit_code
+        if _rank() != 0:
+            return EXIT_OK  # data-parallel: rank 0 reports for the run
         if fmt == "json":
             click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2))
         else:
@@ -327,6 +332,40 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
         return EXIT_OK
 
     _run(body, fmt)
+
+
+@cli.command("plot")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False), help="Where to write the PNG files [default: RUN/plots].")
+@_FORMAT
+def plot_command(run_dir: str, out_dir: Optional[str], fmt: str) -> None:
+    """Plot a training run: loss and NFE curves, and by model kind the learned against the true
+    trajectories and the vector field (2-D trajectory models), reconstructions and extrapolation
+    (the spirals latent ODE) or decision regions (2-D classifiers). Needs matplotlib:
+    pip install 'odespec[plot]'."""
+
+    def body() -> int:
+        from odespec.train.plot import plot_run
+
+        files = plot_run(run_dir, out_dir)
+        if fmt == "json":
+            click.echo(json.dumps({"ok": True, "files": [str(f) for f in files]}, indent=2))
+        else:
+            for f in files:
+                click.echo(f"wrote {f}")
+        return EXIT_OK
+
+    _run(body, fmt)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _same_spec_as_run(spec: str, run_dir: str) -> None:

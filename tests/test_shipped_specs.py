@@ -25,6 +25,9 @@ EXPECTED = {
     "spiral-latent-ode": (1_679, (100, 2)),
     "ode_demo_train": (252, (10, 2)),
     "circles-anode": (1_291, (2,)),
+    "circles-node": (1_224, (2,)),
+    "circles-rknet": (1_224, (2,)),
+    "circles-resnet": (4_878, (2,)),
 }
 
 

@@ -66,6 +66,11 @@ class ODEBlock(BlockBase):
         super().__init__(spec)
         self.dynamics = DynamicsNet(spec.dynamics, spec.state_shape)
         self.last_stats: Optional[Any] = None
+        #: set by training only (:mod:`odespec.train.regularise`), and only consulted while
+        #: autograd is on: it may replace the solve's vector field, state, tolerances and options
+        #: (extra state channels for regularisers, a step limit for an NFE budget) and maps the
+        #: solution back to the block's states. None: every solve is exactly as compiled.
+        self.solve_hook: Optional[Any] = None
 
     @property
     def nfe_backward(self) -> int:
@@ -91,13 +96,14 @@ class ODEBlock(BlockBase):
         before = self.dynamics.nfe
         # without autograd every gradient method's forward is the same plain solve
         grad = _gradient_kwargs(self.spec.gradient, s) if torch.is_grad_enabled() else {}
-        sol = solve(
-            self.dynamics, y0, self.t, method=s.method, rtol=s.rtol, atol=s.atol, options=s.options() or None,
-            **grad,
-        )
+        hook = self.solve_hook if torch.is_grad_enabled() else None
+        func, state, rtol, atol, options = self.dynamics, y0, s.rtol, s.atol, s.options() or None
+        if hook is not None:
+            func, state, rtol, atol, options = hook.prepare(self, y0, rtol, atol, options)
+        sol = solve(func, state, self.t, method=s.method, rtol=rtol, atol=atol, options=options, **grad)
         self.last_stats = sol.stats
         self.nfe_forward = self.dynamics.nfe - before
-        return sol.ys
+        return sol.ys if hook is None else hook.finish(self, sol)
 
     def extra_repr(self) -> str:
         s = self.spec.solver

@@ -72,6 +72,7 @@ class InputSet:
 
     @property
     def samples(self) -> int:
+        """Samples over all batches."""
         return sum(int(b.shape[0]) for b in self.batches)
 
 
@@ -217,6 +218,7 @@ class Candidate:
     latency_ms: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
+        """One row of the report's candidate table."""
         return {"method": self.method, "steps": self.steps, "nfe": self.nfe, "error": _finite(self.error),
                 "passed": self.passed, "status": self.status, "error_one_fewer": _finite(self.error_one_fewer),
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4)}

@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import onnx
 import torch

@@ -25,6 +25,7 @@ __all__ = [
     "OptimizerSpec",
     "ScheduleSpec",
     "InitSpec",
+    "RegulariseSpec",
     "TrainSpec",
     "Spec",
     "ModelItem",
@@ -212,6 +213,20 @@ class InitSpec:
 
 
 @dataclass(frozen=True)
+class RegulariseSpec:
+    """RNODE regularisers (Finlay et al. 2020) of the ODE blocks, added to the training loss.
+
+    Per sample, the kinetic energy is the integral of ``|f(t, y)|^2`` and the Jacobian term the
+    integral of ``|df/dy|_F^2`` (estimated with one Hutchinson probe per solve) over the block's
+    time span; each is averaged over the batch and multiplied by its weight."""
+
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+    #: the Hutchinson probe's distribution: ``gaussian`` or ``rademacher``
+    noise: str = "gaussian"
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """Training settings, used by ``odespec train``."""
 
@@ -235,6 +250,10 @@ class TrainSpec:
     #: None: the spec's top-level device
     device: Optional[str] = None
     init: InitSpec = InitSpec()
+    #: None: no regularisation
+    regularise: Optional[RegulariseSpec] = None
+    #: f-evaluations allowed per training forward pass (all ODE blocks together); None: no budget
+    max_nfe: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,13 @@ class Batches:
             filled += take
         return out
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of step ``step``."""
-        idx = torch.from_numpy(self.indices(step)).to(self.x.device)
+    def batch(self, step: int, shard: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of step ``step``; ``shard = (start, stop)``: only those rows of the
+        batch (a data-parallel rank's share)."""
+        rows = self.indices(step)
+        if shard is not None:
+            rows = rows[shard[0]:shard[1]]
+        idx = torch.from_numpy(rows).to(self.x.device)
         return self._convert(self.x[idx]), self.y[idx]
 
     def cursor(self, steps_done: int) -> dict[str, int]:

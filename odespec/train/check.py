@@ -20,6 +20,7 @@ from odespec.spec.model import (
     ModelItem,
     OdeBlockSpec,
     OptimizerSpec,
+    RegulariseSpec,
     ScheduleSpec,
     Shape,
     TrainSpec,
@@ -56,6 +57,10 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
     optimizer = c.optimizer(raw.get("optimizer", "adam"))
     schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3))
     init = c.init(raw.get("init"), items)
+    regularise = c.regularise(raw.get("regularise"), items)
+    if "max_nfe" in raw and items is not None and not _solved_blocks(items):
+        c.error(T + ("max_nfe",), "max_nfe limits the solves of ODE blocks; this model has none (a resnet block "
+                "always takes its fixed steps)", "remove max_nfe", key=True)
     if "iterations" in raw and "epochs" in raw:
         error(T + ("epochs",), "give iterations or epochs, not both", "epochs N means N passes over the training data",
               key=True)
@@ -69,6 +74,7 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
         iterations=raw.get("iterations"), epochs=raw.get("epochs"), batch_size=raw.get("batch_size", 32),
         eval_every=raw.get("eval_every", 0), checkpoint_every=raw.get("checkpoint_every", 500),
         log_every=raw.get("log_every"), seed=raw.get("seed", 0), device=raw.get("device"), init=init,
+        regularise=regularise, max_nfe=raw.get("max_nfe"),
     )
 
 
@@ -178,6 +184,26 @@ class _TrainChecker:
             return None
         return spec
 
+    def regularise(self, raw: Optional[dict], items: Optional[Sequence[ModelItem]]) -> Optional[RegulariseSpec]:
+        path = T + ("regularise",)
+        if raw is None:
+            return None
+        spec = RegulariseSpec(**raw)
+        if spec.kinetic == 0 and spec.jacobian == 0:
+            # an all-zero regulariser would still carry the integrals through every solve, for nothing
+            self.error(path, "regularise needs a weight above 0 for kinetic or jacobian",
+                       "write regularise: {kinetic: 0.01, jacobian: 0.01}, or remove it")
+            return None
+        if "noise" in raw and spec.jacobian == 0:
+            self.error(path + ("noise",), "noise is the Hutchinson probe of the jacobian term, whose weight is 0",
+                       "give jacobian a weight, or remove noise", key=True)
+            return None
+        if items is not None and not _solved_blocks(items):
+            self.error(path, "regularise applies to ODE blocks solved by a solver (family ode or rknet); this "
+                       "model has none", "remove regularise")
+            return None
+        return spec
+
     # -- the data against the model -------------------------------------------------------------------
     def model_fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
                   input_shape: Shape) -> None:
@@ -223,6 +249,12 @@ class _TrainChecker:
             return
         for p in sources.get(data.source).check(data.options, input_shape, items):
             self.error(p.path or dpath, p.message, p.hint)
+
+
+def _solved_blocks(items: Sequence[ModelItem]) -> list[OdeBlockSpec]:
+    """The ODE blocks a solver integrates (family ode or rknet; a resnet block has separate
+    weights per step and no solve)."""
+    return [it for it in items if isinstance(it, OdeBlockSpec) and it.family != "resnet"]
 
 
 def _dynamics_linears(items: Sequence[ModelItem]) -> list[LayerSpec]:

@@ -19,7 +19,7 @@ from odespec.train.data import DataShapes, DataSource, LoadedData, Need, Problem
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["ode_demo_trajectory", "ode_demo_windows", "spirals", "circles"]
+__all__ = ["ode_demo_trajectory", "ode_demo_windows", "spirals", "spiral_truth", "circles"]
 
 #: torchdiffeq's ode_demo system: dy/dt = y**3 @ A, y(0) = (2, 0)
 ODE_DEMO_A = ((-0.1, 2.0), (-2.0, -0.1))
@@ -132,20 +132,46 @@ def spirals(count: int, *, points: int = 1000, observed: int = 100, stop: float 
     observation times (observed,)), float64."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    orig_ts, curves = _spiral_curves(points, stop, a, b)
+    out = np.empty((count, observed, 2))
+    for i, (t0, which, noise) in enumerate(_spiral_draws(count, points, observed, seed)):
+        out[i] = curves[which][t0:t0 + observed] + noise * noise_std
+    return out, orig_ts[:observed].copy()
+
+
+def spiral_truth(count: int, *, points: int = 1000, observed: int = 100, stop: float = 6 * math.pi,
+                 a: float = 0.0, b: float = 0.3, seed: Any = 0) -> list["np.ndarray"]:
+    """The noise-free spirals behind :func:`spirals` with the same arguments: for each sample,
+    the clean curve from its first observation to the end of the spiral (at least ``observed +
+    1`` points), float64. What a latent ODE's extrapolation is compared with."""
+    _, curves = _spiral_curves(points, stop, a, b)
+    return [curves[which][t0:].copy() for t0, which, _ in _spiral_draws(count, points, observed, seed)]
+
+
+def _spiral_curves(points: int, stop: float, a: float, b: float) -> tuple["np.ndarray", tuple["np.ndarray", "np.ndarray"]]:
+    """The times and the two whole spirals: (clockwise, counter-clockwise), each (points, 2)."""
+    import numpy as np
+
     orig_ts = np.linspace(0.0, stop, num=points)
     zs_cw = stop + 1.0 - orig_ts
     rs_cw = a + b * 50.0 / zs_cw
     cw = np.stack((rs_cw * np.cos(zs_cw) - 5.0, rs_cw * np.sin(zs_cw)), axis=1)
     rs_cc = a + b * orig_ts
     cc = np.stack((rs_cc * np.cos(orig_ts) + 5.0, rs_cc * np.sin(orig_ts)), axis=1)
-    out = np.empty((count, observed, 2))
-    for i in range(count):
+    return orig_ts, (cw, cc)
+
+
+def _spiral_draws(count: int, points: int, observed: int, seed: Any) -> Any:
+    """Per sample, in generation order: (start index, 0 = clockwise / 1 = counter-clockwise,
+    standard normal noise (observed, 2)). The draws' order is the generator's contract."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
         # the start is never too near either end, as in torchdiffeq
         t0 = int(rng.integers(observed, points - observed))
-        traj = cc if rng.random() > 0.5 else cw
-        out[i] = traj[t0:t0 + observed] + rng.standard_normal((observed, 2)) * noise_std
-    return out, orig_ts[:observed].copy()
+        which = 1 if rng.random() > 0.5 else 0
+        yield t0, which, rng.standard_normal((observed, 2))
 
 
 @register

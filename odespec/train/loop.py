@@ -7,6 +7,9 @@ and the global RNG state (which the gaussian layer and dropout draw from) is sav
 the start of the first iteration a checkpoint does not contain. So an interrupted-then-resumed
 run makes bit for bit the losses and weights of an uninterrupted one (on the same machine and
 device).
+
+Regularisers and the NFE budget (:mod:`odespec.train.regularise`) hook into the ODE blocks'
+training solves; under torchrun the loop trains data-parallel (:mod:`odespec.train.distributed`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 import odespec
 from odespec.compile.model import compile_spec, resolve_device
+from odespec.errors import SolverError
 from odespec.spec import load_spec
 from odespec.spec.model import Spec
 from odespec.train import data as sources
@@ -36,11 +40,13 @@ from odespec.train.checkpoint import (
     save_weights,
 )
 from odespec.train.data import Need
+from odespec.train.distributed import DistContext, setup, teardown
 from odespec.train.errors import TrainError, TrainingFailed, TrainingInterrupted
 from odespec.train.interrupt import InterruptGuard
 from odespec.train.losses import make_loss
 from odespec.train.optim import lr_at, make_optimizer, set_lr
 from odespec.train.progress import Progress
+from odespec.train.regularise import NfeBudgetExceeded, attach, regularisation_loss
 from odespec.train.reinit import apply_init
 from odespec.train.rundir import (
     CHECKPOINTS,
@@ -82,11 +88,12 @@ class TrainResult:
 
 
 def train(spec: Union[Spec, PathLike], run_dir: Optional[PathLike] = None, *, iterations: Optional[int] = None,
-          device: Optional[str] = None, callbacks: Sequence[Callback] = (), progress: bool = True,
-          stream: Optional[TextIO] = None) -> TrainResult:
+          device: Optional[str] = None, max_nfe: Optional[int] = None, callbacks: Sequence[Callback] = (),
+          progress: bool = True, stream: Optional[TextIO] = None) -> TrainResult:
     """Train the model a spec describes, per its ``train`` section, into a new run directory
-    (default ``runs/NAME``). ``iterations``/``device`` override the spec's. Ctrl-C writes a
-    checkpoint and raises :class:`TrainingInterrupted`; continue with :func:`resume`."""
+    (default ``runs/NAME``). ``iterations``/``device``/``max_nfe`` override the spec's. Ctrl-C
+    writes a checkpoint and raises :class:`TrainingInterrupted`; continue with :func:`resume`.
+    Started by torchrun with several processes, trains data-parallel (only rank 0 writes)."""
     spec_obj = spec if isinstance(spec, Spec) else load_spec(spec)
     if spec_obj.train is None:
         raise TrainError(f"{spec_obj.source_file} has no train section",
@@ -102,16 +109,30 @@ def train(spec: Union[Spec, PathLike], run_dir: Optional[PathLike] = None, *, it
     run = Path(run_dir) if run_dir is not None else Path("runs") / spec_obj.name
     dev = device or spec_obj.train.device or spec_obj.device
     resolve_device(dev)  # a missing CUDA is reported before anything is written
-    trainer = _Trainer(spec_obj, run, base_dir=source.resolve().parent, device=dev, iterations=iterations,
-                       callbacks=callbacks, progress=progress, stream=stream)
-    create_run(run, text, trainer.info("running"))
-    return trainer.run()
+    ctx = setup(dev)
+    try:
+        trainer = _Trainer(spec_obj, run, base_dir=source.resolve().parent, device=dev, iterations=iterations,
+                           callbacks=callbacks, progress=progress, stream=stream, max_nfe=max_nfe, dist=ctx)
+        message = None
+        if ctx.main:
+            try:
+                create_run(run, text, trainer.info("running"))
+            except TrainError as e:
+                if not ctx.active:
+                    raise
+                message = str(e)
+        ctx.share_error(message)
+        return trainer.run()
+    finally:
+        teardown(ctx)
 
 
 def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optional[str] = None,
-           callbacks: Sequence[Callback] = (), progress: bool = True, stream: Optional[TextIO] = None) -> TrainResult:
+           max_nfe: Optional[int] = None, callbacks: Sequence[Callback] = (), progress: bool = True,
+           stream: Optional[TextIO] = None) -> TrainResult:
     """Continue a run from its latest checkpoint, exactly as if it had not stopped.
-    ``iterations`` changes the total (a longer run; a cosine schedule then stretches too)."""
+    ``iterations`` changes the total (a longer run; a cosine schedule then stretches too);
+    ``max_nfe`` the NFE budget (after a run stopped for exceeding it)."""
     run = Path(run_dir)
     info = read_run_info(run)
     spec = load_spec(run / SPEC_FILE)
@@ -122,11 +143,19 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
     if ckpt is None:
         raise TrainError(f"{run / CHECKPOINTS} holds no complete checkpoint to resume from",
                          f"start the run again: odespec train {info.get('spec_source', 'SPEC')} -o NEW_DIR")
-    trainer = _Trainer(spec, run, base_dir=Path(info["data_base_dir"]), device=device or info["device"],
-                       iterations=iterations or info["iterations"], callbacks=callbacks, progress=progress,
-                       stream=stream, checkpoint=ckpt, created=info.get("created"))
-    write_run_info(run, trainer.info("running"))
-    return trainer.run()
+    dev = device or info["device"]
+    ctx = setup(dev)
+    try:
+        trainer = _Trainer(spec, run, base_dir=Path(info["data_base_dir"]), device=dev,
+                           iterations=iterations or info["iterations"], callbacks=callbacks, progress=progress,
+                           stream=stream, checkpoint=ckpt, created=info.get("created"),
+                           max_nfe=max_nfe if max_nfe is not None else info.get("max_nfe", spec.train.max_nfe),
+                           dist=ctx)
+        if ctx.main:
+            write_run_info(run, trainer.info("running"))
+        return trainer.run()
+    finally:
+        teardown(ctx)
 
 
 class _Trainer:
@@ -134,14 +163,20 @@ class _Trainer:
 
     def __init__(self, spec: Spec, run_dir: Path, *, base_dir: Path, device: str, iterations: Optional[int],
                  callbacks: Sequence[Callback], progress: bool, stream: Optional[TextIO],
-                 checkpoint: Optional[Path] = None, created: Optional[str] = None):
+                 checkpoint: Optional[Path] = None, created: Optional[str] = None, max_nfe: Optional[int] = None,
+                 dist: Optional[DistContext] = None):
         assert spec.train is not None
         self.spec, self.ts = spec, spec.train
+        self.dist = dist or DistContext()
         self.run_dir, self.base_dir, self.device_name = run_dir, base_dir, device
-        self.device = resolve_device(device)
+        self.device = resolve_device(self.dist.device_name(device))
         self.callbacks = list(callbacks)
         self.created = created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.model = compile_spec(spec, device=device)
+        self.model = compile_spec(spec, device=str(self.device))
+        self.max_nfe = max_nfe if max_nfe is not None else self.ts.max_nfe
+        self.hooks = attach(self.model, self.model.ode_blocks, self.ts.regularise, self.max_nfe)
+        self.shard = self.dist.shard(self.ts.batch_size) if self.dist.active else None
+        self.failure: Optional[str] = None
         self.loss_fn = make_loss(self.ts.loss, self.model)
         self.optimizer = make_optimizer(self.ts.optimizer, self.model.parameters(), self.ts.lr)
         labels = self.ts.loss.kind == "cross_entropy"
@@ -159,13 +194,15 @@ class _Trainer:
         self.last_eval: dict[str, Any] = {}
         self.rng: Optional[dict[str, Any]] = None  # restored from the checkpoint when resuming
         self.checkpoint = checkpoint
-        self.metrics = MetricsLog(run_dir / METRICS_FILE)
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, write=self.dist.main)
         self.progress = Progress(self.total, every=self.ts.log_every or max(1, self.total // 50), stream=stream,
-                                 enabled=progress)
+                                 enabled=progress and self.dist.main)
         if checkpoint is None:
             apply_init(self.model, self.ts.init, spec.seed)
         else:
             self._load(checkpoint)
+        # the training forward passes go through DDP when distributed; evaluation uses the model
+        self.net = self.dist.wrap(self.model)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def info(self, status: str) -> dict[str, Any]:
@@ -174,6 +211,8 @@ class _Trainer:
                 "spec_source": str(self.spec.source_file), "spec_sha256": self.spec.source_sha256,
                 "data_base_dir": str(self.base_dir), "iterations": self.total, "device": self.device_name,
                 "created": self.created, "status": status, "completed": self.done,
+                "max_nfe": self.max_nfe, "processes": self.dist.world,
+                **({"failure": self.failure} if self.failure and status == "failed" else {}),
                 "last": self.metrics.last, "evaluation": self.last_eval}
 
     def _load(self, checkpoint: Path) -> None:
@@ -183,7 +222,7 @@ class _Trainer:
         self.rng = doc["rng"]
         self.last_eval = doc.get("evaluation", {})
         self.eval_done_at = self.done if doc.get("eval_done") else -1
-        self.metrics = MetricsLog.resume(self.run_dir / METRICS_FILE, self.done)
+        self.metrics = MetricsLog.resume(self.run_dir / METRICS_FILE, self.done, write=self.dist.main)
 
     def _seconds(self) -> float:
         return self.elapsed + (time.perf_counter() - self._t0)
@@ -206,23 +245,65 @@ class _Trainer:
         return torch.random.fork_rng(devices=devices)
 
     # -- one iteration ------------------------------------------------------------------------------------
+    def _nfe_count(self) -> int:
+        """Evaluations of every solved block's dynamics so far (the NFE of a failed forward)."""
+        return sum(getattr(b.dynamics, "nfe", 0) for b in self.model.ode_blocks)
+
+    def _forward(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], int, bool]:
+        """(output, forward NFE, whether the NFE budget was exceeded). A solve stopped by the
+        budget's step limit returns no output."""
+        before = self._nfe_count()
+        try:
+            out = self.net(x)
+        except SolverError as e:
+            if self.max_nfe is None or e.reason != "max-steps":
+                raise
+            return None, self._nfe_count() - before, True
+        nfe = self.model.nfe_forward
+        return out, nfe, self.max_nfe is not None and nfe > self.max_nfe
+
+    def _budget_exceeded(self, lr: float, nfe: int) -> NfeBudgetExceeded:
+        """Record the iteration that broke the NFE budget; the error that stops training."""
+        it = self.done + 1
+        self.metrics.append({"iteration": it, "loss": None, "lr": lr, "nfe_forward": nfe, "nfe_backward": None,
+                             "nfe_budget_exceeded": True, "max_nfe": self.max_nfe})
+        resume_hint = f"odespec train --resume {self.run_dir} --max-nfe {2 * self.max_nfe}"
+        self.failure = (f"iteration {it}: the forward pass needed more than max_nfe={self.max_nfe} function "
+                        f"evaluations (stopped at {nfe})")
+        return NfeBudgetExceeded(self.failure, "regularise the dynamics (train.regularise: {kinetic: 0.01, "
+                                 "jacobian: 0.01}), loosen the solver's rtol/atol, or continue from the last "
+                                 f"checkpoint with a larger budget: {resume_hint}", nfe=nfe)
+
     def _step(self) -> dict[str, Any]:
         """Forward and backward for iteration ``done + 1``; changes no weight."""
         lr = lr_at(self.ts.schedule, self.ts.lr, self.done, self.total)
         set_lr(self.optimizer, lr)
-        x, y = self.batches.batch(self.done)
+        x, y = self.batches.batch(self.done, self.shard)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(x)
-        nfe_forward = self.model.nfe_forward
+        out, nfe_forward, exceeded = self._forward(x)
+        # every rank must learn that one stopped, or the others would wait for it in backward
+        flag, nfe_forward = self.dist.max([float(exceeded), nfe_forward], x)
+        nfe_forward = int(nfe_forward)
+        if flag:
+            raise self._budget_exceeded(lr, nfe_forward)
+        assert out is not None
         loss, extra = self.loss_fn(out, y)
-        value = loss.item()
+        reg, reg_metrics = regularisation_loss(self.hooks, self.ts.regularise)
+        objective = loss if reg is None else loss + reg
+        names = ["loss", *extra, *reg_metrics] + (["objective"] if reg is not None else [])
+        values = [loss.item(), *extra.values(), *reg_metrics.values()] + ([objective.item()] if reg is not None else [])
+        metrics = dict(zip(names, self.dist.mean(values, x)))  # the global batch's values
+        value = metrics.get("objective", metrics["loss"])
         if not math.isfinite(value):
             raise TrainingFailed(f"the loss is {value} at iteration {self.done + 1}",
                              "lower lr, or use tighter solver tolerances; the last checkpoint is in "
                              f"{self.run_dir / CHECKPOINTS}")
-        loss.backward()
-        return {"iteration": self.done + 1, "loss": value, **extra, "lr": lr, "nfe_forward": nfe_forward,
-                "nfe_backward": self._nfe_backward()}
+        objective.backward()
+        nfe_backward = self._nfe_backward()
+        if nfe_backward is not None:
+            nfe_backward = int(self.dist.max([nfe_backward], x)[0])
+        return {"iteration": self.done + 1, **metrics, "lr": lr, "nfe_forward": nfe_forward,
+                "nfe_backward": nfe_backward}
 
     def _evaluate(self) -> dict[str, Any]:
         """Loss and metrics on the evaluation set, in eval mode, touching no RNG state."""
@@ -249,10 +330,12 @@ class _Trainer:
 
     def _after(self) -> None:
         """Evaluation, checkpoint, progress and callbacks after iteration ``done``."""
-        if self._eval_due():
+        # data-parallel: rank 0 evaluates and writes; the others go on and wait for it in the
+        # next iteration's collectives
+        if self._eval_due() and self.dist.main:
             self.metrics.update_last(self._evaluate())
         every = self.ts.checkpoint_every
-        if (every > 0 and self.done % every == 0) or self.done == self.total:
+        if ((every > 0 and self.done % every == 0) or self.done == self.total) and self.dist.main:
             self._save_checkpoint(capture_rng(self.device))
         self.metrics.flush(if_due=True)
         assert self.metrics.last is not None
@@ -272,9 +355,12 @@ class _Trainer:
             self.model.train()
             pending: Optional[dict[str, Any]] = None
             try:
-                if self.done and self.done < self.total and self._eval_due() and self.eval_done_at != self.done:
+                if (self.done and self.done < self.total and self._eval_due() and self.eval_done_at != self.done
+                        and self.dist.main):
                     self.metrics.update_last(self._evaluate())  # Ctrl-C had cut this evaluation short
                 while self.done < self.total:
+                    if self.dist.active:
+                        self.dist.seed(self.ts.seed, self.done)
                     pending = capture_rng(self.device)  # what a checkpoint of `done` must restore
                     record = self._step()
                     with guard.deferred():
@@ -286,27 +372,39 @@ class _Trainer:
                     self._after()
             except KeyboardInterrupt:
                 with guard.deferred():
-                    path = self._save_checkpoint(pending or capture_rng(self.device))
-                    write_run_info(self.run_dir, self.info("interrupted"))
+                    path = self._checkpoint_path(pending)
+                    if self.dist.main:
+                        write_run_info(self.run_dir, self.info("interrupted"))
                     self.progress.message(f"interrupted after iteration {self.done}; checkpoint written")
                 raise TrainingInterrupted(self.run_dir, self.done, self.total, path) from None
-            except Exception:
-                # a failed solve or a diverged loss: keep the metrics so far and say so in run.json;
-                # the last periodic checkpoint is still there to resume from
+            except Exception as e:
+                # a failed solve, a diverged loss or a broken NFE budget: keep the metrics so far
+                # and say so in run.json; the last periodic checkpoint is still there to resume from
                 self.progress.close()
                 self.metrics.flush()
-                write_run_info(self.run_dir, self.info("failed"))
+                self.failure = self.failure or str(e).split("\n")[0]
+                if self.dist.main:
+                    write_run_info(self.run_dir, self.info("failed"))
                 raise
             return self._finish()
 
+    def _checkpoint_path(self, pending: Optional[dict[str, Any]]) -> Path:
+        """Write the checkpoint of an interruption (rank 0); its path on every rank."""
+        if self.dist.main:
+            return self._save_checkpoint(pending or capture_rng(self.device))
+        return self.run_dir / CHECKPOINTS
+
     def _finish(self) -> TrainResult:
         self.progress.close()
-        if self.eval_done_at != self.done:  # resumed at or past the total: evaluate the weights once
-            self._evaluate()
-        weights = save_weights(self.run_dir / WEIGHTS_FILE, self.model, {
-            "odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256, "iterations": str(self.done)})
-        self.metrics.flush()
-        write_run_info(self.run_dir, self.info("finished"))
+        weights = self.run_dir / WEIGHTS_FILE
+        if self.dist.main:
+            if self.eval_done_at != self.done:  # resumed at or past the total: evaluate the weights once
+                self._evaluate()
+            weights = save_weights(weights, self.model, {
+                "odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256,
+                "iterations": str(self.done)})
+            self.metrics.flush()
+            write_run_info(self.run_dir, self.info("finished"))
         return TrainResult(run_dir=self.run_dir, name=self.spec.name, iterations=self.done,
                            last=dict(self.metrics.last or {}), evaluation=dict(self.last_eval), weights=weights,
                            seconds=self._seconds())

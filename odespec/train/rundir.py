@@ -68,14 +68,16 @@ class MetricsLog:
     #: rewrite at least this often (seconds) while training
     FLUSH_SECONDS = 5.0
 
-    def __init__(self, path: Path, records: Optional[list[dict[str, Any]]] = None):
+    def __init__(self, path: Path, records: Optional[list[dict[str, Any]]] = None, *, write: bool = True):
         self.path = path
+        #: False on the data-parallel ranks other than 0, which keep the records but write nothing
+        self.write = write
         self.lines = [json.dumps(r) for r in records or []]
         self.last: Optional[dict[str, Any]] = records[-1] if records else None
         self._flushed = time.monotonic()
 
     @classmethod
-    def resume(cls, path: Path, upto: int) -> "MetricsLog":
+    def resume(cls, path: Path, upto: int, *, write: bool = True) -> "MetricsLog":
         """The log of a resumed run: its records up to iteration ``upto`` (those past the checkpoint
         will be made again)."""
         records: list[dict[str, Any]] = []
@@ -87,7 +89,7 @@ class MetricsLog:
                     continue  # cannot happen with atomic writes; tolerate a hand-edited file
                 if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) and rec["iteration"] <= upto:
                     records.append(rec)
-        return cls(path, records)
+        return cls(path, records, write=write)
 
     def append(self, record: dict[str, Any]) -> None:
         self.lines.append(json.dumps(record))
@@ -101,7 +103,7 @@ class MetricsLog:
 
     def flush(self, *, if_due: bool = False) -> None:
         """Write the file (``if_due``: only when the last write is FLUSH_SECONDS old)."""
-        if if_due and time.monotonic() - self._flushed < self.FLUSH_SECONDS:
+        if not self.write or (if_due and time.monotonic() - self._flushed < self.FLUSH_SECONDS):
             return
         atomic_write_text(self.path, "".join(line + "\n" for line in self.lines))
         self._flushed = time.monotonic()

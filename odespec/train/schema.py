@@ -98,6 +98,25 @@ def train_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+    regularise = {
+        "type": "object",
+        "description": "RNODE regularisers (Finlay et al. 2020), which keep the learned dynamics simple so that "
+                       "adaptive solvers need fewer steps: per sample, the integrals over each ODE block's time "
+                       "span of the kinetic energy |f|^2 and of the squared Frobenius norm of df/dy (a Hutchinson "
+                       "estimate), averaged over the batch, times their weights, are added to the loss. They are "
+                       "integrated as extra state channels, by the block's own solver and gradient method.",
+        "default": None,
+        "properties": {
+            "kinetic": _num("Weight of the kinetic energy, the integral of |f(t, y)|^2 dt.", 0.0, minimum=0,
+                            maximum=1e6),
+            "jacobian": _num("Weight of the integral of |df/dy|_F^2 dt (one Hutchinson probe per solve).", 0.0,
+                             minimum=0, maximum=1e6),
+            "noise": {"enum": ["gaussian", "rademacher"], "default": "gaussian",
+                      "description": "jacobian: distribution of the Hutchinson probe (both give an unbiased "
+                                     "estimate; rademacher has the lower variance)."},
+        },
+        "additionalProperties": False,
+    }
     return {
         "type": "object",
         "description": "Training settings, used by `odespec train`.",
@@ -120,6 +139,11 @@ def train_schema() -> dict[str, Any]:
             "device": {"enum": ["cpu", "cuda"], "default": None,
                        "description": "Where to train (default: the top-level device)."},
             "init": init,
+            "regularise": regularise,
+            "max_nfe": _int("NFE budget: function evaluations allowed per training forward pass, all ODE blocks "
+                            "together. Adaptive solvers get a step limit derived from it; a forward pass that "
+                            "needs more stops training with an error, and metrics.jsonl records that iteration "
+                            "with nfe_budget_exceeded: true (default: no budget).", None, maximum=100_000_000),
         },
         "required": ["data"],
         "additionalProperties": False,

@@ -138,18 +138,19 @@ def test_parameters_of_closures_are_found(gradient):
 def test_seminorm_reduces_backward_nfe(capsys):
     """Kidger et al. 2021: with many parameters, error control over the parameter channels
     is what sets the backward step size; a seminorm drops it."""
-    func = Field(width=64, seed=3, scale=2.0)
+    func = Field(width=32, seed=3)
+    torch.manual_seed(0)
     y0 = torch.randn(16, 2, dtype=F64, requires_grad=True)
-    t = torch.linspace(0, 5, 2, dtype=F64)
+    t = torch.linspace(0, 10, 2, dtype=F64)
     nfe = {}
     for seminorm in (False, True):
-        sol = solve(func, y0, t, rtol=1e-6, atol=1e-8, gradient="adjoint", seminorm=seminorm)
+        sol = solve(func, y0, t, rtol=1e-6, atol=1e-7, gradient="adjoint", seminorm=seminorm)
         sol.ys[-1].square().sum().backward()
         nfe[seminorm] = sol.stats.backward.nfe
     with capsys.disabled():
         print(f"\n[seminorm] backward NFE without {nfe[False]}, with {nfe[True]}")
     assert nfe[True] <= nfe[False]
-    assert nfe[True] < 0.9 * nfe[False]
+    assert nfe[True] < 0.85 * nfe[False]  # 86 vs 122 here
 
 
 def test_adjoint_nan_in_backward_raises_solver_error():

@@ -1,0 +1,60 @@
+"""``odespec plot RUN``: figures of a training run, as PNG files (needs matplotlib, the
+``plot`` extra: ``pip install 'odespec[plot]'``).
+
+Always: ``loss.png`` and ``nfe.png`` from ``metrics.jsonl``. Then, by the kind of model:
+``trajectories.png`` and ``vector_field.png`` for a 2-D trajectory model (ode_demo: against
+the true system), ``latent.png`` for the spirals latent ODE (reconstruction and extrapolation),
+``regions.png`` for a classifier of points in the plane. Importing this package imports neither
+torch nor matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from odespec.train.errors import TrainError
+from odespec.train.plot.render import INSTALL_HINT, PlotUnavailable, require_matplotlib
+
+__all__ = ["plot_run", "PlotUnavailable", "INSTALL_HINT"]
+
+
+def plot_run(run_dir: Union[str, "os.PathLike[str]"], out_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+             *, model_plots: bool = True) -> list[Path]:
+    """Write the run's figures into ``out_dir`` (default ``RUN/plots``); return their paths.
+    ``model_plots=False``: only the curves (no model is loaded)."""
+    require_matplotlib()
+    from odespec.train.plot.curves import plot_loss, plot_nfe, read_metrics
+    from odespec.train.rundir import METRICS_FILE, read_run_info
+
+    run = Path(run_dir)
+    info = read_run_info(run)
+    out = Path(out_dir) if out_dir is not None else run / "plots"
+    metrics = run / METRICS_FILE
+    if not metrics.is_file():
+        raise TrainError(f"{run} has no {METRICS_FILE} yet", "plot after the first iterations have been logged")
+    records = read_metrics(metrics)
+    name = info.get("name", run.name)
+    files = [plot_loss(records, out / "loss.png", f"{name}: loss"),
+             plot_nfe(records, out / "nfe.png", f"{name}: function evaluations", info.get("max_nfe"))]
+    if model_plots:
+        files += _model_plots(run, info, out)
+    return files
+
+
+def _model_plots(run: Path, info: dict, out: Path) -> list[Path]:
+    from odespec.train.plot.latent import latent_block_index, plot_latent
+    from odespec.train.plot.regions import is_2d_classifier, plot_regions
+    from odespec.train.plot.trained import load_trained
+    from odespec.train.plot.trajectory import is_trajectory_model, plot_trajectories, plot_vector_field
+
+    trained = load_trained(run, info)
+    index = latent_block_index(trained)
+    if index is not None:
+        return [plot_latent(trained, index, out / "latent.png")]
+    if is_2d_classifier(trained):
+        return [plot_regions(trained, out / "regions.png")]
+    if is_trajectory_model(trained):
+        return [plot_trajectories(trained, out / "trajectories.png"), plot_vector_field(trained, out / "vector_field.png")]
+    return []
