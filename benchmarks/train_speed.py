@@ -300,11 +300,13 @@ def main() -> None:
     print(f"{'configuration':22s} {'odespec ms':>10s} {'torchdiffeq ms':>14s} {'ratio':>6s} {'NFE fwd/bwd ours':>17s} "
           f"{'NFE fwd/bwd theirs':>19s} {'peak RSS MB ours':>16s} {'theirs':>7s} {'growth ours':>11s} {'theirs':>7s}")
     for config in configs:
-        ours = {k: med(config, "odespec", k) for k in ("per_iteration", "nfe_forward", "nfe_backward", "peak_mb", "base_mb")}
+        keys = ("per_iteration", "nfe_forward", "nfe_backward", "peak_mb", "base_mb")
+        ours = {k: med(config, "odespec", k) for k in keys}
         ref = {k: med(config, "torchdiffeq", k) for k in ours}
         print(f"{config:22s} {1e3 * ours['per_iteration']:10.2f} {1e3 * ref['per_iteration']:14.2f} "
               f"{ours['per_iteration'] / ref['per_iteration']:6.2f} "
-              f"{ours['nfe_forward']:8.1f}/{ours['nfe_backward']:<8.1f} {ref['nfe_forward']:9.1f}/{ref['nfe_backward']:<9.1f} "
+              f"{ours['nfe_forward']:8.1f}/{ours['nfe_backward']:<8.1f} "
+              f"{ref['nfe_forward']:9.1f}/{ref['nfe_backward']:<9.1f} "
               f"{ours['peak_mb']:16.0f} {ref['peak_mb']:7.0f} {ours['peak_mb'] - ours['base_mb']:11.0f} "
               f"{ref['peak_mb'] - ref['base_mb']:7.0f}")
     print("(growth: peak RSS minus the RSS just before training started, after imports and data)")

@@ -83,12 +83,13 @@ class SolverSpec:
     first_step: Optional[float] = None
     max_step: Optional[float] = None
     max_num_steps: int = 100_000
+    controller: str = "pi"
 
     def options(self) -> dict[str, Any]:
         """torchdiffeq-style ``options`` for :func:`odespec.solvers.odeint`."""
         if not self.adaptive:
             return {"steps": self.steps} if self.steps is not None else {"step_size": self.step_size}
-        out: dict[str, Any] = {"max_num_steps": self.max_num_steps}
+        out: dict[str, Any] = {"max_num_steps": self.max_num_steps, "controller": self.controller}
         if self.first_step is not None:
             out["first_step"] = self.first_step
         if self.max_step is not None:

@@ -98,6 +98,11 @@ def build_schema() -> dict[str, Any]:
                 "type": "integer", "minimum": 1, "maximum": MAX_NUM_STEPS, "default": 100_000,
                 "description": "Adaptive methods: give up after this many steps (a solve never hangs).",
             },
+            "controller": {
+                "enum": ["pi", "i"], "default": "pi",
+                "description": "Adaptive methods: step-size controller; pi (proportional-integral, smoother "
+                "step sequences) or i (the plain controller torchdiffeq uses; often fewer steps).",
+            },
         },
         "additionalProperties": False,
     }

@@ -36,7 +36,7 @@ MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATION = 100_000_000
 
 _FIXED_ONLY = ("steps", "step_size")
-_ADAPTIVE_ONLY = ("rtol", "atol", "first_step", "max_step", "max_num_steps")
+_ADAPTIVE_ONLY = ("rtol", "atol", "first_step", "max_step", "max_num_steps", "controller")
 
 
 @lru_cache(maxsize=1)

@@ -65,8 +65,9 @@ class DistContext:
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's ``(start, stop)`` within a global batch."""
         if batch_size % self.world:
+            fit = batch_size - batch_size % self.world or self.world
             raise TrainError(f"batch_size {batch_size} does not divide among {self.world} processes",
-                             f"use a multiple of {self.world}, e.g. batch_size: {batch_size - batch_size % self.world or self.world}")
+                             f"use a multiple of {self.world}, e.g. batch_size: {fit}")
         per = batch_size // self.world
         return self.rank * per, (self.rank + 1) * per
 

@@ -148,7 +148,8 @@ def spiral_truth(count: int, *, points: int = 1000, observed: int = 100, stop: f
     return [curves[which][t0:].copy() for t0, which, _ in _spiral_draws(count, points, observed, seed)]
 
 
-def _spiral_curves(points: int, stop: float, a: float, b: float) -> tuple["np.ndarray", tuple["np.ndarray", "np.ndarray"]]:
+def _spiral_curves(points: int, stop: float, a: float,
+                   b: float) -> tuple["np.ndarray", tuple["np.ndarray", "np.ndarray"]]:
     """The times and the two whole spirals: (clockwise, counter-clockwise), each (points, 2)."""
     import numpy as np
 

@@ -114,3 +114,26 @@ model:
     model = odespec.build(spec)
     model(torch.randn(4, 2))
     assert model.nfe_forward == 20  # 5 steps x 4 stages
+
+
+def test_solver_controller_from_the_spec_reaches_the_solver():
+    from odespec.solvers import odeint
+
+    text = """
+odespec: 1
+name: ctl
+input: {shape: [2]}
+model:
+  - ode:
+      t: [0, 2]
+      dynamics: {layers: [{linear: 16}, tanh, {linear: 2}]}
+      solver: {method: dopri5, rtol: 1e-5, atol: 1e-6, controller: CTL}
+"""
+    x = torch.randn(4, 2)
+    for ctl in ("pi", "i"):
+        model = odespec.build(parse_spec(text.replace("CTL", ctl)))
+        with torch.no_grad():
+            got = model(x)
+            want = odeint(model[0].dynamics, x, torch.tensor([0.0, 2.0]), rtol=1e-5, atol=1e-6,
+                          options={"controller": ctl})[-1]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -81,7 +81,8 @@ def test_fixed_step_blocks_over_budget_are_refused_before_writing(tmp_path: Path
     run = tmp_path / "run"
     with pytest.raises(TrainError) as e:
         train(write(tmp_path, demo_spec() + "  max_nfe: 20\n"), run, progress=False)  # rk4 x 2 x 3 = 24
-    assert "take 24 function evaluations per forward pass" in str(e.value) and "raise train.max_nfe to 24" in str(e.value)
+    message = str(e.value)
+    assert "take 24 function evaluations per forward pass" in message and "raise train.max_nfe to 24" in message
     assert not run.exists()
 
 

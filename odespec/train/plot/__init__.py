@@ -56,5 +56,6 @@ def _model_plots(run: Path, info: dict, out: Path) -> list[Path]:
     if is_2d_classifier(trained):
         return [plot_regions(trained, out / "regions.png")]
     if is_trajectory_model(trained):
-        return [plot_trajectories(trained, out / "trajectories.png"), plot_vector_field(trained, out / "vector_field.png")]
+        return [plot_trajectories(trained, out / "trajectories.png"),
+                plot_vector_field(trained, out / "vector_field.png")]
     return []
