@@ -35,3 +35,12 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell parses as a number (used to tell a header row from data)."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True

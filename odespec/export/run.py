@@ -20,6 +20,7 @@ import numpy as np
 
 from odespec.errors import InputFileError, RunError
 from odespec.export.inspect import format_shape
+from odespec.fileio import is_number
 
 __all__ = ["ModelInput", "RunResult", "open_model", "load_input", "run_onnx", "check_output_path", "save_outputs",
            "render_outputs", "OUTPUT_FORMATS"]
@@ -134,20 +135,12 @@ def _from_npz(p: Path, name: str) -> np.ndarray:
                          f"name the array {name!r}, or store only one")
 
 
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
 def _from_csv(p: Path, model_input: ModelInput) -> np.ndarray:
     """Rows are samples, columns the flattened per-sample input; a non-numeric first row is a
     header and is skipped."""
     with open(p, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and not all(_is_number(c) for c in rows[0]):
+    if rows and not all(is_number(c) for c in rows[0]):
         rows = rows[1:]
     if not rows:
         raise InputFileError(f"{p}: no data rows")
@@ -155,7 +148,7 @@ def _from_csv(p: Path, model_input: ModelInput) -> np.ndarray:
     if len(widths) != 1:
         raise InputFileError(f"{p}: rows have different numbers of columns ({', '.join(map(str, sorted(widths)))})")
     for i, r in enumerate(rows):
-        bad = [c for c in r if not _is_number(c)]
+        bad = [c for c in r if not is_number(c)]
         if bad:
             raise InputFileError(f"{p}: data row {i + 1}: {bad[0]!r} is not a number")
     data = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
+from odespec.components import OptionsComponent
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
@@ -36,25 +38,13 @@ class LayerContext:
     time_concat: bool = False
 
 
-class LayerType:
+class LayerType(OptionsComponent):
     """Base class of every layer type. Subclasses set the class attributes and override methods.
 
     ``options`` passed to the methods are complete: the validator fills defaults from
     ``properties`` before calling them.
     """
 
-    #: the name used in specs, e.g. ``linear``
-    name: ClassVar[str]
-    #: one-line description, shown in the schema and the README
-    description: ClassVar[str]
-    #: JSON-Schema properties of the options object (each with description and default)
-    properties: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    #: option names without a default
-    required: ClassVar[tuple[str, ...]] = ()
-    #: the option a scalar short form fills (``- linear: 50`` means ``features: 50``)
-    shorthand: ClassVar[Optional[str]] = None
-    #: schema of the short form's value; defaults to the shorthand option's own schema
-    shorthand_schema: ClassVar[Optional[Mapping[str, Any]]] = None
     #: why the layer may not appear inside an ODE block's dynamics (None: it may)
     not_in_dynamics: ClassVar[Optional[str]] = None
     #: whether ``time: concat`` feeds t to this layer as an extra input feature/channel
@@ -62,46 +52,6 @@ class LayerType:
     #: for container layers: the option holding a list of inner layers, which the validator
     #: checks like any layer list and hands to the methods below as LayerSpecs
     children_key: ClassVar[Optional[str]] = None
-
-    # -- schema --------------------------------------------------------------------------------
-    @classmethod
-    def options_schema(cls) -> dict[str, Any]:
-        """The JSON Schema of the layer's value in ``{name: value}`` form."""
-        full: dict[str, Any] = {
-            "type": "object",
-            "description": cls.description,
-            "properties": {k: dict(v) for k, v in cls.properties.items()},
-            "additionalProperties": False,
-        }
-        if cls.required:
-            full["required"] = list(cls.required)
-        if cls.shorthand is None:
-            if cls.required:
-                return full
-            # A layer without required options may also be written `- relu:` (null value).
-            return {"if": {"type": "object"}, "then": full, "else": {"type": "null"}}
-        short = dict(cls.shorthand_schema or cls.properties[cls.shorthand])
-        short.setdefault("description", f"short for {{{cls.shorthand}: VALUE}}")
-        return {"if": {"type": "object"}, "then": full, "else": short}
-
-    @classmethod
-    def bare_allowed(cls) -> bool:
-        """Whether the layer can be written as a bare string (``- relu``)."""
-        return not cls.required
-
-    @classmethod
-    def normalize(cls, value: Any) -> dict[str, Any]:
-        """Turn a schema-valid value (object, short form or null) into full options."""
-        if isinstance(value, dict):
-            given = dict(value)
-        elif value is None:
-            given = {}
-        else:
-            assert cls.shorthand is not None
-            given = {cls.shorthand: value}
-        options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
-        options.update(given)
-        return options
 
     # -- rules ---------------------------------------------------------------------------------
     def check(self, options: Mapping[str, Any], ctx: LayerContext) -> None:

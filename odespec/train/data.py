@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence, TypeVar
 
+from odespec.components import OptionsComponent
 from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,54 +71,10 @@ class LoadedData:
     x_scale: Optional[float] = None
 
 
-class DataSource:
+class DataSource(OptionsComponent):
     """Base class of every data source. Subclasses set the class attributes and override
-    :meth:`shapes`, :meth:`check` and :meth:`load` as they need."""
-
-    #: the name used in specs, e.g. ``spirals``
-    name: ClassVar[str]
-    #: one-line description, shown in the schema and the README
-    description: ClassVar[str]
-    #: JSON-Schema properties of the options object (each with description and default)
-    properties: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    #: option names without a default
-    required: ClassVar[tuple[str, ...]] = ()
-    #: the option a scalar short form fills (``npz: data.npz`` means ``{path: data.npz}``)
-    shorthand: ClassVar[Optional[str]] = None
-
-    # -- schema --------------------------------------------------------------------------------
-    @classmethod
-    def options_schema(cls) -> dict[str, Any]:
-        """The JSON Schema of the source's value in ``{name: value}`` form."""
-        full: dict[str, Any] = {
-            "type": "object",
-            "description": cls.description,
-            "properties": {k: dict(v) for k, v in cls.properties.items()},
-            "additionalProperties": False,
-        }
-        if cls.required:
-            full["required"] = list(cls.required)
-        if cls.shorthand is not None:
-            short = dict(cls.properties[cls.shorthand])
-            short["description"] = f"short for {{{cls.shorthand}: VALUE}}"
-            return {"if": {"type": "object"}, "then": full, "else": short}
-        if cls.required:
-            return full
-        return {"if": {"type": "object"}, "then": full, "else": {"type": "null"}}
-
-    @classmethod
-    def normalize(cls, value: Any) -> dict[str, Any]:
-        """Turn a schema-valid value (object, short form or null) into complete options."""
-        if isinstance(value, dict):
-            given = dict(value)
-        elif value is None:
-            given = {}
-        else:
-            assert cls.shorthand is not None
-            given = {cls.shorthand: value}
-        options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
-        options.update(given)
-        return options
+    :meth:`shapes`, :meth:`check` and :meth:`load` as they need. ``shorthand``: ``npz: data.npz``
+    means ``{path: data.npz}``."""
 
     # -- rules (torch-free) --------------------------------------------------------------------
     def shapes(self, options: Mapping[str, Any]) -> Optional[DataShapes]:

@@ -17,6 +17,7 @@ from odespec.layers.base import fmt_shape
 from odespec.train.data import DataShapes, DataSource, LoadedData, Need, register, resolve_path
 from odespec.train.errors import DataError
 from odespec.train.idx import read_idx
+from odespec.fileio import is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -147,14 +148,6 @@ class Npy(DataSource):
         return LoadedData(x, y, xe, ye)
 
 
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
 def read_csv(path: Path, target: Any) -> tuple["np.ndarray", "np.ndarray"]:
     """Rows = samples. A first row that is not all numbers is a header; ``target`` is a column
     name (needs the header) or index (negative counts from the end). Returns (inputs, targets)."""
@@ -166,7 +159,7 @@ def read_csv(path: Path, target: Any) -> tuple["np.ndarray", "np.ndarray"]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read {path} as CSV: {e}") from None
     header: Optional[list[str]] = None
-    if rows and not all(_is_number(c) for c in rows[0]):
+    if rows and not all(is_number(c) for c in rows[0]):
         header = [c.strip() for c in rows[0]]
         rows = rows[1:]
     if not rows:
