@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, TypeVar
 
 from odespec.components import OptionsComponent
 from odespec.spec.model import ModelItem, OdeBlockSpec, Shape

@@ -30,8 +30,14 @@ from torch.autograd.function import once_differentiable
 from odespec.errors import SolverError
 from odespec.solvers.checks import check_tolerance
 from odespec.solvers.common import TimedFunc
-from odespec.solvers.gradient.base import GradientMethod, Problem, Solved, plain_solve, register_gradient
-from odespec.solvers.gradient.params import resolve_params
+from odespec.solvers.gradient.base import (
+    ParamsGradientMethod,
+    Problem,
+    Solved,
+    SolveRun,
+    plain_solve,
+    register_gradient,
+)
 from odespec.solvers.integrate import Setup, make_setup
 from odespec.solvers.norms import MixedNorm, Tol
 from odespec.solvers.options import AdaptiveOptions, InvalidOptionError
@@ -43,7 +49,7 @@ __all__ = ["Adjoint"]
 
 
 @register_gradient
-class Adjoint(GradientMethod):
+class Adjoint(ParamsGradientMethod):
     """``gradient="adjoint"``: the continuous adjoint, memory independent of the step count.
 
     ``rtol``/``atol``/``method``/``options`` of the backward solve default to the forward
@@ -82,17 +88,10 @@ class Adjoint(GradientMethod):
         self.params = None if params is None else tuple(params)
         self.seminorm = seminorm
 
-    def for_function(self, func: Callable) -> "Adjoint":
-        if self.params is None and isinstance(func, torch.nn.Module):
-            return self.replace(params=tuple(func.parameters()))
-        return self
-
     def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
         setup = self.backward_setup(problem)  # validate now, not in the middle of .backward()
-        params: tuple[torch.Tensor, ...] = ()
-        if torch.is_grad_enabled():
-            params = resolve_params(problem.func, self.params, problem.y0, problem.t[0])
-        if not (problem.y0.requires_grad or params):
+        params = self.grad_params(problem)
+        if params is None:
             return plain_solve(problem)
         run = _AdjointRun(problem, setup, params, self.seminorm, stats)
         ys = _AdjointFunction.apply(run, problem.y0, *params)
@@ -152,24 +151,14 @@ class _Augmented:
         return torch.cat(parts)
 
 
-class _AdjointRun:
+class _AdjointRun(SolveRun):
     """State shared by the forward and backward of one adjoint solve."""
 
     def __init__(self, problem: Problem, setup: Setup, params: tuple[torch.Tensor, ...],
                  seminorm: bool, stats: BackwardStats):
-        self.problem = problem
+        super().__init__(problem, params, stats)
         self.setup = setup
-        self.params = params
         self.seminorm = seminorm
-        self.stats = stats
-        self.outcome: Any = None
-        self.nfe = 0
-
-    def forward(self, y0: torch.Tensor) -> torch.Tensor:
-        f = self.problem.timed()
-        self.outcome = self.problem.setup.integrate(f, y0, self.problem.times)
-        self.nfe = f.nfe
-        return torch.stack(self.outcome.outs)
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(dL/dy0, [dL/dtheta])`` by the backward solves; raises :class:`SolverError`."""

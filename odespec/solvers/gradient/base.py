@@ -14,6 +14,7 @@ import torch
 
 from odespec.solvers.common import Outcome, TimedFunc
 from odespec.solvers.integrate import Setup
+from odespec.solvers.gradient.params import resolve_params
 from odespec.solvers.options import InvalidOptionError
 from odespec.solvers.solution import BackwardStats
 
@@ -98,6 +99,48 @@ class GradientMethod(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
         return f"{type(self).__name__}({args})"
+
+
+class ParamsGradientMethod(GradientMethod):
+    """A method that computes parameter gradients itself, inside a ``torch.autograd.Function``
+    (adjoint, checkpoint): it must know the parameters ``func`` depends on."""
+
+    params: Optional[tuple[torch.Tensor, ...]] = None
+
+    def for_function(self: _P, func: Callable) -> _P:
+        if self.params is None and isinstance(func, torch.nn.Module):
+            return self.replace(params=tuple(func.parameters()))
+        return self
+
+    def grad_params(self, problem: Problem) -> Optional[tuple[torch.Tensor, ...]]:
+        """The parameters to differentiate, or ``None`` when nothing needs a gradient (then a
+        plain solve is all there is to do)."""
+        params: tuple[torch.Tensor, ...] = ()
+        if torch.is_grad_enabled():
+            params = resolve_params(problem.func, self.params, problem.y0, problem.t[0])
+        return params if (problem.y0.requires_grad or params) else None
+
+
+_P = TypeVar("_P", bound="ParamsGradientMethod")
+
+
+class SolveRun:
+    """State shared by the forward and the backward of one solve whose gradients a method
+    computes itself: the problem, the parameters, the backward statistics, and what the
+    forward solve (without graph) produced."""
+
+    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: BackwardStats):
+        self.problem = problem
+        self.params = params
+        self.stats = stats
+        self.outcome: Any = None
+        self.nfe = 0
+
+    def forward(self, y0: torch.Tensor, **integrate_kw: Any) -> torch.Tensor:
+        f = self.problem.timed()
+        self.outcome = self.problem.setup.integrate(f, y0, self.problem.times, **integrate_kw)
+        self.nfe = f.nfe
+        return torch.stack(self.outcome.outs)
 
 
 class UnknownGradientMethodError(InvalidOptionError):

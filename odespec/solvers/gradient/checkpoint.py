@@ -19,14 +19,20 @@ equals ``gradient="backprop"``'s up to the order of floating-point summation.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from odespec.solvers.fixed import count_steps
-from odespec.solvers.gradient.base import GradientMethod, Problem, Solved, plain_solve, register_gradient
-from odespec.solvers.gradient.params import resolve_params
+from odespec.solvers.gradient.base import (
+    ParamsGradientMethod,
+    Problem,
+    Solved,
+    SolveRun,
+    plain_solve,
+    register_gradient,
+)
 from odespec.solvers.options import InvalidOptionError
 from odespec.solvers.replay import StepRecorder, replay, sqrt_cap
 from odespec.solvers.solution import BackwardStats
@@ -35,7 +41,7 @@ __all__ = ["Checkpoint"]
 
 
 @register_gradient
-class Checkpoint(GradientMethod):
+class Checkpoint(ParamsGradientMethod):
     """``gradient="checkpoint"``: exact (backprop's) gradients in sub-linear memory.
 
     ``checkpoints``: how many states to keep (fixed steps: exactly that many segments, at most
@@ -56,16 +62,9 @@ class Checkpoint(GradientMethod):
         self.checkpoints = checkpoints
         self.params = None if params is None else tuple(params)
 
-    def for_function(self, func: Callable) -> "Checkpoint":
-        if self.params is None and isinstance(func, torch.nn.Module):
-            return self.replace(params=tuple(func.parameters()))
-        return self
-
     def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
-        params: tuple[torch.Tensor, ...] = ()
-        if torch.is_grad_enabled():
-            params = resolve_params(problem.func, self.params, problem.y0, problem.t[0])
-        if not (problem.y0.requires_grad or params):
+        params = self.grad_params(problem)
+        if params is None:
             return plain_solve(problem)
         run = _CheckpointRun(problem, self.recorder(problem), params, stats)
         ys = _CheckpointFunction.apply(run, problem.y0, *params)
@@ -84,23 +83,16 @@ class Checkpoint(GradientMethod):
         return StepRecorder(cap=lambda _steps: n)
 
 
-class _CheckpointRun:
+class _CheckpointRun(SolveRun):
     """State shared by the forward and backward of one checkpointed solve."""
 
     def __init__(self, problem: Problem, recorder: StepRecorder, params: tuple[torch.Tensor, ...],
                  stats: BackwardStats):
-        self.problem = problem
+        super().__init__(problem, params, stats)
         self.recorder = recorder
-        self.params = params
-        self.stats = stats
-        self.outcome: Any = None
-        self.nfe = 0
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
-        f = self.problem.timed()
-        self.outcome = self.problem.setup.integrate(f, y0, self.problem.times, recorder=self.recorder)
-        self.nfe = f.nfe
-        return torch.stack(self.outcome.outs)
+        return super().forward(y0, recorder=self.recorder)
 
     def segments(self, n_out: int) -> list[tuple[int, int]]:
         """``[start, end)`` step ranges from each checkpoint, up to the last step that produced
