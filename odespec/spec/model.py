@@ -195,14 +195,21 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """Learning-rate schedule over iterations: ``constant``, ``step`` or ``cosine``."""
+    """Learning-rate schedule: ``constant``, ``step``, ``multistep`` or ``cosine``.
+
+    ``every`` and ``milestones`` count in ``unit``: iterations, or epochs (passes over the
+    training data) when the run's length is given in epochs."""
 
     kind: str = "constant"
-    #: step: multiply the rate by ``gamma`` every ``every`` iterations
+    #: step: multiply the rate by ``gamma`` every ``every`` units
     every: Optional[int] = None
     gamma: float = 0.1
+    #: multistep: multiply the rate by ``gamma`` at each of these units (strictly increasing)
+    milestones: tuple[int, ...] = ()
     #: cosine: the rate reached at the last iteration
     min_lr: float = 0.0
+    #: what ``every`` and ``milestones`` count: ``iterations`` or ``epochs``
+    unit: str = "iterations"
 
 
 @dataclass(frozen=True)

@@ -325,21 +325,31 @@ def shipped_schema_path() -> Path:
 
 @lru_cache(maxsize=1)
 def active_schema() -> dict[str, Any]:
-    """The schema validation uses: the shipped file, plus any third-party layers."""
+    """The schema validation uses: the shipped file, plus any third-party layers and data
+    sources (registered through the ``odespec.layers`` and ``odespec.data`` entry points)."""
     from odespec.layers import registry
+    from odespec.train import data as sources
 
     schema = json.loads(shipped_schema_path().read_text(encoding="utf-8"))
     extra = registry.plugin_names()
-    if extra:
+    extra_sources = sources.plugin_names()
+    if extra or extra_sources:
         schema = copy.deepcopy(schema)
-        for key in ("layer", "model_item"):
-            item = schema["$defs"][key]
-            for name in extra:
-                t = registry.get(name)
-                item["else"]["properties"][name] = t.options_schema()
-                item["else"]["propertyNames"]["enum"].append(name)
-                if t.bare_allowed():
-                    item["then"]["enum"].append(name)
+    for key in ("layer", "model_item") if extra else ():
+        item = schema["$defs"][key]
+        for name in extra:
+            t = registry.get(name)
+            item["else"]["properties"][name] = t.options_schema()
+            item["else"]["propertyNames"]["enum"].append(name)
+            if t.bare_allowed():
+                item["then"]["enum"].append(name)
+    data = schema["$defs"]["train"]["properties"]["data"]
+    for name in extra_sources:
+        # every source name may be written bare: one that needs options gets a located message
+        # from the train checks rather than a schema error
+        data["then"]["enum"].append(name)
+        data["else"]["propertyNames"]["enum"].append(name)
+        data["else"]["properties"][name] = sources.get(name).options_schema()
     return schema
 
 

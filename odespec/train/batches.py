@@ -3,7 +3,9 @@
 The training samples form one endless stream: epoch e is a permutation of the samples drawn
 from a generator seeded by (seed, e), and step k takes stream positions k*B .. k*B+B-1 (a batch
 may span two epochs; none is ever short). So the data cursor of a checkpoint is just the step
-count, and a resumed run draws exactly the batches the uninterrupted run would have drawn.
+count, and a resumed run draws exactly the batches the uninterrupted run would have drawn. A
+source's augmentation (MNIST's random crops) is drawn from a generator seeded by (seed, step),
+so augmented batches are a function of the step too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ __all__ = ["Batches", "EVAL_CHUNK"]
 
 #: evaluation runs in chunks of at least this many samples (it needs no gradients)
 EVAL_CHUNK = 1024
-_STREAM = 2  # seeds (seed, 0) and (seed, 1) make the generated data; (seed, 2, epoch) the order
+# seeds (seed, 0) and (seed, 1) make the generated data; (seed, 2, epoch) the order; (seed, 3, step)
+# the augmentation of step's batch
+_STREAM = 2
+_AUGMENT = 3
 
 
 class Batches:
@@ -36,6 +41,7 @@ class Batches:
         self.seed = seed
         self.dtype = dtype
         self.scale = data.x_scale
+        self.augment = data.augment
         self.x = self._inputs(data.x, device)
         self.y = self._targets(data.y, device, labels)
         self.has_eval = data.x_eval is not None
@@ -76,13 +82,22 @@ class Batches:
         return out
 
     def batch(self, step: int, shard: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of step ``step``; ``shard = (start, stop)``: only those rows of the
-        batch (a data-parallel rank's share)."""
+        """(inputs, targets) of step ``step``, augmented if the source says so; ``shard = (start,
+        stop)``: only those rows of the batch (a data-parallel rank's share)."""
         rows = self.indices(step)
+        params = None
+        if self.augment is not None:
+            # drawn for the whole global batch, so that every shard cuts its rows from the same batch
+            params = self.augment.draw(len(rows), np.random.default_rng([self.seed, _AUGMENT, step]))
         if shard is not None:
             rows = rows[shard[0]:shard[1]]
+            params = params[shard[0]:shard[1]] if params is not None else None
         idx = torch.from_numpy(rows).to(self.x.device)
-        return self._convert(self.x[idx]), self.y[idx]
+        x = self._convert(self.x[idx])
+        if params is not None:
+            assert self.augment is not None
+            x = self.augment.apply(x, torch.from_numpy(np.ascontiguousarray(params)).to(x.device))
+        return x, self.y[idx]
 
     def cursor(self, steps_done: int) -> dict[str, int]:
         """Where the stream stands after ``steps_done`` steps (recorded in checkpoints)."""
@@ -94,7 +109,8 @@ class Batches:
         return -(-epochs * self.n // self.batch_size)
 
     def eval_chunks(self, chunk: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The evaluation set (the training set when the source has none), in order."""
+        """The evaluation set (the training set when the source has none), in order, never
+        augmented."""
         size = chunk or max(self.batch_size, EVAL_CHUNK)
         for s in range(0, len(self.x_eval), size):
             yield self._convert(self.x_eval[s:s + size]), self.y_eval[s:s + size]

@@ -37,7 +37,8 @@ OPTIMIZER_OPTIONS = {
     "sgd": ("weight_decay", "momentum", "nesterov"),
     "rmsprop": ("weight_decay", "momentum", "eps", "alpha"),
 }
-SCHEDULE_OPTIONS = {"constant": (), "step": ("every", "gamma"), "cosine": ("min_lr",)}
+SCHEDULE_OPTIONS = {"constant": (), "step": ("every", "gamma"), "multistep": ("milestones", "gamma"),
+                    "cosine": ("min_lr",)}
 LOSS_OPTIONS = {"mse": (), "l1": (), "cross_entropy": (), "elbo": ("noise_std",)}
 
 Path = tuple
@@ -55,7 +56,9 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
     shapes = sources.get(data.source).shapes(data.options) if data is not None else None
     loss = c.loss(raw.get("loss"), shapes, data)
     optimizer = c.optimizer(raw.get("optimizer", "adam"))
-    schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3))
+    # step and multistep count in the run's unit: epochs when its length is given in epochs
+    schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3),
+                          "epochs" if "epochs" in raw else "iterations")
     init = c.init(raw.get("init"), items)
     regularise = c.regularise(raw.get("regularise"), items)
     if "max_nfe" in raw and items is not None and not _solved_blocks(items):
@@ -154,21 +157,42 @@ class _TrainChecker:
             opts["betas"] = tuple(opts["betas"])
         return OptimizerSpec(method=method, **opts)
 
-    def schedule(self, raw: Any, lr: float) -> Optional[ScheduleSpec]:
+    def schedule(self, raw: Any, lr: float, unit: str) -> Optional[ScheduleSpec]:
         path = T + ("schedule",)
         opts = _named(raw, "kind")
         kind = opts.pop("kind")
         if not self.options(opts, path, "schedule", kind, SCHEDULE_OPTIONS[kind], "kind"):
             return None
         if kind == "step" and "every" not in opts:
-            self.error(path, "a step schedule needs `every` (iterations between rate drops)",
+            self.error(path, f"a step schedule needs `every` ({unit} between rate drops)",
                        "write schedule: {kind: step, every: 500, gamma: 0.1}")
             return None
+        if kind == "multistep":
+            if "milestones" not in opts:
+                self.error(path, f"a multistep schedule needs `milestones` (the {unit} at which the rate is "
+                           "multiplied by gamma)", "write schedule: {kind: multistep, milestones: [60, 100, 140], "
+                           "gamma: 0.1}")
+                return None
+            if not self.milestones(opts["milestones"], path + ("milestones",), unit):
+                return None
+            opts["milestones"] = tuple(opts["milestones"])
         if opts.get("min_lr", 0.0) > lr:
             self.error(path + ("min_lr",), f"min_lr {opts['min_lr']:g} is above lr {lr:g}",
                        "the cosine schedule decays from lr down to min_lr")
             return None
-        return ScheduleSpec(kind=kind, **opts)
+        return ScheduleSpec(kind=kind, unit=unit, **opts)
+
+    def milestones(self, values: Sequence[int], path: Path, unit: str) -> bool:
+        """Milestones must be strictly increasing (the schema has made them integers >= 1).
+        One beyond the run's length is allowed: a resumed run may be made longer."""
+        ok = True
+        for i in range(1, len(values)):
+            if values[i] <= values[i - 1]:
+                self.error(path + (i,), f"milestones must be strictly increasing: {values[i]} follows "
+                           f"{values[i - 1]}", f"milestones count {unit}; list each once, in increasing order, e.g. "
+                           "milestones: [60, 100, 140]")
+                ok = False
+        return ok
 
     def init(self, raw: Optional[dict], items: Optional[Sequence[ModelItem]]) -> Optional[InitSpec]:
         if raw is None:

@@ -1,5 +1,9 @@
 """Data sources for ``odespec train``: a registry like the layers'.
 
+Built-in sources register on first use; third-party packages register through the
+``odespec.data`` entry-point group (each entry point names a :class:`DataSource` subclass, or a
+callable that is handed :func:`register`), and the schema used for validation grows with them.
+
 A source bundles, side by side: its options schema (which the spec schema is generated from),
 what it yields per sample when that is known before loading anything (so ``odespec validate``
 can compare it with the model), checks against the model (the ode_demo windows' times must be
@@ -12,6 +16,7 @@ import what they need.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +28,11 @@ from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["DataShapes", "Problem", "Need", "LoadedData", "DataSource", "register", "get", "names",
-           "all_sources", "resolve_path"]
+__all__ = ["DataShapes", "Problem", "Need", "LoadedData", "Augmentation", "DataSource", "register", "get",
+           "names", "all_sources", "plugin_names", "resolve_path", "UnknownDataSourceError", "ENTRY_POINT_GROUP"]
+
+#: the entry-point group third-party data sources register through
+ENTRY_POINT_GROUP = "odespec.data"
 
 
 @dataclass(frozen=True)
@@ -57,11 +65,29 @@ class Need:
     labels: bool
 
 
+class Augmentation:
+    """A random transform of the training inputs, applied by the batcher to each training batch
+    (never to evaluation data). Split in two so that a batch's draws do not depend on how it is
+    sharded across data-parallel processes: :meth:`draw` makes per-sample parameters for a whole
+    batch from a generator seeded by the run's seed and the step, :meth:`apply` transforms
+    (some rows of) the batch with the matching rows of those parameters."""
+
+    def draw(self, n: int, rng: "np.random.Generator") -> "np.ndarray":
+        """Parameters for ``n`` samples, first axis = samples."""
+        raise NotImplementedError
+
+    def apply(self, x: Any, params: Any) -> Any:
+        """The transformed inputs: ``x`` a torch tensor (samples first, the model's dtype),
+        ``params`` the rows of :meth:`draw`'s array for those samples, as a tensor on x's device."""
+        raise NotImplementedError
+
+
 @dataclass
 class LoadedData:
     """Training (and optionally evaluation) arrays, first axis = samples.
 
-    ``x_scale`` multiplies inputs when batches are made, so MNIST can stay uint8 in memory.
+    ``x_scale`` multiplies inputs when batches are made, so MNIST can stay uint8 in memory;
+    ``augment`` transforms training batches (after scaling), never evaluation data.
     """
 
     x: "np.ndarray"
@@ -69,6 +95,7 @@ class LoadedData:
     x_eval: "Optional[np.ndarray]" = None
     y_eval: "Optional[np.ndarray]" = None
     x_scale: Optional[float] = None
+    augment: Optional[Augmentation] = None
 
 
 class DataSource(OptionsComponent):
@@ -122,24 +149,61 @@ _REGISTRY: dict[str, DataSource] = {}
 S = TypeVar("S", bound=type)
 
 
+class UnknownDataSourceError(KeyError):
+    """No data source of that name; the message carries a did-you-mean."""
+
+    def __init__(self, name: str):
+        self.name = name
+        found = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.6)
+        self.suggestion: Optional[str] = found[0] if found else None
+        super().__init__(f"unknown data source {name!r}"
+                         + (f"; did you mean {self.suggestion!r}?" if self.suggestion else ""))
+
+
 def register(cls: S) -> S:
     """Register a :class:`DataSource` subclass (usable as a decorator). Refuses duplicates."""
     if not (isinstance(cls, type) and issubclass(cls, DataSource)):
         raise TypeError(f"{cls!r} is not a DataSource subclass")
     if cls.name in _REGISTRY:
-        raise ValueError(f"a data source named {cls.name!r} is already registered")
+        raise ValueError(f"a data source named {cls.name!r} is already registered "
+                         f"({type(_REGISTRY[cls.name]).__qualname__})")
     _REGISTRY[cls.name] = cls()
     return cls
 
 
+_loaded = False
+_BUILTIN: frozenset = frozenset()
+
+
 def _ensure_loaded() -> None:
+    global _loaded, _BUILTIN
+    if _loaded:
+        return
+    _loaded = True
     from odespec.train import files, generators  # noqa: F401  (register the built-ins)
+
+    _BUILTIN = frozenset(_REGISTRY)
+    _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, DataSource):
+            register(obj)
+        elif callable(obj):
+            obj(register)
 
 
 def get(name: str) -> DataSource:
-    """The data source called ``name`` (KeyError if none)."""
+    """The data source called ``name``; raises :class:`UnknownDataSourceError` (a KeyError)."""
     _ensure_loaded()
-    return _REGISTRY[name]
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownDataSourceError(name) from None
 
 
 def names() -> list[str]:
@@ -151,3 +215,8 @@ def names() -> list[str]:
 def all_sources() -> list[DataSource]:
     """Registered data sources, sorted by name."""
     return [_REGISTRY[n] for n in names()]
+
+
+def plugin_names() -> list[str]:
+    """Names registered by third-party entry points (they extend the shipped schema)."""
+    return [n for n in names() if n not in _BUILTIN]

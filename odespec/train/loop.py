@@ -276,7 +276,7 @@ class _Trainer:
 
     def _step(self) -> dict[str, Any]:
         """Forward and backward for iteration ``done + 1``; changes no weight."""
-        lr = lr_at(self.ts.schedule, self.ts.lr, self.done, self.total)
+        lr = lr_at(self.ts.schedule, self.ts.lr, self.done, self.total, epoch=self.batches.cursor(self.done)["epoch"])
         set_lr(self.optimizer, lr)
         x, y = self.batches.batch(self.done, self.shard)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,14 +1,16 @@
 """Optimizers and learning-rate schedules from the spec.
 
-A schedule is a pure function of the iteration (:func:`lr_at`), set on the optimizer before each
-step, rather than a torch ``LRScheduler`` with state of its own: a resumed run then needs no
-scheduler state, and nothing can drift between an interrupted and an uninterrupted run.
+A schedule is a pure function of the iteration (:func:`lr_at`; when the run counts epochs, of the
+epoch the iteration's batch starts in, itself a function of the iteration), set on the optimizer
+before each step, rather than a torch ``LRScheduler`` with state of its own: a resumed run then
+needs no scheduler state, and nothing can drift between an interrupted and an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -33,11 +35,22 @@ def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], lr
     raise ValueError(f"unknown optimizer {spec.method!r}")  # the schema's enum prevents this
 
 
-def lr_at(schedule: ScheduleSpec, lr: float, step: int, total: int) -> float:
-    """The rate for the optimizer step that follows ``step`` completed steps (0-based) of ``total``."""
-    if schedule.kind == "step":
-        assert schedule.every is not None
-        return lr * schedule.gamma ** (step // schedule.every)
+def lr_at(schedule: ScheduleSpec, lr: float, step: int, total: int, epoch: Optional[int] = None) -> float:
+    """The rate for the optimizer step that follows ``step`` completed steps (0-based) of ``total``.
+    ``epoch``: the pass over the training data that step's batch starts in (0-based), needed
+    when the schedule counts epochs."""
+    if schedule.kind in ("step", "multistep"):
+        if schedule.unit == "epochs":
+            if epoch is None:
+                raise ValueError("this schedule counts epochs: give the step's epoch")
+            now = epoch
+        else:
+            now = step
+        if schedule.kind == "step":
+            assert schedule.every is not None
+            return lr * schedule.gamma ** (now // schedule.every)
+        # torch's MultiStepLR: one factor of gamma per milestone reached
+        return lr * schedule.gamma ** bisect.bisect_right(schedule.milestones, now)
     if schedule.kind == "cosine":
         frac = min(step / max(total - 1, 1), 1.0)  # the last step runs at min_lr
         return schedule.min_lr + (lr - schedule.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))

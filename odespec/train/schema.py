@@ -17,6 +17,7 @@ from odespec.train.check import LOSS_OPTIONS, OPTIMIZER_OPTIONS, SCHEDULE_OPTION
 __all__ = ["train_schema"]
 
 MAX_ITERATIONS = 100_000_000
+MAX_MILESTONES = 1000
 
 
 def _int(description: str, default: Any, minimum: int = 1, maximum: int = MAX_ITERATIONS) -> dict:
@@ -80,10 +81,22 @@ def train_schema() -> dict[str, Any]:
         "alpha": _num("rmsprop: smoothing constant.", 0.99, minimum=0, maximum=1),
     })
     schedule = _named("kind", list(SCHEDULE_OPTIONS), "schedule",
-                      "Learning-rate schedule, over iterations: constant; step (times gamma every `every` "
-                      "iterations); cosine (from lr down to min_lr at the last iteration).", "constant", {
-                          "every": _int("step: iterations between rate drops.", None),
-                          "gamma": _num("step: factor applied at each drop.", 0.1, exclusiveMinimum=0, maximum=1),
+                      "Learning-rate schedule: constant; step (times gamma every `every` units); multistep "
+                      "(times gamma at each of the milestones, as torch's MultiStepLR); cosine (from lr down to "
+                      "min_lr at the last iteration). The units of every and milestones are iterations, or "
+                      "epochs when the run's length is given as epochs.", "constant", {
+                          "every": _int("step: iterations (epochs in a run given in epochs) between rate drops.",
+                                        None),
+                          "milestones": {
+                              "type": "array", "minItems": 1, "maxItems": MAX_MILESTONES, "default": None,
+                              "items": {"type": "integer", "minimum": 1, "maximum": MAX_ITERATIONS,
+                                        "description": "A milestone: the rate is multiplied by gamma from this "
+                                                       "iteration (epoch) on."},
+                              "description": "multistep: strictly increasing iterations (epochs in a run given in "
+                                             "epochs) at which the rate is multiplied by gamma, e.g. [60, 100, 140].",
+                          },
+                          "gamma": _num("step, multistep: factor applied at each drop.", 0.1, exclusiveMinimum=0,
+                                        maximum=1),
                           "min_lr": _num("cosine: the rate at the last iteration.", 0.0, minimum=0, maximum=10),
                       })
     init = {

@@ -244,3 +244,125 @@ def test_batches_are_a_function_of_the_step_and_the_seed():
 def test_batch_larger_than_the_data_is_an_error():
     with pytest.raises(DataError, match="batch_size 8 is larger than the 5 training samples"):
         _batches(5, 8)
+
+
+# -- MNIST random crops ----------------------------------------------------------------------------
+def _crop_reference(image: np.ndarray, top: int, left: int, padding: int) -> np.ndarray:
+    """torchvision's RandomCrop(size, padding) by hand: zero-pad, then cut at (top, left)."""
+    h, w = image.shape[-2:]
+    padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(padding, padding)] * 2)
+    return padded[..., top:top + h, left:left + w]
+
+
+def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``image`` moved down by dy and right by dx pixels (negative: up, left), zeros shifted in."""
+    out = np.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_random_crop_is_a_shifted_copy_with_zero_fill():
+    import torch
+
+    from odespec.train.augment import RandomCrop
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 1.0, (64, 3, 10, 12))  # no zero pixel: the fill shows
+    crop = RandomCrop(4)
+    params = crop.draw(64, np.random.default_rng(1))
+    assert params.shape == (64, 2) and params.min() >= 0 and params.max() <= 8
+    assert len({tuple(p) for p in params}) > 20  # offsets vary per sample
+    out = crop.apply(torch.from_numpy(x), torch.from_numpy(params)).numpy()
+    assert out.shape == x.shape
+    for i, (top, left) in enumerate(params):
+        np.testing.assert_array_equal(out[i], _crop_reference(x[i], top, left, 4))
+        np.testing.assert_array_equal(out[i], _shift(x[i], 4 - top, 4 - left))
+    zero = params[:, 0] == 0  # crop starts in the padding: the image moved down, zeros on top
+    assert zero.any() and (out[zero][..., :4, :] == 0).all()
+
+
+def test_random_crop_with_padding_zero_changes_nothing():
+    import torch
+
+    from odespec.train.augment import RandomCrop
+
+    x = torch.rand(5, 1, 28, 28)
+    crop = RandomCrop(0)
+    params = crop.draw(5, np.random.default_rng(0))
+    assert (params == 0).all()
+    assert torch.equal(crop.apply(x, torch.from_numpy(params)), x)
+    with pytest.raises(ValueError):
+        RandomCrop(-1)
+
+
+def _mnist_batches(tmp_path: Path, options: dict, *, seed: int = 0, batch: int = 8):
+    import torch
+
+    data = load("mnist", {"dir": "mnist", **options}, Need((1, 28, 28), (10,), True), base=tmp_path)
+    return data, Batches(data, batch, seed=seed, device=torch.device("cpu"), dtype=torch.float32, labels=True)
+
+
+def test_mnist_random_crop_applies_to_training_batches_only(tmp_path: Path):
+    import torch
+
+    _mnist_dir(tmp_path, gz=False, train=20, test=6)
+    data, cropped = _mnist_batches(tmp_path, {"random_crop": {"padding": 4}})
+    _, plain = _mnist_batches(tmp_path, {})
+    assert data.augment is not None and data.augment.padding == 4
+    changed = 0
+    for step in range(4):
+        x, y = cropped.batch(step)
+        x0, y0 = plain.batch(step)
+        assert x.shape == x0.shape == (8, 1, 28, 28) and x.dtype == torch.float32
+        assert torch.equal(y, y0)  # same samples, same order: only the pixels move
+        for a, b in zip(x.numpy(), x0.numpy()):
+            # one of the 81 shifts by -4..4 pixels, zeros shifted in
+            assert any(np.array_equal(a, _shift(b, dy, dx)) for dy in range(-4, 5) for dx in range(-4, 5))
+            changed += not np.array_equal(a, b)
+    assert changed > 16  # offsets (4, 4) leave an image where it was: 1 in 81
+    # evaluation data are never cropped
+    for (xe, ye), (xe0, ye0) in zip(cropped.eval_chunks(), plain.eval_chunks()):
+        assert torch.equal(xe, xe0) and torch.equal(ye, ye0)
+    np.testing.assert_allclose(next(cropped.eval_chunks())[0].numpy(), data.x_eval / 255, rtol=1e-6)
+    # with eval: false the training images are the evaluation set, uncropped too
+    _, no_eval = _mnist_batches(tmp_path, {"random_crop": {"padding": 4}, "eval": False})
+    np.testing.assert_allclose(next(no_eval.eval_chunks())[0].numpy(), data.x / 255, rtol=1e-6)
+
+
+def _shifts(cropped: Batches, plain: Batches, step: int) -> list[tuple[int, int]]:
+    """How far each image of step's batch was moved: the (dy, dx) that makes the plain image the
+    cropped one."""
+    x, x0 = cropped.batch(step)[0].numpy(), plain.batch(step)[0].numpy()
+    return [next((dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if np.array_equal(a, _shift(b, dy, dx)))
+            for a, b in zip(x, x0)]
+
+
+def test_mnist_random_crop_is_a_function_of_seed_and_step(tmp_path: Path):
+    import torch
+
+    _mnist_dir(tmp_path, gz=True, train=20, test=6)
+    _, a = _mnist_batches(tmp_path, {"random_crop": {"padding": 4}})
+    _, b = _mnist_batches(tmp_path, {"random_crop": {"padding": 4}})
+    for step in (5, 0, 3):  # any order: no hidden state, as after a resume
+        assert torch.equal(a.batch(step)[0], b.batch(step)[0])
+    # a data-parallel share is those rows of the same cropped batch
+    assert torch.equal(a.batch(2, (2, 6))[0], a.batch(2)[0][2:6])
+    _, plain = _mnist_batches(tmp_path, {})
+    assert _shifts(a, plain, 0) != _shifts(a, plain, 1)  # new offsets every step
+    _, a1 = _mnist_batches(tmp_path, {"random_crop": {"padding": 4}}, seed=1)
+    _, plain1 = _mnist_batches(tmp_path, {}, seed=1)
+    assert _shifts(a1, plain1, 0) != _shifts(a, plain, 0)  # and for another seed
+
+
+def test_mnist_random_crop_padding_zero_or_absent_leaves_images_unchanged(tmp_path: Path):
+    import torch
+
+    _mnist_dir(tmp_path, gz=False, train=20, test=6)
+    data0, zero = _mnist_batches(tmp_path, {"random_crop": {"padding": 0}})
+    data, plain = _mnist_batches(tmp_path, {})
+    assert data0.augment is None and data.augment is None
+    x, _ = plain.batch(1)
+    assert torch.equal(zero.batch(1)[0], x)
+    np.testing.assert_allclose(x.numpy(), data.x[plain.indices(1)] / 255, rtol=1e-6)

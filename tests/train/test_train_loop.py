@@ -227,7 +227,7 @@ def test_epochs(tmp_path: Path):
     assert result.iterations == 5  # 2 passes over 40 samples in batches of 16
 
 
-def test_mnist_from_tiny_idx_files(tmp_path: Path):
+def _digits(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     d = tmp_path / "digits"
     d.mkdir()
@@ -235,7 +235,9 @@ def test_mnist_from_tiny_idx_files(tmp_path: Path):
     write_idx(d / (MNIST_FILES[1] + ".gz"), rng.integers(0, 10, 16, dtype=np.uint8))
     write_idx(d / MNIST_FILES[2], rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
     write_idx(d / MNIST_FILES[3], rng.integers(0, 10, 8, dtype=np.uint8))
-    text = """\
+
+
+MNIST_SPEC = """\
 odespec: 1
 name: tiny-mnist
 input: {shape: [1, 28, 28]}
@@ -244,11 +246,31 @@ model:
   - flatten
   - ode: {dynamics: {layers: [{linear: 8}, tanh, {linear: 49}]}, solver: {method: euler, steps: 2}}
   - linear: 10
-train: {data: {mnist: digits}, iterations: 3, batch_size: 4, optimizer: {method: adamw}}
+train: {data: {mnist: DATA}, iterations: ITERATIONS, batch_size: 4, optimizer: {method: adamw}, checkpoint_every: 2}
 """
+
+
+def test_mnist_from_tiny_idx_files(tmp_path: Path):
+    _digits(tmp_path)
+    text = MNIST_SPEC.replace("DATA", "digits").replace("ITERATIONS", "3")
     result = train(write(tmp_path, text), tmp_path / "run", **quiet())
     assert set(result.evaluation) == {"eval_loss", "eval_accuracy"}
     assert 0 <= result.last["accuracy"] <= 1
+
+
+def test_mnist_random_crops_in_a_run_and_its_resume(tmp_path: Path):
+    _digits(tmp_path)
+    cropped = write(tmp_path, MNIST_SPEC.replace("DATA", "{dir: digits, random_crop: {padding: 4}}")
+                    .replace("ITERATIONS", "6"), "cropped.yaml")
+    plain = write(tmp_path, MNIST_SPEC.replace("DATA", "digits").replace("ITERATIONS", "6"), "plain.yaml")
+    train(cropped, tmp_path / "ref", **quiet())
+    train(plain, tmp_path / "plain", **quiet())
+    assert records(tmp_path / "ref")[0]["loss"] != records(tmp_path / "plain")[0]["loss"]  # the crops are used
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(cropped, run, callbacks=[_stop_at(3)], **quiet())
+    resume(run, **quiet())
+    assert_same_run(run, tmp_path / "ref")  # the resumed run saw the same cropped batches
 
 
 def test_refusals(tmp_path: Path):

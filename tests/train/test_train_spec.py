@@ -13,6 +13,7 @@ import pytest
 import odespec
 from odespec.errors import SpecError
 from odespec.spec import parse_spec
+from odespec.spec.model import ScheduleSpec
 
 from train_helpers import ROOT, circles_spec, demo_spec, latent_spec
 
@@ -92,6 +93,24 @@ def test_elbo_needs_a_gaussian_layer_and_a_noise_std():
     ("{data: circles, schedule: {kind: step}}", "train.schedule: a step schedule needs `every`"),
     ("{data: circles, schedule: {kind: cosine, every: 3}}", "'every' is not an option of schedule 'cosine'"),
     ("{data: circles, schedule: {kind: cosine, min_lr: 1}}", "train.schedule.min_lr: min_lr 1 is above lr 0.001"),
+    ("{data: circles, schedule: {kind: multistep}}", "train.schedule: a multistep schedule needs `milestones`"),
+    ("{data: circles, schedule: {kind: multistep, milestones: [60, 60, 140]}}",
+     "train.schedule.milestones[1]: milestones must be strictly increasing: 60 follows 60\n"
+     "  hint: milestones count iterations; list each once, in increasing order"),
+    ("{data: circles, epochs: 3, schedule: {kind: multistep, milestones: [3, 2]}}",
+     "hint: milestones count epochs; list each once"),
+    ("{data: circles, schedule: {kind: multistep, milestones: [0, 10]}}", "train.schedule.milestones[0]: 0 is not >= 1"),
+    ("{data: circles, schedule: {kind: multistep, milestones: []}}", "train.schedule.milestones: needs at least 1 item"),
+    ("{data: circles, schedule: {kind: multistep, milestones: 60}}", "train.schedule.milestones: expected a list"),
+    ("{data: circles, schedule: {kind: multistep, milestones: [10], every: 3}}",
+     "train.schedule.every: 'every' is not an option of schedule 'multistep'\n  hint: 'multistep' takes: milestones, gamma"),
+    ("{data: circles, schedule: {kind: multistep, milestones: [10], gamma: 0}}", "train.schedule.gamma: 0 is not > 0"),
+    ("{data: {mnist: {dir: d, random_crop: 4}}}", "train.data.mnist.random_crop: expected a mapping, got 4"),
+    ("{data: {mnist: {dir: d, random_crop: {}}}}", "train.data.mnist.random_crop: missing required key 'padding'"),
+    ("{data: {mnist: {dir: d, random_crop: {size: 24}}}}",
+     "train.data.mnist.random_crop.size: unknown key 'size'\n  hint: allowed keys: padding"),
+    ("{data: {mnist: {dir: d, random_crop: {padding: 28}}}}", "train.data.mnist.random_crop.padding: 28 is not <= 27"),
+    ("{data: {mnist: {dir: d, random_crop: {padding: -1}}}}", "train.data.mnist.random_crop.padding: -1 is not >= 0"),
     ("{data: circles, iterations: 5, epochs: 2}", "train.epochs: give iterations or epochs, not both"),
     ("{data: circles, init: {std: 0.2}}", "train.init.std: std applies to weights: normal"),
     ("{data: npz}", "train.data: data source 'npz' needs options (path)\n  hint: write data: {npz: VALUE}"),
@@ -128,3 +147,45 @@ def test_validating_a_train_spec_imports_neither_torch_nor_numpy():
     specs = [str(ROOT / "specs" / n) for n in ("ode_demo_train.yaml", "spiral_latent_ode.yaml", "circles_anode.yaml")]
     out = subprocess.run([sys.executable, "-c", "import json; " + code, *specs], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_milestone_errors_are_located_and_all_reported():
+    msgs = errors(CLASSIFIER + "train:\n  data: circles\n  schedule: {kind: multistep, milestones: [100, 60, 140, 140]}\n")
+    assert msgs == [
+        "s.yaml:9:49: error: train.schedule.milestones[1]: milestones must be strictly increasing: 60 follows 100\n"
+        "  hint: milestones count iterations; list each once, in increasing order, e.g. milestones: [60, 100, 140]",
+        "s.yaml:9:58: error: train.schedule.milestones[3]: milestones must be strictly increasing: 140 follows 140\n"
+        "  hint: milestones count iterations; list each once, in increasing order, e.g. milestones: [60, 100, 140]"]
+
+
+def test_mnist_random_crop_option():
+    text = "odespec: 1\nname: t\ninput: {shape: [1, 28, 28]}\nmodel: [flatten, {linear: 10}]\n"
+    crop = parse_spec(text + "train: {data: {mnist: {dir: d, random_crop: {padding: 4}}}}\n").train.data
+    assert crop.options["random_crop"] == {"padding": 4}
+    assert parse_spec(text + "train: {data: {mnist: d}}\n").train.data.options["random_crop"] is None
+
+
+def test_readme_documents_every_data_source_option_and_schedule():
+    from odespec.train import data as sources
+    from odespec.train.check import SCHEDULE_OPTIONS
+
+    readme = (ROOT / "README.md").read_text()
+    training = readme[readme.index("## Training"):readme.index("## Errors")]
+    for source in sources.all_sources():
+        (row,) = [line for line in training.splitlines() if line.startswith(f"| `{source.name}` |")]
+        for option in source.properties:
+            assert f"`{option}" in row, f"train.data.{source.name}.{option} is not in the README's table"
+    (row,) = [line for line in training.splitlines() if line.startswith("| `schedule` |")]
+    for kind, options in SCHEDULE_OPTIONS.items():
+        assert kind in row and all(o in row for o in options), kind
+    assert "`odespec.data` entry-point group" in training
+
+
+def test_readmes_paper_mnist_training_validates_with_the_shipped_odenet():
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in (c.split("```")[0] for c in readme.split("```yaml\n")[1:]) if "random_crop" in b)
+    spec = parse_spec((ROOT / "specs" / "mnist_odenet.yaml").read_text() + block).train
+    assert spec.schedule == ScheduleSpec("multistep", gamma=0.1, milestones=(60, 100, 140), unit="epochs")
+    assert (spec.lr, spec.epochs, spec.batch_size, spec.optimizer.method, spec.optimizer.momentum) == \
+        (0.1, 160, 128, "sgd", 0.9)
+    assert spec.data.options["random_crop"] == {"padding": 4}
