@@ -26,11 +26,11 @@ from typing import Optional
 
 import torch
 
-from odespec.solvers.common import Outcome, TimedFunc, solver_error
+from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
 from odespec.solvers.replay import StepRecorder, step_outputs
-from odespec.solvers.step import error_estimates, rk_step
+from odespec.solvers.step import StepResult, error_estimates, rk_step
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_adaptive", "ErrorNorm"]
@@ -66,27 +66,37 @@ def _error_weights(tableau: ButcherTableau, like: torch.Tensor) -> tuple[tuple[i
 
 
 def _error_ratio(
-    tableau: ButcherTableau, norm: ErrorNorm, h: float, ks, y_abs, y1: torch.Tensor
+    tableau: ButcherTableau, norm: ErrorNorm, h: float, res: StepResult, y_abs
 ) -> tuple[float, torch.Tensor]:
     """The step's error ratio (accept if <= 1) as a Python float, and ``|y1|``. One host sync.
 
-    Computed outside autograd (the accept decision is not differentiable anyway). The error
-    estimates are formed without the factor ``h`` (the norm is homogeneous: it is applied to
-    the Python float at the end, saving an op).
+    Computed outside autograd (the accept decision is not differentiable anyway). Uses the
+    estimate the step made when it has one (the no-autograd step gets it for free); otherwise
+    the estimates are formed here without the factor ``h`` (the norm is homogeneous: it is
+    applied to the Python float at the end, saving an op).
     """
     if torch.is_grad_enabled():
         with torch.no_grad():
-            return _error_ratio(tableau, norm, h, ks, y_abs, y1)
+            return _error_ratio(tableau, norm, h, res, y_abs)
+    ks, y1 = res.ks, res.y_next
     k0 = ks[0]
-    if k0.numel() <= _ERR_STACK_MAX_NUMEL:
+    if res.error is not None:
+        y1_abs = norm.abs(y1)
+        scale = norm.scale(y_abs, y1_abs)
+        if res.error_aux is None:
+            return norm.rms(res.error, scale).item() * norm.inv_sqrt_n, y1_abs
+        est = torch.stack([res.error.reshape(-1), res.error_aux.reshape(-1)])
+        factor = norm.inv_sqrt_n
+    elif k0.numel() <= _ERR_STACK_MAX_NUMEL:
         idx, w = _error_weights(tableau, k0)
         est = torch.mm(w, torch.stack([ks[j] for j in idx]).view(len(idx), -1))
+        factor = abs(h) * norm.inv_sqrt_n
     else:
         err, aux = error_estimates(1.0, tableau, ks)
         est = err.view(1, -1) if aux is None else torch.stack([err.reshape(-1), aux.reshape(-1)])
+        factor = abs(h) * norm.inv_sqrt_n
     y1_abs = norm.abs(y1)
     rows = norm.rows(est, norm.scale(y_abs, y1_abs))
-    factor = abs(h) * norm.inv_sqrt_n
     if rows.shape[0] == 1:
         return rows.item() * factor, y1_abs
     # DOP853: err5^2 / sqrt(err5^2 + w * err3^2), both as scaled RMS norms
@@ -144,12 +154,14 @@ def integrate_adaptive(
     *,
     norm: Optional[ErrorNorm] = None,
     recorder: Optional[StepRecorder] = None,
+    quad: Optional[Quadrature] = None,
 ) -> Outcome:
     """Integrate from ``times[0]`` through ``times[-1]`` (monotonic, either direction) and
     return the state at every time. Failures are returned in ``Outcome.error``, not raised.
 
     ``norm`` replaces the default error norm (the adjoint's mixed norm or seminorm);
-    ``recorder`` is told every accepted step (the checkpoint gradient method).
+    ``recorder`` is told every accepted step (the checkpoint gradient method); ``quad``
+    accumulates over the accepted steps, outside error control (the adjoint with seminorm).
     """
     n_out = len(times)
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
@@ -193,6 +205,8 @@ def integrate_adaptive(
 
     with torch.no_grad():
         y_abs = norm.abs(y0)
+    # without autograd the step forms the error estimate itself, at no cost (step.py)
+    eager = not torch.is_grad_enabled()
     out_idx = 1
     facold = _MIN_FACOLD
     last_rejected = False
@@ -215,8 +229,8 @@ def integrate_adaptive(
         else:
             h_step, t_new = h, t + h
 
-        res = rk_step(f, t, y, h_step, tableau, k1=k1, with_error=False)
-        ratio, y1_abs = _error_ratio(tableau, norm, h_step, res.ks, y_abs, res.y_next)
+        res = rk_step(f, t, y, h_step, tableau, k1=k1, with_error=eager)
+        ratio, y1_abs = _error_ratio(tableau, norm, h_step, res, y_abs)
         outcome.n_steps += 1
 
         if not math.isfinite(ratio):
@@ -241,6 +255,8 @@ def integrate_adaptive(
 
         if ratio <= 1.0:
             outcome.n_accepted += 1
+            if quad is not None:
+                quad.accept(h_step, res.ks)
             y_next = res.y_next
             f1 = res.ks[-1] if tableau.fsal else None
             first = out_idx

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
 from odespec.errors import SolverError
 
-__all__ = ["TimedFunc", "Outcome", "solver_error"]
+__all__ = ["TimedFunc", "Outcome", "Quadrature", "solver_error"]
+
+
+class Quadrature(Protocol):
+    """A quantity integrated *alongside* the state, which nothing in the dynamics depends on
+    (the adjoint's parameter gradient). Carrying it in the state would cost every stage
+    combination its size; as a quadrature it costs one weighted sum per accepted step. The
+    vector field attaches each stage's integrand to the derivative it returns; the integrators
+    hand every accepted step's stages to :meth:`accept` (and nothing of a rejected one)."""
+
+    def accept(self, h: float, ks: Sequence[torch.Tensor]) -> None:
+        """Add ``h * sum(b_i q_i)`` of an accepted step with stage derivatives ``ks``."""
 
 
 class TimedFunc:

@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from odespec.solvers.common import Outcome, TimedFunc, solver_error
+from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
 from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.replay import StepRecorder
-from odespec.solvers.step import rk_step
+from odespec.solvers.step import own, rk_step
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_fixed", "steps_for_interval", "count_steps"]
@@ -53,13 +53,14 @@ def integrate_fixed(
     opts: FixedStepOptions,
     *,
     recorder: Optional[StepRecorder] = None,
+    quad: Optional[Quadrature] = None,
 ) -> Outcome:
     """Integrate through ``times`` (monotonic, either direction) with fixed steps.
 
     No per-step host syncs: finiteness is checked once at the end (one sync); the first
     non-finite output ends the returned outputs and sets ``Outcome.error``. ``recorder`` is
     told every step (the checkpoint gradient method); the output at the end of an interval is
-    recorded as lying exactly at that step's end.
+    recorded as lying exactly at that step's end. ``quad`` accumulates over every step.
     """
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
     y = y0
@@ -71,6 +72,8 @@ def integrate_fixed(
         h = span / n
         for j in range(n):
             res = rk_step(f, t0 + j * h, y, h, tableau, k1=k1, with_error=False)
+            if quad is not None:
+                quad.accept(h, res.ks)
             if recorder is not None:
                 end = j == n - 1
                 recorder.accept(t0 + j * h, h, t1 if end else t0 + (j + 1) * h, y,
@@ -79,7 +82,7 @@ def integrate_fixed(
             # FSAL: the last stage is f(t + h, y_next), the next step's first stage
             k1 = res.ks[-1] if tableau.fsal else None
         outcome.n_steps += n
-        outcome.outs.append(y)
+        outcome.outs.append(own(y))
     outcome.n_accepted = outcome.n_steps
     outcome.step_size = h
     outcome.t_last, outcome.y_last = times[-1], y

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from odespec.solvers.adaptive import integrate_adaptive
-from odespec.solvers.common import Outcome, TimedFunc
+from odespec.solvers.common import Outcome, Quadrature, TimedFunc
 from odespec.solvers.fixed import integrate_fixed
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import FixedStepOptions, SolverOptions, parse_options
@@ -44,12 +44,13 @@ class Setup:
         *,
         norm: Optional[ErrorNorm] = None,
         recorder: Optional[StepRecorder] = None,
+        quad: Optional[Quadrature] = None,
     ) -> Outcome:
         """Integrate ``f`` from ``y0`` through ``times``; failures come back in the outcome."""
         if isinstance(self.opts, FixedStepOptions):
-            return integrate_fixed(f, y0, times, self.tableau, self.opts, recorder=recorder)
+            return integrate_fixed(f, y0, times, self.tableau, self.opts, recorder=recorder, quad=quad)
         return integrate_adaptive(f, y0, times, self.tableau, self.opts, self.rtol, self.atol,
-                                  self.time_eps, norm=norm, recorder=recorder)
+                                  self.time_eps, norm=norm, recorder=recorder, quad=quad)
 
 
 def make_setup(

@@ -3,10 +3,11 @@
 The checkpoint gradient method solves once without autograd, recording every accepted step
 ``(t, h, t_new)`` and which outputs it produced, and keeping the state at a few *checkpoint*
 steps. Its backward pass replays one segment of steps at a time, with autograd, from the
-segment's checkpoint. The replay must perform exactly the operations the integrator performed
-(same stage times, same FSAL reuse, same dense output), so that the gradient equals plain
-backprop's to round-off; that is why the integrators and :func:`replay` share
-:func:`step_outputs`.
+segment's checkpoint. The replay must take exactly the steps the integrator took (same stage
+times, same FSAL reuse, same dense output), so that the gradient equals plain backprop's to
+round-off; that is why the integrators and :func:`replay` share :func:`step_outputs`. (The
+forward solve, without autograd, sums the stages in another order than the replay, with
+autograd: the two trajectories agree to round-off, not bit for bit.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from odespec.solvers.dense import dense_weights, needs_end_derivative
-from odespec.solvers.step import dense_stages, interpolate, rk_step
+from odespec.solvers.step import dense_stages, interpolate, own, rk_step
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["StepRecord", "StepRecorder", "step_outputs", "replay"]
@@ -58,7 +59,7 @@ def step_outputs(
     ks_dense = None
     for tau in taus:
         if tau == t_new:
-            outs.append(y_next)
+            outs.append(own(y_next))
             continue
         if ks_dense is None:
             ks_dense = dense_stages(f, t, y, h, tableau, ks)
@@ -93,7 +94,7 @@ class StepRecorder:
         self.steps.append(StepRecord(t, h, t_new, first, last))
         if j % self.stride:
             return
-        self.states[j] = y
+        self.states[j] = own(y)
         if self.cap is not None and len(self.states) > self.cap(j + 1):
             self.stride *= 2
             self.states = {k: v for k, v in self.states.items() if k % self.stride == 0}

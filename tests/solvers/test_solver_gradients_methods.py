@@ -107,7 +107,7 @@ CHECKPOINT_CASES = {
 @pytest.mark.parametrize("checkpoints", [None, 1, 3, 10_000])
 @pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
 def test_checkpoint_equals_backprop(case, checkpoints):
-    """Same steps, same operations: the gradients agree to round-off."""
+    """Same steps, same stage times and outputs: the gradients agree to round-off."""
     method, kw, t = CHECKPOINT_CASES[case]
     func = _mlp(width=8, seed=1)
     torch.manual_seed(2)
@@ -121,7 +121,8 @@ def test_checkpoint_equals_backprop(case, checkpoints):
     sol = solve(func, y0, t, method=method, gradient="checkpoint", checkpoints=checkpoints, **kw)
     got = torch.autograd.grad((sol.ys * seed).sum(), params)
 
-    assert torch.equal(sol.ys, ref_sol.ys)
+    # the forward solve runs without autograd (eager accumulation): equal to round-off
+    torch.testing.assert_close(sol.ys, ref_sol.ys, rtol=1e-12, atol=1e-12)
     assert (sol.stats.n_steps, sol.stats.n_accepted) == (ref_sol.stats.n_steps, ref_sol.stats.n_accepted)
     for r, g in zip(ref, got):
         assert torch.allclose(g, r, rtol=1e-10, atol=1e-12), (case, (g - r).abs().max())

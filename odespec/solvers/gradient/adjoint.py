@@ -123,14 +123,22 @@ def _tableau(method: Union[str, ButcherTableau]) -> ButcherTableau:
     return method if isinstance(method, ButcherTableau) else get_tableau(method)
 
 
-class _Augmented:
-    """The augmented dynamics ``[f, -a^T df/dy, -a^T df/dtheta]`` on a flat state."""
+# the attribute by which a derivative of the augmented dynamics carries its quadrature integrand
+_QUAD = "_odespec_dg"
 
-    def __init__(self, func: Callable, shape: torch.Size, params: Sequence[torch.Tensor]):
+
+class _Augmented:
+    """The augmented dynamics ``[f, -a^T df/dy, -a^T df/dtheta]`` on a flat state, or, with
+    ``quadrature=True``, ``[f, -a^T df/dy]`` with ``-a^T df/dtheta`` attached to the returned
+    tensor for :class:`_ParamQuadrature`."""
+
+    def __init__(self, func: Callable, shape: torch.Size, params: Sequence[torch.Tensor],
+                 quadrature: bool = False):
         self.func = func
         self.shape = shape
         self.n = shape.numel()
         self.params = tuple(params)
+        self.quadrature = quadrature
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = self.n
@@ -145,10 +153,30 @@ class _Augmented:
                 grads = torch.autograd.grad(fy, inputs, -a, allow_unused=True, retain_graph=True)
             else:
                 grads = (None,) * len(inputs)
+        if self.quadrature:
+            gy = torch.zeros_like(y) if grads[0] is None else grads[0]
+            out = torch.cat([fy.detach().reshape(-1), gy.reshape(-1)])
+            setattr(out, _QUAD, [torch.zeros_like(x) if g is None else g for g, x in zip(grads[1:], self.params)])
+            return out
         parts = [fy.detach().reshape(-1)]
         parts.extend(torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1)
                      for g, x in zip(grads, inputs))
         return torch.cat(parts)
+
+
+class _ParamQuadrature:
+    """``dL/dtheta = int -a^T df/dtheta dt``, summed with the method's weights ``b`` over the
+    accepted steps of the backward solves (a quadrature: nothing depends on it, so keeping it
+    out of the state spares every stage combination its size, and the integrand of stages with
+    ``b_i = 0`` is never summed). One fused ``_foreach_add_`` per weight and step."""
+
+    def __init__(self, tableau: ButcherTableau, params: Sequence[torch.Tensor], like: torch.Tensor):
+        self.b_terms = tableau.b_terms
+        self.g = [torch.zeros(q.shape, dtype=like.dtype, device=like.device) for q in params]
+
+    def accept(self, h: float, ks: Sequence[torch.Tensor]) -> None:
+        for j, b in self.b_terms:
+            torch._foreach_add_(self.g, getattr(ks[j], _QUAD), alpha=h * b)
 
 
 class _AdjointRun(SolveRun):
@@ -161,13 +189,21 @@ class _AdjointRun(SolveRun):
         self.seminorm = seminorm
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(dL/dy0, [dL/dtheta])`` by the backward solves; raises :class:`SolverError`."""
+        """``(dL/dy0, [dL/dtheta])`` by the backward solves; raises :class:`SolverError`.
+
+        Where the parameter channels are outside error control (fixed steps, or a seminorm)
+        they are a quadrature beside the state ``[y, a]``; otherwise they are part of the
+        state, so the mixed norm sees their local error.
+        """
         p = self.problem
         shape, n = p.y0.shape, p.y0.numel()
-        aug = _Augmented(p.func, shape, self.params)
-        f = TimedFunc(aug, p.t.dtype, p.y0.device)
-        sizes = [n, n] + [q.numel() for q in self.params]
         setup = self.setup
+        quad = None
+        if setup.fixed or self.seminorm:
+            quad = _ParamQuadrature(setup.tableau, self.params, ys)
+        aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
+        f = TimedFunc(aug, p.t.dtype, p.y0.device)
+        sizes = [n, n] + ([] if quad is not None else [q.numel() for q in self.params])
         norm = None
         if not setup.fixed:
             z0 = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
@@ -180,7 +216,7 @@ class _AdjointRun(SolveRun):
         stats.passes += 1
         for i in range(ys.shape[0] - 1, 0, -1):
             z = torch.cat([ys[i].reshape(-1), a, g])
-            outcome = setup.integrate(f, z, [times[i], times[i - 1]], norm=norm)
+            outcome = setup.integrate(f, z, [times[i], times[i - 1]], norm=norm, quad=quad)
             stats.n_steps += outcome.n_steps
             stats.n_accepted += outcome.n_accepted
             stats.n_rejected += outcome.n_rejected
@@ -203,6 +239,8 @@ class _AdjointRun(SolveRun):
                     setup, opts=dataclasses.replace(setup.opts, first_step=_first_step(outcome, setup.opts))
                 )
         stats.nfe += f.nfe
+        if quad is not None:
+            return a.view(shape), quad.g
         grads = list(g.split(sizes[2:])) if self.params else []
         return a.view(shape), [gr.view_as(q) for gr, q in zip(grads, self.params)]
 
