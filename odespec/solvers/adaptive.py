@@ -121,18 +121,20 @@ def _initial_step(
     """Hairer, Norsett & Wanner, *Solving ODEs I*, II.4: a first step from the size of y0, f0
     and a finite-difference estimate of the second derivative. Returns |h| (NaN when f0 is not
     finite; the caller reports that)."""
-    with torch.no_grad():
-        y0_abs = norm.abs(y0)
-        scale = norm.scale(y0_abs, y0_abs)
-        d0, d1 = torch.stack([norm.rms(y0, scale), norm.rms(f0, scale)]).tolist()
-        d0 *= norm.inv_sqrt_n
-        d1 *= norm.inv_sqrt_n
-        if not (math.isfinite(d0) and math.isfinite(d1)):
-            return math.nan
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        y1 = torch.add(y0, f0, alpha=direction * h0)
-        f1 = f(t0 + direction * h0, y1)
-        d2 = norm.rms(f1 - f0, scale).item() * norm.inv_sqrt_n / h0
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _initial_step(f, t0, y0, f0, direction, order, norm)
+    y0_abs = norm.abs(y0)
+    scale = norm.scale(y0_abs, y0_abs)
+    d0, d1 = torch.stack([norm.rms(y0, scale), norm.rms(f0, scale)]).tolist()
+    d0 *= norm.inv_sqrt_n
+    d1 *= norm.inv_sqrt_n
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        return math.nan
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    y1 = torch.add(y0, f0, alpha=direction * h0)
+    f1 = f(t0 + direction * h0, y1)
+    d2 = norm.rms(f1 - f0, scale).item() * norm.inv_sqrt_n / h0
     if not math.isfinite(d2):
         return h0
     if max(d1, d2) <= 1e-15:
@@ -203,8 +205,7 @@ def integrate_adaptive(
             return fail("non-finite", 0.0, "the derivative at the initial state is not finite")
     h = direction * max(min(h_abs, max_step, span), min_step)
 
-    with torch.no_grad():
-        y_abs = norm.abs(y0)
+    y_abs = norm.abs(y0.detach())
     # without autograd the step forms the error estimate itself, at no cost (step.py)
     eager = not torch.is_grad_enabled()
     out_idx = 1

@@ -27,7 +27,7 @@ class ErrorNorm:
     """
 
     def __init__(self, y0: torch.Tensor, rtol: Tol, atol: Tol):
-        real = y0.abs().dtype
+        real = y0.dtype.to_real()
         self.atol = torch.as_tensor(atol, dtype=real, device=y0.device)
         if isinstance(rtol, torch.Tensor):
             self.rtol_t = rtol.to(dtype=real, device=y0.device)
