@@ -208,6 +208,9 @@ def _torch_rk_step(
 # tensors ``func`` has already seen, which autograd forbids; the autograd path keeps the chain of
 # adds above. The two agree to round-off (the same sums, rounded differently).
 _EAGER_MAX_NUMEL = 1 << 14
+# Above this many elements a stage updates only the rows from its first nonzero coefficient on
+# (a slice costs one view op; below this, touching the finished rows costs less than that op).
+_EAGER_SLICE_NUMEL = 1 << 13
 _EAGER_PLANS: dict[tuple, Optional["_EagerPlan"]] = {}
 
 
@@ -216,17 +219,20 @@ class _EagerPlan:
     """Per tableau, dtype, device and state rank: the buffer layout of an eager step. Rows
     ``0 .. last-2`` are the inputs of stages ``1 .. last-1``, row ``last-1`` is y_next, then the
     error estimate(s). ``cols[j]`` (shape ``(rows, 1, ...)``) is stage ``j``'s coefficient in
-    every row, ``None`` where it has none."""
+    every row, ``None`` where it has none; ``first[j]`` its first nonzero row (earlier rows are
+    inputs of stages already evaluated), ``None`` where all rows are to be updated."""
 
     tableau: ButcherTableau  # kept so that the id in the cache key stays taken
     last: int
     n_err: int
     mask: torch.Tensor
     cols: tuple[Optional[torch.Tensor], ...]
+    first: tuple[Optional[int], ...]
 
 
 def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> Optional[_EagerPlan]:
-    key = (id(tableau), with_error, y.dtype, y.device, y.dim())
+    sliced = y.numel() > _EAGER_SLICE_NUMEL
+    key = (id(tableau), with_error, y.dtype, y.device, y.dim(), sliced)
     if key in _EAGER_PLANS:
         return _EAGER_PLANS[key]
     s = tableau.stages
@@ -246,8 +252,15 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
         shape = (len(rows),) + (1,) * y.dim()
         as_col = lambda v: torch.tensor(v, dtype=y.dtype, device=y.device).reshape(shape)  # noqa: E731
         mask = as_col([1.0] * (len(rows) - n_err) + [0.0] * n_err)
-        cols = tuple(as_col([r[j] for r in rows]) if j in pushes else None for j in range(s))
-        plan = _EagerPlan(tableau, last, n_err, mask, cols)
+        first = tuple(
+            next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced and j in pushes else None
+            for j in range(s)
+        )
+        cols = tuple(
+            None if j not in pushes else as_col([r[j] for r in rows])[first[j] or 0:] for j in range(s)
+        )
+        first = tuple(None if f == 0 else f for f in first)
+        plan = _EagerPlan(tableau, last, n_err, mask, cols, first)
     if len(_EAGER_PLANS) > 64:
         _EAGER_PLANS.clear()
     _EAGER_PLANS[key] = plan
@@ -262,24 +275,23 @@ def _eager_rk_step(
     error estimates are views of the step's buffer."""
     acc = plan.mask * y
     rows = acc.unbind(0)
-    cols = plan.cols
+    cols, first = plan.cols, plan.first
     k = func(t, y) if k1 is None else k1
     ks = [k]
-    if cols[0] is not None:
-        acc.addcmul_(cols[0], k, value=h)
     c = tableau.c
     last = plan.last
-    for i in range(1, last):
-        k = func(t + c[i] * h, rows[i - 1])
-        ks.append(k)
-        if cols[i] is not None:
-            acc.addcmul_(cols[i], k, value=h)
+    s = tableau.stages
+    for i in range(s):
+        if i:
+            if i < last:
+                k = func(t + c[i] * h, rows[i - 1])
+            else:  # FSAL: the last stage is f(t + h, y_next)
+                k = func(t + h, rows[last - 1])
+            ks.append(k)
+        col = cols[i]
+        if col is not None:
+            (acc if first[i] is None else acc[first[i]:]).addcmul_(col, k, value=h)
     y_next = rows[last - 1]
-    if last < tableau.stages:
-        k = func(t + h, y_next)
-        ks.append(k)
-        if cols[last] is not None:
-            acc.addcmul_(cols[last], k, value=h)
     n_err = plan.n_err
     error = rows[last] if n_err else None
     error_aux = rows[last + 1] if n_err > 1 else None
