@@ -28,6 +28,9 @@ class DynamicsNet(nn.Module):
             layers.append(ltype.build(layer.options, shape, ctx))
             takes_t.append(ctx.time_concat)
             shape = layer.out_shape
+        from odespec.layers.torch_modules import inplace_activations
+
+        inplace_activations(layers)
         self.layers = nn.ModuleList(layers)
         self.takes_t = tuple(takes_t)
         self.nfe = 0

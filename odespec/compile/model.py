@@ -59,6 +59,9 @@ def compile_spec(spec: Spec, *, device: Optional[str] = None, dtype: Optional[st
                 assert isinstance(item, LayerSpec)
                 modules.append(registry.get(item.kind).build(item.options, shape, LayerContext()))
             shape = item.out_shape
+    from odespec.layers.torch_modules import inplace_activations
+
+    inplace_activations(modules)
     model = ODENet(spec, modules)
     return model.to(device=dev, dtype=dt)
 

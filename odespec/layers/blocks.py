@@ -44,12 +44,13 @@ class Residual(LayerType):
         from torch import nn
 
         from odespec.layers.registry import get
-        from odespec.layers.torch_modules import Residual as ResidualModule
+        from odespec.layers.torch_modules import Residual as ResidualModule, inplace_activations
 
         modules = []
         for child in options["layers"]:
             modules.append(get(child.kind).build(child.options, shape, LayerContext(in_dynamics=ctx.in_dynamics)))
             shape = child.out_shape
+        inplace_activations(modules)
         return ResidualModule(nn.Sequential(*modules))
 
 

@@ -44,9 +44,11 @@ def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, di
 def gaussian_nll(y: torch.Tensor, mean: torch.Tensor, noise_std: float) -> torch.Tensor:
     """Minus the log-density of ``y`` under N(mean, noise_std**2), summed over all but the batch
     dimension: shape (batch,)."""
-    logvar = 2.0 * math.log(noise_std)
-    per_value = 0.5 * (math.log(2 * math.pi) + logvar + (y - mean) ** 2 / math.exp(logvar))
-    return per_value.flatten(1).sum(dim=1)
+    # sum of 0.5 (log 2 pi + log var + (y - mean)^2 / var): the constant terms once per sample,
+    # outside the sum (two passes over the trajectory instead of five, forward and backward)
+    d = (y - mean).flatten(1)
+    const = 0.5 * (math.log(2 * math.pi) + 2.0 * math.log(noise_std)) * d.shape[1]
+    return (d * d).sum(dim=1) * (0.5 / noise_std**2) + const
 
 
 def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,40 @@ model:
             want = odeint(model[0].dynamics, x, torch.tensor([0.0, 2.0]), rtol=1e-5, atol=1e-6,
                           options={"controller": ctl})[-1]
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_elu_and_relu_after_a_linear_layer_work_in_place_with_the_same_gradients():
+    spec = parse_spec(
+        """
+odespec: 1
+name: inplace
+input: {shape: [3]}
+model:
+  - relu
+  - linear: 6
+  - relu
+  - tanh
+  - elu
+  - ode:
+      t: [0, 1]
+      dynamics: {time: concat, layers: [elu, {linear: 8}, elu, {linear: 8}, tanh, elu, {linear: 6}]}
+      solver: {method: rk4, steps: 2}
+  - residual: [{linear: 6}, relu]
+  - linear: 2
+"""
+    )
+    model = odespec.build(spec)
+    flags = [getattr(m, "inplace", None) for m in model if isinstance(m, (nn.ReLU, nn.ELU))]
+    assert flags == [False, True, False]  # the input, after linear, after tanh
+    dyn = [getattr(m, "inplace", None) for m in model[5].dynamics.layers if isinstance(m, nn.ELU)]
+    assert dyn == [False, True, False]  # the state, after a time-concat linear, after tanh
+    assert model[6].inner[1].inplace
+    x = torch.randn(5, 3)
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    for m in model.modules():
+        if isinstance(m, (nn.ReLU, nn.ELU)):
+            m.inplace = False
+    want = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, b)

@@ -99,6 +99,37 @@ model:
     check_onnx(onnx.load(str(res.path)))
 
 
+@pytest.mark.parametrize("output", ["last", "sequence"])
+def test_rnn_encoder_exports_as_one_onnx_rnn_and_matches_the_loop(tmp_path: Path, output: str):
+    # PyTorch runs the rnn layer as a written-out loop on the CPU (issue #6); the export traces
+    # torch.nn.RNN with the same weights, so the graph holds one RNN node, not 20 unrolled steps
+    spec = parse_spec(
+        f"""
+odespec: 1
+name: rnn-encoder
+input: {{shape: [20, 2]}}
+model:
+  - rnn: {{hidden: 7, reverse: true, output: {output}}}
+  - {"flatten" if output == "sequence" else "linear: 7"}
+  - linear: 4
+  - ode:
+      t: [0, 0.5, 1]
+      dynamics: {{layers: [{{linear: 8}}, tanh, {{linear: 4}}]}}
+      solver: {{method: rk4, steps: 2}}
+"""
+    )
+    model = odespec.build(spec)
+    res = odespec.export_onnx(model, tmp_path / "rnn.onnx", method="rk4", steps=2)
+    assert res.parity["max_abs_error"] <= 1e-5
+    m = onnx.load(str(res.path))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("RNN") == 1 and "Tanh" not in ops[:ops.index("RNN")]
+    x = torch.randn(5, 20, 2)
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    np.testing.assert_allclose(_run(res.path, x.numpy()), want, atol=1e-5, rtol=1e-5)
+
+
 def test_parity_failure_writes_nothing(tmp_path: Path):
     model = odespec.build(DEMO)
     with pytest.raises(ParityError, match="differs from PyTorch"):

@@ -129,3 +129,47 @@ def test_layers_import_no_torch():
     code = "import sys, odespec.layers as L; L.names(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- the rnn layer's written-out CPU loop (issue #6) against torch.nn.RNN ---------------------------
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("output", ["last", "sequence"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_rnn_loop_matches_torch_rnn_values_and_gradients(reverse, output, bias):
+    torch.manual_seed(0)
+    ltype = registry.get("rnn")
+    options = ltype.normalize({"hidden": 5, "reverse": reverse, "output": output, "bias": bias})
+    enc = ltype.build(options, (7, 3), Ctx()).double()
+    # the parameters are nn.RNN's, under its state-dict keys (checkpoints and exports rely on them)
+    assert set(enc.state_dict()) == {f"rnn.{k}" for k in enc.rnn.state_dict()}
+    x = torch.randn(4, 7, 3, dtype=torch.float64, requires_grad=True)
+    params = [x, *enc.parameters()]
+    out, _ = enc.rnn(x.flip(1) if reverse else x)
+    want = out if output == "sequence" else out[:, -1]
+    got = enc(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((got * g).sum(), params), torch.autograd.grad((want * g).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    small = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, *p: enc(v), (small, *enc.parameters()))
+
+
+def test_rnn_loop_float32_is_as_close_to_float64_as_torch_rnn():
+    # tanh(a) = 2 sigmoid(2a) - 1 in the loop: its float32 rounding stays at nn.RNN's level
+    torch.manual_seed(1)
+    enc = registry.get("rnn").build({"hidden": 25, "reverse": True, "output": "last", "bias": True}, (100, 2), Ctx())
+    x = torch.randn(300, 100, 2)
+    with torch.no_grad():
+        exact = enc.double()(x.double())
+        enc.float()
+        ours = (enc(x).double() - exact).abs().max().item()
+        theirs = (enc.rnn(x.flip(1))[0][:, -1].double() - exact).abs().max().item()
+    assert ours < 1e-6 and ours < 4 * max(theirs, 1e-7)
+    # one step and no gradient
+    with torch.no_grad():
+        one = torch.randn(3, 1, 2)
+        torch.testing.assert_close(enc(one), enc.rnn(one)[0][:, -1])
