@@ -59,3 +59,27 @@ def train_quiet(spec: Path, run: Path, **kw: Any) -> Any:
 
     shutil.rmtree(run, ignore_errors=True)
     return train(spec, run, progress=False, **kw)
+
+
+def model_and_batches(spec_path: Path) -> tuple[Any, Any, Any]:
+    """``(spec, model, batches)`` of a spec with a ``train`` section, as ``odespec train`` sets
+    them up (compiled model with the spec's initialisation, the data source's batch stream on
+    the CPU in float32): for benchmarks that drive the pieces themselves."""
+    import torch
+
+    from odespec.compile.model import compile_spec
+    from odespec.spec import load_spec
+    from odespec.train import data as sources
+    from odespec.train.batches import Batches
+    from odespec.train.data import Need
+    from odespec.train.reinit import apply_init
+
+    spec = load_spec(spec_path)
+    ts = spec.train
+    model = compile_spec(spec)
+    apply_init(model, ts.init, spec.seed)
+    loaded = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=spec_path.parent,
+                                              need=Need(spec.input_shape, spec.output_shape, False))
+    batches = Batches(loaded, ts.batch_size, seed=ts.seed, device=torch.device("cpu"), dtype=torch.float32,
+                      labels=ts.loss.kind == "cross_entropy")
+    return spec, model, batches

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import SPECS, first_ode, records, spec_data, write_variant  # noqa: E402
+from train_common import SPECS, first_ode, model_and_batches, records, spec_data, write_variant  # noqa: E402
 
 
 def _groups(model: Any) -> list[tuple[str, list[Any]]]:
@@ -64,23 +64,11 @@ def breakdown(spec_path: Path, iterations: int, warmup: int) -> tuple[dict[str, 
     """Median seconds and mean minor page faults per iteration of each part."""
     import torch
 
-    from odespec.compile.model import compile_spec
-    from odespec.spec import load_spec
-    from odespec.train import data as sources
-    from odespec.train.batches import Batches
-    from odespec.train.data import Need
     from odespec.train.losses import make_loss
     from odespec.train.optim import make_optimizer
-    from odespec.train.reinit import apply_init
 
-    spec = load_spec(spec_path)
+    spec, model, batches = model_and_batches(spec_path)
     ts = spec.train
-    model = compile_spec(spec)
-    apply_init(model, ts.init, spec.seed)
-    loaded = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=spec_path.parent,
-                                              need=Need(spec.input_shape, spec.output_shape, False))
-    batches = Batches(loaded, ts.batch_size, seed=ts.seed, device=torch.device("cpu"), dtype=torch.float32,
-                      labels=ts.loss.kind == "cross_entropy")
     loss_fn = make_loss(ts.loss, model)
     optimizer = make_optimizer(ts.optimizer, model.parameters(), ts.lr)
     parts = _groups(model)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import SPECS, first_ode, records, spec_data, write_variant  # noqa: E402
+from train_common import SPECS, first_ode, model_and_batches, records, spec_data, write_variant  # noqa: E402
 
 #: configuration -> (spec file, gradient, iterations measured, warm-up iterations)
 CONFIGS = {
@@ -231,21 +231,8 @@ def child(config: str, side: str) -> dict[str, Any]:
                    "nfe_forward": statistics.fmean(r["nfe_forward"] for r in recs[warmup:]),
                    "nfe_backward": statistics.fmean(r["nfe_backward"] for r in recs[warmup:])}
         else:
-            from odespec.compile.model import compile_spec
-            from odespec.spec import load_spec
-            from odespec.train import data as sources
-            from odespec.train.batches import Batches
-            from odespec.train.data import Need
-            from odespec.train.reinit import apply_init
-
-            spec = load_spec(spec_path)
+            spec, model, batches = model_and_batches(spec_path)
             ts = spec.train
-            model = compile_spec(spec)
-            apply_init(model, ts.init, spec.seed)
-            loaded = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=spec_path.parent,
-                                                      need=Need(spec.input_shape, spec.output_shape, False))
-            batches = Batches(loaded, ts.batch_size, seed=ts.seed, device=torch.device("cpu"), dtype=torch.float32,
-                              labels=False)
             base = _rss_mb()
             torch.manual_seed(ts.seed)
             if ts.data.source == "ode_demo":
