@@ -1,10 +1,12 @@
 """What every registered spec component shares (layer types, data sources): a name, a
-description, an options schema with an optional scalar short form, and the normalisation of a
-written value into complete options. Torch-free: the validator uses it."""
+description, an options schema with an optional scalar short form, the normalisation of a
+written value into complete options, and the registry with its entry-point plugins.
+Torch-free: the validator uses it."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Optional
+import difflib
+from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, Optional, TypeVar
 
 
 class OptionsComponent:
@@ -61,3 +63,81 @@ class OptionsComponent:
         options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
         options.update(given)
         return options
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """The closest candidate to a misspelt ``name``, or None."""
+    found = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+C = TypeVar("C", bound=OptionsComponent)
+
+
+class ComponentRegistry(Generic[C]):
+    """One name, one instance of a component class (layer types, data sources); duplicates are
+    refused. The built-ins register themselves when ``load_builtins`` imports their modules, on
+    first use; then every entry point of ``group`` (a component class, or a callable given
+    :meth:`register`) adds the third-party ones, which :meth:`plugin_names` lists."""
+
+    def __init__(self, kind: str, base: type, group: str, load_builtins: Callable[[], None],
+                 unknown: Callable[[str], KeyError], reserved: tuple[str, ...] = ()):
+        self.kind = kind
+        self.base = base
+        self.group = group
+        self.load_builtins = load_builtins
+        self.unknown = unknown
+        self.reserved = reserved
+        self._items: dict[str, C] = {}
+        self._loaded = False
+        self._builtin: frozenset = frozenset()
+
+    def register(self, cls: type, *, replace: bool = False) -> type:
+        """Register a component class (usable as a decorator); refuses a name already taken."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{cls!r} is not a {self.base.__name__} subclass")
+        name = cls.name
+        if name in self.reserved:
+            raise ValueError(f"{name!r} is reserved")
+        if name in self._items and not replace:
+            raise ValueError(f"a {self.kind} named {name!r} is already registered "
+                             f"({type(self._items[name]).__qualname__})")
+        self._items[name] = cls()
+        return cls
+
+    def get(self, name: str) -> C:
+        """The component called ``name``; raises the registry's unknown-name error (a KeyError
+        with a did-you-mean)."""
+        self._ensure_loaded()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise self.unknown(name) from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        self._ensure_loaded()
+        return sorted(self._items)
+
+    def all(self) -> list[C]:
+        """Registered components, sorted by name."""
+        return [self._items[n] for n in self.names()]
+
+    def plugin_names(self) -> list[str]:
+        """Names registered by third-party entry points (they extend the shipped schema)."""
+        return [n for n in self.names() if n not in self._builtin]
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: the built-in modules may look names up while importing
+        self.load_builtins()
+        self._builtin = frozenset(self._items)
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.group):
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, self.base):
+                self.register(obj)
+            elif callable(obj):
+                obj(self.register)

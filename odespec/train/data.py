@@ -16,13 +16,12 @@ import what they need.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, TypeVar
 
-from odespec.components import OptionsComponent
+from odespec.components import ComponentRegistry, OptionsComponent, did_you_mean
 from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,7 +144,6 @@ def same_times(got: Sequence[float], want: Sequence[float]) -> bool:
 
 
 # -- the registry ---------------------------------------------------------------------------------
-_REGISTRY: dict[str, DataSource] = {}
 S = TypeVar("S", bound=type)
 
 
@@ -154,69 +152,39 @@ class UnknownDataSourceError(KeyError):
 
     def __init__(self, name: str):
         self.name = name
-        found = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.6)
-        self.suggestion: Optional[str] = found[0] if found else None
+        self.suggestion: Optional[str] = did_you_mean(name, names())
         super().__init__(f"unknown data source {name!r}"
                          + (f"; did you mean {self.suggestion!r}?" if self.suggestion else ""))
 
 
-def register(cls: S) -> S:
-    """Register a :class:`DataSource` subclass (usable as a decorator). Refuses duplicates."""
-    if not (isinstance(cls, type) and issubclass(cls, DataSource)):
-        raise TypeError(f"{cls!r} is not a DataSource subclass")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"a data source named {cls.name!r} is already registered "
-                         f"({type(_REGISTRY[cls.name]).__qualname__})")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-_loaded = False
-_BUILTIN: frozenset = frozenset()
-
-
-def _ensure_loaded() -> None:
-    global _loaded, _BUILTIN
-    if _loaded:
-        return
-    _loaded = True
+def _builtins() -> None:
     from odespec.train import files, generators  # noqa: F401  (register the built-ins)
 
-    _BUILTIN = frozenset(_REGISTRY)
-    _load_entry_points()
+
+_REGISTRY: ComponentRegistry[DataSource] = ComponentRegistry(
+    "data source", DataSource, ENTRY_POINT_GROUP, _builtins, UnknownDataSourceError)
 
 
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, type) and issubclass(obj, DataSource):
-            register(obj)
-        elif callable(obj):
-            obj(register)
+def register(cls: S) -> S:
+    """Register a :class:`DataSource` subclass (usable as a decorator). Refuses duplicates."""
+    return _REGISTRY.register(cls)  # type: ignore[return-value]
 
 
 def get(name: str) -> DataSource:
     """The data source called ``name``; raises :class:`UnknownDataSourceError` (a KeyError)."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownDataSourceError(name) from None
+    return _REGISTRY.get(name)
 
 
 def names() -> list[str]:
     """Registered data source names, sorted."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def all_sources() -> list[DataSource]:
     """Registered data sources, sorted by name."""
-    return [_REGISTRY[n] for n in names()]
+    return _REGISTRY.all()
 
 
 def plugin_names() -> list[str]:
     """Names registered by third-party entry points (they extend the shipped schema)."""
-    return [n for n in names() if n not in _BUILTIN]
+    return _REGISTRY.plugin_names()
