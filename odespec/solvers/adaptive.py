@@ -78,15 +78,15 @@ def _error_ratio(
     if torch.is_grad_enabled():
         with torch.no_grad():
             return _error_ratio(tableau, norm, h, res, y_abs)
-    ks, y1 = res.ks, res.y_next
+    ks = res.ks
     k0 = ks[0]
+    y1_abs = norm.abs(res.y_next)
+    scale = norm.scale(y_abs, y1_abs)
     if res.error is not None:
-        y1_abs = norm.abs(y1)
-        scale = norm.scale(y_abs, y1_abs)
         if res.error_aux is None:
             return norm.rms(res.error, scale).item() * norm.inv_sqrt_n, y1_abs
         est = torch.stack([res.error.reshape(-1), res.error_aux.reshape(-1)])
-        factor = norm.inv_sqrt_n
+        factor = norm.inv_sqrt_n  # the step's estimates include h
     elif k0.numel() <= _ERR_STACK_MAX_NUMEL:
         idx, w = _error_weights(tableau, k0)
         est = torch.mm(w, torch.stack([ks[j] for j in idx]).view(len(idx), -1))
@@ -95,8 +95,7 @@ def _error_ratio(
         err, aux = error_estimates(1.0, tableau, ks)
         est = err.view(1, -1) if aux is None else torch.stack([err.reshape(-1), aux.reshape(-1)])
         factor = abs(h) * norm.inv_sqrt_n
-    y1_abs = norm.abs(y1)
-    rows = norm.rows(est, norm.scale(y_abs, y1_abs))
+    rows = norm.rows(est, scale)
     if rows.shape[0] == 1:
         return rows.item() * factor, y1_abs
     # DOP853: err5^2 / sqrt(err5^2 + w * err3^2), both as scaled RMS norms

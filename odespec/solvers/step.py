@@ -252,15 +252,10 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
         shape = (len(rows),) + (1,) * y.dim()
         as_col = lambda v: torch.tensor(v, dtype=y.dtype, device=y.device).reshape(shape)  # noqa: E731
         mask = as_col([1.0] * (len(rows) - n_err) + [0.0] * n_err)
-        first = tuple(
-            next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced and j in pushes else None
-            for j in range(s)
-        )
-        cols = tuple(
-            None if j not in pushes else as_col([r[j] for r in rows])[first[j] or 0:] for j in range(s)
-        )
-        first = tuple(None if f == 0 else f for f in first)
-        plan = _EagerPlan(tableau, last, n_err, mask, cols, first)
+        starts = [next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced and j in pushes else 0
+                  for j in range(s)]
+        cols = tuple(as_col([r[j] for r in rows])[starts[j]:] if j in pushes else None for j in range(s))
+        plan = _EagerPlan(tableau, last, n_err, mask, cols, tuple(st or None for st in starts))
     if len(_EAGER_PLANS) > 64:
         _EAGER_PLANS.clear()
     _EAGER_PLANS[key] = plan

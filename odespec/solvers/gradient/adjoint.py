@@ -153,15 +153,12 @@ class _Augmented:
                 grads = torch.autograd.grad(fy, inputs, -a, allow_unused=True, retain_graph=True)
             else:
                 grads = (None,) * len(inputs)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         if self.quadrature:
-            gy = torch.zeros_like(y) if grads[0] is None else grads[0]
-            out = torch.cat([fy.detach().reshape(-1), gy.reshape(-1)])
-            setattr(out, _QUAD, [torch.zeros_like(x) if g is None else g for g, x in zip(grads[1:], self.params)])
+            out = torch.cat([fy.detach().reshape(-1), grads[0].reshape(-1)])
+            setattr(out, _QUAD, grads[1:])
             return out
-        parts = [fy.detach().reshape(-1)]
-        parts.extend(torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1)
-                     for g, x in zip(grads, inputs))
-        return torch.cat(parts)
+        return torch.cat([fy.detach().reshape(-1)] + [g.reshape(-1) for g in grads])
 
 
 class _ParamQuadrature:
