@@ -30,7 +30,7 @@ from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
 from odespec.solvers.replay import StepRecorder, step_outputs
-from odespec.solvers.step import StepResult, error_estimates, rk_step
+from odespec.solvers.step import StepResult, const_tensor, error_estimates, rk_step
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_adaptive", "ErrorNorm"]
@@ -58,7 +58,7 @@ def _error_weights(tableau: ButcherTableau, like: torch.Tensor) -> tuple[tuple[i
     if hit is None:
         rows = [tableau.b_err] + ([tableau.b_err_aux] if tableau.b_err_aux is not None else [])
         idx = tuple(j for j in range(tableau.stages) if any(r[j] != 0.0 for r in rows))
-        w = torch.tensor([[r[j] for j in idx] for r in rows], dtype=like.dtype, device=like.device)
+        w = const_tensor([[r[j] for j in idx] for r in rows], like.dtype, like.device)
         if len(_ERR_WEIGHTS) > 64:
             _ERR_WEIGHTS.clear()
         hit = _ERR_WEIGHTS[key] = (tableau, idx, w)
@@ -119,28 +119,41 @@ def _initial_step(
 ) -> float:
     """Hairer, Norsett & Wanner, *Solving ODEs I*, II.4: a first step from the size of y0, f0
     and a finite-difference estimate of the second derivative. Returns |h| (NaN when f0 is not
-    finite; the caller reports that)."""
+    finite; the caller reports that).
+
+    With a mixed norm the rule runs per channel and the smallest step wins, as the norm's
+    largest channel decides acceptance. Mixing the channels first would divide the size of one
+    channel by the derivative of another: the adjoint's parameter-gradient channels start at
+    zero with large derivatives, and the pooled rule then proposed steps four orders of
+    magnitude below what the error test accepts (in float32, below the step-size underflow
+    limit at t = 10).
+    """
     if torch.is_grad_enabled():
         with torch.no_grad():
             return _initial_step(f, t0, y0, f0, direction, order, norm)
     y0_abs = norm.abs(y0)
     scale = norm.scale(y0_abs, y0_abs)
-    d0, d1 = torch.stack([norm.rms(y0, scale), norm.rms(f0, scale)]).tolist()
-    d0 *= norm.inv_sqrt_n
-    d1 *= norm.inv_sqrt_n
-    if not (math.isfinite(d0) and math.isfinite(d1)):
+    inv = norm.inv_sqrt_n
+    c0, c1 = torch.stack([norm.channels(y0, scale), norm.channels(f0, scale)]).tolist()
+    d0s = [x * inv for x in c0]
+    d1s = [x * inv for x in c1]
+    if not all(math.isfinite(x) for x in d0s + d1s):
         return math.nan
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0s = [1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1 for d0, d1 in zip(d0s, d1s)]
+    h0 = min(h0s)
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = f(t0 + direction * h0, y1)
-    d2 = norm.rms(f1 - f0, scale).item() * norm.inv_sqrt_n / h0
-    if not math.isfinite(d2):
+    d2s = [x * inv / h0 for x in norm.channels(f1 - f0, scale).tolist()]
+    if not all(math.isfinite(x) for x in d2s):
         return h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100.0 * h0, h1)
+    h = math.inf
+    for h0c, d1, d2 in zip(h0s, d1s, d2s):
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0c * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+        h = min(h, 100.0 * h0c, h1)
+    return h
 
 
 def integrate_adaptive(

@@ -14,6 +14,8 @@ from typing import Sequence, Union
 
 import torch
 
+from odespec.solvers.step import const_tensor
+
 __all__ = ["ErrorNorm", "MixedNorm", "Tol"]
 
 Tol = Union[float, torch.Tensor]
@@ -28,9 +30,14 @@ class ErrorNorm:
 
     def __init__(self, y0: torch.Tensor, rtol: Tol, atol: Tol):
         real = y0.dtype.to_real()
-        self.atol = torch.as_tensor(atol, dtype=real, device=y0.device)
+        # copies that never make the host wait (see const_tensor); a tolerance tensor the
+        # user gave on the host is pageable memory, which CUDA stages before returning
+        if isinstance(atol, torch.Tensor):
+            self.atol = atol.to(dtype=real, device=y0.device, non_blocking=True)
+        else:
+            self.atol = const_tensor(float(atol), real, y0.device)
         if isinstance(rtol, torch.Tensor):
-            self.rtol_t = rtol.to(dtype=real, device=y0.device)
+            self.rtol_t = rtol.to(dtype=real, device=y0.device, non_blocking=True)
             self.rtol = 0.0
         else:
             self.rtol_t = None
@@ -55,6 +62,10 @@ class ErrorNorm:
     def rows(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """:meth:`rms` of each row of ``x`` (shape ``(r, numel)``, flat states): one norm op."""
         return torch.linalg.vector_norm(x / scale.reshape(-1), dim=1)
+
+    def channels(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """:meth:`rms` of each channel of ``x``, as a 1-D tensor (one channel here)."""
+        return self.rms(x, scale).reshape(1)
 
 
 class MixedNorm(ErrorNorm):
@@ -93,6 +104,12 @@ class MixedNorm(ErrorNorm):
         parts = q.split(self.sizes, dim=1)
         norms = [torch.linalg.vector_norm(p, dim=1) * w for p, w in zip(parts, self.weights)]
         return torch.stack(norms).amax(dim=0)
+
+    def channels(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        q = x.reshape(-1)[: self.end] / scale
+        if len(self.sizes) == 1:
+            return (torch.linalg.vector_norm(q) * self.weights[0]).reshape(1)
+        return torch.stack([torch.linalg.vector_norm(p) * w for p, w in zip(q.split(self.sizes), self.weights)])
 
 
 def _head(tol: Tol, end: int) -> Tol:

@@ -29,6 +29,7 @@ __all__ = [
     "dense_stages",
     "interpolate",
     "own",
+    "const_tensor",
 ]
 
 Y = TypeVar("Y")
@@ -65,11 +66,23 @@ _WEIGHT_CACHE: dict[tuple, torch.Tensor] = {}
 _WEIGHT_CACHE_MAX = 256
 
 
+def const_tensor(values: object, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of Python numbers on ``device`` without making the host wait for the device.
+
+    ``torch.tensor(values, device="cuda")`` copies synchronously: the host waits for every
+    queued kernel, once per dense output here. Built on the host and sent with a non-blocking
+    copy instead: from pageable memory CUDA stages the data before the call returns (so the
+    host tensor may go), and the copy is ordered after the queued kernels on the stream.
+    """
+    host = torch.tensor(values, dtype=dtype)
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
+
+
 def _weights(coeffs: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     key = (coeffs, like.dtype, like.device)
     w = _WEIGHT_CACHE.get(key)
     if w is None:
-        w = torch.tensor(coeffs, dtype=like.dtype, device=like.device)
+        w = const_tensor(coeffs, like.dtype, like.device)
         if len(_WEIGHT_CACHE) >= _WEIGHT_CACHE_MAX:
             # dense-output weights change with every theta; don't let them grow the cache
             _WEIGHT_CACHE.clear()
@@ -250,7 +263,7 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
     plan = None
     if 2 + len(pushes) < chain_ops:
         shape = (len(rows),) + (1,) * y.dim()
-        as_col = lambda v: torch.tensor(v, dtype=y.dtype, device=y.device).reshape(shape)  # noqa: E731
+        as_col = lambda v: const_tensor(v, y.dtype, y.device).reshape(shape)  # noqa: E731
         mask = as_col([1.0] * (len(rows) - n_err) + [0.0] * n_err)
         starts = [next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced and j in pushes else 0
                   for j in range(s)]

@@ -6,7 +6,7 @@ checks, building, export) can still point at the line a problem comes from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Union
 
@@ -32,6 +32,24 @@ __all__ = [
 ]
 
 
+class _WithOptions:
+    """Frozen spec objects holding a read-only ``options`` mapping (a ``mappingproxy``, which
+    cannot be pickled): copies share the object, which is immutable, and pickles carry the
+    options as a plain dict. Compiled modules keep their spec, so this is what lets a model be
+    deep-copied (EMA/SWA averaging, moving a CUDA model's copy to the CPU for export) or
+    pickled whole."""
+
+    def __copy__(self) -> "_WithOptions":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "_WithOptions":
+        return self
+
+    def __reduce__(self) -> tuple:
+        values = (getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+        return type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values)
+
+
 @dataclass(frozen=True)
 class Location:
     """Where something is written: file, 1-based line and column, and its spec path."""
@@ -46,7 +64,7 @@ class Location:
 
 
 @dataclass(frozen=True)
-class LayerSpec:
+class LayerSpec(_WithOptions):
     """One layer: its registered type name and complete options (defaults filled in)."""
 
     kind: str
@@ -160,7 +178,7 @@ class OnnxExportSpec:
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(_WithOptions):
     """Where training data comes from: a registered data source and its complete options."""
 
     source: str

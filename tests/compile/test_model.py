@@ -174,3 +174,19 @@ model:
     want = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
     for a, b in zip(grads, want):
         torch.testing.assert_close(a, b)
+
+
+def test_models_deep_copy_and_pickle():
+    """Copies of a compiled model (EMA/SWA averaging, the CPU copy exported from a CUDA model)
+    and pickles of it work: the spec objects it keeps hold read-only option mappings."""
+    import copy
+    import pickle
+
+    model = odespec.build(ROOT / "specs" / "ode_demo_train.yaml")
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        want = model(x)
+        for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert torch.equal(twin(x), want)
+            assert twin.spec == model.spec
+    assert dict(pickle.loads(pickle.dumps(model.spec)).train.data.options) == dict(model.spec.train.data.options)
