@@ -23,6 +23,7 @@ EXPECTED = {
     "mnist-rknet": (208_266, (10,)),
     "mnist-small-odenet": (9_530, (10,)),
     "spiral-latent-ode": (1_679, (100, 2)),
+    "spiral-latent-ode-rnode": (1_679, (100, 2)),
     "ode_demo_train": (252, (10, 2)),
     "circles-anode": (1_291, (2,)),
     "circles-node": (1_224, (2,)),

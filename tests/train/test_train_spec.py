@@ -189,3 +189,17 @@ def test_readmes_paper_mnist_training_validates_with_the_shipped_odenet():
     assert (spec.lr, spec.epochs, spec.batch_size, spec.optimizer.method, spec.optimizer.momentum) == \
         (0.1, 160, 128, "sgd", 0.9)
     assert spec.data.options["random_crop"] == {"padding": 4}
+
+
+def test_the_regularised_latent_spec_differs_only_by_its_regularisers():
+    """The NFE table in benchmarks/RESULTS.md compares the two: nothing else may differ."""
+    import yaml
+
+    base, reg = (yaml.safe_load((ROOT / "specs" / f).read_text()) for f in
+                 ("spiral_latent_ode.yaml", "spiral_latent_ode_rnode.yaml"))
+    assert reg["train"].pop("regularise") == {"kinetic": 10, "jacobian": 10}
+    for key in ("name", "description"):
+        del base[key], reg[key]
+    assert reg == base
+    spec = odespec.load_spec(ROOT / "specs" / "spiral_latent_ode_rnode.yaml")
+    assert (spec.train.regularise.kinetic, spec.train.regularise.jacobian) == (10.0, 10.0)
