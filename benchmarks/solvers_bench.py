@@ -51,7 +51,7 @@ from solvers_common import (  # noqa: E402
     make_case,
     rel_error,
     scipy_reference,
-    torchode_solver,
+    add_torchode,
 )
 
 from odespec.solvers import odeint, solve  # noqa: E402
@@ -91,13 +91,7 @@ def forward_section(repeat: int) -> str:
             "odespec controller=i": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL, options={"controller": "i"})[-1],
             "torchdiffeq": lambda: torchdiffeq.odeint(f, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")[-1],
         }
-        for jit in (False, True):
-            run, why = torchode_solver(case, jit)
-            label = "torchode-jit" if jit else "torchode"
-            if run is None:
-                notes.append(f"{name}: {label} not run: {why}")
-            else:
-                peers[label] = run
+        add_torchode(peers, case, notes)
         with torch.no_grad():
             # untimed: NFE and error
             nfe, err = {}, {}

@@ -152,3 +152,14 @@ def torchode_solver(case: Case, jit: bool) -> tuple[Optional[Callable[[], torch.
         return solver.solve(problem).ys[:, -1]
 
     return run, ""
+
+
+def add_torchode(peers: dict[str, Callable[[], torch.Tensor]], case: Case, notes: list[str]) -> None:
+    """Add torchode eager and TorchScript to ``peers`` where they run; else note why not."""
+    for jit in (False, True):
+        run, why = torchode_solver(case, jit)
+        label = "torchode-jit" if jit else "torchode"
+        if run is None:
+            notes.append(f"{case.name}: {label} not run: {why}")
+        else:
+            peers[label] = run

@@ -21,7 +21,7 @@ from odespec.api import load_weights
 from odespec.train import TrainingInterrupted
 from odespec.train.loop import resume, train
 
-from train_helpers import circles_spec, demo_spec, latent_spec, write
+from train_helpers import circles_spec, demo_spec, latent_spec, stop_at, write
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,14 +30,6 @@ SPECS: dict[str, Callable[..., str]] = {"demo": demo_spec, "latent": latent_spec
 
 def records(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _stop_at(iteration: int) -> Callable[[dict], None]:
-    def callback(record: dict) -> None:
-        if record["iteration"] == iteration:
-            raise KeyboardInterrupt
-
-    return callback
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -52,7 +44,7 @@ def test_cuda_training_learns_and_resumes_exactly(name: str, tmp_path: Path):
     assert info["device"] == "cuda" and info["status"] == "finished"
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(spec, run, device="cuda", callbacks=[_stop_at(7)], progress=False)
+        train(spec, run, device="cuda", callbacks=[stop_at(7)], progress=False)
     resume(run, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(records(run)) == strip(recs)

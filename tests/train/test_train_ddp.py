@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str) -> list[str]:
+    """The command that starts ``args`` in two processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(free_port()), *args]
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
 def test_two_processes_train_like_one(tmp_path: Path):
     text = demo_spec(iterations=5).replace("odespec: 1\n", "odespec: 1\ndtype: float64\n")
@@ -34,10 +41,8 @@ def test_two_processes_train_like_one(tmp_path: Path):
     train(spec, single, progress=False)
     ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(free_port()), "-m", "odespec", "train", str(spec), "-o", str(ddp)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    proc = subprocess.run(torchrun("-m", "odespec", "train", str(spec), "-o", str(ddp)),
+                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("trained tiny-demo: 5 iterations") == 1  # rank 0 reports
     a, b = load_file(str(ddp / "model.safetensors")), load_file(str(single / "model.safetensors"))
@@ -51,3 +56,29 @@ def test_two_processes_train_like_one(tmp_path: Path):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-9) and x["nfe_forward"] == y["nfe_forward"]
     info = json.loads((ddp / "run.json").read_text())
     assert info["status"] == "finished" and info["processes"] == 2
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not Path("/proc/self/task").is_dir(),
+                    reason="torch without distributed support, or no /proc to list threads")
+def test_teardown_frees_the_process_group(tmp_path: Path):
+    """After train() every rank's gloo threads are gone: teardown really destroyed the process
+    group. A group left alive lets a worker thread take the GIL while the interpreter exits,
+    which aborted a rank now and then ("terminate called without an active exception"); this
+    checks the cause deterministically."""
+    spec = write(tmp_path, demo_spec(iterations=2))
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""\
+        import os, sys
+        from odespec.train.loop import train
+        train(sys.argv[1], sys.argv[2], progress=False)
+        names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+        print("rank", os.environ["RANK"], "threads", names, flush=True)
+        """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun(str(probe), str(spec), str(tmp_path / "run")),
+                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("rank ")]
+    assert len(lines) == 2, proc.stdout
+    for line in lines:  # torch names them pt_gloo_runloop and gloo_tcp_loop
+        assert "gloo" not in line, line

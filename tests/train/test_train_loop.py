@@ -24,7 +24,7 @@ from odespec.train.files import MNIST_FILES
 from odespec.train.idx import write_idx
 from odespec.train.loop import resume, train
 
-from train_helpers import ROOT, circles_spec, demo_spec, latent_spec, write
+from train_helpers import ROOT, circles_spec, demo_spec, latent_spec, stop_at, write
 
 SPECS: dict[str, Callable[..., str]] = {"demo": demo_spec, "latent": latent_spec, "circles": circles_spec}
 
@@ -63,20 +63,12 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _stop_at(iteration: int) -> Callable[[dict], None]:
-    def callback(record: dict) -> None:
-        if record["iteration"] == iteration:
-            raise KeyboardInterrupt
-
-    return callback
-
-
 @pytest.mark.parametrize("name", list(SPECS))
 def test_interrupted_then_resumed_equals_uninterrupted(name: str, tmp_path: Path, reference: dict[str, Path]):
     spec = write(tmp_path, SPECS[name]())
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as e:
-        train(spec, run, callbacks=[_stop_at(7)], **quiet())
+        train(spec, run, callbacks=[stop_at(7)], **quiet())
     assert (e.value.iteration, e.value.total, e.value.run_dir) == (7, 12, run)
     assert e.value.checkpoint == run / "checkpoints" / "iter-00000007.json"
     assert "resume with: odespec train --resume" in str(e.value) and e.value.exit_code == 130
@@ -268,7 +260,7 @@ def test_mnist_random_crops_in_a_run_and_its_resume(tmp_path: Path):
     assert records(tmp_path / "ref")[0]["loss"] != records(tmp_path / "plain")[0]["loss"]  # the crops are used
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(cropped, run, callbacks=[_stop_at(3)], **quiet())
+        train(cropped, run, callbacks=[stop_at(3)], **quiet())
     resume(run, **quiet())
     assert_same_run(run, tmp_path / "ref")  # the resumed run saw the same cropped batches
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,13 @@ train:
   eval_every: 3
   checkpoint_every: 5
 """
+
+
+def stop_at(iteration: int) -> Callable[[dict], None]:
+    """A training callback that presses Ctrl-C (raises KeyboardInterrupt) after ``iteration``."""
+
+    def callback(record: dict) -> None:
+        if record["iteration"] == iteration:
+            raise KeyboardInterrupt
+
+    return callback
