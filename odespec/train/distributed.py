@@ -24,8 +24,9 @@ results agree only to the solver's tolerance.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +48,8 @@ class DistContext:
     local_rank: int = 0
     #: True when this process initialised the process group (and so must destroy it)
     owns_group: bool = False
+    #: the DistributedDataParallel wrapper :meth:`wrap` made; :func:`teardown` dismantles it
+    ddp: Optional[nn.Module] = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
@@ -86,7 +89,8 @@ class DistContext:
 
         device = next(model.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        self.ddp = DistributedDataParallel(model, device_ids=ids)
+        return self.ddp
 
     def _tensor(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(list(values), dtype=torch.float64, device=like.device)
@@ -141,6 +145,12 @@ def setup(device: str) -> DistContext:
                              "are visible", "start at most one process per GPU (--nproc-per-node)")
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds ``group.WORLD`` as a default argument when it is
+        # first imported, and DDP's constructor imports it (through torch._dynamo). Imported
+        # after init_process_group, those defaults hold the group until the interpreter exits,
+        # so destroy_process_group could never free it (see teardown); imported now, they hold None.
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
         ctx.owns_group = True
     elif dist.get_world_size() != world:
@@ -148,11 +158,47 @@ def setup(device: str) -> DistContext:
     return ctx
 
 
-def teardown(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`setup` created it."""
-    if ctx.owns_group:
-        import torch.distributed as dist
+#: process groups kept alive on purpose until the process exits (see teardown)
+_KEPT: list[Any] = []
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        ctx.owns_group = False
+
+def teardown(ctx: DistContext) -> None:
+    """Destroy the process group if :func:`setup` created it.
+
+    Destroying must really free the group: its gloo worker threads outlive it otherwise, and
+    one of them may still have to drop a finished collective (DDP's gradient all-reduce keeps a
+    Python object, the autograd context, in its thread-local state, and a gloo barrier keeps the
+    collectives before it), which takes the GIL. A thread that takes the GIL while the
+    interpreter finalises is ended by CPython with pthread_exit, whose unwinding through that
+    noexcept C++ destructor is std::terminate: "terminate called without an active exception"
+    and SIGABRT, most often on a rank > 0, which exits moments after its last collective.
+    The group's destructor waits for the queued collectives and joins the threads, with the GIL
+    released when the last reference goes from Python (as in destroy_process_group); so DDP's
+    references go first, else the reducer's C++ destructor would drop the last one with the GIL
+    held and the join could deadlock against a thread waiting for the GIL. (A barrier before
+    destroying does not help: nothing is freed, and the barrier's own work then drops the
+    collectives before it on the worker thread.)
+
+    While an exception propagates (teardown runs in the callers' ``finally``: a failed or
+    interrupted run), a rank may have a collective in flight that its peers never join, and the
+    join would wait for gloo's timeout. The group is then only unregistered and kept alive until
+    the process exits, as before (kept on purpose: freed later by the reducer, with the GIL
+    held, it could deadlock as above).
+    """
+    if not ctx.owns_group:
+        return
+    import torch.distributed as dist
+
+    ddp, ctx.ddp = ctx.ddp, None
+    ctx.owns_group = False
+    if not dist.is_initialized():
+        return
+    if sys.exc_info()[1] is None:
+        if ddp is not None:
+            # the caller still holds the wrapper (training is over); drop what holds the group:
+            # the logger (it holds the reducer), the C++ reducer, the group itself
+            for name in ("logger", "reducer", "process_group"):
+                ddp.__dict__.pop(name, None)
+    else:
+        _KEPT.append(dist.group.WORLD)
+    dist.destroy_process_group()

@@ -71,8 +71,10 @@ def test_cuda_trained_weights_export_with_parity(tmp_path: Path):
     assert next(model.parameters()).device.type == "cuda"  # the user's model was not moved
 
 
-def test_torchrun_uses_nccl_on_cuda(tmp_path: Path):
-    """One process per GPU; this machine may have one, which still runs the nccl backend."""
+def test_torchrun_on_cuda(tmp_path: Path):
+    """One process per GPU, with the nccl backend where there are several. On a machine with
+    one GPU torchrun starts one process, which trains without a process group (nccl refuses two
+    ranks on one GPU): then this checks only that training under torchrun finds its GPU."""
     n = torch.cuda.device_count()
     spec = write(tmp_path, demo_spec(iterations=4).replace("odespec: 1\n", "odespec: 1\ndtype: float64\n"))
     with socket.socket() as s:
