@@ -11,7 +11,8 @@ Every measurement runs in a fresh subprocess (one configuration, one side), so t
 (``ru_maxrss``) is that configuration's alone; rounds alternate odespec and torchdiffeq, and the
 table shows medians over the rounds. odespec's time per iteration is that of its real training
 loop (``odespec.train.train``: batches, forward, loss, backward, optimizer step, metrics),
-from the run's own clock; warm-up iterations are left out on both sides.
+from the run's own clock, with glibc's malloc set up as ``odespec train`` sets it
+(``odespec.train.allocator``); warm-up iterations are left out on both sides.
 
 A last section trains specs/circles_anode.yaml with and without RNODE regularisation and shows
 how the forward NFE grows over training (see also benchmarks/train_nfe.py).
@@ -221,7 +222,10 @@ def child(config: str, side: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = _variant(config, Path(tmp) / "spec")
         if side == "odespec":
+            from odespec.train.allocator import keep_freed_memory
             from odespec.train.loop import train
+
+            keep_freed_memory()  # as `odespec train` does at start-up
 
             base = _rss_mb()
             train(spec_path, Path(tmp) / "run", progress=False)

@@ -302,7 +302,10 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
 
     def body() -> int:
         from odespec.train import TrainingInterrupted
+        from odespec.train.allocator import keep_freed_memory
         from odespec.train.loop import resume, train
+
+        keep_freed_memory()
 
         try:
             if resume_dir is not None:

@@ -126,7 +126,9 @@ def _initial_step(
     channel by the derivative of another: the adjoint's parameter-gradient channels start at
     zero with large derivatives, and the pooled rule then proposed steps four orders of
     magnitude below what the error test accepts (in float32, below the step-size underflow
-    limit at t = 10).
+    limit at t = 10). A channel that starts at zero (beside others that do not) is bounded by
+    its derivatives alone: the rule's other bound, "change the state by 1 %", means nothing for
+    it, and its fallback (100 x 1e-6) would start every adjoint solve at 1e-4.
     """
     if torch.is_grad_enabled():
         with torch.no_grad():
@@ -140,19 +142,24 @@ def _initial_step(
     if not all(math.isfinite(x) for x in d0s + d1s):
         return math.nan
     h0s = [1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1 for d0, d1 in zip(d0s, d1s)]
-    h0 = min(h0s)
+    # channels at zero drop their 1e-6 fallback where another channel gives a real first guess
+    moving = [h0c for h0c, d0 in zip(h0s, d0s) if d0 >= 1e-5]
+    at_zero = [d0 < 1e-5 and len(moving) > 0 for d0 in d0s]
+    h0 = min(moving) if moving else min(h0s)
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = f(t0 + direction * h0, y1)
     d2s = [x * inv / h0 for x in norm.channels(f1 - f0, scale).tolist()]
     if not all(math.isfinite(x) for x in d2s):
         return h0
     h = math.inf
-    for h0c, d1, d2 in zip(h0s, d1s, d2s):
+    for h0c, d1, d2, zero in zip(h0s, d1s, d2s, at_zero):
+        if zero and max(d1, d2) <= 1e-15:
+            continue  # a channel at rest (an unused parameter's gradient) sets no bound
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0c * 1e-3)
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-        h = min(h, 100.0 * h0c, h1)
+        h = min(h, h1) if zero else min(h, 100.0 * h0c, h1)
     return h
 
 

@@ -218,3 +218,20 @@ def test_adjoint_mixed_norm_first_step_is_chosen_per_channel():
     assert all(torch.isfinite(g).all() for g in grads)
     # a sensible start: the backward solve takes about as many steps as the forward one
     assert sol.stats.backward.n_steps < 3 * sol.stats.n_steps
+
+
+def test_adjoint_first_step_ignores_channels_at_rest():
+    """An unused parameter's gradient channel stays at zero with a zero derivative: it must not
+    bound the backward solve's first step (Hairer's fallback for a state at zero would be 1e-6)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    unused = torch.nn.Parameter(torch.ones(3))
+    y0 = torch.randn(64, 2, dtype=torch.float32)
+    t = torch.tensor([0.0, 2.0])
+    steps = []
+    for extra in ([], [unused]):
+        sol = solve(lambda t, y: net(y), y0, t, rtol=1e-5, atol=1e-6, gradient="adjoint",
+                    adjoint_params=[*net.parameters(), *extra])
+        grads = torch.autograd.grad(sol.ys[-1].square().sum(), list(net.parameters()))
+        steps.append(sol.stats.backward.n_steps)
+    assert steps[0] == steps[1]
