@@ -136,8 +136,10 @@ def _syncs(fn: Callable[[], object]) -> int:
 def test_the_sync_counter_counts():
     x = torch.ones(3, device=CUDA)
     x.sum().item()  # first use: one-time work outside the count
-    # entering the debug mode may itself report one: the counts below compare differences
-    assert _syncs(lambda: [x.sum().item() for _ in range(6)]) - _syncs(lambda: [x.sum().item() for _ in range(3)]) == 3
+    # the first counted call reported one more than it made (seen on an H200, torch 2.11):
+    # one-time work of the debug mode itself, so the count starts from the second call
+    _syncs(lambda: x.sum().item())
+    assert _syncs(lambda: [x.sum().item() for _ in range(3)]) == 3
 
 
 @torch.no_grad()
