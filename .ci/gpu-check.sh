@@ -2,6 +2,10 @@
 # The CUDA checks (issues #3 and #6), for a lent GPU machine; CI has no GPU and never runs this.
 # Expects wheels of what that machine lacks in .whl/ (jsonschema and its needs, torchode and its
 # needs) and writes logs to $OUT. Run from the repository root: bash .ci/gpu-check.sh
+# The wheels, fetched where pip can reach an index (the GPU machine could not), for Python 3.12:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 -d .whl jsonschema==4.26.0 referencing==0.37.0 \
+#     jsonschema-specifications==2025.9.1 rpds-py==2026.9.1 torchode==1.0.1 torchtyping==0.1.5 typeguard==2.13.3
 set -o pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
