@@ -48,6 +48,7 @@ from solvers_common import (  # noqa: E402
     RTOL,
     Counter,
     interleaved_medians,
+    markdown_table,
     make_case,
     rel_error,
     scipy_reference,
@@ -57,12 +58,6 @@ from solvers_common import (  # noqa: E402
 from odespec.solvers import odeint, solve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
 def machine() -> str:
@@ -126,7 +121,7 @@ def forward_section(repeat: int) -> str:
                 str(nfe[label]), f"{err[label]:.1e}", f"{med[label] / (nfe[label] * bare):.2f}",
             ])
         rows.append([name, "(bare func call)", f"{bare * 1e6:.1f} us", "", "", "", ""])
-    out = _table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
+    out = markdown_table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
     return out + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -182,7 +177,7 @@ def accuracy_section() -> str:
             pointwise = [n / math.exp(np.polyval(tdq, math.log(e))) for n, e in points[lib]]
             rows.append([name, lib] + [f"{r:.2f}" for r in at]
                         + [f"{math.exp(sum(map(math.log, pointwise)) / len(pointwise)):.2f}", f"{max(pointwise):.2f}"])
-    return _table(["case", "solver"] + [f"NFE ratio at err {e:.0e}" for e in WP_ERRORS]
+    return markdown_table(["case", "solver"] + [f"NFE ratio at err {e:.0e}" for e in WP_ERRORS]
                   + ["pointwise geo. mean", "pointwise max"], rows)
 
 
@@ -238,7 +233,7 @@ def grad_section(repeat: int) -> str:
                 rows.append([name, label, k, f"{med[k] * 1e3:.1f}", f"{med[k] / base:.2f}",
                              "" if st is None else str(st.nfe),
                              "" if st is None else str(st.backward.nfe)])
-    return _table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "forward NFE",
+    return markdown_table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "forward NFE",
                    "backward NFE"], rows)
 
 
@@ -255,7 +250,7 @@ def seminorm_section() -> str:
             rows.append([name, f"{rtol:.0e}", str(got[False].nfe), str(got[True].nfe),
                          f"{got[True].nfe / got[False].nfe:.2f}",
                          f"{got[False].n_rejected}/{got[True].n_rejected}"])
-    return _table(["case", "rtol", "backward NFE, mixed norm", "with seminorm", "ratio",
+    return markdown_table(["case", "rtol", "backward NFE, mixed norm", "with seminorm", "ratio",
                    "rejected steps (mixed/semi)"], rows)
 
 
@@ -314,7 +309,7 @@ def memory_section(steps_list: list[int]) -> str:
         first = by_steps[steps_list[0]]
         rows.append([gradient] + [f"{v / 2**20:.1f}" for v in by_steps.values()]
                     + [f"{by_steps[steps_list[-1]] / first:.2f}"])
-    return _table(["gradient"] + [f"{s} steps (MiB)" for s in steps_list]
+    return markdown_table(["gradient"] + [f"{s} steps (MiB)" for s in steps_list]
                   + [f"{steps_list[-1]} / {steps_list[0]}"], rows)
 
 

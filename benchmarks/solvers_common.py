@@ -163,3 +163,10 @@ def add_torchode(peers: dict[str, Callable[[], torch.Tensor]], case: Case, notes
             notes.append(f"{case.name}: {label} not run: {why}")
         else:
             peers[label] = run
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])

@@ -31,6 +31,7 @@ from solvers_common import (  # noqa: E402
     RTOL,
     Counter,
     interleaved_medians,
+    markdown_table,
     make_case,
     rel_error,
     scipy_reference,
@@ -46,12 +47,6 @@ def _sync() -> None:
     if DEV.type == "cuda":
         torch.cuda.synchronize()
 CASES.setdefault("wide-b4096", (64, 256, 4096, 1.0, 1.0))
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
 def synced(fn: Callable[[], object]) -> Callable[[], object]:
@@ -108,7 +103,7 @@ def forward_section(repeat: int) -> str:
                          "" if n is None else str(n), err.get(label, ""),
                          "" if n is None else f"{med[label] / (n * per_call):.2f}"])
         rows.append([name, "(bare func call)", f"{per_call * 1e6:.1f} us", "", "", "", ""])
-    out = _table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
+    out = markdown_table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
     return out + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -155,7 +150,7 @@ def grad_section(repeat: int) -> str:
                 rows.append([name, label, k, f"{med[k] * 1e3:.1f}", f"{med[k] / base:.2f}",
                              "" if tdq_base is None else f"{med[k] / tdq_base:.2f}",
                              "" if st is None else str(st.nfe), "" if st is None else str(st.backward.nfe)])
-    return _table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "/ torchdiffeq backprop",
+    return markdown_table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "/ torchdiffeq backprop",
                    "forward NFE", "backward NFE"], rows)
 
 
@@ -190,7 +185,7 @@ def memory_section() -> str:
     ys = torchdiffeq.odeint(case.func, case.y0, case.t, rtol=RTOL, atol=ATOL)
     torch.autograd.grad(ys[-1].square().sum(), params)
     tdq = torch.cuda.max_memory_allocated() - before
-    return _table(["gradient (wide-b256, dopri5 fixed)"] + [f"{s} steps (MiB)" for s in steps_list]
+    return markdown_table(["gradient (wide-b256, dopri5 fixed)"] + [f"{s} steps (MiB)" for s in steps_list]
                   + ["1000 / 10"], rows) + (
         f"\n\ntorchdiffeq backprop, adaptive (same tolerances): {tdq / 2**20:.1f} MiB")
 
@@ -222,7 +217,7 @@ def sync_section() -> str:
                 st = holder["s"]
                 rows.append([name, label, "grad" if grad else "no grad", str(st.n_steps), str(st.nfe), str(n),
                              f"{n / st.n_steps:.2f}"])
-    return _table(["case", "solve", "mode", "steps", "NFE", "host syncs", "syncs / step"], rows)
+    return markdown_table(["case", "solve", "mode", "steps", "NFE", "host syncs", "syncs / step"], rows)
 
 
 def main() -> None:

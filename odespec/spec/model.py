@@ -33,11 +33,14 @@ __all__ = [
 
 
 class _WithOptions:
-    """Frozen spec objects holding a read-only ``options`` mapping (a ``mappingproxy``, which
-    cannot be pickled): copies share the object, which is immutable, and pickles carry the
+    """Frozen spec objects holding a read-only ``options`` mapping (a ``mappingproxy``, made
+    from the given mapping after init; it cannot be pickled): copies share the object, which is immutable, and pickles carry the
     options as a plain dict. Compiled modules keep their spec, so this is what lets a model be
     deep-copied (EMA/SWA averaging, moving a CUDA model's copy to the CPU for export) or
     pickled whole."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # type: ignore[attr-defined]
 
     def __copy__(self) -> "_WithOptions":
         return self
@@ -74,9 +77,6 @@ class LayerSpec(_WithOptions):
     out_shape: Shape = ()
     #: trainable parameters, computed from shapes
     num_params: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,6 @@ class DataSpec(_WithOptions):
     source: str
     options: Mapping[str, Any]
     loc: Location
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 @dataclass(frozen=True)
