@@ -3,17 +3,22 @@ gradient methods against each other.
 
 Run from the repository root (about 10 minutes on 2 cores; ``--quick`` for a smoke run):
 
-    .venv/bin/python benchmarks/solvers_bench.py [--repeat 15] [--only forward,accuracy,grad,seminorm,memory]
+    .venv/bin/python benchmarks/solvers_bench.py [--repeat 15] [--only forward,overhead,accuracy,grad,seminorm,memory]
 
 Method, so the numbers can be judged:
 
 * ``torch.set_num_threads(1)`` (printed), float32, CPU, everything in one process; timings are
   medians of ``--repeat`` interleaved rounds (each round runs every peer once, so machine noise
-  hits all peers alike); forward timings run under ``torch.no_grad()``.
+  hits all peers alike); a ratio of two peers is the median over rounds of their ratio within a
+  round (a paired comparison, steadier than a ratio of medians when the machine's speed drifts);
+  forward timings run under ``torch.no_grad()``.
 * dopri5, rtol 1e-5, atol 1e-6, t in [0, 10], output at t = 10. Error: max |y - ref| / max |ref|
   against SciPy's DOP853 at rtol = atol = 1e-12 in float64, on the same float32 weights.
 * NFE: calls of the dynamics in an untimed run (torchode: its own count of evaluations of the
-  batched function). Overhead: solver time / (NFE x median time of one bare ``func(t, y0)``).
+  batched function). Overhead: solver time / (NFE x time of one bare ``func(t, y0)``), in the
+  interleaved forward table and, in the overhead table, measured alone: the solver alternating
+  with its NFE bare calls and nothing else (the issue's yardsticks, torchdiffeq, torchode and a
+  hand-written RK4 loop, measured the same way beside it).
 * Work-precision: the NFE torchdiffeq needs for the error odespec reaches at the same rtol,
   interpolated log-linearly on torchdiffeq's own (rtol, NFE, error) sweep, float64.
 * Gradient timings: forward + backward of ``sum(y(10)**2)`` w.r.t. y0 and all parameters, grad
@@ -33,6 +38,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +53,12 @@ from solvers_common import (  # noqa: E402
     CASES,
     RTOL,
     Counter,
-    interleaved_medians,
+    T_END,
+    interleaved_times,
+    isolated_overhead,
     markdown_table,
+    median_ratio,
+    rk4_loop,
     make_case,
     rel_error,
     scipy_reference,
@@ -113,16 +123,57 @@ def forward_section(repeat: int) -> str:
                 for _ in range(n_bare):
                     f(t0, y0)
 
-            med = interleaved_medians({**peers, "bare": bare_calls}, repeat)
-            bare = med.pop("bare") / n_bare
+            times = interleaved_times({**peers, "bare": bare_calls}, repeat)
+            bare = [b / n_bare for b in times.pop("bare")]
         for label in peers:
             rows.append([
-                name, label, f"{med[label] * 1e3:.2f}", f"{med[label] / med['torchdiffeq']:.2f}",
-                str(nfe[label]), f"{err[label]:.1e}", f"{med[label] / (nfe[label] * bare):.2f}",
+                name, label, f"{statistics.median(times[label]) * 1e3:.2f}",
+                f"{median_ratio(times[label], times['torchdiffeq']):.2f}",
+                str(nfe[label]), f"{err[label]:.1e}",
+                f"{median_ratio(times[label], [nfe[label] * b for b in bare]):.2f}",
             ])
-        rows.append([name, "(bare func call)", f"{bare * 1e6:.1f} us", "", "", "", ""])
+        rows.append([name, "(bare func call)", f"{statistics.median(bare) * 1e6:.1f} us", "", "", "", ""])
     out = markdown_table(["case", "solver", "median ms", "/ torchdiffeq", "NFE", "rel. error", "overhead"], rows)
     return out + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+#: steps of the hand-written RK4 yardstick: 100 evaluations, about the NFE of the solves above
+RK4_STEPS = 25
+
+
+def overhead_section(repeat: int) -> str:
+    """Each solver's overhead on its own (:func:`isolated_overhead`), beside the yardsticks the
+    issue quotes: torchdiffeq, torchode and a hand-written RK4 loop, measured here."""
+    import torchdiffeq
+
+    rows = []
+    notes: list[str] = []
+    for name in CASES:
+        case = make_case(name)
+        f, y0, t = case.func, case.y0, case.t
+        solvers: dict[str, Callable[[], object]] = {
+            "odespec": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL),
+            "odespec controller=i": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL, options={"controller": "i"}),
+            "torchdiffeq": lambda: torchdiffeq.odeint(f, y0, t, rtol=RTOL, atol=ATOL, method="dopri5"),
+        }
+        add_torchode(solvers, case, notes)
+        solvers["hand-written RK4 loop"] = lambda: rk4_loop(f, y0, 0.0, T_END, RK4_STEPS)
+        with torch.no_grad():
+            for label, solver in solvers.items():
+                if label.startswith("torchode"):
+                    nfe = _torchode_nfe(case, label.endswith("jit"))
+                elif label.startswith("hand-written"):
+                    nfe = 4 * RK4_STEPS
+                else:
+                    counter = Counter(f)
+                    if label.startswith("odespec"):
+                        opts = {"controller": "i"} if label.endswith("=i") else None
+                        odeint(counter, y0, t, rtol=RTOL, atol=ATOL, options=opts)
+                    else:
+                        torchdiffeq.odeint(counter, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
+                    nfe = counter.n
+                rows.append([name, label, str(nfe), f"{isolated_overhead(solver, f, t[0], y0, nfe, repeat):.2f}"])
+    return markdown_table(["case", "solver", "NFE", "overhead (alone)"], rows)
 
 
 def _torchode_nfe(case, jit: bool) -> int:
@@ -226,11 +277,11 @@ def grad_section(repeat: int) -> str:
                 fns["torchdiffeq backprop"] = tdq(False)
                 fns["torchdiffeq adjoint"] = tdq(True)
             stats = {k: fn().stats for k, fn in fns.items() if not k.startswith("torchdiffeq")}
-            med = interleaved_medians(fns, repeat, warmup=1)
-            base = med["backprop"]
+            times = interleaved_times(fns, repeat, warmup=1)
             for k in fns:
                 st = stats.get(k)
-                rows.append([name, label, k, f"{med[k] * 1e3:.1f}", f"{med[k] / base:.2f}",
+                rows.append([name, label, k, f"{statistics.median(times[k]) * 1e3:.1f}",
+                             f"{median_ratio(times[k], times['backprop']):.2f}",
                              "" if st is None else str(st.nfe),
                              "" if st is None else str(st.backward.nfe)])
     return markdown_table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "forward NFE",
@@ -317,7 +368,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="3 repeats, memory up to 100 steps")
-    parser.add_argument("--only", default="forward,accuracy,grad,seminorm,memory")
+    parser.add_argument("--only", default="forward,overhead,accuracy,grad,seminorm,memory")
     parser.add_argument("--memory-child", nargs=2, metavar=("GRADIENT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -331,6 +382,9 @@ def main() -> None:
     if "forward" in only:
         print("## Forward solve (no_grad), dopri5 rtol 1e-5 atol 1e-6\n")
         print(forward_section(repeat), "\n", flush=True)
+    if "overhead" in only:
+        print("## Overhead measured alone: each solver alternating with its bare calls\n")
+        print(overhead_section(max(repeat, 21)), "\n", flush=True)
     if "accuracy" in only:
         print("## Work-precision (float64): NFE to reach the same error\n")
         print(accuracy_section(), "\n", flush=True)

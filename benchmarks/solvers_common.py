@@ -105,9 +105,9 @@ class Counter(nn.Module):
         return self.func(t, y)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall time of each function, running them round-robin ``repeat`` times so that
-    machine noise spreads over all of them alike."""
+def interleaved_times(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times of each function over ``repeat`` rounds, running them round-robin so that
+    machine noise spreads over all of them alike (round ``i`` of every list is one round)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -117,7 +117,52 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmu
             start = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each function over interleaved rounds (see :func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeat, warmup).items()}
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """The median over rounds of ``num[i] / den[i]``: a paired comparison. On a machine whose
+    speed drifts by tens of percent within a minute (this one), the ratio of two timings taken
+    in the same round moves far less than either timing, so its median is steadier than a
+    ratio of two medians."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def rk4_loop(func: Callable, y0: torch.Tensor, t0: float, t1: float, steps: int) -> torch.Tensor:
+    """The yardstick the issue quotes for overhead: classic RK4 written out by hand in the
+    plainest way (no error control, fixed steps, out-of-place tensor arithmetic)."""
+    h = (t1 - t0) / steps
+    t = torch.tensor(t0, dtype=y0.dtype)
+    y = y0
+    for _ in range(steps):
+        k1 = func(t, y)
+        k2 = func(t + h / 2, y + h / 2 * k1)
+        k3 = func(t + h / 2, y + h / 2 * k2)
+        k4 = func(t + h, y + h * k3)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        t = t + h
+    return y
+
+
+def isolated_overhead(solver: Callable[[], object], func: Callable, t: torch.Tensor, y0: torch.Tensor,
+                      nfe: int, repeat: int) -> float:
+    """Overhead measured on its own: the solve alternating with ``nfe`` bare ``func(t, y0)``
+    calls, nothing else in between; the median over rounds of solve time / bare-calls time.
+    (In the interleaved forward table other libraries run between the two, and their code
+    evicts this one's from the caches: that costs a solve more than it costs a tight loop of
+    calls of one function.)"""
+
+    def bare() -> None:
+        for _ in range(nfe):
+            func(t, y0)
+
+    times = interleaved_times({"solve": solver, "bare": bare}, repeat, warmup=5)
+    return median_ratio(times["solve"], times["bare"])
 
 
 _JIT_FAILURE: list[str] = []

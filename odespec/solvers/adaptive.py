@@ -75,6 +75,10 @@ def _error_ratio(
     the estimates are formed here without the factor ``h`` (the norm is homogeneous: it is
     applied to the Python float at the end, saving an op).
     """
+    if res.error is not None and res.error_aux is None:
+        # the hot path: the no-autograd step's own estimate (it includes h)
+        y1_abs = norm.abs(res.y_next)
+        return norm.rms(res.error, norm.scale(y_abs, y1_abs)).item() * norm.inv_sqrt_n, y1_abs
     if torch.is_grad_enabled():
         with torch.no_grad():
             return _error_ratio(tableau, norm, h, res, y_abs)
@@ -83,8 +87,6 @@ def _error_ratio(
     y1_abs = norm.abs(res.y_next)
     scale = norm.scale(y_abs, y1_abs)
     if res.error is not None:
-        if res.error_aux is None:
-            return norm.rms(res.error, scale).item() * norm.inv_sqrt_n, y1_abs
         est = torch.stack([res.error.reshape(-1), res.error_aux.reshape(-1)])
         factor = norm.inv_sqrt_n  # the step's estimates include h
     elif k0.numel() <= _ERR_STACK_MAX_NUMEL:
@@ -204,6 +206,8 @@ def integrate_adaptive(
     no_shrink = opts.controller == "i"
     safety, ifactor, dfactor = opts.safety, opts.ifactor, opts.dfactor
     max_step, min_step = opts.max_step, opts.min_step
+    max_num_steps, force_output_steps = opts.max_num_steps, opts.force_output_steps
+    underflow = _UNDERFLOW * time_eps
 
     y = y0
     k1 = f(t, y0)
@@ -233,14 +237,14 @@ def integrate_adaptive(
     n_nonfinite = 0  # consecutive non-finite error estimates
     last_nonfinite = False  # the last rejection was for a non-finite estimate
     while out_idx < n_out:
-        if outcome.n_steps >= opts.max_num_steps:
-            return fail("max-steps", h, f"reached max_num_steps={opts.max_num_steps} before t={t_end:.6g}")
-        if abs(h) <= _UNDERFLOW * time_eps * abs(t) or h == 0.0:
+        if outcome.n_steps >= max_num_steps:
+            return fail("max-steps", h, f"reached max_num_steps={max_num_steps} before t={t_end:.6g}")
+        if abs(h) <= underflow * abs(t) or h == 0.0:
             if last_nonfinite:
                 # shrinking away from NaN/inf values until t stopped moving: that is the cause
                 return fail("non-finite", h, "the dynamics are not finite just past this time")
             return fail("step-size-underflow", h, "step size underflow: the step no longer changes t")
-        target = times[out_idx] if opts.force_output_steps else t_end
+        target = times[out_idx] if force_output_steps else t_end
         remaining = target - t
         clipped = direction * (t + _STRETCH * h - target) >= 0.0 and abs(remaining) <= max_step
         if clipped:

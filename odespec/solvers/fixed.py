@@ -17,7 +17,7 @@ import torch
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
 from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.replay import StepRecorder
-from odespec.solvers.step import own, rk_step
+from odespec.solvers.step import own, stepper
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_fixed", "steps_for_interval", "count_steps"]
@@ -66,12 +66,13 @@ def integrate_fixed(
     y = y0
     k1 = None
     h = 0.0
+    step = stepper(tableau, y0, with_error=False)
     for i, (t0, t1) in enumerate(zip(times[:-1], times[1:])):
         span = t1 - t0
         n = steps_for_interval(span, opts)
         h = span / n
         for j in range(n):
-            res = rk_step(f, t0 + j * h, y, h, tableau, k1=k1, with_error=False)
+            res = step(f, t0 + j * h, y, h, k1)
             if quad is not None:
                 quad.accept(h, res.ks)
             if recorder is not None:

@@ -12,6 +12,7 @@ and never touches ``y`` or the stage derivatives directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Generic, Optional, Sequence, TypeVar, Union
 
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "StepResult",
     "torch_combine",
     "rk_step",
+    "stepper",
     "error_estimates",
     "dense_stages",
     "interpolate",
@@ -41,7 +43,7 @@ Combine = Callable[[Optional[Y], H, Sequence[tuple[float, Y]]], Y]
 StageFunc = Callable[[object, Y], Y]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepResult(Generic[Y]):
     """What one RK step produced.
 
@@ -151,12 +153,34 @@ def rk_step(
     ``combine``; zero coefficients are never passed to it.
     """
     if combine is torch_combine and type(h) is float:
-        if not torch.is_grad_enabled() and y.numel() <= _EAGER_MAX_NUMEL:
-            plan = _eager_plan(tableau, with_error and tableau.adaptive, y)
-            if plan is not None:
-                return _eager_rk_step(func, t, y, h, tableau, k1, plan)
-        if tableau.stages < _STACK_MIN_TERMS:
-            return _torch_rk_step(func, t, y, h, tableau, k1, with_error)
+        return stepper(tableau, y, with_error)(func, t, y, h, k1)
+    return _generic_rk_step(func, t, y, h, k1, tableau=tableau, combine=combine, with_error=with_error)
+
+
+#: ``step(func, t, y, h, k1) -> StepResult``: one step of a fixed tableau, for a float ``h``
+Stepper = Callable[[StageFunc, float, torch.Tensor, float, Optional[torch.Tensor]], StepResult]
+
+
+def stepper(tableau: ButcherTableau, y: torch.Tensor, with_error: bool = True) -> Stepper:
+    """:func:`rk_step` for torch tensors and float step sizes, with its code path chosen once.
+
+    The integrators call this once per solve (autograd mode, state size and tableau do not
+    change during one) instead of letting every step choose again: on tiny states the choice
+    is a measurable part of a step.
+    """
+    if not torch.is_grad_enabled() and y.numel() <= _EAGER_MAX_NUMEL:
+        plan = _eager_plan(tableau, with_error and tableau.adaptive, y)
+        if plan is not None:
+            return partial(_eager_rk_step, plan=plan)
+    if tableau.stages < _STACK_MIN_TERMS:
+        return partial(_torch_rk_step, tableau=tableau, with_error=with_error)
+    return partial(_generic_rk_step, tableau=tableau, combine=torch_combine, with_error=with_error)
+
+
+def _generic_rk_step(
+    func: StageFunc, t, y: Y, h: H, k1: Optional[Y], *,
+    tableau: ButcherTableau, combine: Combine, with_error: bool,
+) -> StepResult[Y]:
     ks = [func(t, y) if k1 is None else k1]
     a_terms, c = tableau.a_terms, tableau.c
     s = len(c)
@@ -176,8 +200,8 @@ def rk_step(
 
 
 def _torch_rk_step(
-    func: StageFunc, t, y: torch.Tensor, h: float, tableau: ButcherTableau,
-    k1: Optional[torch.Tensor], with_error: bool,
+    func: StageFunc, t, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *,
+    tableau: ButcherTableau, with_error: bool,
 ) -> StepResult[torch.Tensor]:
     """:func:`rk_step` for torch tensors and a float ``h``, the solvers' hot path: the very
     operations ``torch_combine`` performs (hence bitwise the same results), inlined so that a
@@ -231,16 +255,18 @@ _EAGER_PLANS: dict[tuple, Optional["_EagerPlan"]] = {}
 class _EagerPlan:
     """Per tableau, dtype, device and state rank: the buffer layout of an eager step. Rows
     ``0 .. last-2`` are the inputs of stages ``1 .. last-1``, row ``last-1`` is y_next, then the
-    error estimate(s). ``cols[j]`` (shape ``(rows, 1, ...)``) is stage ``j``'s coefficient in
-    every row, ``None`` where it has none; ``first[j]`` its first nonzero row (earlier rows are
-    inputs of stages already evaluated), ``None`` where all rows are to be updated."""
+    error estimate(s). ``push0`` is how stage 0's derivative enters the buffer, ``schedule``
+    the later stages in order: ``(c_i, input row, push)``. A push is ``(column, first row)``:
+    the stage's coefficient in every row (shape ``(rows, 1, ...)``) from its first nonzero row
+    on (earlier rows are inputs of stages already evaluated; ``None``: all rows), or ``None``
+    where the stage has no coefficient in any row."""
 
     tableau: ButcherTableau  # kept so that the id in the cache key stays taken
     last: int
     n_err: int
     mask: torch.Tensor
-    cols: tuple[Optional[torch.Tensor], ...]
-    first: tuple[Optional[int], ...]
+    push0: Optional[tuple[torch.Tensor, Optional[int]]]
+    schedule: tuple[tuple[float, int, Optional[tuple[torch.Tensor, Optional[int]]]], ...]
 
 
 def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> Optional[_EagerPlan]:
@@ -265,10 +291,17 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
         shape = (len(rows),) + (1,) * y.dim()
         as_col = lambda v: const_tensor(v, y.dtype, y.device).reshape(shape)  # noqa: E731
         mask = as_col([1.0] * (len(rows) - n_err) + [0.0] * n_err)
-        starts = [next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced and j in pushes else 0
-                  for j in range(s)]
-        cols = tuple(as_col([r[j] for r in rows])[starts[j]:] if j in pushes else None for j in range(s))
-        plan = _EagerPlan(tableau, last, n_err, mask, cols, tuple(st or None for st in starts))
+
+        def push(j: int) -> Optional[tuple[torch.Tensor, Optional[int]]]:
+            if j not in pushes:
+                return None
+            start = next(i for i, r in enumerate(rows) if r[j] != 0.0) if sliced else 0
+            return as_col([r[j] for r in rows])[start:], start or None
+
+        # an FSAL method's last stage is f(t + h, y_next)
+        schedule = tuple((tableau.c[i], i - 1, push(i)) if i < last else (1.0, last - 1, push(i))
+                         for i in range(1, s))
+        plan = _EagerPlan(tableau, last, n_err, mask, push(0), schedule)
     if len(_EAGER_PLANS) > 64:
         _EAGER_PLANS.clear()
     _EAGER_PLANS[key] = plan
@@ -276,34 +309,30 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
 
 
 def _eager_rk_step(
-    func: StageFunc, t, y: torch.Tensor, h: float, tableau: ButcherTableau,
-    k1: Optional[torch.Tensor], plan: _EagerPlan,
+    func: StageFunc, t, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *, plan: _EagerPlan,
 ) -> StepResult[torch.Tensor]:
     """:func:`rk_step` without autograd, by eager accumulation (see above). ``y_next`` and the
     error estimates are views of the step's buffer."""
     acc = plan.mask * y
     rows = acc.unbind(0)
-    cols, first = plan.cols, plan.first
     k = func(t, y) if k1 is None else k1
     ks = [k]
-    c = tableau.c
-    last = plan.last
-    s = tableau.stages
-    for i in range(s):
-        if i:
-            if i < last:
-                k = func(t + c[i] * h, rows[i - 1])
-            else:  # FSAL: the last stage is f(t + h, y_next)
-                k = func(t + h, rows[last - 1])
-            ks.append(k)
-        col = cols[i]
-        if col is not None:
-            (acc if first[i] is None else acc[first[i]:]).addcmul_(col, k, value=h)
-    y_next = rows[last - 1]
-    n_err = plan.n_err
-    error = rows[last] if n_err else None
-    error_aux = rows[last + 1] if n_err > 1 else None
-    return StepResult(y_next=y_next, error=error, ks=ks, error_aux=error_aux)
+    if plan.push0 is not None:
+        col, first = plan.push0
+        (acc if first is None else acc[first:]).addcmul_(col, k, value=h)
+    for c, src, push in plan.schedule:
+        k = func(t + c * h, rows[src])
+        ks.append(k)
+        if push is not None:
+            col, first = push
+            (acc if first is None else acc[first:]).addcmul_(col, k, value=h)
+    last, n_err = plan.last, plan.n_err
+    return StepResult(
+        y_next=rows[last - 1],
+        error=rows[last] if n_err else None,
+        ks=ks,
+        error_aux=rows[last + 1] if n_err > 1 else None,
+    )
 
 
 def own(y: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from odespec.solvers.gradient.base import (
     plain_solve,
     register_gradient,
 )
+from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.integrate import Setup, make_setup
 from odespec.solvers.norms import MixedNorm, Tol
 from odespec.solvers.options import AdaptiveOptions, InvalidOptionError
@@ -142,23 +143,28 @@ class _Augmented:
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = self.n
-        y = z[:n].view(self.shape)
-        a = z[n : 2 * n].view(self.shape)
+        if self.quadrature:
+            # z is [y, a]: one view and one unbind instead of two slices and two views
+            y, a = z.view((2,) + self.shape).unbind(0)
+        else:
+            y = z[:n].view(self.shape)
+            a = z[n : 2 * n].view(self.shape)
+        inputs: tuple[torch.Tensor, ...]
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(True)
             fy = self.func(t, y_)
             inputs = (y_,) + self.params
             if fy.requires_grad:
-                # retain_graph: func may close over non-leaf tensors whose graph is the caller's
-                grads = torch.autograd.grad(fy, inputs, -a, allow_unused=True, retain_graph=True)
+                grads = vjp((fy,), inputs, (-a,))
             else:
                 grads = (None,) * len(inputs)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        # no autograd here: fy's graph is not extended, so it needs no detach
         if self.quadrature:
-            out = torch.cat([fy.detach().reshape(-1), grads[0].reshape(-1)])
+            out = torch.cat((fy.reshape(-1), grads[0].reshape(-1)))
             setattr(out, _QUAD, grads[1:])
             return out
-        return torch.cat([fy.detach().reshape(-1)] + [g.reshape(-1) for g in grads])
+        return torch.cat([fy.reshape(-1)] + [g.reshape(-1) for g in grads])
 
 
 class _ParamQuadrature:

@@ -33,6 +33,7 @@ from odespec.solvers.gradient.base import (
     plain_solve,
     register_gradient,
 )
+from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.options import InvalidOptionError
 from odespec.solvers.replay import StepRecorder, replay, sqrt_cap
 from odespec.solvers.solution import BackwardStats
@@ -125,8 +126,7 @@ class _CheckpointRun(SolveRun):
             for idx, value in outs:
                 outputs.append(value)
                 seeds.append(grad_ys[idx])
-            # retain_graph: func may close over non-leaf tensors whose graph is the caller's
-            got = torch.autograd.grad(outputs, (y,) + self.params, seeds, allow_unused=True, retain_graph=True)
+            got = vjp(outputs, (y,) + self.params, seeds)
             del outputs, outs, y_end  # free this segment's graph before replaying the next
             adj = torch.zeros_like(y) if got[0] is None else got[0]
             grads = [g if new is None else (new if g is None else g + new) for g, new in zip(grads, got[1:])]
