@@ -19,6 +19,12 @@ Method, so the numbers can be judged:
   interleaved forward table and, in the overhead table, measured alone: the solver alternating
   with its NFE bare calls and nothing else (the issue's yardsticks, torchdiffeq, torchode and a
   hand-written RK4 loop, measured the same way beside it).
+* Timings run with freed memory kept in the process (``odespec.train.allocator``, as ``odespec
+  train`` runs; ``--glibc-defaults`` to switch it off). With glibc's default thresholds the
+  process's first iterations decide whether backprop's activations (tens of MB per solve) come
+  back from the heap or are mapped afresh every time: across fresh processes the same backprop
+  took 159-234 ms (tiny-b512, 100 steps) with 300 to 26 000 page faults per run, which moved
+  every ratio against backprop by up to 30 %.
 * Work-precision: the NFE torchdiffeq needs for the error odespec reaches at the same rtol,
   interpolated log-linearly on torchdiffeq's own (rtol, NFE, error) sweep, float64.
 * Gradient timings: forward + backward of ``sum(y(10)**2)`` w.r.t. y0 and all parameters, grad
@@ -66,6 +72,7 @@ from solvers_common import (  # noqa: E402
 )
 
 from odespec.solvers import odeint, solve  # noqa: E402
+from odespec.train.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,6 +295,48 @@ def grad_section(repeat: int) -> str:
                    "backward NFE"], rows)
 
 
+def adjoint_floor_section(repeat: int) -> str:
+    """The work on ``func`` that the continuous adjoint does against backprop's, per stage.
+
+    Backprop records one evaluation and later walks its graph inside one big backward pass
+    (F_g + V_b per stage). The adjoint evaluates ``func`` once without a graph forward (F) and,
+    backward, once more with a graph followed by a vector-Jacobian product of its own
+    (F_g + V_s: one backward-engine call per stage, as each stage's adjoint needs the previous
+    stage's product). (F + F_g + V_s) / (F_g + V_b) is what the adjoint's time over backprop's
+    tends to where ``func`` dominates; the stage combinations around it (cheaper without
+    autograd, which the adjoint's are) pull the measured ratio somewhat below it.
+    """
+    from odespec.solvers.gradient.vjp import vjp
+
+    rows = []
+    for name in ("tiny-b512", "wide-b256"):
+        case = make_case(name)
+        f, y0, t0 = case.func, case.y0.detach(), case.t[0]
+        params = tuple(f.parameters())
+        a = torch.randn_like(y0)
+        k = 6  # one DOPRI5 step's stages walked by one backward call
+
+        def nograd() -> None:
+            with torch.no_grad():
+                f(t0, y0)
+
+        def single() -> None:
+            y = y0.clone().requires_grad_(True)
+            vjp((f(t0, y),), (y,) + params, (a,))
+
+        def batched() -> None:
+            ys = [y0.clone().requires_grad_(True) for _ in range(k)]
+            vjp([f(t0, y) for y in ys], tuple(ys) + params, (a,) * k)
+
+        times = interleaved_times({"F": nograd, "Fg+Vs": single, "Fg+Vb": batched}, repeat, warmup=3)
+        med = {key: statistics.median(v) for key, v in times.items()}
+        fg_vb = med["Fg+Vb"] / k
+        rows.append([name, f"{med['F'] * 1e6:.0f}", f"{med['Fg+Vs'] * 1e6:.0f}", f"{fg_vb * 1e6:.0f}",
+                     f"{(med['F'] + med['Fg+Vs']) / fg_vb:.2f}"])
+    return markdown_table(["case", "F us (no grad)", "F_g + V_s us (own vjp)", "F_g + V_b us (batched vjp)",
+                           "f-work ratio adjoint / backprop"], rows)
+
+
 def seminorm_section() -> str:
     rows = []
     for name in CASES:
@@ -369,16 +418,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="3 repeats, memory up to 100 steps")
     parser.add_argument("--only", default="forward,overhead,accuracy,grad,seminorm,memory")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="time with glibc's default malloc thresholds (see the module docstring)")
     parser.add_argument("--memory-child", nargs=2, metavar=("GRADIENT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     torch.set_num_threads(1)
+    kept = False if args.glibc_defaults else keep_freed_memory()
     repeat = 3 if args.quick else args.repeat
     only = set(args.only.split(","))
     print(f"# odespec solver benchmark\n\n```\n{machine()}\n```\n")
     print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}\n")
+    print(f"malloc: {'freed memory kept in the process (odespec.train.allocator)' if kept else 'glibc defaults'}\n")
     if "forward" in only:
         print("## Forward solve (no_grad), dopri5 rtol 1e-5 atol 1e-6\n")
         print(forward_section(repeat), "\n", flush=True)
@@ -391,6 +444,8 @@ def main() -> None:
     if "grad" in only:
         print("## Forward + backward by gradient method\n")
         print(grad_section(max(3, repeat // 2)), "\n", flush=True)
+        print("### The adjoint's work on func against backprop's, from timings of func alone\n")
+        print(adjoint_floor_section(max(repeat, 21)), "\n", flush=True)
     if "seminorm" in only:
         print("## Adjoint backward NFE: mixed norm vs seminorm\n")
         print(seminorm_section(), "\n", flush=True)
