@@ -262,6 +262,7 @@ def grad_section(repeat: int) -> str:
         case.y0.requires_grad_(True)
         params = [case.y0] + list(case.func.parameters())
         for label, common in (("100 fixed steps", {"method": "dopri5", "options": {"steps": 100}}),
+                              ("100 RK4 steps", {"method": "rk4", "options": {"steps": 100}}),
                               ("adaptive", {"method": "dopri5", "rtol": RTOL, "atol": ATOL})):
             fns = {
                 "backprop": _grad_fn(case, **common),
@@ -270,29 +271,34 @@ def grad_section(repeat: int) -> str:
                 "checkpoint": _grad_fn(case, gradient="checkpoint", **common),
             }
 
-            def tdq(adjoint: bool):
+            def tdq(adjoint: bool, kw: dict):
                 fn = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
 
                 def run():
-                    ys = fn(case.func, case.y0, case.t, **common)
+                    ys = fn(case.func, case.y0, case.t, **kw)
                     torch.autograd.grad(ys[-1].square().sum(), params)
 
                 return run
 
-            if "options" not in common:
-                # torchdiffeq's dopri5 has no fixed-step mode: compared in the adaptive rows only
-                fns["torchdiffeq backprop"] = tdq(False)
-                fns["torchdiffeq adjoint"] = tdq(True)
+            # torchdiffeq's dopri5 has no fixed-step mode; its RK4 does (step_size 0.1: the
+            # same 100 steps)
+            td_kw = ({"method": "rk4", "options": {"step_size": T_END / 100}} if common["method"] == "rk4"
+                     else None if "options" in common else common)
+            if td_kw is not None:
+                fns["torchdiffeq backprop"] = tdq(False, td_kw)
+                fns["torchdiffeq adjoint"] = tdq(True, td_kw)
             stats = {k: fn().stats for k, fn in fns.items() if not k.startswith("torchdiffeq")}
             times = interleaved_times(fns, repeat, warmup=1)
             for k in fns:
                 st = stats.get(k)
+                td = times.get("torchdiffeq backprop")
                 rows.append([name, label, k, f"{statistics.median(times[k]) * 1e3:.1f}",
                              f"{median_ratio(times[k], times['backprop']):.2f}",
+                             "" if td is None else f"{median_ratio(times[k], td):.2f}",
                              "" if st is None else str(st.nfe),
                              "" if st is None else str(st.backward.nfe)])
-    return markdown_table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "forward NFE",
-                   "backward NFE"], rows)
+    return markdown_table(["case", "steps", "gradient", "fwd+bwd median ms", "/ backprop", "/ torchdiffeq backprop",
+                           "forward NFE", "backward NFE"], rows)
 
 
 def adjoint_floor_section(repeat: int) -> str:
