@@ -29,7 +29,6 @@ class Setup:
     opts: SolverOptions
     rtol: Tol
     atol: Tol
-    time_eps: float
 
     @property
     def fixed(self) -> bool:
@@ -50,11 +49,9 @@ class Setup:
         if isinstance(self.opts, FixedStepOptions):
             return integrate_fixed(f, y0, times, self.tableau, self.opts, recorder=recorder, quad=quad)
         return integrate_adaptive(f, y0, times, self.tableau, self.opts, self.rtol, self.atol,
-                                  self.time_eps, norm=norm, recorder=recorder, quad=quad)
+                                  norm=norm, recorder=recorder, quad=quad)
 
 
-def make_setup(
-    tableau: ButcherTableau, options: Optional[Mapping[str, Any]], rtol: Tol, atol: Tol, dtype: torch.dtype
-) -> Setup:
+def make_setup(tableau: ButcherTableau, options: Optional[Mapping[str, Any]], rtol: Tol, atol: Tol) -> Setup:
     """A :class:`Setup` with validated options (tolerances are checked by the caller)."""
-    return Setup(tableau, parse_options(tableau, options), rtol, atol, torch.finfo(dtype).eps)
+    return Setup(tableau, parse_options(tableau, options), rtol, atol)

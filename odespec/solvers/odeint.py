@@ -163,7 +163,7 @@ def solve(
     times = t.tolist()
     if len(times) > 1:
         check_monotonic(times)
-    setup = make_setup(tableau, options, rtol, atol, t.dtype)
+    setup = make_setup(tableau, options, rtol, atol)
     if not setup.fixed:
         check_tolerance("rtol", rtol, y0)
         check_tolerance("atol", atol, y0)

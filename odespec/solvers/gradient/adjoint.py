@@ -113,7 +113,7 @@ class Adjoint(ParamsGradientMethod):
             options = problem.options if tableau is fwd.tableau else None
         rtol = fwd.rtol if self.rtol is None else self.rtol
         atol = fwd.atol if self.atol is None else self.atol
-        setup = make_setup(tableau, options, rtol, atol, problem.t.dtype)
+        setup = make_setup(tableau, options, rtol, atol)
         if not setup.fixed:
             check_tolerance("adjoint_rtol", rtol, problem.y0)
             check_tolerance("adjoint_atol", atol, problem.y0)
