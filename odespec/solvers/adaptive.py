@@ -31,7 +31,7 @@ from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
 from odespec.solvers.replay import StepRecorder, step_outputs
-from odespec.solvers.step import StepResult, const_tensor, error_estimates, rk_step
+from odespec.solvers.step import StepResult, const_tensor, error_estimates, stepper
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_adaptive", "ErrorNorm"]
@@ -236,6 +236,7 @@ def integrate_adaptive(
     y_abs = norm.abs(y0.detach())
     # without autograd the step forms the error estimate itself, at no cost (step.py)
     eager = not torch.is_grad_enabled()
+    step = stepper(tableau, y0, with_error=eager)
     out_idx = 1
     facold = _MIN_FACOLD
     last_rejected = False
@@ -258,7 +259,7 @@ def integrate_adaptive(
         else:
             h_step, t_new = h, t + h
 
-        res = rk_step(f, t, y, h_step, tableau, k1=k1, with_error=eager)
+        res = step(f, t, y, h_step, k1)
         ratio, y1_abs = _error_ratio(tableau, norm, h_step, res, y_abs)
         outcome.n_steps += 1
 

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from odespec.solvers.dense import dense_weights, needs_end_derivative
-from odespec.solvers.step import dense_stages, interpolate, own, rk_step
+from odespec.solvers.step import dense_stages, interpolate, own, stepper
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["StepRecord", "StepRecorder", "step_outputs", "replay"]
@@ -124,8 +124,9 @@ def replay(
     outs: list[tuple[int, torch.Tensor]] = []
     k1 = None
     fsal = tableau.fsal
+    step = stepper(tableau, y, with_error=False)
     for rec in steps:
-        res = rk_step(f, rec.t, y, rec.h, tableau, k1=k1, with_error=False)
+        res = step(f, rec.t, y, rec.h, k1)
         y_next = res.y_next
         f1 = res.ks[-1] if fsal else None
         last = min(rec.last, n_out)
