@@ -189,9 +189,8 @@ def overhead_section(repeat: int) -> str:
     """Each solver's overhead on its own, beside the yardsticks the issue quotes (torchdiffeq,
     torchode, a hand-written RK4 loop), measured here. Each (case, solver) runs in a fresh
     process that imports only what it needs, and alternates its solve with its NFE bare calls
-    (:func:`isolated_overhead`): measured inside one long benchmark process, after the other
-    sections, odespec's tiny-b1 overhead came out 10 to 20 % higher than in a fresh process
-    (1.80 to 1.96 against 1.58 to 1.65 the same hour), the hand-written loop's hardly at all."""
+    (:func:`isolated_overhead`), so that what other libraries and earlier sections leave behind
+    (imports, allocator state) stays out of the figure."""
     rows = []
     for name in CASES:
         for label in OVERHEAD_SOLVERS:
