@@ -10,7 +10,7 @@ altogether.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -91,25 +91,24 @@ class MixedNorm(ErrorNorm):
         return y.reshape(-1)[: self.end].abs()
 
     def rms(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        q = x.reshape(-1)[: self.end] / scale
-        if len(self.sizes) == 1:
-            return torch.linalg.vector_norm(q) * self.weights[0]
-        parts = q.split(self.sizes)
-        return torch.stack([torch.linalg.vector_norm(p) * w for p, w in zip(parts, self.weights)]).amax()
+        norms = self._per_channel(x.reshape(-1)[: self.end] / scale)
+        return norms[0] if len(norms) == 1 else torch.stack(norms).amax()
 
     def rows(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        q = x[:, : self.end] / scale
-        if len(self.sizes) == 1:
-            return torch.linalg.vector_norm(q, dim=1) * self.weights[0]
-        parts = q.split(self.sizes, dim=1)
-        norms = [torch.linalg.vector_norm(p, dim=1) * w for p, w in zip(parts, self.weights)]
-        return torch.stack(norms).amax(dim=0)
+        norms = self._per_channel(x[:, : self.end] / scale, dim=1)
+        return norms[0] if len(norms) == 1 else torch.stack(norms).amax(dim=0)
 
     def channels(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        q = x.reshape(-1)[: self.end] / scale
+        norms = self._per_channel(x.reshape(-1)[: self.end] / scale)
+        return norms[0].reshape(1) if len(norms) == 1 else torch.stack(norms)
+
+    def _per_channel(self, q: torch.Tensor, dim: Optional[int] = None) -> list[torch.Tensor]:
+        """Each active channel's RMS norm of ``q`` (already scaled; channels along the last
+        dimension), over ``dim``. One channel needs no split."""
         if len(self.sizes) == 1:
-            return (torch.linalg.vector_norm(q) * self.weights[0]).reshape(1)
-        return torch.stack([torch.linalg.vector_norm(p) * w for p, w in zip(q.split(self.sizes), self.weights)])
+            return [torch.linalg.vector_norm(q, dim=dim) * self.weights[0]]
+        parts = q.split(self.sizes, dim=-1)
+        return [torch.linalg.vector_norm(p, dim=dim) * w for p, w in zip(parts, self.weights)]
 
 
 def _head(tol: Tol, end: int) -> Tol:
