@@ -48,7 +48,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -89,36 +89,41 @@ def machine() -> str:
 # --------------------------------------------------------------------------- forward
 
 
-def forward_section(repeat: int) -> str:
+#: the peers solved through a ``torchdiffeq.odeint``-like call (torchode has its own set-up)
+ODEINT_PEERS = ("odespec", "odespec controller=i", "torchdiffeq")
+
+
+def _odeint_peer(label: str, case, func: Optional[Callable] = None) -> Callable[[], torch.Tensor]:
+    """The forward solve of peer ``label`` (one of :data:`ODEINT_PEERS`) on ``case``, returning
+    y(T); ``func`` replaces the case's dynamics (a :class:`Counter`, for the NFE)."""
+    f = case.func if func is None else func
+    if label.startswith("odespec"):
+        opts = {"controller": "i"} if label.endswith("=i") else None
+        return lambda: odeint(f, case.y0, case.t, rtol=RTOL, atol=ATOL, options=opts)[-1]
     import torchdiffeq
 
+    return lambda: torchdiffeq.odeint(f, case.y0, case.t, rtol=RTOL, atol=ATOL, method="dopri5")[-1]
+
+
+def forward_section(repeat: int) -> str:
     rows = []
-    notes = []
+    notes: list[str] = []
     for name in CASES:
         case = make_case(name)
         ref = scipy_reference(case)
         f, y0, t = case.func, case.y0, case.t
-        peers: dict[str, Callable[[], torch.Tensor]] = {
-            "odespec": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL)[-1],
-            "odespec controller=i": lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL, options={"controller": "i"})[-1],
-            "torchdiffeq": lambda: torchdiffeq.odeint(f, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")[-1],
-        }
+        peers: dict[str, Callable[[], torch.Tensor]] = {label: _odeint_peer(label, case) for label in ODEINT_PEERS}
         add_torchode(peers, case, notes)
         with torch.no_grad():
             # untimed: NFE and error
             nfe, err = {}, {}
-            counter = Counter(f)
             for label in peers:
                 if label.startswith("torchode"):
                     yy = peers[label]()
                     nfe[label] = _torchode_nfe(case, label.endswith("jit"))
                 else:
-                    counter.n = 0
-                    if label.startswith("odespec"):
-                        opts = {"controller": "i"} if label.endswith("=i") else None
-                        yy = odeint(counter, y0, t, rtol=RTOL, atol=ATOL, options=opts)[-1]
-                    else:
-                        yy = torchdiffeq.odeint(counter, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")[-1]
+                    counter = Counter(f)
+                    yy = _odeint_peer(label, case, counter)()
                     nfe[label] = counter.n
                 err[label] = rel_error(yy, ref)
             # the bare calls run interleaved with the solvers, so the overhead ratio compares
@@ -148,7 +153,7 @@ def forward_section(repeat: int) -> str:
 RK4_STEPS = 25
 
 
-OVERHEAD_SOLVERS = ("odespec", "odespec controller=i", "torchdiffeq", "torchode", "hand-written RK4 loop")
+OVERHEAD_SOLVERS = ODEINT_PEERS + ("torchode", "hand-written RK4 loop")
 
 
 def overhead_child(name: str, label: str, repeat: int) -> None:
@@ -159,19 +164,10 @@ def overhead_child(name: str, label: str, repeat: int) -> None:
     case = make_case(name)
     f, y0, t = case.func, case.y0, case.t
     with torch.no_grad():
-        if label.startswith("odespec"):
-            opts = {"controller": "i"} if label.endswith("=i") else None
+        if label in ODEINT_PEERS:
             counter = Counter(f)
-            odeint(counter, y0, t, rtol=RTOL, atol=ATOL, options=opts)
-            nfe = counter.n
-            solver: Callable[[], object] = lambda: odeint(f, y0, t, rtol=RTOL, atol=ATOL, options=opts)  # noqa: E731
-        elif label == "torchdiffeq":
-            import torchdiffeq
-
-            counter = Counter(f)
-            torchdiffeq.odeint(counter, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
-            nfe = counter.n
-            solver = lambda: torchdiffeq.odeint(f, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")  # noqa: E731
+            _odeint_peer(label, case, counter)()
+            solver, nfe = _odeint_peer(label, case), counter.n
         elif label == "torchode":
             peers: dict[str, Callable[[], object]] = {}
             notes: list[str] = []
