@@ -153,9 +153,8 @@ def isolated_overhead(solver: Callable[[], object], func: Callable, t: torch.Ten
                       nfe: int, repeat: int) -> float:
     """Overhead measured on its own: the solve alternating with ``nfe`` bare ``func(t, y0)``
     calls, nothing else in between; the median over rounds of solve time / bare-calls time.
-    (In the interleaved forward table other libraries run between the two, and their code
-    evicts this one's from the caches: that costs a solve more than it costs a tight loop of
-    calls of one function.)"""
+    (In the interleaved forward table other libraries run between the two; here nothing
+    does.)"""
 
     def bare() -> None:
         for _ in range(nfe):
