@@ -4,22 +4,22 @@ and three ways for gradients to flow through a solve (backprop, adjoint, checkpo
 Importing this package (or :mod:`odespec.solvers.tableaus`, :mod:`~odespec.solvers.tableau`,
 :mod:`~odespec.solvers.options`, :mod:`~odespec.solvers.dense`) does not import torch: the spec
 validator only needs method names, orders and option keys. The torch-backed names below are
-resolved on first access (PEP 562).
+resolved on first access (PEP 562). The functions live in private modules (``_odeint``) so that no
+submodule shares a public function's name: the import system binds a loaded submodule as an
+attribute of its package, which would otherwise shadow ``odespec.solvers.odeint`` the function.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # public name -> module that defines it
 _LAZY = {
     # torch-backed
-    "odeint": "odespec.solvers.odeint",
-    "solve": "odespec.solvers.odeint",
-    "odeint_adjoint": "odespec.solvers.odeint",
+    "odeint": "odespec.solvers._odeint",
+    "solve": "odespec.solvers._odeint",
+    "odeint_adjoint": "odespec.solvers._odeint",
     "BackwardStats": "odespec.solvers.solution",
     "GradientMethod": "odespec.solvers.gradient",
     "Backprop": "odespec.solvers.gradient",
@@ -60,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
         gradient_names,
         register_gradient,
     )
-    from odespec.solvers.odeint import odeint, odeint_adjoint, solve
+    from odespec.solvers._odeint import odeint, odeint_adjoint, solve
     from odespec.solvers.options import InvalidOptionError, allowed_options, parse_options
     from odespec.solvers.solution import BackwardStats, Solution, SolveStats
     from odespec.solvers.step import Combine, StepResult, rk_step, torch_combine
@@ -73,25 +73,6 @@ if TYPE_CHECKING:  # pragma: no cover
         register_tableau,
         unregister_tableau,
     )
-
-
-class _Package(types.ModuleType):
-    """The package's module type. The import system binds a loaded submodule as an attribute of
-    its package, which would let the *module* ``odespec.solvers.odeint`` shadow the *function*
-    ``odeint`` once anything imported that module; the function wins here (as in torchdiffeq).
-    ``from odespec.solvers.odeint import ...`` and ``sys.modules`` still reach the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and _LAZY.get(name) == value.__name__
-            and hasattr(value, name)
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
