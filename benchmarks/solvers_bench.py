@@ -71,7 +71,7 @@ from solvers_common import (  # noqa: E402
     add_torchode,
 )
 
-from odespec.solvers import odeint, solve  # noqa: E402
+from odespec.solvers import GradientConfig, odeint, solve  # noqa: E402
 from odespec.train.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def grad_section(repeat: int) -> str:
             fns = {
                 "backprop": _grad_fn(case, **common),
                 "adjoint": _grad_fn(case, gradient="adjoint", **common),
-                "adjoint+seminorm": _grad_fn(case, gradient="adjoint", seminorm=True, **common),
+                "adjoint+seminorm": _grad_fn(case, gradient=GradientConfig.of("adjoint", seminorm=True), **common),
                 "checkpoint": _grad_fn(case, gradient="checkpoint", **common),
             }
 
@@ -368,7 +368,7 @@ def seminorm_section() -> str:
         for rtol, atol in ((RTOL, ATOL), (1e-7, 1e-8)):
             got = {}
             for semi in (False, True):
-                sol = _grad_fn(case, gradient="adjoint", seminorm=semi, rtol=rtol, atol=atol)()
+                sol = _grad_fn(case, gradient=GradientConfig.of("adjoint", seminorm=semi), rtol=rtol, atol=atol)()
                 got[semi] = sol.stats.backward
             rows.append([name, f"{rtol:.0e}", str(got[False].nfe), str(got[True].nfe),
                          f"{got[True].nfe / got[False].nfe:.2f}",

@@ -38,7 +38,7 @@ from solvers_common import (  # noqa: E402
     add_torchode,
 )
 
-from odespec.solvers import odeint, solve  # noqa: E402
+from odespec.solvers import GradientConfig, odeint, solve  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -130,7 +130,7 @@ def grad_section(repeat: int) -> str:
         for label, common in (("100 fixed steps", {"method": "dopri5", "options": {"steps": 100}}),
                               ("adaptive", {"method": "dopri5", "rtol": RTOL, "atol": ATOL})):
             fns = {g: _grad_fn(case, gradient=g, **common) for g in ("backprop", "adjoint", "checkpoint")}
-            fns["adjoint+seminorm"] = _grad_fn(case, gradient="adjoint", seminorm=True, **common)
+            fns["adjoint+seminorm"] = _grad_fn(case, gradient=GradientConfig.of("adjoint", seminorm=True), **common)
             if "options" not in common:
                 for adj, key in ((False, "torchdiffeq backprop"), (True, "torchdiffeq adjoint")):
                     fn = torchdiffeq.odeint_adjoint if adj else torchdiffeq.odeint

@@ -219,20 +219,6 @@ class BuildResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _fixed_nfe(block: OdeBlockSpec) -> Optional[int]:
-    """f-evaluations per forward of a fixed-step block (None: adaptive, it varies)."""
-    from odespec.solvers.fixed import steps_for_interval
-    from odespec.solvers.options import FixedStepOptions
-    from odespec.solvers.tableaus import get_tableau
-
-    s = block.solver
-    if s.adaptive:
-        return None
-    opts = FixedStepOptions(steps=s.steps, step_size=s.step_size)
-    n = sum(steps_for_interval(b - a, opts) for a, b in zip(block.t, block.t[1:]))
-    return n if block.family == "resnet" else n * get_tableau(s.method).stages
-
-
 def summary(spec: Spec) -> dict[str, Any]:
     """Layers with output shapes and parameter counts, and each ODE block's solver."""
     rows = []
@@ -240,14 +226,12 @@ def summary(spec: Spec) -> dict[str, Any]:
         row: dict[str, Any] = {"index": i, "kind": item.kind, "line": item.loc.line,
                                "output_shape": list(item.out_shape), "parameters": item.num_params}
         if isinstance(item, OdeBlockSpec):
-            s = item.solver
-            row["solver"] = {"method": s.method, **({"rtol": s.rtol, "atol": s.atol} if s.adaptive
-                                                    else {"steps": s.steps, "step_size": s.step_size})}
+            row["solver"] = item.solver.summary()
             row["gradient"] = item.gradient.method
             row["t"] = [item.t[0], item.t[-1]]
             row["output"] = item.output
             row["family"] = item.family
-            row["nfe_per_forward"] = _fixed_nfe(item)
+            row["nfe_per_forward"] = item.nfe()
         rows.append(row)
     return {"input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
             "parameters": spec.num_params, "layers": rows}

@@ -3,13 +3,16 @@ ResNet counterpart (Euler steps with separate weights per step)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from odespec.compile.dynamics import DynamicsNet
+from odespec.solvers.config import GradientConfig, SolverConfig
+from odespec.solvers.options import SolverOptions
 from odespec.spec.model import OdeBlockSpec
 
 
@@ -55,22 +58,57 @@ class BlockBase(nn.Module):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SolveCall:
+    """What one solve of an ODE block gets besides its times: the vector field, the initial
+    state (a tensor, or a tuple of tensors when a hook adds channels), the tolerances (one per
+    tensor of a tuple state) and the integrator's parsed options."""
+
+    func: Callable[..., Any]
+    y0: Any
+    rtol: Any
+    atol: Any
+    options: SolverOptions
+
+
+class SolveHook(Protocol):
+    """Changes an ODE block's solves while autograd is on; training uses it for regularisers and
+    the NFE budget (:mod:`odespec.train.regularise`). Evaluation and export never see it."""
+
+    def prepare(self, block: "ODEBlock", call: SolveCall) -> SolveCall:
+        """The solve to run instead of ``call``."""
+
+    def finish(self, block: "ODEBlock", sol: Any) -> torch.Tensor:
+        """The block's states ``(len(t), batch, *state)`` from the hooked solve's solution."""
+
+
 class ODEBlock(BlockBase):
     """A continuous-depth block: y(t0) = input, output y(t_end) or the trajectory at ``t``.
 
-    The solver and gradient method come from the spec. ``nfe_forward`` / ``nfe_backward``
-    report function evaluations of the last forward / backward pass.
+    The solver and gradient method come from the spec, turned once into what a solve needs.
+    ``nfe_forward`` / ``nfe_backward`` report function evaluations of the last forward /
+    backward pass. ``dynamics`` shares an existing network (and so its weights) instead of
+    building one: :meth:`with_solver` makes such twins.
     """
 
-    def __init__(self, spec: OdeBlockSpec):
+    def __init__(self, spec: OdeBlockSpec, dynamics: Optional[DynamicsNet] = None):
         super().__init__(spec)
-        self.dynamics = DynamicsNet(spec.dynamics, spec.state_shape)
+        self.dynamics = dynamics if dynamics is not None else DynamicsNet(spec.dynamics, spec.state_shape)
         self.last_stats: Optional[Any] = None
-        #: set by training only (:mod:`odespec.train.regularise`), and only consulted while
-        #: autograd is on: it may replace the solve's vector field, state, tolerances and options
-        #: (extra state channels for regularisers, a step limit for an NFE budget) and maps the
-        #: solution back to the block's states. None: every solve is exactly as compiled.
-        self.solve_hook: Optional[Any] = None
+        solver = spec.solver
+        self._tableau = solver.tableau
+        self._options = solver.integration_options()
+        self._gradient = spec.gradient.for_solver(solver).make()
+        #: set by training only; None: every solve is exactly as compiled
+        self.solve_hook: Optional[SolveHook] = None
+
+    def with_solver(self, solver: SolverConfig, gradient: Optional[GradientConfig] = None) -> "ODEBlock":
+        """This block solved with ``solver`` (and ``gradient``, else its own): a new module that
+        shares this one's dynamics network, times and mode."""
+        twin = ODEBlock(self.spec.with_solver(solver, gradient), dynamics=self.dynamics)
+        twin.t = self.t  # this block's dtype and device
+        twin.train(self.training)
+        return twin
 
     @property
     def nfe_backward(self) -> int:
@@ -92,24 +130,23 @@ class ODEBlock(BlockBase):
     def solve(self, y0: torch.Tensor) -> torch.Tensor:
         from odespec.solvers import solve
 
-        s = self.spec.solver
         before = self.dynamics.nfe
-        # without autograd every gradient method's forward is the same plain solve
-        grad = _gradient_kwargs(self.spec.gradient, s) if torch.is_grad_enabled() else {}
-        hook = self.solve_hook if torch.is_grad_enabled() else None
-        func, state, rtol, atol, options = self.dynamics, y0, s.rtol, s.atol, s.options() or None
+        grad_on = torch.is_grad_enabled()
+        call = SolveCall(self.dynamics, y0, self.spec.solver.rtol, self.spec.solver.atol, self._options)
+        hook = self.solve_hook if grad_on else None
         if hook is not None:
-            func, state, rtol, atol, options = hook.prepare(self, y0, rtol, atol, options)
-        sol = solve(func, state, self.t, method=s.method, rtol=rtol, atol=atol, options=options, **grad)
+            call = hook.prepare(self, call)
+        # without autograd every gradient method's forward is the same plain solve
+        sol = solve(call.func, call.y0, self.t, method=self._tableau, rtol=call.rtol, atol=call.atol,
+                    options=call.options, gradient=self._gradient if grad_on else "backprop")
         self.last_stats = sol.stats
         self.nfe_forward = self.dynamics.nfe - before
         return sol.ys if hook is None else hook.finish(self, sol)
 
     def extra_repr(self) -> str:
         s = self.spec.solver
-        how = f"steps={s.steps}" if s.steps else (f"step_size={s.step_size}" if s.step_size else f"rtol={s.rtol:g}, atol={s.atol:g}")
         return (f"family={self.spec.family}, t=[{self.spec.t[0]:g}..{self.spec.t[-1]:g}] ({len(self.spec.t)} times), "
-                f"method={s.method}, {how}, gradient={self.spec.gradient.method}")
+                f"method={s.method}, {s.describe_options()}, gradient={self.spec.gradient.method}")
 
 
 class ResNetBlock(BlockBase):
@@ -151,16 +188,3 @@ class ResNetBlock(BlockBase):
 def make_block(spec: OdeBlockSpec) -> BlockBase:
     """The module for an ODE block of any family."""
     return ResNetBlock(spec) if spec.family == "resnet" else ODEBlock(spec)
-
-
-def _gradient_kwargs(g: Any, s: Any) -> dict[str, Any]:
-    if g.method == "backprop":
-        return {}
-    out: dict[str, Any] = {"gradient": g.method}
-    if g.method == "adjoint":
-        out["adjoint_rtol"] = g.rtol if g.rtol is not None else s.rtol
-        out["adjoint_atol"] = g.atol if g.atol is not None else s.atol
-        out["seminorm"] = g.seminorm
-    elif g.method == "checkpoint" and g.checkpoints is not None:
-        out["checkpoints"] = g.checkpoints
-    return out

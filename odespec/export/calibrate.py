@@ -37,7 +37,9 @@ import torch
 from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock, ResNetBlock
 from odespec.errors import ExportError, SolverError
-from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS, MAX_STEPS
+from odespec.solvers.config import SolverConfig
+from odespec.solvers.options import MAX_STEPS
+from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
 
 __all__ = [
     "InputSet",
@@ -192,13 +194,10 @@ def deployment_error(sess: Any, model: ODENet, inputs: InputSet, *, static_batch
 
 
 def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
-    """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``):
-    stages x steps over every output interval, plus a ResNet block's own steps."""
-    from odespec.solvers.grid import grid_steps
-    from odespec.solvers.tableaus import get_tableau
-
-    stages = len(get_tableau(method).b)
-    return sum(len(b.dynamics) if isinstance(b, ResNetBlock) else grid_steps(b.spec.t, steps) * stages
+    """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``) over
+    every ODE block; a ResNet block evaluates its own steps."""
+    solver = SolverConfig.fixed(method, steps)
+    return sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
                for b in model.ode_blocks)
 
 

@@ -5,32 +5,20 @@ checked against it.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock
-from odespec.spec.model import GradientSpec, SolverSpec
+from odespec.solvers.config import GradientConfig, SolverConfig
 
 
 def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
-    """A shallow copy of ``model`` whose ODE blocks use ``method`` with ``steps`` steps.
+    """A model whose ODE blocks use ``method`` with ``steps`` steps per output interval.
 
     Weights are shared with ``model`` (no copy), so training the original and exporting the
-    twin stay in sync.
+    twin stay in sync. The twin serves inference and parity: plain autograd is enough (and
+    exact), so its blocks backpropagate.
     """
-    modules = []
-    for m in model:
-        if isinstance(m, ODEBlock):
-            solver = SolverSpec(method=method, adaptive=False, steps=steps)
-            # the twin serves inference and parity: plain autograd is enough (and exact)
-            spec = dataclasses.replace(m.spec, solver=solver, gradient=GradientSpec())
-            twin = copy.copy(m)  # shares parameters and buffers; only the spec changes
-            twin._modules = dict(m._modules)
-            object.__setattr__(twin, "spec", spec)
-            modules.append(twin)
-        else:
-            modules.append(m)
+    solver = SolverConfig.fixed(method, steps)
+    modules = [m.with_solver(solver, GradientConfig()) if isinstance(m, ODEBlock) else m for m in model]
     out = ODENet(model.spec, modules)
     out.train(model.training)
     return out

@@ -25,8 +25,9 @@ _LAZY = {
     "Backprop": "odespec.solvers.gradient",
     "Adjoint": "odespec.solvers.gradient",
     "Checkpoint": "odespec.solvers.gradient",
-    "UnknownGradientMethodError": "odespec.solvers.gradient",
+    "UnknownGradientMethodError": "odespec.solvers.config",
     "register_gradient": "odespec.solvers.gradient",
+    "unregister_gradient": "odespec.solvers.gradient",
     "gradient_names": "odespec.solvers.gradient",
     "Solution": "odespec.solvers.solution",
     "SolveStats": "odespec.solvers.solution",
@@ -44,6 +45,9 @@ _LAZY = {
     "method_names": "odespec.solvers.tableaus",
     "is_adaptive": "odespec.solvers.tableaus",
     "InvalidOptionError": "odespec.solvers.options",
+    "SolverConfig": "odespec.solvers.config",
+    "GradientConfig": "odespec.solvers.config",
+    "GradientDecl": "odespec.solvers.config",
     "allowed_options": "odespec.solvers.options",
     "parse_options": "odespec.solvers.options",
 }
@@ -56,11 +60,12 @@ if TYPE_CHECKING:  # pragma: no cover
         Backprop,
         Checkpoint,
         GradientMethod,
-        UnknownGradientMethodError,
         gradient_names,
         register_gradient,
+        unregister_gradient,
     )
     from odespec.solvers._odeint import odeint, odeint_adjoint, solve
+    from odespec.solvers.config import GradientConfig, GradientDecl, SolverConfig, UnknownGradientMethodError
     from odespec.solvers.options import InvalidOptionError, allowed_options, parse_options
     from odespec.solvers.solution import BackwardStats, Solution, SolveStats
     from odespec.solvers.step import Combine, StepResult, rk_step, torch_combine

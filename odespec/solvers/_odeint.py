@@ -17,16 +17,15 @@ import torch
 
 from odespec.solvers.checks import check_monotonic, check_state, check_times, check_tolerance
 from odespec.solvers.common import Outcome
-from odespec.solvers.gradient import GradientMethod, Problem, make_gradient
+from odespec.solvers.config import DEFAULT_METHOD, GradientConfig
+from odespec.solvers.gradient import Adjoint, GradientMethod, Problem, make_gradient
 from odespec.solvers.integrate import make_setup
-from odespec.solvers.options import InvalidOptionError
+from odespec.solvers.options import InvalidOptionError, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
 
 __all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
-
-DEFAULT_METHOD = "dopri5"
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Tol = Union[float, torch.Tensor]
@@ -96,11 +95,9 @@ def odeint_adjoint(
                 key="norm",
             )
         seminorm = True
-    return solve(
-        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient="adjoint",
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params, seminorm=seminorm,
-    ).ys
+    adjoint = Adjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adjoint_options,
+                      params=adjoint_params, seminorm=seminorm)
+    return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient=adjoint).ys
 
 
 def solve(
@@ -111,47 +108,30 @@ def solve(
     method: Method = None,
     rtol: Tol = 1e-7,
     atol: Tol = 1e-9,
-    options: Optional[Mapping[str, Any]] = None,
+    options: Union[Mapping[str, Any], SolverOptions, None] = None,
     return_on_failure: bool = False,
-    gradient: Union[str, GradientMethod] = "backprop",
-    adjoint_rtol: Optional[Tol] = None,
-    adjoint_atol: Optional[Tol] = None,
-    adjoint_method: Method = None,
-    adjoint_options: Optional[Mapping[str, Any]] = None,
-    adjoint_params: Optional[Iterable[torch.Tensor]] = None,
-    seminorm: bool = False,
-    checkpoints: Optional[int] = None,
+    gradient: Union[str, GradientConfig, GradientMethod] = "backprop",
 ) -> Solution:
     """Like :func:`odeint` but returns a :class:`Solution` with statistics, and chooses how
     gradients flow.
 
+    ``options`` may also be the integrator's parsed options (as
+    :meth:`~odespec.solvers.config.SolverConfig.integration_options` gives them), which skips
+    parsing them again on every call.
+
     With ``return_on_failure=True`` a failed solve returns the outputs reached, the last accepted
     state and ``stats.status`` set to the failure reason instead of raising.
 
-    ``gradient``: ``"backprop"`` (default), ``"adjoint"`` or ``"checkpoint"`` (or a
-    :class:`~odespec.solvers.gradient.GradientMethod` instance); an unknown name raises
-    :class:`~odespec.solvers.gradient.UnknownGradientMethodError` with a did-you-mean. The
-    ``adjoint_*`` arguments and ``seminorm`` configure ``"adjoint"`` (see
-    :func:`odeint_adjoint`; ``seminorm=True`` leaves the parameter-gradient channels out of the
-    backward solve's error control); ``checkpoints`` configures ``"checkpoint"``;
-    ``adjoint_params`` names the tensors both differentiate besides ``y0`` (default: an
-    ``nn.Module``'s parameters, else the leaf tensors ``func`` is found to depend on). Passing
-    one to a method that does not use it is an error. The backward pass's work is readable in
-    ``stats.backward`` after ``.backward()``. Gradients reach the outputs ``ys`` (and, on
-    success, ``y_last``, which is ``ys[-1]``).
+    ``gradient``: how gradients flow, as a name with default options (``"backprop"``, the
+    default, ``"adjoint"``, ``"checkpoint"``), a :class:`~odespec.solvers.config.GradientConfig`
+    (``GradientConfig.of("adjoint", seminorm=True)``) or a configured
+    :class:`~odespec.solvers.gradient.GradientMethod` instance (``Adjoint(rtol=1e-6,
+    params=...)``, ``Checkpoint(checkpoints=8)``); an unknown name raises
+    :class:`~odespec.solvers.config.UnknownGradientMethodError` with a did-you-mean. The backward
+    pass's work is readable in ``stats.backward`` after ``.backward()``. Gradients reach the
+    outputs ``ys`` (and, on success, ``y_last``, which is ``ys[-1]``).
     """
-    given = {
-        k: v
-        for k, v in (
-            ("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
-            ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options),
-            ("adjoint_params", adjoint_params), ("checkpoints", checkpoints),
-        )
-        if v is not None
-    }
-    if seminorm is not False:
-        given["seminorm"] = seminorm
-    grad = make_gradient(gradient, given).for_function(func)
+    grad = make_gradient(gradient).for_function(func)
     tableau = _resolve_method(method)
     if isinstance(y0, (tuple, list)):
         packed = _TupleState(func, y0, rtol, atol)

@@ -9,41 +9,18 @@ no sliver step is taken; when the outputs are multiples of ``step_size`` both co
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
+from odespec.solvers.grid import steps_for_interval
 from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.replay import StepRecorder
 from odespec.solvers.step import own, stepper
 from odespec.solvers.tableau import ButcherTableau
 
-__all__ = ["integrate_fixed", "steps_for_interval", "count_steps"]
-
-# |span| / step_size within this relative distance of an integer counts as that integer, so that
-# e.g. span 1.0 with step 0.1 (1/0.1 = 10.000000000000002) takes 10 steps, not 11.
-_ROUND_TOL = 1e-9
-
-
-def steps_for_interval(span: float, opts: FixedStepOptions) -> int:
-    """Number of equal steps for one output interval of length ``|span|``."""
-    if opts.steps is not None:
-        return opts.steps
-    if opts.step_size is None:
-        return 1
-    q = abs(span) / opts.step_size
-    n = round(q)
-    if abs(q - n) <= _ROUND_TOL * max(1.0, q):
-        return max(1, int(n))
-    return max(1, math.ceil(q))
-
-
-def count_steps(times: list[float], opts: FixedStepOptions) -> int:
-    """Total number of steps a fixed-step solve through ``times`` takes."""
-    return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:]))
-
+__all__ = ["integrate_fixed"]
 
 def integrate_fixed(
     f: TimedFunc,

@@ -1,12 +1,48 @@
-"""The fixed-step grid as plain numbers, for code that lays steps out itself (ONNX export,
-ResNet blocks, NFE accounting). Same rule as :func:`odespec.solvers.fixed.integrate_fixed`."""
+"""The fixed-step grid as plain numbers: how many steps each output interval takes, where they
+lie, and what a fixed-step solve costs. Torch-free: the fixed-step integrator, ResNet blocks,
+the ONNX export, calibration, the NFE budget and the spec validator's step limit all count with
+these functions, so they agree on every grid.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
-from odespec.solvers.fixed import steps_for_interval
 from odespec.solvers.options import FixedStepOptions
+from odespec.solvers.tableau import ButcherTableau
+
+__all__ = ["steps_for_interval", "count_steps", "fixed_grid", "grid_steps", "fixed_nfe"]
+
+# |span| / step_size within this relative distance of an integer counts as that integer, so that
+# e.g. span 1.0 with step 0.1 (1/0.1 = 10.000000000000002) takes 10 steps, not 11.
+_ROUND_TOL = 1e-9
+
+
+def steps_for_interval(span: float, opts: FixedStepOptions) -> int:
+    """Number of equal steps for one output interval of length ``|span|``."""
+    if opts.steps is not None:
+        return opts.steps
+    if opts.step_size is None:
+        return 1
+    q = abs(span) / opts.step_size
+    n = round(q)
+    if abs(q - n) <= _ROUND_TOL * max(1.0, q):
+        return max(1, int(n))
+    return max(1, math.ceil(q))
+
+
+def count_steps(times: Sequence[float], opts: FixedStepOptions) -> int:
+    """Total number of steps a fixed-step solve through ``times`` takes."""
+    return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:]))
+
+
+def fixed_nfe(times: Sequence[float], opts: FixedStepOptions, tableau: ButcherTableau) -> int:
+    """f-evaluations of a fixed-step solve through ``times``: every stage of every step, less
+    the first stage of each step after the first for a FSAL method (it is the previous step's
+    last stage, carried across output intervals too)."""
+    n = count_steps(times, opts)
+    return n * tableau.stages - (n - 1 if tableau.fsal and n else 0)
 
 
 def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, float]]]:
@@ -23,4 +59,4 @@ def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, flo
 
 def grid_steps(times: Sequence[float], steps: int) -> int:
     """Total number of steps of :func:`fixed_grid`."""
-    return sum(len(interval) for interval in fixed_grid(times, steps))
+    return count_steps(times, FixedStepOptions(steps=steps))

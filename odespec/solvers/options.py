@@ -1,6 +1,8 @@
-"""Solver options: which keys a method accepts, their defaults and their validation.
+"""Solver options as data: each option's JSON-Schema fragment, default, description and the kind
+of method it belongs to, in one table (:data:`SOLVER_OPTIONS`) that the spec schema, the spec
+validator, :class:`~odespec.solvers.config.SolverConfig` and ``odeint``'s ``options`` all read.
 
-Torch-free, so the spec validator can check ``solver.options`` without importing torch.
+Torch-free, so the spec validator can check solver options without importing torch.
 """
 
 from __future__ import annotations
@@ -15,27 +17,25 @@ from odespec.solvers.tableau import ButcherTableau
 
 __all__ = [
     "InvalidOptionError",
+    "OptionSpec",
+    "SOLVER_OPTIONS",
     "FixedStepOptions",
     "AdaptiveOptions",
     "FIXED_STEP_KEYS",
     "ADAPTIVE_KEYS",
+    "TOLERANCE_KEYS",
     "DEFAULT_MAX_NUM_STEPS",
+    "MAX_STEPS",
+    "MAX_NUM_STEPS",
     "allowed_options",
+    "check_option_value",
     "parse_options",
 ]
 
-FIXED_STEP_KEYS = ("step_size", "steps")
-ADAPTIVE_KEYS = (
-    "first_step",
-    "min_step",
-    "max_step",
-    "max_num_steps",
-    "controller",
-    "force_output_steps",
-    "safety",
-    "ifactor",
-    "dfactor",
-)
+#: most fixed steps per output interval (and in a whole spec's solve): a spec cannot ask for a
+#: billion steps
+MAX_STEPS = 100_000
+MAX_NUM_STEPS = 10_000_000
 # Finite by default so a stiff or blown-up model fails with a clear error instead of spinning.
 DEFAULT_MAX_NUM_STEPS = 100_000
 CONTROLLERS = ("pi", "i")
@@ -48,6 +48,70 @@ class InvalidOptionError(OdespecError, ValueError):
         self.key = key
         self.allowed = allowed
         super().__init__(message)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a solve or of a gradient method.
+
+    ``schema``: its JSON-Schema fragment (type and bounds; the description and default are
+    added from the fields here); ``kind``: ``fixed`` or ``adaptive`` for solver options (the
+    methods it applies to), ``tolerance`` for rtol/atol (adaptive methods; ``odeint`` takes
+    them as arguments, not options), or the gradient method's name; ``in_spec``: whether the
+    spec language exposes it (the rest are ``odeint``'s fine controls).
+    """
+
+    key: str
+    schema: Mapping[str, Any]
+    description: str
+    default: Any = None
+    kind: str = "adaptive"
+    in_spec: bool = True
+    #: the largest value the spec language accepts (a budget on work, checked before anything
+    #: runs); the Python API has no such limit
+    budget: Optional[int] = None
+
+    def json_schema(self, *, prefix: str = "") -> dict[str, Any]:
+        """The option's property in the spec schema (``prefix`` names who it is for)."""
+        bound = {} if self.budget is None else {"maximum": self.budget}
+        return {**self.schema, **bound, "description": prefix + self.description, "default": self.default}
+
+
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_TOL = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+
+#: every solver option, fixed-step ones first (error messages list them in this order)
+SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("step_size", _POSITIVE, "Fixed-step methods: the largest step; each output interval is divided "
+               "into the fewest equal steps no larger (alternative to steps).", kind="fixed"),
+    OptionSpec("steps", {"type": "integer", "minimum": 1}, "Fixed-step methods: number of equal steps per "
+               "output interval (over the whole span when t is [t0, t1]).", kind="fixed", budget=MAX_STEPS),
+    OptionSpec("rtol", _TOL, "Adaptive methods: relative tolerance.", 1e-7, kind="tolerance"),
+    OptionSpec("atol", _TOL, "Adaptive methods: absolute tolerance.", 1e-9, kind="tolerance"),
+    OptionSpec("first_step", _POSITIVE, "Adaptive methods: initial step size (default: chosen automatically)."),
+    OptionSpec("min_step", {"type": "number", "minimum": 0}, "Adaptive methods: smallest step allowed.", 0.0,
+               in_spec=False),
+    OptionSpec("max_step", _POSITIVE, "Adaptive methods: largest step allowed."),
+    OptionSpec("max_num_steps", {"type": "integer", "minimum": 1},
+               "Adaptive methods: give up after this many steps (a solve never hangs).", DEFAULT_MAX_NUM_STEPS,
+               budget=MAX_NUM_STEPS),
+    OptionSpec("controller", {"enum": list(CONTROLLERS)}, "Adaptive methods: step-size controller; pi "
+               "(proportional-integral, smoother step sequences) or i (the plain controller torchdiffeq uses; "
+               "often fewer steps).", "pi"),
+    OptionSpec("force_output_steps", {"type": "boolean"}, "Adaptive methods: end a step at every output time "
+               "instead of interpolating.", False, in_spec=False),
+    OptionSpec("safety", {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+               "Adaptive methods: safety factor of the step-size controller.", 0.9, in_spec=False),
+    OptionSpec("ifactor", {"type": "number", "exclusiveMinimum": 1}, "Adaptive methods: largest growth of the "
+               "step size in one step.", 10.0, in_spec=False),
+    OptionSpec("dfactor", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+               "Adaptive methods: largest shrinking of the step size in one step.", 0.2, in_spec=False),
+)
+_BY_KEY = {o.key: o for o in SOLVER_OPTIONS}
+
+FIXED_STEP_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "fixed")
+ADAPTIVE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "adaptive")
+TOLERANCE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "tolerance")
 
 
 @dataclass(frozen=True)
@@ -65,128 +129,106 @@ class FixedStepOptions:
 
 @dataclass(frozen=True)
 class AdaptiveOptions:
-    """Adaptive integration (methods with an error estimator)."""
+    """Adaptive integration (methods with an error estimator); defaults from :data:`SOLVER_OPTIONS`."""
 
-    first_step: Optional[float] = None
-    min_step: float = 0.0
-    max_step: float = math.inf
-    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
-    controller: str = "pi"
-    force_output_steps: bool = False
-    safety: float = 0.9
-    ifactor: float = 10.0
-    dfactor: float = 0.2
+    first_step: Optional[float] = _BY_KEY["first_step"].default
+    min_step: float = _BY_KEY["min_step"].default
+    max_step: float = math.inf  # the table's None: no limit
+    max_num_steps: int = _BY_KEY["max_num_steps"].default
+    controller: str = _BY_KEY["controller"].default
+    force_output_steps: bool = _BY_KEY["force_output_steps"].default
+    safety: float = _BY_KEY["safety"].default
+    ifactor: float = _BY_KEY["ifactor"].default
+    dfactor: float = _BY_KEY["dfactor"].default
 
 
 SolverOptions = Union[FixedStepOptions, AdaptiveOptions]
 
 
 def allowed_options(tableau: ButcherTableau) -> tuple[str, ...]:
-    """Option keys a method accepts. Adaptive methods also accept the fixed-step keys, which
-    switch them to fixed steps (the error estimator is then unused)."""
+    """Option keys ``odeint`` accepts for a method. Adaptive methods also accept the fixed-step
+    keys, which switch them to fixed steps (the error estimator is then unused)."""
     return (ADAPTIVE_KEYS + FIXED_STEP_KEYS) if tableau.adaptive else FIXED_STEP_KEYS
 
 
-def _positive(key: str, value: Any, *, allow_inf: bool = False, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidOptionError(f"option {key!r} must be a number, got {value!r}", key=key)
-    v = float(value)
-    ok = (v >= 0 if allow_zero else v > 0) and (allow_inf or math.isfinite(v)) and not math.isnan(v)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidOptionError(f"option {key!r} must be {bound}, got {value!r}", key=key)
+def _bounds_text(schema: Mapping[str, Any]) -> str:
+    parts = [f"{op} {schema[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                               ("maximum", "<="), ("exclusiveMaximum", "<")) if k in schema]
+    return " and ".join(parts)
+
+
+def check_option_value(opt: OptionSpec, value: Any) -> Any:
+    """``value`` checked against ``opt``'s schema fragment (type, bounds, enum); numbers are
+    returned as floats (integers as ints). :class:`InvalidOptionError` names the option."""
+    s = opt.schema
+    if "enum" in s:
+        if value not in s["enum"]:
+            raise InvalidOptionError(f"option {opt.key!r} must be one of {tuple(s['enum'])}, got {value!r}",
+                                     key=opt.key)
+        return value
+    kind = s.get("type")
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidOptionError(f"option {opt.key!r} must be a bool, got {value!r}", key=opt.key)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "integer" and not isinstance(value, int)):
+        what = "an int" if kind == "integer" else "a number"
+        raise InvalidOptionError(f"option {opt.key!r} must be {what}, got {value!r}", key=opt.key)
+    v = value if kind == "integer" else float(value)
+    ok = not math.isnan(v) and (
+        ("minimum" not in s or v >= s["minimum"]) and ("exclusiveMinimum" not in s or v > s["exclusiveMinimum"])
+        and ("maximum" not in s or v <= s["maximum"]) and ("exclusiveMaximum" not in s or v < s["exclusiveMaximum"]))
+    # a step-size limit may be infinite (no limit); every other number is finite
+    if not ok or (math.isinf(v) and opt.key != "max_step"):
+        raise InvalidOptionError(f"option {opt.key!r} must be {_bounds_text(s) or 'finite'}, got {value!r}",
+                                 key=opt.key)
     return v
 
 
-def _count(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(f"option {key!r} must be a positive int, got {value!r}", key=key)
-    return value
+def _unknown(key: Any, tableau: ButcherTableau, allowed: tuple[str, ...]) -> InvalidOptionError:
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    extra = ""
+    if key in ADAPTIVE_KEYS and not tableau.adaptive:
+        extra = f" ({tableau.name!r} is a fixed-step method; {key!r} is for adaptive methods)"
+    return InvalidOptionError(
+        f"unknown solver option {key!r} for method {tableau.name!r}{hint}{extra}; allowed: {', '.join(allowed)}",
+        key=str(key), allowed=allowed)
 
 
 def parse_options(tableau: ButcherTableau, options: Optional[Mapping[str, Any]]) -> SolverOptions:
-    """Validate ``options`` for ``tableau`` and fill in defaults.
+    """Validate ``odeint``'s ``options`` for ``tableau`` and fill in defaults (an already parsed
+    :class:`FixedStepOptions`/:class:`AdaptiveOptions` is returned as it is).
 
     Raises :class:`InvalidOptionError` naming the allowed keys (with a did-you-mean) for an
     unknown key, and for values out of range.
     """
+    if isinstance(options, (FixedStepOptions, AdaptiveOptions)):
+        return options
     # a key given as None means "not given" (spec objects fill unset fields with None)
-    options = {k: v for k, v in dict(options or {}).items() if v is not None}
+    given = {k: v for k, v in dict(options or {}).items() if v is not None}
     allowed = allowed_options(tableau)
-    for key in options:
+    for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            extra = ""
-            if key in ADAPTIVE_KEYS and not tableau.adaptive:
-                extra = f" ({tableau.name!r} is a fixed-step method; {key!r} is for adaptive methods)"
-            raise InvalidOptionError(
-                f"unknown solver option {key!r} for method {tableau.name!r}{hint}{extra}; "
-                f"allowed: {', '.join(allowed)}",
-                key=str(key),
-                allowed=allowed,
-            )
-
-    fixed_keys = [k for k in options if k in FIXED_STEP_KEYS]
-    adaptive_keys = [k for k in options if k in ADAPTIVE_KEYS]
+            raise _unknown(key, tableau, allowed)
+    fixed_keys = [k for k in given if k in FIXED_STEP_KEYS]
+    adaptive_keys = [k for k in given if k in ADAPTIVE_KEYS]
     if len(fixed_keys) == 2:
         raise InvalidOptionError("options 'step_size' and 'steps' are mutually exclusive", key="steps")
     if fixed_keys and adaptive_keys:
         raise InvalidOptionError(
             f"option {fixed_keys[0]!r} asks for fixed steps, but {adaptive_keys[0]!r} is an "
-            "adaptive-step option; use one kind",
-            key=adaptive_keys[0],
-            allowed=allowed,
-        )
+            "adaptive-step option; use one kind", key=adaptive_keys[0], allowed=allowed)
+    values = {k: check_option_value(_BY_KEY[k], v) for k, v in given.items()}
     if not tableau.adaptive or fixed_keys:
-        step_size = options.get("step_size")
-        steps = options.get("steps")
-        return FixedStepOptions(
-            step_size=None if step_size is None else _positive("step_size", step_size),
-            steps=None if steps is None else _count("steps", steps),
-        )
-
-    kw: dict[str, Any] = {}
-    if options.get("first_step") is not None:
-        kw["first_step"] = _positive("first_step", options["first_step"])
-    if "min_step" in options:
-        kw["min_step"] = _positive("min_step", options["min_step"], allow_zero=True)
-    if "max_step" in options:
-        kw["max_step"] = _positive("max_step", options["max_step"], allow_inf=True)
-    if "max_num_steps" in options:
-        kw["max_num_steps"] = _count("max_num_steps", options["max_num_steps"])
-    if "controller" in options:
-        c = options["controller"]
-        if c not in CONTROLLERS:
-            raise InvalidOptionError(
-                f"option 'controller' must be one of {CONTROLLERS}, got {c!r}", key="controller"
-            )
-        kw["controller"] = c
-    if "force_output_steps" in options:
-        v = options["force_output_steps"]
-        if not isinstance(v, bool):
-            raise InvalidOptionError(
-                f"option 'force_output_steps' must be a bool, got {v!r}", key="force_output_steps"
-            )
-        kw["force_output_steps"] = v
-    if "safety" in options:
-        v = _positive("safety", options["safety"])
-        if v > 1:
-            raise InvalidOptionError(f"option 'safety' must be in (0, 1], got {v!r}", key="safety")
-        kw["safety"] = v
-    if "ifactor" in options:
-        v = _positive("ifactor", options["ifactor"])
-        if v <= 1:
-            raise InvalidOptionError(f"option 'ifactor' must be > 1, got {v!r}", key="ifactor")
-        kw["ifactor"] = v
-    if "dfactor" in options:
-        v = _positive("dfactor", options["dfactor"])
-        if v >= 1:
-            raise InvalidOptionError(f"option 'dfactor' must be in (0, 1), got {v!r}", key="dfactor")
-        kw["dfactor"] = v
-    opts = AdaptiveOptions(**kw)
+        return FixedStepOptions(**values)
+    opts = AdaptiveOptions(**values)
     if opts.min_step > opts.max_step:
-        raise InvalidOptionError(
-            f"min_step ({opts.min_step}) is larger than max_step ({opts.max_step})", key="min_step"
-        )
+        raise InvalidOptionError(f"min_step ({opts.min_step}) is larger than max_step ({opts.max_step})",
+                                 key="min_step")
     return opts
+
+
+def option_spec(key: str) -> OptionSpec:
+    """The table entry of solver option ``key``."""
+    return _BY_KEY[key]

@@ -411,30 +411,27 @@ _METHODS: dict[str, ButcherTableau] = {}  # canonical name -> tableau, in regist
 _LOOKUP: dict[str, str] = {}  # name or alias -> canonical name
 
 
-def register_tableau(tableau: ButcherTableau, *, replace: bool = False) -> ButcherTableau:
-    """Make ``tableau`` available by its name and aliases (e.g. to ``odeint(method=...)``).
-
-    A name or alias that is already taken is refused with ``ValueError``; with ``replace=True`` a
-    method of the same canonical name is replaced (its old aliases are dropped), but an alias
-    clash with a *different* method is still refused. Returns the tableau.
+def register_tableau(tableau: ButcherTableau) -> ButcherTableau:
+    """Make ``tableau`` available by its name and aliases (to ``odeint(method=...)``, to specs'
+    ``solver.method`` and to the spec schema). A name or alias that is already taken is refused
+    with ``ValueError``, as in every odespec registry; :func:`unregister_tableau` first to
+    replace a method. Returns the tableau.
     """
     if not isinstance(tableau, ButcherTableau):
         raise TypeError(f"expected a ButcherTableau, got {type(tableau).__name__}")
     if len(set(tableau.names)) != len(tableau.names):
         raise ValueError(f"tableau {tableau.name!r} lists a name twice: {tableau.names}")
     owner_of_name = _LOOKUP.get(tableau.name)
-    if owner_of_name is not None and not (replace and owner_of_name == tableau.name):
+    if owner_of_name is not None:
         raise ValueError(
             f"ODE method name {tableau.name!r} is already registered"
             + ("" if owner_of_name == tableau.name else f" (as an alias of {owner_of_name!r})")
-            + "; pass replace=True to replace a method of the same name"
+            + "; unregister_tableau it first to replace it, or choose another name"
         )
     for alias in tableau.aliases:
         owner = _LOOKUP.get(alias)
-        if owner is not None and owner != tableau.name:
+        if owner is not None:
             raise ValueError(f"alias {alias!r} of {tableau.name!r} is already used by {owner!r}")
-    if tableau.name in _METHODS:
-        unregister_tableau(tableau.name)
     _METHODS[tableau.name] = tableau
     for n in tableau.names:
         _LOOKUP[n] = tableau.name

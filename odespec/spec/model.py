@@ -6,9 +6,11 @@ checks, building, export) can still point at the line a problem comes from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Union
+
+from odespec.solvers.config import GradientConfig, SolverConfig
 
 Shape = tuple[int, ...]
 
@@ -88,42 +90,10 @@ class DynamicsSpec:
     loc: Location
 
 
-@dataclass(frozen=True)
-class SolverSpec:
-    """Solver method and options; fixed-step methods use ``steps``, adaptive ones tolerances."""
-
-    method: str
-    adaptive: bool
-    steps: Optional[int] = None
-    step_size: Optional[float] = None
-    rtol: float = 1e-7
-    atol: float = 1e-9
-    first_step: Optional[float] = None
-    max_step: Optional[float] = None
-    max_num_steps: int = 100_000
-    controller: str = "pi"
-
-    def options(self) -> dict[str, Any]:
-        """torchdiffeq-style ``options`` for :func:`odespec.solvers.odeint`."""
-        if not self.adaptive:
-            return {"steps": self.steps} if self.steps is not None else {"step_size": self.step_size}
-        out: dict[str, Any] = {"max_num_steps": self.max_num_steps, "controller": self.controller}
-        if self.first_step is not None:
-            out["first_step"] = self.first_step
-        if self.max_step is not None:
-            out["max_step"] = self.max_step
-        return out
-
-
-@dataclass(frozen=True)
-class GradientSpec:
-    """How gradients flow through a solve: ``backprop``, ``adjoint`` or ``checkpoint``."""
-
-    method: str = "backprop"
-    rtol: Optional[float] = None
-    atol: Optional[float] = None
-    seminorm: bool = False
-    checkpoints: Optional[int] = None
+#: an ODE block's solver and gradient method are the solvers' own configuration objects (one
+#: owner for that vocabulary: options, defaults, rules, schema fragments, step counts)
+SolverSpec = SolverConfig
+GradientSpec = GradientConfig
 
 
 @dataclass(frozen=True)
@@ -133,8 +103,8 @@ class OdeBlockSpec:
     t: tuple[float, ...]
     output: str
     dynamics: DynamicsSpec
-    solver: SolverSpec
-    gradient: GradientSpec
+    solver: SolverConfig
+    gradient: GradientConfig
     loc: Location
     out_shape: Shape = ()
     num_params: int = 0
@@ -148,6 +118,16 @@ class OdeBlockSpec:
     def state_shape(self) -> Shape:
         """Per-sample shape of the ODE state (the block's input plus any augmentation)."""
         return self.out_shape[1:] if self.output == "trajectory" else self.out_shape
+
+    def with_solver(self, solver: SolverConfig, gradient: Optional[GradientConfig] = None) -> "OdeBlockSpec":
+        """This block solved another way (the export's fixed-step twin, calibration candidates);
+        the gradient method is kept unless given."""
+        return replace(self, solver=solver, gradient=self.gradient if gradient is None else gradient)
+
+    def nfe(self) -> Optional[int]:
+        """f-evaluations of one forward solve (``None``: adaptive, it varies). A ResNet block
+        evaluates each of its step functions once."""
+        return self.solver.nfe(self.t)
 
 
 ModelItem = Union[LayerSpec, OdeBlockSpec]

@@ -20,6 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from odespec.solvers import tableaus
+from odespec.solvers.config import DEFAULT_GRADIENT, DEFAULT_METHOD, GradientConfig, SolverConfig, declared_gradients
+
 SCHEMA_FILENAME = "odespec.schema.json"
 SCHEMA_ID = "https://odespec.dev/schemas/odespec.schema.json"
 FORMAT_VERSION = 1
@@ -28,8 +31,6 @@ FORMAT_VERSION = 1
 # so that an unknown one gets a did-you-mean for the right kind of thing.
 NAMES_KEY = "x-odespec-names"
 
-MAX_STEPS = 100_000
-MAX_NUM_STEPS = 10_000_000
 #: ``export.onnx.steps: auto``: the fixed-step methods calibration searches by default, and the
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
@@ -59,75 +60,75 @@ def _layer_item(names_with_values: dict[str, dict], bare: list[str], extra_names
     }
 
 
+def method_fragment() -> dict[str, Any]:
+    """A solver method name: every registered method, marked for did-you-mean messages."""
+    return {**SolverConfig.method_schema(), NAMES_KEY: "solver method"}
+
+
+def gradient_fragment() -> dict[str, Any]:
+    """The ``gradient:`` object form, its method names marked for did-you-mean messages."""
+    fragment = GradientConfig.schema()
+    fragment["properties"]["method"][NAMES_KEY] = "gradient method"
+    return fragment
+
+
+def solve_properties() -> dict[str, Any]:
+    """An ODE block's ``solver`` and ``gradient`` properties, each a name or an object with
+    options, from the solvers' configuration and registries."""
+    solver_object = SolverConfig.schema()
+    solver_object["properties"]["method"][NAMES_KEY] = "solver method"
+    gradient_object = gradient_fragment()
+    return {
+        "solver": {
+            "description": "The solver: a method name, or an object with options.",
+            "default": {"method": DEFAULT_METHOD},
+            "if": {"type": "string"},
+            "then": method_fragment(),
+            "else": solver_object,
+        },
+        "gradient": {
+            "description": "Gradient method: a name, or an object with options.",
+            "default": DEFAULT_GRADIENT,
+            "if": {"type": "string"},
+            "then": gradient_object["properties"]["method"],
+            "else": gradient_object,
+        },
+    }
+
+
+def export_method_property() -> dict[str, Any]:
+    """``export.onnx.method``: a registered method (the validator refuses adaptive ones)."""
+    method = method_fragment()
+    del method["description"]
+    return {**method, "description": "Fixed-step method of the unrolled graph.", "default": "rk4"}
+
+
+def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the solver vocabulary of the active schema depends on: the registered methods and
+    gradient methods (a public ``register_tableau``/``register_gradient`` changes it)."""
+    return tableaus.method_names(), tuple(d.name for d in declared_gradients())
+
+
+def _with_solve_vocabulary(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the methods and gradient methods registered now (the shipped file has the
+    built-in ones)."""
+    methods, gradients = registry_key()
+    ode = schema["$defs"]["ode_block"]["properties"]
+    if ode["solver"]["then"]["enum"] == list(methods) and ode["gradient"]["then"]["enum"] == list(gradients):
+        return schema
+    schema = copy.deepcopy(schema)
+    schema["$defs"]["ode_block"]["properties"].update(solve_properties())
+    schema["$defs"]["onnx_export"]["properties"]["method"] = export_method_property()
+    return schema
+
+
 def build_schema() -> dict[str, Any]:
     """The whole schema for the currently registered layers and solver methods."""
     from odespec.layers import registry
-    from odespec.solvers import tableaus
 
     layer_values = {t.name: t.options_schema() for t in registry.all_types()}
     bare = [t.name for t in registry.all_types() if t.bare_allowed()]
-    methods = list(tableaus.method_names())
-    fixed = [m for m in methods if not tableaus.is_adaptive(m)]
-    adaptive = [m for m in methods if tableaus.is_adaptive(m)]
-
-    method = {
-        "enum": methods,
-        NAMES_KEY: "solver method",
-        "description": "Runge-Kutta method. Fixed-step: " + ", ".join(fixed) + ". Adaptive: " + ", ".join(adaptive) + ".",
-    }
-    steps = {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": MAX_STEPS,
-        "description": "Fixed-step methods: number of equal steps per output interval (over the whole span when t is [t0, t1]).",
-        "default": None,
-    }
-    tol = dict(exclusiveMinimum=0, maximum=1)
-    solver_object = {
-        "type": "object",
-        "description": "How the ODE block is solved.",
-        "properties": {
-            "method": {**method, "default": "dopri5"},
-            "steps": steps,
-            "step_size": _num("Fixed-step methods: the largest step; each output interval is divided into the fewest equal steps no larger (alternative to steps).", None, exclusiveMinimum=0),
-            "rtol": _num("Adaptive methods: relative tolerance.", 1e-7, **tol),
-            "atol": _num("Adaptive methods: absolute tolerance.", 1e-9, **tol),
-            "first_step": _num("Adaptive methods: initial step size (default: chosen automatically).", None, exclusiveMinimum=0),
-            "max_step": _num("Adaptive methods: largest step allowed.", None, exclusiveMinimum=0),
-            "max_num_steps": {
-                "type": "integer", "minimum": 1, "maximum": MAX_NUM_STEPS, "default": 100_000,
-                "description": "Adaptive methods: give up after this many steps (a solve never hangs).",
-            },
-            "controller": {
-                "enum": ["pi", "i"], "default": "pi",
-                "description": "Adaptive methods: step-size controller; pi (proportional-integral, smoother "
-                "step sequences) or i (the plain controller torchdiffeq uses; often fewer steps).",
-            },
-        },
-        "additionalProperties": False,
-    }
-    gradient_object = {
-        "type": "object",
-        "description": "How gradients flow through the ODE solve.",
-        "properties": {
-            "method": {
-                "enum": ["backprop", "adjoint", "checkpoint"],
-                NAMES_KEY: "gradient method",
-                "description": "backprop: autograd through the solver (memory grows with steps); adjoint: "
-                "continuous adjoint (O(1) memory, approximate gradients); checkpoint: exact gradients, "
-                "recomputing steps from stored checkpoints (sub-linear memory).",
-                "default": "backprop",
-            },
-            "rtol": _num("adjoint: relative tolerance of the backward solve (default: the solver's).", None, **tol),
-            "atol": _num("adjoint: absolute tolerance of the backward solve (default: the solver's).", None, **tol),
-            "seminorm": {"type": "boolean", "default": False,
-                         "description": "adjoint: leave the parameter-gradient channels out of error control (fewer backward steps)."},
-            "checkpoints": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": None,
-                            "description": "checkpoint: how many states to keep (default: about the square root of the step count)."},
-        },
-        "required": ["method"],
-        "additionalProperties": False,
-    }
+    solve = solve_properties()
     dynamics = {
         "type": "object",
         "description": "The network f(t, y; theta) whose output is dy/dt; it must keep the state's shape.",
@@ -189,20 +190,7 @@ def build_schema() -> dict[str, Any]:
                 "as shape (len(t), *state) per sample.",
             },
             "dynamics": {"$ref": "#/$defs/dynamics"},
-            "solver": {
-                "description": "The solver: a method name, or an object with options.",
-                "default": {"method": "dopri5"},
-                "if": {"type": "string"},
-                "then": method,
-                "else": solver_object,
-            },
-            "gradient": {
-                "description": "Gradient method: a name, or an object with options.",
-                "default": "backprop",
-                "if": {"type": "string"},
-                "then": gradient_object["properties"]["method"],
-                "else": gradient_object,
-            },
+            **solve,
         },
         "required": ["dynamics"],
         "additionalProperties": False,
@@ -213,8 +201,7 @@ def build_schema() -> dict[str, Any]:
         "properties": {
             "file": {"type": "string", "pattern": r"^[^/\\\x00]+\.onnx$", "default": None,
                      "description": "Output file name (default: NAME.onnx), written in the output directory."},
-            "method": {**{k: v for k, v in method.items() if k != "description"},
-                       "description": "Fixed-step method of the unrolled graph.", "default": "rk4"},
+            "method": export_method_property(),
             "steps": {
                 "description": "Steps per output interval of each ODE block, or auto: calibrate, choosing the "
                                "cheapest fixed-step method and step count whose output stays within match_tol "
@@ -224,7 +211,7 @@ def build_schema() -> dict[str, Any]:
                 # branch, so that it keeps the integer's messages (underscores, quoting)
                 "if": {"type": "string", "pattern": "^[A-Za-z]"},
                 "then": {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
-                "else": {**{k: v for k, v in steps.items() if k != "default"},
+                "else": {**{k: v for k, v in solve["solver"]["else"]["properties"]["steps"].items() if k != "default"},
                          "description": "Steps per output interval of each ODE block."},
             },
             "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
@@ -323,10 +310,15 @@ def shipped_schema_path() -> Path:
     raise FileNotFoundError(f"odespec's schema file {SCHEMA_FILENAME} is missing from the installation")
 
 
-@lru_cache(maxsize=1)
 def active_schema() -> dict[str, Any]:
     """The schema validation uses: the shipped file, plus any third-party layers and data
-    sources (registered through the ``odespec.layers`` and ``odespec.data`` entry points)."""
+    sources (registered through the ``odespec.layers`` and ``odespec.data`` entry points) and
+    any methods and gradient methods registered through the solvers' public API."""
+    return _active_schema(registry_key())
+
+
+@lru_cache(maxsize=8)
+def _active_schema(key: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
     from odespec.layers import registry
     from odespec.train import data as sources
 
@@ -350,7 +342,7 @@ def active_schema() -> dict[str, Any]:
         data["then"]["enum"].append(name)
         data["else"]["propertyNames"]["enum"].append(name)
         data["else"]["properties"][name] = sources.get(name).options_schema()
-    return schema
+    return _with_solve_vocabulary(schema)
 
 
 if __name__ == "__main__":  # pragma: no cover - the developers' regeneration command

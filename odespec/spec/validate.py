@@ -14,17 +14,18 @@ from odespec.layers import LayerContext, ShapeError, registry
 from odespec.layers.base import fmt_shape
 from odespec.spec.load import LoadedDocument, Path, format_path
 from odespec.spec.messages import schema_issues
-from odespec.spec.schema import CALIBRATION_METHODS, MAX_STEPS
+from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
+from odespec.solvers.grid import grid_steps
+from odespec.solvers.options import MAX_STEPS
+from odespec.spec.schema import CALIBRATION_METHODS
 from odespec.spec.model import (
     DynamicsSpec,
-    GradientSpec,
     LayerSpec,
     Location,
     ModelItem,
     OdeBlockSpec,
     OnnxExportSpec,
     Shape,
-    SolverSpec,
     Spec,
     TrainSpec,
 )
@@ -35,12 +36,17 @@ MAX_PARAMETERS = 100_000_000
 #: per-sample activation size limit, for the same reason
 MAX_ACTIVATION = 100_000_000
 
-_FIXED_ONLY = ("steps", "step_size")
-_ADAPTIVE_ONLY = ("rtol", "atol", "first_step", "max_step", "max_num_steps", "controller")
 
-
-@lru_cache(maxsize=1)
 def _validator() -> Any:
+    from odespec.spec.schema import registry_key
+
+    return _validator_for(registry_key())
+
+
+@lru_cache(maxsize=8)
+def _validator_for(key: Any) -> Any:
+    """A validator of the active schema; ``key`` (the registered solver vocabulary) keeps a
+    method registered later from being refused by a stale schema."""
     import jsonschema
 
     from odespec.spec.schema import active_schema
@@ -166,7 +172,7 @@ class _Checker:
     def ode_block(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[OdeBlockSpec]:
         t = _times(raw.get("t", [0, 1]))
         ok = self.times(t, path + ("t",))
-        solver = self.solver(raw.get("solver", {"method": "dopri5"}), path + ("solver",), t)
+        solver = self.solver(raw.get("solver", DEFAULT_METHOD), path + ("solver",), t)
         gradient = self.gradient(raw.get("gradient", "backprop"), path + ("gradient",))
         output = raw.get("output", "final")
         family = raw.get("family", "ode")
@@ -177,7 +183,7 @@ class _Checker:
         dyn = self.dynamics(raw["dynamics"], path + ("dynamics",), state)
         if not ok or solver is None or gradient is None or dyn is None or state is None:
             return None
-        copies = _total_steps(t, solver.steps, None) if family == "resnet" else 1
+        copies = solver.count_steps(t) or 1 if family == "resnet" else 1
         out_shape = (len(t),) + state if output == "trajectory" else state
         return OdeBlockSpec(
             t=t,
@@ -192,12 +198,12 @@ class _Checker:
             augment=augment,
         )
 
-    def family(self, family: str, solver: SolverSpec, gradient: GradientSpec, path: Path) -> bool:
+    def family(self, family: str, solver: SolverConfig, gradient: GradientConfig, path: Path) -> bool:
         """RK-Nets need a fixed-step solver; ResNets are Euler steps with their own weights."""
         before = len(self.issues)
-        if family in ("rknet", "resnet") and gradient.method == "adjoint":
-            self.error(path + ("gradient",), f"a {family} backpropagates through its steps; the adjoint is for "
-                       "continuous ODE blocks", "write gradient: backprop (or checkpoint), or family: ode")
+        if family in ("rknet", "resnet") and not gradient.decl.discrete:
+            self.error(path + ("gradient",), f"a {family} backpropagates through its steps; the {gradient.method} "
+                       "is for continuous ODE blocks", "write gradient: backprop (or checkpoint), or family: ode")
         if family == "rknet" and solver.adaptive:
             self.error(path + ("solver",), f"an RK-Net takes a fixed number of steps; {solver.method!r} is adaptive",
                        "use a fixed-step method such as rk4 with steps: N")
@@ -220,53 +226,28 @@ class _Checker:
                        "sort the times and remove duplicates")
         return False
 
-    def solver(self, raw: Any, path: Path, t: tuple[float, ...]) -> Optional[SolverSpec]:
-        from odespec.solvers import tableaus
-
-        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
-        method = raw.get("method", "dopri5")
-        adaptive = tableaus.is_adaptive(method)
-        before = len(self.issues)
-        if adaptive:
-            for k in _FIXED_ONLY:
-                if k in raw:
-                    self.error(path + (k,), f"{k!r} is for fixed-step methods; {method!r} is adaptive",
-                               "give rtol/atol for an adaptive method, or choose a fixed-step method such as rk4",
-                               key=True)
-        else:
-            for k in _ADAPTIVE_ONLY:
-                if k in raw:
-                    self.error(path + (k,), f"{k!r} is for adaptive methods; {method!r} is fixed-step",
-                               "give steps (or step_size) for a fixed-step method, or choose an adaptive method such as dopri5",
-                               key=True)
-            if "steps" in raw and "step_size" in raw:
-                self.error(path + ("step_size",), "give steps or step_size, not both", key=True)
-            elif "steps" not in raw and "step_size" not in raw:
-                self.error(path, f"fixed-step method {method!r} needs steps or step_size", "for example: {method: "
-                           f"{method}, steps: 10}}")
-            else:
-                key = "steps" if "steps" in raw else "step_size"
-                total = _total_steps(t, raw.get("steps"), raw.get("step_size"))
-                if total > MAX_STEPS:
-                    self.error(path + (key,), f"this makes {total:,} steps over {len(t) - 1} output interval(s); "
-                               f"the limit is {MAX_STEPS:,}", "use fewer steps (steps count per output interval)")
-        if len(self.issues) > before:
+    def solver(self, raw: Any, path: Path, t: tuple[float, ...]) -> Optional[SolverConfig]:
+        config, problems = SolverConfig.from_spec(raw)
+        self.option_problems(path, problems)
+        if config is None:
             return None
-        fields = {k: v for k, v in raw.items() if k != "method"}
-        return SolverSpec(method=method, adaptive=adaptive, **fields)
-
-    def gradient(self, raw: Any, path: Path) -> Optional[GradientSpec]:
-        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
-        method = raw["method"]
-        allowed = {"backprop": (), "adjoint": ("rtol", "atol", "seminorm"), "checkpoint": ("checkpoints",)}[method]
-        bad = [k for k in raw if k != "method" and k not in allowed]
-        for k in bad:
-            self.error(path + (k,), f"{k!r} is not an option of gradient method {method!r}",
-                       f"{method!r} takes: {', '.join(allowed)}" if allowed else f"{method!r} takes no options",
-                       key=True)
-        if bad:
+        total = config.count_steps(t)
+        if total is not None and total > MAX_STEPS:
+            key = "steps" if config.steps is not None else "step_size"
+            self.error(path + (key,), f"this makes {total:,} steps over {len(t) - 1} output interval(s); "
+                       f"the limit is {MAX_STEPS:,}", "use fewer steps (steps count per output interval)")
             return None
-        return GradientSpec(**raw)
+        return config
+
+    def gradient(self, raw: Any, path: Path) -> Optional[GradientConfig]:
+        config, problems = GradientConfig.from_spec(raw)
+        self.option_problems(path, problems)
+        return config
+
+    def option_problems(self, path: Path, problems: list[OptionProblem]) -> None:
+        """A solver or gradient configuration's broken rules, located at the option at fault."""
+        for p in problems:
+            self.error(path if p.key is None else path + (p.key,), p.message, p.hint, key=p.key is not None)
 
     def layer_list(self, items: list, path: Path, shape: Optional[Shape],
                    ctx: LayerContext) -> tuple[Optional[list[LayerSpec]], Optional[Shape]]:
@@ -331,21 +312,12 @@ class _Checker:
         for i, item in enumerate(data["model"] if steps != "auto" else []):
             if isinstance(item, dict) and "ode" in item:
                 t = _times(item["ode"].get("t", [0, 1]))
-                if _total_steps(t, steps, None) > MAX_STEPS:
+                if grid_steps(t, steps) > MAX_STEPS:
                     self.error(path + ("steps",), f"{steps:,} steps per output interval over the {len(t) - 1} "
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
                                "use fewer steps, or fewer output times")
         raw.setdefault("file", f"{data['name']}.onnx")
         return OnnxExportSpec(**raw)
-
-
-def _total_steps(t: Any, steps: Optional[int], step_size: Optional[float]) -> int:
-    """Fixed steps a solve over ``t`` takes (an upper bound for ``step_size``), computed before
-    anything runs so that a spec cannot ask for a billion steps."""
-    if steps is not None:
-        return steps * (len(t) - 1)
-    assert step_size is not None
-    return sum(math.ceil(abs(b - a) / step_size) for a, b in zip(t, t[1:]))
 
 
 def _times(raw: Any) -> tuple[float, ...]:

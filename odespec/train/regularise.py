@@ -28,18 +28,20 @@ records the iteration in the metrics (``nfe_budget_exceeded: true``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from odespec.compile.ode_block import ODEBlock
-from odespec.spec.model import OdeBlockSpec, RegulariseSpec
+from odespec.compile.ode_block import ODEBlock, SolveCall
+from odespec.solvers.options import AdaptiveOptions
+from odespec.spec.model import RegulariseSpec
 from odespec.train.errors import TrainError, TrainingFailed
 
 __all__ = ["RegularisedDynamics", "TrainingSolveHook", "NfeBudgetExceeded", "attach", "hutchinson_probe",
-           "fixed_nfe", "REGULARISERS"]
+           "REGULARISERS"]
 
 #: the regulariser names, in the order of their state channels and metrics (``reg_<name>``)
 REGULARISERS = ("kinetic", "jacobian")
@@ -109,19 +111,6 @@ class RegularisedDynamics(nn.Module):
         return tuple(out)
 
 
-def fixed_nfe(spec: OdeBlockSpec) -> Optional[int]:
-    """f-evaluations per forward of a fixed-step block (None: adaptive, it varies)."""
-    from odespec.solvers.fixed import steps_for_interval
-    from odespec.solvers.options import FixedStepOptions
-    from odespec.solvers.tableaus import get_tableau
-
-    s = spec.solver
-    if s.adaptive:
-        return None
-    opts = FixedStepOptions(steps=s.steps, step_size=s.step_size)
-    return sum(steps_for_interval(b - a, opts) for a, b in zip(spec.t, spec.t[1:])) * get_tableau(s.method).stages
-
-
 class TrainingSolveHook:
     """What an ODE block's training solves go through (see the module docstring).
 
@@ -140,21 +129,24 @@ class TrainingSolveHook:
     def regularised(self) -> bool:
         return self.kinetic or self.jacobian
 
-    def prepare(self, block: ODEBlock, y0: torch.Tensor, rtol: Any, atol: Any,
-                options: Optional[Mapping[str, Any]]) -> tuple[Any, Any, Any, Any, Optional[Mapping[str, Any]]]:
-        """(vector field, initial state, rtol, atol, options) of the block's next solve."""
+    def prepare(self, block: ODEBlock, call: SolveCall) -> SolveCall:
+        """The block's next solve: at most the budget's steps, with the regulariser channels."""
         self.integrals = {}
-        if self.max_num_steps is not None and options is not None and "max_num_steps" in options:
-            options = {**options, "max_num_steps": min(options["max_num_steps"], self.max_num_steps)}
+        options = call.options
+        if self.max_num_steps is not None and isinstance(options, AdaptiveOptions):
+            call = dataclasses.replace(call, options=dataclasses.replace(
+                options, max_num_steps=min(options.max_num_steps, self.max_num_steps)))
         if not self.regularised:
-            return block.dynamics, y0, rtol, atol, options
+            return call
+        y0, rtol, atol = call.y0, call.rtol, call.atol
         probe = hutchinson_probe(y0, self.noise) if self.jacobian else None
         func = RegularisedDynamics(block.dynamics, kinetic=self.kinetic, probe=probe)
         k = int(self.kinetic) + int(self.jacobian)
         zero = y0.new_zeros(y0.shape[0])
         # keep the solver's steps those of the state alone: see the module docstring
         c = math.sqrt(y0.numel() / (y0.numel() + k * y0.shape[0]))
-        return (func, (y0,) + (zero,) * k, (rtol * c,) + (0.0,) * k, (atol * c,) + (math.inf,) * k, options)
+        return SolveCall(func, (y0,) + (zero,) * k, (rtol * c,) + (0.0,) * k, (atol * c,) + (math.inf,) * k,
+                         call.options)
 
     def finish(self, block: ODEBlock, sol: Any) -> torch.Tensor:
         """The block's states ``(len(t), batch, *state)``; keeps the integrals."""
@@ -175,7 +167,7 @@ def attach(model: nn.Module, blocks: Sequence[Any], regularise: Optional[Regular
     solved = [b for b in blocks if isinstance(b, ODEBlock)]
     cap: Optional[int] = None
     if max_nfe is not None:
-        fixed = sum(fixed_nfe(b.spec) or 0 for b in solved)
+        fixed = sum(b.spec.nfe() or 0 for b in solved)
         if fixed > max_nfe:
             raise TrainError(f"max_nfe is {max_nfe}, but the fixed-step ODE blocks alone take {fixed} function "
                              "evaluations per forward pass", f"raise train.max_nfe to {fixed} or more, or take "

@@ -12,6 +12,7 @@ from odespec.errors import OdespecError, SolverError
 from odespec.solvers import (
     Adjoint,
     Checkpoint,
+    GradientConfig,
     GradientMethod,
     InvalidOptionError,
     UnknownGradientMethodError,
@@ -55,22 +56,30 @@ def test_unknown_gradient_method_suggests():
 
 
 @pytest.mark.parametrize(
-    "kw",
+    "make",
     [
-        {"seminorm": True},  # backprop has no backward solve
-        {"checkpoints": 4, "gradient": "adjoint"},
-        {"adjoint_rtol": 1e-3, "gradient": "checkpoint"},
-        {"checkpoints": 0, "gradient": "checkpoint"},
-        {"seminorm": "yes", "gradient": "adjoint"},
-        {"gradient": Adjoint(), "seminorm": True},
-        {"gradient": "adjoint", "adjoint_method": "rk4", "options": {"max_num_steps": 10}},
-        {"gradient": "adjoint", "adjoint_atol": -1.0},
-        {"gradient": "adjoint", "adjoint_options": {"max_num_step": 3}},
+        lambda: {"gradient": GradientConfig.of("backprop", seminorm=True)},  # backprop has no backward solve
+        lambda: {"gradient": GradientConfig.of("adjoint", checkpoints=4)},
+        lambda: {"gradient": GradientConfig.of("checkpoint", rtol=1e-3)},
+        lambda: {"gradient": GradientConfig.of("checkpoint", checkpoints=0)},
+        lambda: {"gradient": Checkpoint(checkpoints=0)},
+        lambda: {"gradient": GradientConfig.of("adjoint", seminorm="yes")},
+        lambda: {"gradient": Adjoint(seminorm="yes")},
+        lambda: {"gradient": Adjoint(method="rk4"), "options": {"max_num_steps": 10}},
+        lambda: {"gradient": Adjoint(atol=-1.0)},
+        lambda: {"gradient": GradientConfig.of("adjoint", atol=-1.0)},
+        lambda: {"gradient": Adjoint(options={"max_num_step": 3})},
     ],
 )
-def test_misused_gradient_options_are_errors(kw):
+def test_misused_gradient_options_are_errors(make):
     with pytest.raises(InvalidOptionError):
-        solve(lambda t, y: -y, torch.ones(1, requires_grad=True), [0.0, 1.0], **kw)
+        solve(lambda t, y: -y, torch.ones(1, requires_grad=True), [0.0, 1.0], **make())
+
+
+def test_solve_takes_gradient_options_as_one_object():
+    # the flat adjoint_*/checkpoints keywords of earlier designs are not solve()'s: one object says it all
+    with pytest.raises(TypeError):
+        solve(lambda t, y: -y, torch.ones(1), [0.0, 1.0], gradient="adjoint", seminorm=True)
 
 
 def test_gradient_method_instances():
@@ -78,7 +87,7 @@ def test_gradient_method_instances():
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
     t = [0.0, 1.0]
     a = solve(func, y0, t, gradient=Adjoint(seminorm=True, rtol=1e-9, atol=1e-10), rtol=1e-9, atol=1e-10)
-    b = solve(func, y0, t, gradient="adjoint", seminorm=True, rtol=1e-9, atol=1e-10)
+    b = solve(func, y0, t, gradient=GradientConfig.of("adjoint", seminorm=True), rtol=1e-9, atol=1e-10)
     ga = torch.autograd.grad(a.ys.sum(), y0)[0]
     gb = torch.autograd.grad(b.ys.sum(), y0)[0]
     assert torch.equal(ga, gb)
@@ -130,7 +139,8 @@ def test_parameters_of_closures_are_found(gradient):
     for r, g in zip(ref, got):
         assert torch.allclose(g, r, rtol=1e-7, atol=1e-10)
     # explicit adjoint_params restrict what is differentiated
-    ys = solve(f, y0, t, gradient=gradient, adjoint_params=(w,)).ys
+    method = {"adjoint": Adjoint, "checkpoint": Checkpoint}[gradient]
+    ys = solve(f, y0, t, gradient=method(params=(w,))).ys
     (gw,) = torch.autograd.grad(ys.sum(), (w,))
     assert torch.isfinite(gw).all()
 
@@ -144,7 +154,7 @@ def test_seminorm_reduces_backward_nfe(capsys):
     t = torch.linspace(0, 10, 2, dtype=F64)
     nfe = {}
     for seminorm in (False, True):
-        sol = solve(func, y0, t, rtol=1e-6, atol=1e-7, gradient="adjoint", seminorm=seminorm)
+        sol = solve(func, y0, t, rtol=1e-6, atol=1e-7, gradient=Adjoint(seminorm=seminorm))
         sol.ys[-1].square().sum().backward()
         nfe[seminorm] = sol.stats.backward.nfe
     with capsys.disabled():
@@ -169,7 +179,7 @@ def test_adjoint_nan_in_backward_raises_solver_error():
         return NanGrad.apply(func(t, y))
 
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
-    sol = solve(f, y0, [0.0, 1.0], gradient="adjoint", adjoint_params=tuple(func.parameters()))
+    sol = solve(f, y0, [0.0, 1.0], gradient=Adjoint(params=tuple(func.parameters())))
     assert torch.isfinite(sol.ys).all()
     with pytest.raises(SolverError) as info:
         sol.ys.sum().backward()
@@ -198,8 +208,7 @@ def test_adjoint_other_backward_method():
     y0 = torch.randn(2, dtype=F64, requires_grad=True)
     t = torch.linspace(0, 1, 3, dtype=F64)
     ref = torch.autograd.grad(odeint(func, y0, t, rtol=1e-10, atol=1e-12).sum(), y0)[0]
-    ys = solve(func, y0, t, rtol=1e-10, atol=1e-12, gradient="adjoint", adjoint_method="rk4",
-               adjoint_options={"step_size": 0.01}).ys
+    ys = solve(func, y0, t, rtol=1e-10, atol=1e-12, gradient=Adjoint(method="rk4", options={"step_size": 0.01})).ys
     assert torch.allclose(torch.autograd.grad(ys.sum(), y0)[0], ref, rtol=1e-7)
 
 
@@ -257,7 +266,8 @@ def test_ode_block_reports_backward_nfe(gradient):
     from odespec.spec.model import GradientSpec, OdeBlockSpec
 
     spec = odespec.load_spec("specs/ode_demo.yaml")
-    model = tuple(dataclasses.replace(m, gradient=GradientSpec(method=gradient, seminorm=gradient == "adjoint"))
+    options = {"seminorm": True} if gradient == "adjoint" else {}
+    model = tuple(dataclasses.replace(m, gradient=GradientSpec.of(gradient, **options))
                   if isinstance(m, OdeBlockSpec) else m for m in spec.model)
     net = odespec.build(dataclasses.replace(spec, model=model))
     block = net.ode_blocks[0]

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from odespec.solvers import ButcherTableau, solve
+from odespec.solvers import Adjoint, ButcherTableau, Checkpoint, solve
 
 F64 = torch.float64
 A = [[-0.1, 2.0], [-2.0, -0.1]]
@@ -57,7 +57,7 @@ def test_gradcheck(solver, gradient, ts):
     if gradient == "seminorm":
         if solver == "fixed":
             pytest.skip("seminorm only changes error control")
-        kw.update(gradient="adjoint", seminorm=True)
+        kw.update(gradient=Adjoint(seminorm=True))
     else:
         kw["gradient"] = gradient
     t = torch.tensor(ts, dtype=F64)
@@ -86,7 +86,7 @@ def test_adjoint_agrees_with_backprop(method, seminorm):
         return torch.autograd.grad(sol.ys.sin().sum(), params)
 
     ref = grads()
-    adj = grads(gradient="adjoint", seminorm=seminorm)
+    adj = grads(gradient=Adjoint(seminorm=seminorm))
     for r, g in zip(ref, adj):
         assert torch.allclose(g, r, rtol=1e-7, atol=1e-9), (g - r).abs().max()
 
@@ -118,7 +118,7 @@ def test_checkpoint_equals_backprop(case, checkpoints):
 
     ref_sol = solve(func, y0, t, method=method, **kw)
     ref = torch.autograd.grad((ref_sol.ys * seed).sum(), params)
-    sol = solve(func, y0, t, method=method, gradient="checkpoint", checkpoints=checkpoints, **kw)
+    sol = solve(func, y0, t, method=method, gradient=Checkpoint(checkpoints=checkpoints), **kw)
     got = torch.autograd.grad((sol.ys * seed).sum(), params)
 
     # the forward solve runs without autograd (eager accumulation): equal to round-off
@@ -180,8 +180,8 @@ def test_tuple_state_gradients():
 @pytest.mark.parametrize("kw", [
     {"method": "rk4", "options": {"steps": 7}},
     {"method": "dopri5", "options": {"steps": 5}},
-    {"method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "seminorm": True},
-    {"method": "bosh3", "rtol": 1e-6, "atol": 1e-8, "seminorm": True},
+    {"method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "gradient": Adjoint(seminorm=True)},
+    {"method": "bosh3", "rtol": 1e-6, "atol": 1e-8, "gradient": Adjoint(seminorm=True)},
 ])
 def test_adjoint_parameter_quadrature_equals_state_channels(kw, monkeypatch):
     """Where the parameter gradient is outside error control (fixed steps, seminorm) the adjoint
@@ -196,7 +196,7 @@ def test_adjoint_parameter_quadrature_equals_state_channels(kw, monkeypatch):
     got = {}
     for quadrature in (True, False):
         monkeypatch.setattr(adj._AdjointRun, "quadrature", quadrature)
-        sol = solve(func, y0, t, gradient="adjoint", **kw)
+        sol = solve(func, y0, t, **{"gradient": "adjoint", **kw})
         got[quadrature] = torch.autograd.grad(sol.ys.square().sum(), params)
         got[quadrature, "nfe"] = sol.stats.backward.nfe
     assert got[True, "nfe"] == got[False, "nfe"]
@@ -230,8 +230,8 @@ def test_adjoint_first_step_ignores_channels_at_rest():
     t = torch.tensor([0.0, 2.0])
     steps = []
     for extra in ([], [unused]):
-        sol = solve(lambda t, y: net(y), y0, t, rtol=1e-5, atol=1e-6, gradient="adjoint",
-                    adjoint_params=[*net.parameters(), *extra])
+        sol = solve(lambda t, y: net(y), y0, t, rtol=1e-5, atol=1e-6,
+                    gradient=Adjoint(params=[*net.parameters(), *extra]))
         grads = torch.autograd.grad(sol.ys[-1].square().sum(), list(net.parameters()))
         steps.append(sol.stats.backward.n_steps)
     assert steps[0] == steps[1]

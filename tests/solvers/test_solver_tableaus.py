@@ -240,7 +240,10 @@ def test_user_registered_tableau_is_usable():
         with pytest.raises(ValueError):
             register_tableau(heun_euler)
         replacement = dataclasses.replace(heun_euler, aliases=())
-        register_tableau(replacement, replace=True)
+        with pytest.raises(ValueError, match="already registered"):
+            register_tableau(replacement)
+        unregister_tableau("heun_euler")
+        register_tableau(replacement)
         assert get_tableau("heun_euler") is replacement
         with pytest.raises(UnknownMethodError):
             get_tableau("he21")

@@ -12,6 +12,7 @@ from odespec.solvers.gradient.base import (
     gradient_names,
     make_gradient,
     register_gradient,
+    unregister_gradient,
 )
 from odespec.solvers.gradient.backprop import Backprop  # noqa: E402  (registration order)
 from odespec.solvers.gradient.adjoint import Adjoint  # noqa: E402
@@ -26,6 +27,7 @@ __all__ = [
     "gradient_names",
     "make_gradient",
     "register_gradient",
+    "unregister_gradient",
     "Backprop",
     "Adjoint",
     "Checkpoint",

@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 from odespec.errors import SolverError
 from odespec.solvers.checks import check_tolerance
 from odespec.solvers.common import TimedFunc
+from odespec.solvers.config import ADJOINT
 from odespec.solvers.gradient.base import (
     ParamsGradientMethod,
     Problem,
@@ -61,14 +62,7 @@ class Adjoint(ParamsGradientMethod):
     """
 
     name = "adjoint"
-    KWARGS = {
-        "adjoint_rtol": "rtol",
-        "adjoint_atol": "atol",
-        "adjoint_method": "method",
-        "adjoint_options": "options",
-        "adjoint_params": "params",
-        "seminorm": "seminorm",
-    }
+    decl = ADJOINT
 
     def __init__(
         self,

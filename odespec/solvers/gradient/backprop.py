@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from odespec.solvers.config import BACKPROP
 from odespec.solvers.gradient.base import GradientMethod, Problem, Solved, plain_solve, register_gradient
 from odespec.solvers.solution import BackwardStats
 
@@ -16,6 +17,7 @@ class Backprop(GradientMethod):
     ``func``, so ``stats.backward`` stays zero."""
 
     name = "backprop"
+    decl = BACKPROP
 
     def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
         return plain_solve(problem)

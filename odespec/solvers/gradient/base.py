@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import abc
 import copy
-import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
 import torch
 
 from odespec.solvers.common import Outcome, TimedFunc
 from odespec.solvers.integrate import Setup
 from odespec.solvers.gradient.params import resolve_params
-from odespec.solvers.options import InvalidOptionError
+from odespec.solvers.config import (
+    GradientConfig,
+    GradientDecl,
+    UnknownGradientMethodError,
+    declare_gradient,
+    declared_gradients,
+    gradient_decl,
+    undeclare_gradient,
+)
 from odespec.solvers.solution import BackwardStats
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "GradientMethod",
     "UnknownGradientMethodError",
     "register_gradient",
+    "unregister_gradient",
     "gradient_names",
     "get_gradient",
     "make_gradient",
@@ -72,13 +80,12 @@ _T = TypeVar("_T", bound="GradientMethod")
 class GradientMethod(abc.ABC):
     """How gradients flow through a solve.
 
-    Subclasses set ``name`` (the registry key) and ``KWARGS``, which maps the keyword arguments
-    of :func:`odespec.solvers.solve` they accept to their constructor's arguments, and implement
-    :meth:`solve`.
+    Subclasses set ``name`` (the registry key) and ``decl`` (the options their constructor
+    takes from a :class:`~odespec.solvers.config.GradientConfig`), and implement :meth:`solve`.
     """
 
     name: ClassVar[str]
-    KWARGS: ClassVar[Mapping[str, str]] = {}
+    decl: ClassVar[GradientDecl]
 
     @abc.abstractmethod
     def solve(self, problem: Problem, stats: BackwardStats) -> Solved:
@@ -143,16 +150,33 @@ class SolveRun:
         return torch.stack(self.outcome.outs)
 
 
-class UnknownGradientMethodError(InvalidOptionError):
-    """No gradient method of that name is registered (did-you-mean in the message)."""
-
-
 _REGISTRY: dict[str, type[GradientMethod]] = {}
 
 
 def register_gradient(cls: type[GradientMethod]) -> type[GradientMethod]:
-    """Class decorator: make ``cls`` available as ``gradient=cls.name``."""
+    """Class decorator: make ``cls`` available as ``gradient=cls.name`` and, through its
+    declaration ``cls.decl`` (a :class:`~odespec.solvers.config.GradientDecl`; one without
+    options is made from its docstring when the class has none), to specs and their schema.
+    A name already registered is refused (``ValueError``)."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"gradient method {cls.name!r} is already registered; choose another name")
+    decl = cls.__dict__.get("decl")
+    if decl is None:
+        summary = (cls.__doc__ or cls.name).strip().splitlines()[0]
+        decl = cls.decl = GradientDecl(cls.name, summary)
+    if decl.name != cls.name:
+        raise ValueError(f"{cls.__name__}.decl declares {decl.name!r}, but the class is named {cls.name!r}")
+    if decl not in declared_gradients():
+        declare_gradient(decl)
     _REGISTRY[cls.name] = cls
+    return cls
+
+
+def unregister_gradient(name: str) -> type[GradientMethod]:
+    """Remove a registered gradient method (class and declaration); returns its class."""
+    cls = get_gradient(name)
+    del _REGISTRY[name]
+    undeclare_gradient(name)
     return cls
 
 
@@ -166,36 +190,17 @@ def get_gradient(name: str) -> type[GradientMethod]:
     otherwise."""
     cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
-        names = gradient_names()
-        close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownGradientMethodError(
-            f"unknown gradient method {name!r}{hint} (known: {', '.join(names)})",
-            key="gradient",
-            allowed=names,
-        )
+        gradient_decl(name)  # an unknown name: the error with its did-you-mean
+        raise UnknownGradientMethodError(f"gradient method {name!r} is declared but has no implementation "
+                                         "registered (register_gradient)", key="gradient", allowed=gradient_names())
     return cls
 
 
-def make_gradient(gradient: Any, given: Mapping[str, Any]) -> GradientMethod:
-    """The :class:`GradientMethod` for ``solve(gradient=..., **given)``.
-
-    ``given`` holds the gradient-related keyword arguments the caller set (non-default). One the
-    chosen method does not use is an error rather than silently ignored.
-    """
+def make_gradient(gradient: Union[str, GradientConfig, GradientMethod]) -> GradientMethod:
+    """The :class:`GradientMethod` for ``solve(gradient=...)``: a name (default options), a
+    :class:`~odespec.solvers.config.GradientConfig`, or an instance."""
     if isinstance(gradient, GradientMethod):
-        if given:
-            raise InvalidOptionError(
-                f"pass {', '.join(sorted(given))} to the {type(gradient).__name__} instance, not to solve()",
-                key=next(iter(given)),
-            )
         return gradient
-    cls = get_gradient(gradient)
-    for key in given:
-        if key not in cls.KWARGS:
-            users = [n for n, c in _REGISTRY.items() if key in c.KWARGS]
-            where = " or ".join(repr(u) for u in users) or "no gradient method"
-            raise InvalidOptionError(
-                f"{key!r} does not apply to gradient={cls.name!r} (it is used by {where})", key=key
-            )
-    return cls(**{cls.KWARGS[k]: v for k, v in given.items()})
+    if isinstance(gradient, GradientConfig):
+        return gradient.make()
+    return get_gradient(gradient)()

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from odespec.solvers.fixed import count_steps
+from odespec.solvers.config import CHECKPOINT
+from odespec.solvers.grid import count_steps
 from odespec.solvers.gradient.base import (
     ParamsGradientMethod,
     Problem,
@@ -53,7 +54,7 @@ class Checkpoint(ParamsGradientMethod):
     """
 
     name = "checkpoint"
-    KWARGS = {"checkpoints": "checkpoints", "adjoint_params": "params"}
+    decl = CHECKPOINT
 
     def __init__(self, *, checkpoints: Optional[int] = None, params: Optional[Iterable[torch.Tensor]] = None):
         if checkpoints is not None and (

@@ -1,0 +1,367 @@
+"""The configuration of a solve and of its gradient method, torch-free.
+
+:class:`SolverConfig` (method and options) and :class:`GradientConfig` (gradient method and its
+options) are the one owner of the solver and gradient vocabulary: which options go with which
+method, their defaults (from :data:`~odespec.solvers.options.SOLVER_OPTIONS` and each gradient
+method's declaration), their JSON-Schema fragments, how a configuration is described in words and
+what a fixed-step solve costs. The spec language stores these objects and builds its schema from
+them; compile turns them once into what a solve needs; export, calibration and regularisers make
+variants with :meth:`SolverConfig.replace` or :meth:`SolverConfig.fixed`.
+
+Gradient methods are declared here (:class:`GradientDecl`: name, description, options), so the
+spec validator knows them without importing torch; the torch classes in
+:mod:`odespec.solvers.gradient` implement them, and ``register_gradient`` declares a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from odespec.solvers import tableaus
+from odespec.solvers.grid import count_steps, fixed_nfe
+from odespec.solvers.options import (
+    ADAPTIVE_KEYS,
+    FIXED_STEP_KEYS,
+    SOLVER_OPTIONS,
+    TOLERANCE_KEYS,
+    AdaptiveOptions,
+    FixedStepOptions,
+    InvalidOptionError,
+    OptionSpec,
+    SolverOptions,
+    check_option_value,
+    option_spec,
+)
+from odespec.solvers.tableau import ButcherTableau
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_GRADIENT",
+    "SolverConfig",
+    "GradientConfig",
+    "GradientDecl",
+    "OptionProblem",
+    "UnknownGradientMethodError",
+    "declare_gradient",
+    "undeclare_gradient",
+    "gradient_decl",
+    "declared_gradients",
+    "SPEC_SOLVER_KEYS",
+]
+
+DEFAULT_METHOD = "dopri5"
+DEFAULT_GRADIENT = "backprop"
+
+#: the solver options the spec language exposes, besides ``method``
+SPEC_SOLVER_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.in_spec)
+_SPEC_ADAPTIVE = tuple(k for k in SPEC_SOLVER_KEYS if k in ADAPTIVE_KEYS or k in TOLERANCE_KEYS)
+
+
+@dataclass(frozen=True)
+class OptionProblem:
+    """A rule a configuration breaks: the option at fault (``None``: the configuration as a
+    whole), what is wrong, and how to fix it. The spec validator adds the location."""
+
+    key: Optional[str]
+    message: str
+    hint: Optional[str] = None
+
+
+def _default(key: str) -> Any:
+    return option_spec(key).default
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How an ODE is solved: a registered method and the spec language's solver options.
+
+    Fixed-step methods take ``steps`` or ``step_size`` (exactly one); adaptive methods take
+    tolerances and step controls, never ``steps``/``step_size``. Construction checks these rules
+    (:class:`InvalidOptionError`); :meth:`from_spec` reports every broken rule instead.
+    """
+
+    method: str = DEFAULT_METHOD
+    steps: Optional[int] = None
+    step_size: Optional[float] = None
+    rtol: float = _default("rtol")
+    atol: float = _default("atol")
+    first_step: Optional[float] = None
+    max_step: Optional[float] = None
+    max_num_steps: int = _default("max_num_steps")
+    controller: str = _default("controller")
+
+    def __post_init__(self) -> None:
+        problems = _combination_problems(self.method, {k: getattr(self, k) for k in FIXED_STEP_KEYS
+                                                       if getattr(self, k) is not None})
+        if problems:
+            p = problems[0]
+            raise InvalidOptionError(p.message + (f"; {p.hint}" if p.hint else ""), key=p.key)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, raw: Any) -> tuple[Optional["SolverConfig"], list[OptionProblem]]:
+        """The spec language's ``solver:`` value (a method name, or a mapping with ``method`` and
+        options, already schema-checked) as a config, or ``None`` and every rule it breaks."""
+        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
+        method = raw.pop("method", DEFAULT_METHOD)
+        problems = _combination_problems(method, raw)
+        if problems:
+            return None, problems
+        return cls(method=method, **raw), []
+
+    @classmethod
+    def fixed(cls, method: str, steps: int) -> "SolverConfig":
+        """A fixed-step configuration (``steps`` equal steps per output interval)."""
+        return cls(method=method, steps=steps)
+
+    def replace(self, **changes: Any) -> "SolverConfig":
+        """A copy with some fields changed (the rules are checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- what a solve needs ---------------------------------------------------------------------
+    @property
+    def tableau(self) -> ButcherTableau:
+        """The registered tableau of :attr:`method`."""
+        return tableaus.get_tableau(self.method)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the solve is adaptive (error-controlled steps)."""
+        return self.tableau.adaptive
+
+    def integration_options(self) -> SolverOptions:
+        """The integrator's parsed options."""
+        if not self.adaptive:
+            return FixedStepOptions(steps=self.steps, step_size=self.step_size)
+        extra = {k: getattr(self, k) for k in ("first_step", "max_step") if getattr(self, k) is not None}
+        return AdaptiveOptions(max_num_steps=self.max_num_steps, controller=self.controller, **extra)
+
+    def options(self) -> dict[str, Any]:
+        """torchdiffeq-style ``options`` for :func:`odespec.solvers.odeint`."""
+        keys = FIXED_STEP_KEYS if not self.adaptive else tuple(k for k in _SPEC_ADAPTIVE if k not in TOLERANCE_KEYS)
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    # -- cost -----------------------------------------------------------------------------------
+    def count_steps(self, times: Sequence[float]) -> Optional[int]:
+        """Steps a fixed-step solve through ``times`` takes (``None``: adaptive, it varies)."""
+        if self.adaptive:
+            return None
+        return count_steps(times, FixedStepOptions(steps=self.steps, step_size=self.step_size))
+
+    def nfe(self, times: Sequence[float]) -> Optional[int]:
+        """f-evaluations of a fixed-step solve through ``times`` (``None``: adaptive)."""
+        if self.adaptive:
+            return None
+        return fixed_nfe(times, FixedStepOptions(steps=self.steps, step_size=self.step_size), self.tableau)
+
+    # -- in words -------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Method and the options that decide the steps: tolerances (adaptive) or
+        ``steps``/``step_size`` (fixed); the form reports and metadata use."""
+        keys = ("rtol", "atol") if self.adaptive else FIXED_STEP_KEYS[::-1]
+        return {"method": self.method, **{k: getattr(self, k) for k in keys}}
+
+    def describe_options(self) -> str:
+        """The options of :meth:`summary` in words, e.g. ``rtol=1e-07, atol=1e-09`` or ``steps=8``."""
+        return ", ".join(f"{k}={v:g}" for k, v in self.summary().items() if k != "method" and v is not None)
+
+    def describe(self) -> str:
+        """One line, e.g. ``dopri5 (rtol=1e-07, atol=1e-09)`` or ``rk4 (steps=8)``."""
+        return f"{self.method} ({self.describe_options()})"
+
+    # -- the spec language --------------------------------------------------------------------------
+    @staticmethod
+    def method_schema() -> dict[str, Any]:
+        """The JSON-Schema fragment of a method name (every registered method)."""
+        methods = list(tableaus.method_names())
+        fixed = [m for m in methods if not tableaus.is_adaptive(m)]
+        adaptive = [m for m in methods if tableaus.is_adaptive(m)]
+        return {"enum": methods, "description": "Runge-Kutta method. Fixed-step: " + ", ".join(fixed)
+                + ". Adaptive: " + ", ".join(adaptive) + "."}
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """The JSON-Schema fragment of ``solver:``'s object form."""
+        props = {"method": {**cls.method_schema(), "default": DEFAULT_METHOD}}
+        props.update({o.key: o.json_schema() for o in SOLVER_OPTIONS if o.in_spec})
+        return {"type": "object", "description": "How the ODE block is solved.", "properties": props,
+                "additionalProperties": False}
+
+
+def _combination_problems(method: str, given: Mapping[str, Any]) -> list[OptionProblem]:
+    """The rules of which options go with which method, for the options ``given``."""
+    adaptive = tableaus.get_tableau(method).adaptive
+    problems = []
+    if adaptive:
+        problems += [OptionProblem(k, f"{k!r} is for fixed-step methods; {method!r} is adaptive",
+                                   "give rtol/atol for an adaptive method, or choose a fixed-step method such as rk4")
+                     for k in FIXED_STEP_KEYS if k in given]
+        return problems
+    problems += [OptionProblem(k, f"{k!r} is for adaptive methods; {method!r} is fixed-step",
+                               "give steps (or step_size) for a fixed-step method, or choose an adaptive method "
+                               "such as dopri5") for k in _SPEC_ADAPTIVE if k in given]
+    if "steps" in given and "step_size" in given:
+        problems.append(OptionProblem("step_size", "give steps or step_size, not both"))
+    elif "steps" not in given and "step_size" not in given:
+        problems.append(OptionProblem(None, f"fixed-step method {method!r} needs steps or step_size",
+                                      f"for example: {{method: {method}, steps: 10}}"))
+    return problems
+
+
+# ------------------------------------------------------------------------------- gradient methods
+
+
+class UnknownGradientMethodError(InvalidOptionError):
+    """No gradient method of that name is declared (did-you-mean in the message)."""
+
+
+@dataclass(frozen=True)
+class GradientDecl:
+    """A gradient method as the configuration knows it: its name, a description for the
+    schema, its options, and whether it can differentiate a discrete solve (an RK-Net's or a
+    ResNet's steps); the torch class registered under the same name implements it."""
+
+    name: str
+    description: str
+    options: tuple[OptionSpec, ...] = ()
+    discrete: bool = True
+
+
+_GRADIENTS: dict[str, GradientDecl] = {}
+
+
+def declare_gradient(decl: GradientDecl) -> GradientDecl:
+    """Make ``decl`` known to configurations and the spec schema. A name already declared is
+    refused (``ValueError``), as in every odespec registry."""
+    if decl.name in _GRADIENTS:
+        raise ValueError(f"gradient method {decl.name!r} is already registered; choose another name")
+    _GRADIENTS[decl.name] = decl
+    return decl
+
+
+def undeclare_gradient(name: str) -> GradientDecl:
+    """Forget a declared gradient method; returns its declaration."""
+    return _GRADIENTS.pop(gradient_decl(name).name)
+
+
+def declared_gradients() -> tuple[GradientDecl, ...]:
+    """Every declared gradient method, in declaration order."""
+    return tuple(_GRADIENTS.values())
+
+
+def gradient_decl(name: Any) -> GradientDecl:
+    """The declaration of ``name``; :class:`UnknownGradientMethodError` with a did-you-mean."""
+    decl = _GRADIENTS.get(name) if isinstance(name, str) else None
+    if decl is None:
+        names = tuple(_GRADIENTS)
+        close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownGradientMethodError(f"unknown gradient method {name!r}{hint} (known: {', '.join(names)})",
+                                         key="gradient", allowed=names)
+    return decl
+
+
+_TOL = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+BACKPROP = declare_gradient(GradientDecl(
+    "backprop", "autograd through the solver (memory grows with steps)"))
+ADJOINT = declare_gradient(GradientDecl(
+    "adjoint", "continuous adjoint (O(1) memory, approximate gradients)",
+    (OptionSpec("rtol", _TOL, "relative tolerance of the backward solve (default: the solver's).", kind="adjoint"),
+     OptionSpec("atol", _TOL, "absolute tolerance of the backward solve (default: the solver's).", kind="adjoint"),
+     OptionSpec("seminorm", {"type": "boolean"}, "leave the parameter-gradient channels out of error control "
+                "(fewer backward steps).", False, kind="adjoint")),
+    discrete=False))
+CHECKPOINT = declare_gradient(GradientDecl(
+    "checkpoint", "exact gradients, recomputing steps from stored checkpoints (sub-linear memory)",
+    (OptionSpec("checkpoints", {"type": "integer", "minimum": 1}, "how many states to keep (default: about the "
+                "square root of the step count).", kind="checkpoint", budget=option_spec("steps").budget),)))
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """How gradients flow through a solve: a declared gradient method and its options, kept
+    as sorted ``(key, value)`` pairs (only those given; :meth:`get` fills in defaults)."""
+
+    method: str = DEFAULT_GRADIENT
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        decl = gradient_decl(self.method)
+        given = dict(self.options)
+        allowed = {o.key: o for o in decl.options}
+        for key, value in given.items():
+            if key not in allowed:
+                takes = ", ".join(allowed) if allowed else "no options"
+                raise InvalidOptionError(f"{key!r} is not an option of gradient method {self.method!r} "
+                                         f"({self.method!r} takes {takes})", key=key, allowed=tuple(allowed))
+            check_option_value(allowed[key], value)
+        object.__setattr__(self, "options", tuple(sorted(given.items())))
+
+    @classmethod
+    def of(cls, method: str = DEFAULT_GRADIENT, **options: Any) -> "GradientConfig":
+        """``GradientConfig.of("adjoint", seminorm=True)``; options given as ``None`` are left out."""
+        return cls(method, tuple((k, v) for k, v in options.items() if v is not None))
+
+    @classmethod
+    def from_spec(cls, raw: Any) -> tuple[Optional["GradientConfig"], list[OptionProblem]]:
+        """The spec language's ``gradient:`` value (a name, or a mapping with ``method`` and
+        options, already schema-checked), or ``None`` and every option its method does not take."""
+        raw = {"method": raw} if isinstance(raw, str) else dict(raw)
+        method = raw.pop("method", DEFAULT_GRADIENT)
+        allowed = [o.key for o in gradient_decl(method).options]
+        bad = [k for k in raw if k not in allowed]
+        if bad:
+            hint = f"{method!r} takes: {', '.join(allowed)}" if allowed else f"{method!r} takes no options"
+            return None, [OptionProblem(k, f"{k!r} is not an option of gradient method {method!r}", hint) for k in bad]
+        return cls.of(method, **raw), []
+
+    @property
+    def decl(self) -> GradientDecl:
+        """The method's declaration."""
+        return gradient_decl(self.method)
+
+    def get(self, key: str) -> Any:
+        """The value of option ``key``: as given, else its declared default."""
+        given = dict(self.options)
+        if key in given:
+            return given[key]
+        for o in self.decl.options:
+            if o.key == key:
+                return o.default
+        raise KeyError(f"gradient method {self.method!r} has no option {key!r}")
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.options)
+
+    def for_solver(self, solver: SolverConfig) -> "GradientConfig":
+        """Options of the gradient method named like a solver tolerance (the adjoint's backward
+        ``rtol``/``atol``) that are not given take the solver's value, so that the backward solve
+        keeps the block's tolerances even when a solve is given others (e.g. training's
+        regulariser channels)."""
+        given = dict(self.options)
+        fill = {o.key: getattr(solver, o.key) for o in self.decl.options
+                if o.key in TOLERANCE_KEYS and o.key not in given}
+        return self if not fill else GradientConfig(self.method, tuple({**given, **fill}.items()))
+
+    def make(self) -> Any:
+        """The :class:`~odespec.solvers.gradient.GradientMethod` this configures (imports torch)."""
+        from odespec.solvers.gradient import get_gradient
+
+        return get_gradient(self.method)(**dict(self.options))
+
+    @staticmethod
+    def schema() -> dict[str, Any]:
+        """The JSON-Schema fragment of ``gradient:``'s object form (every declared method's options)."""
+        decls = declared_gradients()
+        method = {"enum": [d.name for d in decls], "default": DEFAULT_GRADIENT,
+                  "description": "; ".join(f"{d.name}: {d.description}" for d in decls) + "."}
+        props: dict[str, Any] = {"method": method}
+        for d in decls:
+            for o in d.options:
+                users = [u.name for u in decls if any(p.key == o.key for p in u.options)]
+                props.setdefault(o.key, o.json_schema(prefix=", ".join(users) + ": "))
+        return {"type": "object", "description": "How gradients flow through the ODE solve.", "properties": props,
+                "required": ["method"], "additionalProperties": False}
