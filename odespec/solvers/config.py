@@ -169,8 +169,8 @@ class SolverConfig:
         return ", ".join(f"{k}={v:g}" for k, v in self.summary().items() if k != "method" and v is not None)
 
     def describe(self) -> str:
-        """One line, e.g. ``dopri5 (rtol=1e-07, atol=1e-09)`` or ``rk4 (steps=8)``."""
-        return f"{self.method} ({self.describe_options()})"
+        """One line, e.g. ``dopri5 rtol=1e-07 atol=1e-09`` or ``rk4 steps=8``."""
+        return " ".join([self.method, *self.describe_options().split(", ")])
 
     # -- the spec language --------------------------------------------------------------------------
     @staticmethod

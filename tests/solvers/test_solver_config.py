@@ -68,8 +68,8 @@ def test_from_spec_reports_every_broken_rule():
 def test_summary_and_description():
     adaptive = SolverConfig("tsit5", rtol=1e-5, atol=1e-6)
     assert adaptive.summary() == {"method": "tsit5", "rtol": 1e-5, "atol": 1e-6}
-    assert adaptive.describe() == "tsit5 (rtol=1e-05, atol=1e-06)"
-    assert SolverConfig.fixed("rk4", 8).describe() == "rk4 (steps=8)"
+    assert adaptive.describe() == "tsit5 rtol=1e-05 atol=1e-06"
+    assert SolverConfig.fixed("rk4", 8).describe() == "rk4 steps=8"
 
 
 def test_replace_checks_the_rules_again():
