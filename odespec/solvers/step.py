@@ -58,10 +58,10 @@ class StepResult(Generic[Y]):
     error_aux: Optional[Y] = None
 
 
-# Measured on CPU (torch 2.13, states of 2 to 65k elements, with and without autograd): a chain of
-# torch.add(acc, k, alpha=c*h) beats stack+addmv up to about 7 terms, because stacking copies every
-# k and the matmul has a fixed dispatch cost; from 8 terms on, for small states, one stacked addmv
-# is faster. Only DOP853 (12-16 terms) takes that branch.
+# Stacking copies every k and the matmul has a fixed dispatch cost, so a chain of
+# torch.add(acc, k, alpha=c*h) wins for short sums and one stacked addmv for long sums over small
+# states; on CPU (states of 2 to 65k elements, with and without autograd) the two cross near 8
+# terms. Only DOP853 (12-16 terms) takes that branch.
 _STACK_MIN_TERMS = 8
 _STACK_MAX_NUMEL = 1 << 16
 _WEIGHT_CACHE: dict[tuple, torch.Tensor] = {}

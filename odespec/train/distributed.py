@@ -182,8 +182,8 @@ def teardown(ctx: DistContext) -> None:
     While an exception propagates (teardown runs in the callers' ``finally``: a failed or
     interrupted run), a rank may have a collective in flight that its peers never join, and the
     join would wait for gloo's timeout. The group is then only unregistered and kept alive until
-    the process exits, as before (kept on purpose: freed later by the reducer, with the GIL
-    held, it could deadlock as above).
+    the process exits, on purpose: freed later by the reducer, with the GIL held, it could
+    deadlock as above.
     """
     if not ctx.owns_group:
         return

@@ -3,9 +3,8 @@
 The adjoint takes one vector-Jacobian product per stage of every backward step (600 for 100
 DOPRI5 steps), each on a small graph. ``torch.autograd.grad`` spends ~23 us of Python per call
 before the engine starts (normalising its arguments, checking every ``grad_output``'s shape
-through the symbolic-shape machinery): on CPU with torch 2.13 and a tiny MLP at batch 512, one
-evaluation with its product took 270 us through it and 247 us here, about 7 % of the adjoint's
-backward pass. :func:`vjp` checks what those checks would, with plain tuple comparisons, and
+through the symbolic-shape machinery), about 7 % of the adjoint's backward pass for a tiny MLP at
+batch 512 on CPU. :func:`vjp` checks what those checks would, with plain tuple comparisons, and
 calls the function ``torch.autograd.grad`` ends in. Where that private function is missing
 (another torch release), or a check fails, it is ``torch.autograd.grad`` itself, so errors read
 the same.
