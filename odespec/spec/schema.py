@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from odespec.solvers import tableaus
-from odespec.solvers.config import DEFAULT_GRADIENT, DEFAULT_METHOD, GradientConfig, SolverConfig, declared_gradients
+from odespec.solvers.config import (
+    DEFAULT_GRADIENT,
+    DEFAULT_METHOD,
+    GradientConfig,
+    SolverConfig,
+    declared_gradients,
+)
+from odespec.spec.model import OnnxExportSpec
 
 SCHEMA_FILENAME = "odespec.schema.json"
 SCHEMA_ID = "https://odespec.dev/schemas/odespec.schema.json"
@@ -31,6 +39,8 @@ FORMAT_VERSION = 1
 # so that an unknown one gets a did-you-mean for the right kind of thing.
 NAMES_KEY = "x-odespec-names"
 
+#: ``export.onnx``'s defaults: the fields of the spec object that holds them
+EXPORT_DEFAULTS = {f.name: f.default for f in fields(OnnxExportSpec)}
 #: ``export.onnx.steps: auto``: the fixed-step methods calibration searches by default, and the
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
@@ -100,7 +110,7 @@ def export_method_property() -> dict[str, Any]:
     """``export.onnx.method``: a registered method (the validator refuses adaptive ones)."""
     method = method_fragment()
     del method["description"]
-    return {**method, "description": "Fixed-step method of the unrolled graph.", "default": "rk4"}
+    return {**method, "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
 
 
 def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -206,7 +216,7 @@ def build_schema() -> dict[str, Any]:
                 "description": "Steps per output interval of each ODE block, or auto: calibrate, choosing the "
                                "cheapest fixed-step method and step count whose output stays within match_tol "
                                "of the model solved with its training solver.",
-                "default": 8,
+                "default": EXPORT_DEFAULTS["steps"],
                 # a word takes the `auto` branch; a number-like string ('1_000', '8') the integer
                 # branch, so that it keeps the integer's messages (underscores, quoting)
                 "if": {"type": "string", "pattern": "^[A-Za-z]"},
@@ -215,13 +225,14 @@ def build_schema() -> dict[str, Any]:
                          "description": "Steps per output interval of each ODE block."},
             },
             "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
-                              "the calibration inputs.", 1e-4, exclusiveMinimum=0, maximum=1),
-            "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": 17,
+                              "the calibration inputs.", EXPORT_DEFAULTS["match_tol"], exclusiveMinimum=0, maximum=1),
+            "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": EXPORT_DEFAULTS["opset"],
                       "description": "ONNX opset version."},
-            "dynamic_batch": {"type": "boolean", "default": True,
+            "dynamic_batch": {"type": "boolean", "default": EXPORT_DEFAULTS["dynamic_batch"],
                               "description": "Leave the batch dimension symbolic."},
-            "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check.", 1e-5, exclusiveMinimum=0, maximum=1),
-            "loop": {"type": "boolean", "default": False,
+            "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check.",
+                               EXPORT_DEFAULTS["parity_tol"], exclusiveMinimum=0, maximum=1),
+            "loop": {"type": "boolean", "default": EXPORT_DEFAULTS["loop"],
                      "description": "Export each output interval's steps as one ONNX Loop node holding a single "
                                     "solver step, so the file size does not grow with the step count "
                                     "(default: unroll every step)."},

@@ -17,7 +17,7 @@ from odespec.spec.messages import schema_issues
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
 from odespec.solvers.grid import grid_steps
 from odespec.solvers.options import MAX_STEPS
-from odespec.spec.schema import CALIBRATION_METHODS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_DEFAULTS
 from odespec.spec.model import (
     DynamicsSpec,
     LayerSpec,
@@ -295,12 +295,12 @@ class _Checker:
 
         raw = dict(data.get("export", {}).get("onnx", {}))
         path: Path = ("export", "onnx")
-        method = raw.get("method", "rk4")
+        method = raw.get("method", EXPORT_DEFAULTS["method"])
         if tableaus.is_adaptive(method):
             fixed = [m for m in tableaus.method_names() if not tableaus.is_adaptive(m)]
             self.error(path + ("method",), f"{method!r} is adaptive; an exported graph is fixed-step",
                        f"use one of: {', '.join(fixed)}")
-        steps = raw.get("steps", 8)
+        steps = raw.get("steps", EXPORT_DEFAULTS["steps"])
         if steps == "auto":
             # calibration searches the written method alone, else every built-in fixed-step one
             raw["calibration_methods"] = (method,) if "method" in raw else CALIBRATION_METHODS
