@@ -92,14 +92,15 @@ class ComponentRegistry(Generic[C]):
         self._loaded = False
         self._builtin: frozenset = frozenset()
 
-    def register(self, cls: type, *, replace: bool = False) -> type:
-        """Register a component class (usable as a decorator); refuses a name already taken."""
+    def register(self, cls: type) -> type:
+        """Register a component class (usable as a decorator); refuses a name already taken, as
+        every odespec registry does."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise TypeError(f"{cls!r} is not a {self.base.__name__} subclass")
         name = cls.name
         if name in self.reserved:
             raise ValueError(f"{name!r} is reserved")
-        if name in self._items and not replace:
+        if name in self._items:
             raise ValueError(f"a {self.kind} named {name!r} is already registered "
                              f"({type(self._items[name]).__qualname__})")
         self._items[name] = cls()

@@ -37,9 +37,9 @@ _REGISTRY: ComponentRegistry[LayerType] = ComponentRegistry(
     "layer", LayerType, "odespec.layers", _builtins, UnknownLayerError, RESERVED)
 
 
-def register(cls: L, *, replace: bool = False) -> L:
+def register(cls: L) -> L:
     """Register a :class:`LayerType` subclass (usable as a decorator). Refuses duplicate names."""
-    return _REGISTRY.register(cls, replace=replace)  # type: ignore[return-value]
+    return _REGISTRY.register(cls)  # type: ignore[return-value]
 
 
 def get(name: str) -> LayerType:
