@@ -3,6 +3,8 @@ traces in place of the built one. It must compute the same function with the sam
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -165,3 +167,18 @@ def test_the_split_time_convolution_matches_for_any_geometry(c_in, c_out, h, w, 
         return
     _assert_same_function(use, torch.float64, 1e-12)
 
+
+def test_layer_uses_copy_and_pickle_with_the_model():
+    import odespec
+    from odespec.spec import parse_spec
+
+    spec = parse_spec(
+        "odespec: 1\nname: u\ninput: {shape: [2]}\nmodel:\n  - linear: 4\n  - relu\n"
+        "  - ode:\n      t: [0, 1]\n      dynamics: {time: concat, layers: [linear: 4, tanh]}\n"
+    )
+    model = odespec.build(spec)
+    assert [u.layer.kind if u else None for u in model.uses] == ["linear", "relu", None]
+    dyn = model[2].dynamics
+    assert [(u.layer.kind, u.shape, u.ctx.time_concat) for u in dyn.uses] == [("linear", (4,), True), ("tanh", (4,), False)]
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.uses == model.uses and twin[2].dynamics.uses == dyn.uses
