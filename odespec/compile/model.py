@@ -9,18 +9,24 @@ from torch import nn
 
 from odespec.compile.ode_block import ODEBlock, ResNetBlock, BlockBase, make_block
 from odespec.errors import BuildError
-from odespec.layers import LayerContext, registry
+from odespec.layers import LayerContext, LayerUse
 from odespec.spec.model import LayerSpec, OdeBlockSpec, Spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class ODENet(nn.Sequential):
-    """The compiled model: layers and ODE blocks in spec order. Input (batch, *input_shape)."""
+    """The compiled model: layers and ODE blocks in spec order. Input (batch, *input_shape).
+
+    ``modules`` are built from ``spec.model``, one per item; ``uses`` holds, for each module, the
+    :class:`LayerUse` its layer type built it from (None for an ODE block), so that later stages
+    ask the layer type about the module.
+    """
 
     def __init__(self, spec: Spec, modules: list[nn.Module]):
         super().__init__(*modules)
         self.spec = spec
+        self.uses: tuple[Optional[LayerUse], ...] = _layer_uses(spec)
 
     @property
     def ode_blocks(self) -> list[BlockBase]:
@@ -51,19 +57,28 @@ def compile_spec(spec: Spec, *, device: Optional[str] = None, dtype: Optional[st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         modules: list[nn.Module] = []
-        shape = spec.input_shape
-        for item in spec.model:
-            if isinstance(item, OdeBlockSpec):
+        for item, use in zip(spec.model, _layer_uses(spec)):
+            if use is None:
+                assert isinstance(item, OdeBlockSpec)
                 modules.append(make_block(item))
             else:
-                assert isinstance(item, LayerSpec)
-                modules.append(registry.get(item.kind).build(item.options, shape, LayerContext()))
-            shape = item.out_shape
+                modules.append(use.build())
     from odespec.layers.torch_modules import inplace_activations
 
     inplace_activations(modules)
     model = ODENet(spec, modules)
     return model.to(device=dev, dtype=dt)
+
+
+def _layer_uses(spec: Spec) -> tuple[Optional[LayerUse], ...]:
+    """For each item of ``spec.model``, the :class:`LayerUse` it is built from (None for an ODE
+    block, which is not a layer type's)."""
+    uses: list[Optional[LayerUse]] = []
+    shape = spec.input_shape
+    for item in spec.model:
+        uses.append(LayerUse(item, shape, LayerContext()) if isinstance(item, LayerSpec) else None)
+        shape = item.out_shape
+    return tuple(uses)
 
 
 def count_parameters(model: nn.Module) -> int:

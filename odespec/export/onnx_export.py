@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import onnx
 import torch
@@ -32,6 +32,7 @@ from odespec.compile.dynamics import DynamicsNet
 from odespec.compile.ode_block import ResNetBlock, BlockBase
 from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
+from odespec.layers import ExportContext, LayerUse
 from odespec.solvers.grid import fixed_grid
 
 INPUT_NAME = "input"
@@ -54,20 +55,14 @@ class ExportSettings:
 class _Dynamics(nn.Module):
     """f(t, y) with t as a 0-d tensor input, for tracing (and without touching the NFE count).
 
-    Layers are traced in their export form (:func:`_export_form`): the same function, written
-    so that onnxruntime runs it faster. ``example`` is a state batch, to learn each layer's
-    input shape.
+    Each layer is traced in the export form its layer type gives (:meth:`LayerUse.export_form`):
+    the same function, possibly written so that onnxruntime runs it faster.
     """
 
-    def __init__(self, dynamics: DynamicsNet, example: torch.Tensor):
+    def __init__(self, dynamics: DynamicsNet, export: ExportContext):
         super().__init__()
-        layers = []
-        x = example
-        with torch.no_grad():
-            for layer, with_t in zip(dynamics.layers, dynamics.takes_t):
-                layers.append(_export_form(layer, x))
-                x = layer(torch.zeros((), dtype=x.dtype), x) if with_t else layer(x)
-        self.layers = nn.ModuleList(layers)
+        forms = (use.export_form(layer, export) for layer, use in zip(dynamics.layers, dynamics.uses))
+        self.layers = nn.ModuleList(forms)
         self.takes_t = dynamics.takes_t
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,114 +71,14 @@ class _Dynamics(nn.Module):
         return y
 
 
-class _SplitTimeConv(nn.Module):
-    """``conv(cat([y, t * ones]))`` computed as ``conv(y; W_y) + t * S``.
-
-    The time channel is constant over space, so its contribution is ``t`` times a fixed map
-    ``S = conv(ones; W_t)`` (not constant near the borders when padded), computed here once.
-    Why: with the extra channel a 64-channel conv has 65 input channels, which keeps
-    onnxruntime off its blocked (NCHWc) convolution kernels, and every stage paid for building
-    and concatenating the channel; the MNIST ODE-Net ran about 1.5x slower than PyTorch at
-    batch 256 before this. Same function up to float rounding (the parity check covers it).
-    """
-
-    def __init__(self, conv: nn.Module, x: torch.Tensor):
-        super().__init__()
-        w = conv.weight.detach()
-        self.conv = type(conv)(w.shape[1] - 1, w.shape[0], conv.kernel_size, stride=conv.stride,
-                               padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                               dtype=w.dtype)
-        self.conv.weight.data.copy_(w[:, :-1])
-        if conv.bias is not None:
-            self.conv.bias.data.copy_(conv.bias.detach())
-        ones = torch.ones((1, 1, *x.shape[2:]), dtype=w.dtype)
-        bare = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
-        conv_fn = torch.nn.functional.conv2d if w.dim() == 4 else torch.nn.functional.conv1d
-        self.register_buffer("time_map", conv_fn(ones, w[:, -1:], **bare)[0])
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.conv(y) + t * self.time_map
+#: a module of a run of plain layers, with the LayerUse it was built from (None: a module compile
+#: adds itself, such as an ODE block's augmentation, exported as it is)
+_Placed = tuple[nn.Module, Optional[LayerUse]]
 
 
-class _SplitTimeLinear(nn.Module):
-    """``linear(cat([y, t]))`` computed as ``linear(y; W_y) + t * w_t`` (no concatenation)."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        w = linear.weight.detach()
-        self.linear = nn.Linear(w.shape[1] - 1, w.shape[0], bias=linear.bias is not None, dtype=w.dtype)
-        self.linear.weight.data.copy_(w[:, :-1])
-        if linear.bias is not None:
-            self.linear.bias.data.copy_(linear.bias.detach())
-        self.register_buffer("time_weight", w[:, -1].clone())
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.linear(y) + t * self.time_weight
-
-
-class _StaticGroupNorm(nn.Module):
-    """``nn.GroupNorm`` with the per-sample shape written into the graph.
-
-    torch exports GroupNorm as Reshape, InstanceNormalization, Reshape, Mul, Add, computing the
-    reshapes' targets at run time from the input's shape (Shape, Gather, Concat, ... nodes on
-    every evaluation of f). The per-sample shape is known at export time, so here the targets
-    are constants (-1 for the batch dimension) and those nodes disappear: about a quarter
-    fewer nodes in the MNIST ODE-Net, which shows at batch 1.
-    """
-
-    def __init__(self, gn: nn.GroupNorm, x: torch.Tensor):
-        super().__init__()
-        self.shape = tuple(int(d) for d in x.shape[1:])
-        self.groups = gn.num_groups
-        self.eps = gn.eps
-        dtype = x.dtype
-        # instance_norm's exporter needs its scale and bias to know the channel count
-        self.register_buffer("ones", torch.ones(self.groups, dtype=dtype))
-        self.register_buffer("zeros", torch.zeros(self.groups, dtype=dtype))
-        self.affine = gn.affine
-        if gn.affine:
-            view = (self.shape[0],) + (1,) * (len(self.shape) - 1)
-            self.register_buffer("weight", gn.weight.detach().reshape(view).clone())
-            self.register_buffer("bias", gn.bias.detach().reshape(view).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_group = 1
-        for d in self.shape:
-            per_group *= d
-        z = x.reshape((-1, self.groups, per_group // self.groups))
-        z = torch.nn.functional.instance_norm(z, weight=self.ones, bias=self.zeros, eps=self.eps)
-        z = z.reshape((-1,) + self.shape)
-        return z * self.weight + self.bias if self.affine else z
-
-
-def _export_form(layer: nn.Module, x: torch.Tensor) -> nn.Module:
-    """``layer`` in the form it is exported in, given an example input ``x``: the same
-    function, written for a faster graph (a time-concatenating conv or linear split, a group
-    norm with static shapes), or the layer itself."""
-    from odespec.layers.torch_modules import TimeConcat
-
-    if isinstance(layer, nn.GroupNorm) and x.dim() >= 2:
-        return _StaticGroupNorm(layer, x)
-    if not isinstance(layer, TimeConcat):
-        return layer
-    inner = layer.layer
-    if isinstance(inner, nn.Linear) and layer.channel_dim == -1:
-        return _SplitTimeLinear(inner)
-    if (isinstance(inner, (nn.Conv1d, nn.Conv2d)) and layer.channel_dim == 1 and inner.groups == 1
-            and inner.padding_mode == "zeros" and isinstance(inner.padding, tuple)):
-        return _SplitTimeConv(inner, x)
-    return layer
-
-
-def _export_sequence(seq: nn.Sequential, example: torch.Tensor) -> nn.Sequential:
-    """A run of plain layers with each layer in its export form (:func:`_export_form`)."""
-    out = []
-    x = example
-    with torch.no_grad():
-        for layer in seq:
-            out.append(_export_form(layer, x))
-            x = layer(x)
-    return nn.Sequential(*out)
+def _export_sequence(run: list[_Placed], export: ExportContext) -> nn.Sequential:
+    """A run of plain layers with each layer in the export form its layer type gives."""
+    return nn.Sequential(*(m if use is None else use.export_form(m, export) for m, use in run))
 
 
 def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, dynamic_batch: bool) -> onnx.GraphProto:
@@ -207,23 +102,23 @@ def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, 
     return onnx.load_from_string(buf.getvalue()).graph
 
 
-def _segments(model: ODENet) -> list[nn.Module]:
-    """Group consecutive plain layers into one Sequential; ODE blocks stand alone. A block's
+def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
+    """Group consecutive plain layers into one run; ODE blocks stand alone. A block's
     augmentation (zero padding) joins the plain layers before it: it is an ordinary layer."""
-    out: list[nn.Module] = []
-    run: list[nn.Module] = []
-    for m in model:
+    out: list[Union[BlockBase, list[_Placed]]] = []
+    run: list[_Placed] = []
+    for m, use in zip(model, model.uses):
         if isinstance(m, BlockBase):
             if m.augmenter is not None:
-                run.append(m.augmenter)
+                run.append((m.augmenter, None))
             if run:
-                out.append(nn.Sequential(*run))
+                out.append(run)
                 run = []
             out.append(m)
         else:
-            run.append(m)
+            run.append((m, use))
     if run:
-        out.append(nn.Sequential(*run))
+        out.append(run)
     return out
 
 
@@ -241,6 +136,7 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     try:
         cur = INPUT_NAME
         example = torch.zeros((2,) + tuple(spec.input_shape), dtype=tdtype, device="cpu")
+        export = ExportContext(dtype=tdtype)
         for j, seg in enumerate(_segments(model)):  # the caller passes a CPU model
             if isinstance(seg, BlockBase):
                 outs = _solve_block(gb, seg, Value(cur), example, settings, f"ode{j}/", elem, batch)
@@ -251,11 +147,11 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
                     cur = outs[-1].name
                 example = torch.zeros((2,) + tuple(seg.spec.out_shape), dtype=tdtype)
             else:
-                sub = _export_piece(_export_sequence(seg, example), (example,), ["x"], settings.opset,
-                                    settings.dynamic_batch)
+                forms = _export_sequence(seg, export)
+                sub = _export_piece(forms, (example,), ["x"], settings.opset, settings.dynamic_batch)
                 (cur,) = gb.splice(sub, {"x": cur}, f"seg{j}/")
                 with torch.no_grad():
-                    example = seg(example)
+                    example = forms(example)
         gb.nodes.append(helper.make_node("Identity", [cur], [OUTPUT_NAME], name="output"))
     finally:
         model.train(was_training)
@@ -279,6 +175,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
 
     t_example = torch.tensor(0.0, dtype=example.dtype)
     state_example = torch.zeros((2,) + tuple(block.spec.state_shape), dtype=example.dtype)
+    export = ExportContext(dtype=example.dtype)
 
     def stage_func(sub: onnx.GraphProto, weights: str) -> Callable[[float, Value], Value]:
         # the exporter drops an unused t input (autonomous dynamics): then no time constant is
@@ -292,7 +189,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
         return f
 
     def export_dynamics(dyn: nn.Module) -> onnx.GraphProto:
-        return _export_piece(_Dynamics(dyn, state_example), (t_example, state_example), ["t", "y"], settings.opset,
+        return _export_piece(_Dynamics(dyn, export), (t_example, state_example), ["t", "y"], settings.opset,
                              settings.dynamic_batch)
 
     outs = [y]

@@ -1,5 +1,6 @@
-"""What a layer type is: its options schema, its shape rule, its parameter count and its torch
-builder, kept side by side in one class so that adding a layer touches one place.
+"""What a layer type is: its options schema, its shape rule, its parameter count, its torch
+builder and its export form, kept side by side in one class so that adding a layer touches one
+place.
 
 This module (and every layer family module) must not import torch at import time: the spec
 validator uses the schema and shape rules, and ``odespec validate`` must start fast. Builders
@@ -9,16 +10,17 @@ import torch inside ``build``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Protocol
 
 from odespec.components import OptionsComponent
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     import torch.nn as nn
 
 Shape = tuple[int, ...]
 
-__all__ = ["Shape", "ShapeError", "LayerContext", "LayerType"]
+__all__ = ["Shape", "ShapeError", "LayerContext", "ExportContext", "LayerEntry", "LayerUse", "LayerType"]
 
 
 class ShapeError(ValueError):
@@ -36,6 +38,62 @@ class LayerContext:
 
     in_dynamics: bool = False
     time_concat: bool = False
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a layer's export form may depend on beyond its options, input shape and context.
+
+    ``dtype`` is the element type the exported graph computes in. It is the model's own dtype
+    today; a precision variant of the export (a float16 graph of a float32 model, say) is a
+    different ``dtype`` here, and each layer type that needs another form for it says so in
+    :meth:`LayerType.export_form`.
+    """
+
+    dtype: "torch.dtype"
+
+
+class LayerEntry(Protocol):
+    """A layer as the spec writes it (``odespec.spec.model.LayerSpec``): the registered type name
+    and complete options. A protocol, so that this package needs nothing from ``spec``."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class LayerUse:
+    """One layer of a model as its layer type sees it: the spec's entry, the per-sample input
+    ``shape`` and the context. Compile builds each layer from one and keeps it beside the built
+    module, so that later stages ask the layer type about that module (its export form) instead
+    of inspecting torch classes.
+
+    It holds the spec's entry rather than its options so that models holding it deep-copy and
+    pickle as the spec objects do.
+    """
+
+    layer: LayerEntry
+    shape: Shape
+    ctx: LayerContext
+
+    @property
+    def layer_type(self) -> "LayerType":
+        """The registered layer type of ``layer.kind``."""
+        from odespec.layers.registry import get
+
+        return get(self.layer.kind)
+
+    def build(self) -> "nn.Module":
+        """The torch module (:meth:`LayerType.build`)."""
+        return self.layer_type.build(self.layer.options, self.shape, self.ctx)
+
+    def export_form(self, module: "nn.Module", export: ExportContext) -> "nn.Module":
+        """``module``, built by :meth:`build`, in the form it is exported in
+        (:meth:`LayerType.export_form`)."""
+        return self.layer_type.export_form(module, self.layer.options, self.shape, self.ctx, export)
 
 
 class LayerType(OptionsComponent):
@@ -68,6 +126,16 @@ class LayerType(OptionsComponent):
     def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         """The torch module. Modules with ``ctx.time_concat`` take ``(t, x)``, others ``x``."""
         raise NotImplementedError
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """``module``, which :meth:`build` made from the same ``options``, ``shape`` and ``ctx``,
+        in the form the ONNX export traces: the same function (up to float rounding) and the same
+        call signature, possibly written for a faster or more portable graph. The exporter asks
+        every layer through this method and knows no layer's implementation. Default: the module
+        itself.
+        """
+        return module
 
     # -- helpers for subclasses ----------------------------------------------------------------
     @staticmethod

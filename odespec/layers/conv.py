@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from odespec.layers.base import (
+    ExportContext,
     LayerContext,
     LayerType,
     Shape,
@@ -14,6 +15,9 @@ from odespec.layers.base import (
     int_schema,
 )
 from odespec.layers.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 
 def _per_dim_schema(description: str, default: Any, minimum: int, allow_same: bool = False) -> dict:
@@ -113,6 +117,17 @@ class _Conv(LayerType):
         c_in = shape[0] + (1 if ctx.time_concat else 0)
         layer = cls(c_in, options["channels"], k, stride=s, padding=p, dilation=d, groups=options["groups"], bias=options["bias"])
         return TimeConcat(layer, channel_dim=1) if ctx.time_concat else layer
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """With ``time: concat`` and one group: the time channel's contribution as a constant map
+        times t (grouped convolutions keep the concatenation: the time channel feeds only the last
+        group)."""
+        if not ctx.time_concat or options["groups"] != 1:
+            return module
+        from odespec.layers.export_forms import SplitTimeConv
+
+        return SplitTimeConv(module.layer, shape)  # module is the TimeConcat that build made
 
 
 @register

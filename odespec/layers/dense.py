@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from odespec.layers.base import (
+    ExportContext,
     LayerContext,
     LayerType,
     Shape,
@@ -16,6 +17,9 @@ from odespec.layers.base import (
     number_schema,
 )
 from odespec.layers.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 
 @register
@@ -47,6 +51,15 @@ class Linear(LayerType):
         extra = 1 if ctx.time_concat else 0
         layer = nn.Linear(shape[-1] + extra, options["features"], bias=options["bias"])
         return TimeConcat(layer, channel_dim=-1) if ctx.time_concat else layer
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """With ``time: concat``: the time feature's column split off (no concatenation in the graph)."""
+        if not ctx.time_concat:
+            return module
+        from odespec.layers.export_forms import SplitTimeLinear
+
+        return SplitTimeLinear(module.layer)  # module is the TimeConcat that build made
 
 
 @register

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from odespec.layers.base import LayerContext, LayerType, Shape, ShapeError, bool_schema, fmt_shape, int_schema, number_schema
+from odespec.layers.base import (
+    ExportContext,
+    LayerContext,
+    LayerType,
+    Shape,
+    ShapeError,
+    bool_schema,
+    fmt_shape,
+    int_schema,
+    number_schema,
+)
 from odespec.layers.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 _EPS = number_schema("Added to the variance for numerical stability.", 1e-5, exclusiveMinimum=0, maximum=1)
 
@@ -40,6 +53,13 @@ class GroupNorm(LayerType):
         from torch import nn
 
         return nn.GroupNorm(options["groups"], shape[0], eps=options["eps"], affine=options["affine"])
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """The reshapes' targets as constants from the known per-sample shape."""
+        from odespec.layers.export_forms import StaticGroupNorm
+
+        return StaticGroupNorm(module, shape, export.dtype)
 
 
 @register
