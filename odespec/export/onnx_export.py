@@ -34,6 +34,7 @@ from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
 from odespec.layers import ExportContext, LayerUse
 from odespec.solvers.grid import fixed_grid
+from odespec.spec.schema import EXPORT_DEFAULTS
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -41,15 +42,15 @@ OUTPUT_NAME = "output"
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """How to unroll and write the graph."""
+    """How to unroll and write the graph (defaults: the spec language's ``export.onnx``)."""
 
-    method: str = "rk4"
-    steps: int = 8
-    opset: int = 17
-    dynamic_batch: bool = True
+    method: str = EXPORT_DEFAULTS["method"]
+    steps: int = EXPORT_DEFAULTS["steps"]
+    opset: int = EXPORT_DEFAULTS["opset"]
+    dynamic_batch: bool = EXPORT_DEFAULTS["dynamic_batch"]
     #: one ONNX ``Loop`` per output interval (file size independent of ``steps``) instead of
     #: unrolling every step (see :mod:`odespec.export.loop`)
-    loop: bool = False
+    loop: bool = EXPORT_DEFAULTS["loop"]
 
 
 class _Dynamics(nn.Module):
@@ -228,11 +229,7 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         {
             "t": list(b.spec.t),
             "output": b.spec.output,
-            "training_solver": {
-                "method": b.spec.solver.method,
-                **({"rtol": b.spec.solver.rtol, "atol": b.spec.solver.atol} if b.spec.solver.adaptive
-                   else {"steps": b.spec.solver.steps, "step_size": b.spec.solver.step_size}),
-            },
+            "training_solver": b.spec.solver.summary(),
             "gradient": b.spec.gradient.method,
         }
         for b in model.ode_blocks
