@@ -64,6 +64,8 @@ def breakdown(spec_path: Path, iterations: int, warmup: int) -> tuple[dict[str, 
     """Median seconds and mean minor page faults per iteration of each part."""
     import torch
 
+    from odespec.compile import ModelOutput
+    from odespec.layers.torch_modules import GaussianSample
     from odespec.train.losses import make_loss
     from odespec.train.optim import make_optimizer
 
@@ -92,23 +94,28 @@ def breakdown(spec_path: Path, iterations: int, warmup: int) -> tuple[dict[str, 
         optimizer.zero_grad(set_to_none=True)
         ins, outs = [], []
         h = x
+        posterior = None
         for k, (name, mods) in enumerate(parts):
             t = mark()
             hin = h.detach().requires_grad_(k > 0)
             out = hin
             for m in mods:
-                out = m(out)
+                if isinstance(m, GaussianSample):  # as ODENet.forward_with_posterior does
+                    posterior = m.distribution(out)
+                    out = m.sample(posterior)
+                else:
+                    out = m(out)
             add(f"{name} fwd", t)
             ins.append(hin)
             outs.append(out)
             h = out
         t = mark()
-        loss, extra = loss_fn(h, y)
+        loss, extra = loss_fn(ModelOutput(h, posterior), y)
         assert loss.item() == loss.item()
         add("loss fwd (+metrics)", t)
         # backward part by part, from the loss down. The KL term reaches the encoder's output
-        # through the gaussian layer's last_mean/last_logvar, so the loss's backward also gives
-        # the sampling part's input a gradient; the sampling part then adds its own.
+        # through q(z0), the output's posterior, so the loss's backward also gives the sampling
+        # part's input a gradient; the sampling part then adds its own.
         t = mark()
         loss.backward()
         add("loss+decoder bwd", t)

@@ -16,6 +16,11 @@ __all__ = ["__version__", "load_spec", "build", "export_onnx", "OdespecError"]
 from odespec.errors import OdespecError
 from odespec.spec import load_spec
 
+# Registers the spec's `train:` section with odespec.spec.sections. Here, in the package every
+# caller imports first (CLI, api, `from odespec.spec import load_spec`), because spec/ must not
+# import train/; the module is small and torch-free, its schema and checks load on first use.
+from odespec.train import section as _train_section  # noqa: F401
+
 if TYPE_CHECKING:  # pragma: no cover
     from odespec.api import build, export_onnx
 

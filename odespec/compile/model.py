@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -10,9 +10,18 @@ from torch import nn
 from odespec.compile.ode_block import ODEBlock, ResNetBlock, BlockBase, make_block
 from odespec.errors import BuildError
 from odespec.layers import LayerContext, LayerUse
+from odespec.layers.torch_modules import DiagonalGaussian, GaussianSample
 from odespec.spec.model import LayerSpec, OdeBlockSpec, Spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ModelOutput(NamedTuple):
+    """A forward pass's output with what the training losses take beside it."""
+
+    output: torch.Tensor
+    #: q(z0) of the model's gaussian layer (the ELBO's KL term); None in a model without one
+    posterior: Optional[DiagonalGaussian] = None
 
 
 class ODENet(nn.Sequential):
@@ -20,13 +29,26 @@ class ODENet(nn.Sequential):
 
     ``modules`` are built from ``spec.model``, one per item; ``uses`` holds, for each module, the
     :class:`LayerUse` its layer type built it from (None for an ODE block), so that later stages
-    ask the layer type about the module.
+    ask the layer type about the module. ``model(x)`` is the output alone (inference, export);
+    :meth:`forward_with_posterior` keeps q(z0) beside it for the losses.
     """
 
     def __init__(self, spec: Spec, modules: list[nn.Module]):
         super().__init__(*modules)
         self.spec = spec
         self.uses: tuple[Optional[LayerUse], ...] = _layer_uses(spec)
+
+    def forward_with_posterior(self, x: torch.Tensor) -> ModelOutput:
+        """The forward pass of ``model(x)``, operation for operation, also returning the
+        distribution the gaussian layer samples from (the last one, should there be more)."""
+        posterior: Optional[DiagonalGaussian] = None
+        for module in self:
+            if isinstance(module, GaussianSample):
+                posterior = module.distribution(x)
+                x = module.sample(posterior)
+            else:
+                x = module(x)
+        return ModelOutput(x, posterior)
 
     @property
     def ode_blocks(self) -> list[BlockBase]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -213,20 +213,30 @@ class _ElmanCPU(torch.autograd.Function):
         return (dx, dw_ih, dw_hh, db if need_bih else None, db if need_bhh else None, None, None)
 
 
+class DiagonalGaussian(NamedTuple):
+    """N(mean, diag(exp(logvar))), per sample: both ``(batch, L)``."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+
 class GaussianSample(nn.Module):
     """Reparameterised sample of N(mean, exp(logvar)) from ``(batch, 2L)``; the mean in eval.
 
-    ``last_mean``/``last_logvar`` keep the latest distribution for the ELBO's KL term.
+    ``forward`` is :meth:`distribution` then :meth:`sample`; a training forward pass that needs
+    the distribution itself (the ELBO's KL term of q(z0)) calls the two and keeps it.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_mean: torch.Tensor | None = None
-        self.last_logvar: torch.Tensor | None = None
+    def distribution(self, x: torch.Tensor) -> DiagonalGaussian:
+        """The distribution ``x`` holds: its first half the mean, its second the log-variance."""
+        mean, logvar = x.chunk(2, dim=-1)
+        return DiagonalGaussian(mean, logvar)
+
+    def sample(self, q: DiagonalGaussian) -> torch.Tensor:
+        """A reparameterised draw from ``q`` while training (from the global RNG); its mean in eval."""
+        if not self.training:
+            return q.mean
+        return q.mean + torch.exp(0.5 * q.logvar) * torch.randn_like(q.mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, logvar = x.chunk(2, dim=-1)
-        self.last_mean, self.last_logvar = mean, logvar
-        if not self.training:
-            return mean
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        return self.sample(self.distribution(x))

@@ -274,7 +274,9 @@ class Spec:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
-    train: Optional[TrainSpec] = None
+    #: the ``train:`` section, checked by the section registered under that name
+    #: (:mod:`odespec.spec.sections`); a field marked ``section`` is one a registered section fills
+    train: Optional[TrainSpec] = field(default=None, metadata={"section": True})
     num_params: int = 0
 
     @property

@@ -13,13 +13,12 @@ the user wrote instead of listing every branch.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from odespec.solvers import tableaus
 from odespec.solvers.config import (
@@ -120,13 +119,12 @@ def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _with_solve_vocabulary(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with the methods and gradient methods registered now (the shipped file has the
-    built-in ones)."""
+    """``schema`` (a fresh copy of the shipped file) with the methods and gradient methods
+    registered now (the shipped file has the built-in ones)."""
     methods, gradients = registry_key()
     ode = schema["$defs"]["ode_block"]["properties"]
     if ode["solver"]["then"]["enum"] == list(methods) and ode["gradient"]["then"]["enum"] == list(gradients):
         return schema
-    schema = copy.deepcopy(schema)
     schema["$defs"]["ode_block"]["properties"].update(solve_properties())
     schema["$defs"]["onnx_export"]["properties"]["method"] = export_method_property()
     return schema
@@ -239,10 +237,10 @@ def build_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    # the train section is generated from the data-source registry, like the layers here
-    from odespec.train.schema import train_schema
+    # top-level sections owned by other packages (train:), as their owners generate them
+    from odespec.spec import sections
 
-    train = train_schema()
+    section_refs = {s.name: {"$ref": f"#/$defs/{s.name}"} for s in sections.all_types()}
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
@@ -289,7 +287,7 @@ def build_schema() -> dict[str, Any]:
                 "default": {"onnx": {}},
                 "additionalProperties": False,
             },
-            "train": {"$ref": "#/$defs/train"},
+            **section_refs,
         },
         "required": ["odespec", "name", "input", "model"],
         "additionalProperties": False,
@@ -299,7 +297,7 @@ def build_schema() -> dict[str, Any]:
             "ode_block": ode_block,
             "dynamics": dynamics,
             "onnx_export": onnx_export,
-            "train": train,
+            **{s.name: s.schema() for s in sections.all_types()},
         },
     }
     return schema
@@ -321,23 +319,27 @@ def shipped_schema_path() -> Path:
     raise FileNotFoundError(f"odespec's schema file {SCHEMA_FILENAME} is missing from the installation")
 
 
-def active_schema() -> dict[str, Any]:
-    """The schema validation uses: the shipped file, plus any third-party layers and data
-    sources (registered through the ``odespec.layers`` and ``odespec.data`` entry points) and
-    any methods and gradient methods registered through the solvers' public API."""
-    return _active_schema(registry_key())
+def active_schema(sections: Optional[frozenset[str]] = None) -> dict[str, Any]:
+    """The schema validation uses: the shipped file, plus any third-party layers (registered
+    through the ``odespec.layers`` entry points), any methods and gradient methods registered
+    through the solvers' public API, and the fragments of the registered top-level sections as
+    their owners extend them (``train``: third-party data sources).
+
+    ``sections`` names the sections whose fragments are brought up to date, those a spec has;
+    the others stay as shipped, so that validating a spec without ``train:`` loads nothing of
+    the train package. None: every registered section (``odespec schema``)."""
+    return _active_schema(registry_key(), sections)
 
 
-@lru_cache(maxsize=8)
-def _active_schema(key: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
+@lru_cache(maxsize=None)
+def _active_schema(key: tuple[tuple[str, ...], tuple[str, ...]],
+                   sections: Optional[frozenset[str]]) -> dict[str, Any]:
     from odespec.layers import registry
-    from odespec.train import data as sources
+    from odespec.spec import sections as registered
 
+    # parsed anew on each call, so the extensions below change no one else's copy
     schema = json.loads(shipped_schema_path().read_text(encoding="utf-8"))
     extra = registry.plugin_names()
-    extra_sources = sources.plugin_names()
-    if extra or extra_sources:
-        schema = copy.deepcopy(schema)
     for key in ("layer", "model_item") if extra else ():
         item = schema["$defs"][key]
         for name in extra:
@@ -346,13 +348,9 @@ def _active_schema(key: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, An
             item["else"]["propertyNames"]["enum"].append(name)
             if t.bare_allowed():
                 item["then"]["enum"].append(name)
-    data = schema["$defs"]["train"]["properties"]["data"]
-    for name in extra_sources:
-        # every source name may be written bare: one that needs options gets a located message
-        # from the train checks rather than a schema error
-        data["then"]["enum"].append(name)
-        data["else"]["propertyNames"]["enum"].append(name)
-        data["else"]["properties"][name] = sources.get(name).options_schema()
+    for section in registered.all_types():
+        if (sections is None or section.name in sections) and section.name in schema["$defs"]:
+            schema["$defs"][section.name] = section.extend_schema(schema["$defs"][section.name])
     return _with_solve_vocabulary(schema)
 
 

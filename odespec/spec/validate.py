@@ -12,6 +12,7 @@ from typing import Any, Optional
 from odespec.errors import SpecError, SpecIssue
 from odespec.layers import LayerContext, ShapeError, registry
 from odespec.layers.base import fmt_shape
+from odespec.spec import sections
 from odespec.spec.load import LoadedDocument, Path, format_path
 from odespec.spec.messages import schema_issues
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
@@ -27,7 +28,6 @@ from odespec.spec.model import (
     OnnxExportSpec,
     Shape,
     Spec,
-    TrainSpec,
 )
 
 #: refuse specs whose parameters would not fit comfortably in memory (400 MB in float32),
@@ -37,28 +37,31 @@ MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATION = 100_000_000
 
 
-def _validator() -> Any:
+def _validator(present: frozenset[str]) -> Any:
+    """The JSON-Schema validator for specs with the registered top-level sections ``present``."""
     from odespec.spec.schema import registry_key
 
-    return _validator_for(registry_key())
+    return _validator_for(registry_key(), present)
 
 
-@lru_cache(maxsize=8)
-def _validator_for(key: Any) -> Any:
-    """A validator of the active schema; ``key`` (the registered solver vocabulary) keeps a
-    method registered later from being refused by a stale schema."""
+@lru_cache(maxsize=None)
+def _validator_for(key: Any, present: frozenset[str]) -> Any:
+    """``key`` (the registered solver vocabulary) keeps a method registered later from being
+    refused by a stale schema."""
     import jsonschema
 
     from odespec.spec.schema import active_schema
 
-    schema = active_schema()
+    schema = active_schema(present)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
 
 
 def validate(doc: LoadedDocument) -> Spec:
     """Validate a loaded document; return the frozen :class:`Spec` or raise :class:`SpecError`."""
-    issues = schema_issues(doc, _validator().iter_errors(doc.data))
+    data = doc.data
+    present = frozenset(n for n in sections.names() if isinstance(data, dict) and n in data)
+    issues = schema_issues(doc, _validator(present).iter_errors(data))
     if issues:
         raise SpecError(issues)
     return _Checker(doc).run()
@@ -100,10 +103,10 @@ class _Checker:
                 f"the model has {total:,} parameters; the limit is {MAX_PARAMETERS:,}",
                 "reduce layer widths or channels (parameters are counted from shapes, nothing was allocated)",
             )
-        # the train section is compared with the model only when the model itself is valid
+        # the sections (train) are compared with the model only when the model itself is valid
         model_ok = not self.issues and len(items) == len(data["model"])
         export = self.export(data)
-        train = self.train(data["train"], items if model_ok else None, data) if "train" in data else None
+        checked = self.check_sections(data, items if model_ok else None)
         if self.issues:
             raise SpecError(self.issues)
         return Spec(
@@ -118,8 +121,8 @@ class _Checker:
             seed=data.get("seed", 0),
             dtype=data.get("dtype", "float32"),
             device=data.get("device", "cpu"),
-            train=train,
             num_params=total,
+            **checked,
         )
 
     def model_item(self, raw: Any, path: Path, shape: Optional[Shape]) -> Optional[ModelItem]:
@@ -282,12 +285,13 @@ class _Checker:
             return None
         return DynamicsSpec(time=time, layers=tuple(layers), loc=self.loc(path))
 
-    # -- train --------------------------------------------------------------------------------
-    def train(self, raw: dict, items: Optional[list[ModelItem]], data: dict) -> Optional[TrainSpec]:
-        """The train section's own rules, and (``items`` given) the data against the model."""
-        from odespec.train.check import check_train
-
-        return check_train(raw, items, tuple(data["input"]["shape"]), self.error, self.loc)
+    # -- top-level sections owned by other packages (train) ---------------------------------------
+    def check_sections(self, data: dict, items: Optional[list[ModelItem]]) -> dict[str, Any]:
+        """Each registered section the spec has, checked by its owner: its own rules, and
+        (``items`` given) how it fits the model. By name, the Spec field that keeps it."""
+        ctx = sections.SectionContext(items=items, input_shape=tuple(data["input"]["shape"]), error=self.error,
+                                      loc=self.loc)
+        return {s.name: s.check(data[s.name], ctx) for s in sections.all_types() if s.name in data}
 
     # -- export -------------------------------------------------------------------------------
     def export(self, data: dict) -> OnnxExportSpec:

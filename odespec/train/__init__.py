@@ -1,7 +1,8 @@
 """Training from the spec: ``odespec train`` and :func:`train` / :func:`resume`.
 
-Importing this package does not import torch: the spec validator uses the data-source registry
-(:mod:`odespec.train.data`) and the checks (:mod:`odespec.train.check`). The loop, losses and
+Importing this package does not import torch: the spec's ``train:`` section registers with the
+validator from :mod:`odespec.train.section`, and its schema and checks use the data-source
+registry (:mod:`odespec.train.data`) and :mod:`odespec.train.check`. The loop, losses and
 checkpoints are imported on first use.
 """
 

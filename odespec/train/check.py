@@ -1,4 +1,5 @@
-"""Semantic checks of a spec's ``train`` section, run by the spec validator after the schema.
+"""Semantic checks of a spec's ``train`` section, which the spec validator runs after the schema
+through the registered section (:mod:`odespec.train.section`).
 
 What a schema cannot say: which options each optimizer, schedule and loss takes; that the data
 fit the model (input shape, targets against the output and the loss, the ode_demo windows' and
@@ -25,6 +26,7 @@ from odespec.spec.model import (
     Shape,
     TrainSpec,
 )
+from odespec.spec.sections import ReportError
 from odespec.train import data as sources
 from odespec.train.data import DataShapes
 
@@ -42,12 +44,11 @@ SCHEDULE_OPTIONS = {"constant": (), "step": ("every", "gamma"), "multistep": ("m
 LOSS_OPTIONS = {"mse": (), "l1": (), "cross_entropy": (), "elbo": ("noise_std",)}
 
 Path = tuple
-ErrorFn = Callable[..., None]  # error(path, message, hint=None, *, key=False)
 T = ("train",)
 
 
 def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Shape,
-                error: ErrorFn, loc: Callable[[Path], Location]) -> Optional[TrainSpec]:
+                error: ReportError, loc: Callable[[Path], Location]) -> Optional[TrainSpec]:
     """Check a schema-valid ``train`` mapping; report problems through ``error`` and return the
     :class:`TrainSpec`, or None if anything was wrong. ``items`` is None when the model itself
     has errors (then only the train section's own rules are checked)."""
@@ -93,7 +94,7 @@ def describe_shapes(shapes: DataShapes) -> str:
 
 
 class _TrainChecker:
-    def __init__(self, error: ErrorFn):
+    def __init__(self, error: ReportError):
         self._error = error
         self.failed = False
 

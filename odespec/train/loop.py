@@ -1,7 +1,8 @@
 """The training loop: :func:`train` starts a run, :func:`resume` continues one exactly.
 
-The loop just calls the compiled model, so each ODE block trains with its own solver and
-gradient method. Exact resumption rests on three things: batches are a pure function of the
+The loop just calls the compiled model (through ``forward_with_posterior``, which hands the
+losses q(z0) beside the output), so each ODE block trains with its own solver and gradient
+method. Exact resumption rests on three things: batches are a pure function of the
 iteration (:mod:`odespec.train.batches`), the learning rate too (:func:`~odespec.train.optim.lr_at`),
 and the global RNG state (which the gaussian layer and dropout draw from) is saved as it was at
 the start of the first iteration a checkpoint does not contain. So an interrupted-then-resumed
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO, Union
 import torch
 
 import odespec
-from odespec.compile.model import compile_spec, resolve_device
+from odespec.compile.model import ModelOutput, ODENet, compile_spec, resolve_device
 from odespec.errors import SolverError
 from odespec.spec import load_spec
 from odespec.spec.model import Spec
@@ -158,6 +159,18 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
         teardown(ctx)
 
 
+class _WithPosterior(torch.nn.Module):
+    """``model.forward_with_posterior`` as a module's ``forward``: DDP wraps ``forward`` alone.
+    Holds the model itself, so the parameters (and their order) are the model's."""
+
+    def __init__(self, model: ODENet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return self.model.forward_with_posterior(x)
+
+
 class _Trainer:
     """One run's state: model, optimizer, data, logs; :meth:`run` trains to the total."""
 
@@ -202,7 +215,7 @@ class _Trainer:
         else:
             self._load(checkpoint)
         # the training forward passes go through DDP when distributed; evaluation uses the model
-        self.net = self.dist.wrap(self.model)
+        self.net = self.dist.wrap(_WithPosterior(self.model))
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def info(self, status: str) -> dict[str, Any]:
@@ -249,7 +262,7 @@ class _Trainer:
         """Evaluations of every solved block's dynamics so far (the NFE of a failed forward)."""
         return sum(getattr(b.dynamics, "nfe", 0) for b in self.model.ode_blocks)
 
-    def _forward(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], int, bool]:
+    def _forward(self, x: torch.Tensor) -> tuple[Optional[ModelOutput], int, bool]:
         """(output, forward NFE, whether the NFE budget was exceeded). A solve stopped by the
         budget's step limit returns no output."""
         before = self._nfe_count()
@@ -313,7 +326,7 @@ class _Trainer:
         try:
             with torch.no_grad(), self._fork_rng():
                 for x, y in self.batches.eval_chunks():
-                    loss, extra = self.loss_fn(self.model(x), y)
+                    loss, extra = self.loss_fn(self.model.forward_with_posterior(x), y)
                     k = len(x)
                     for name, v in {"loss": loss.item(), **extra}.items():
                         sums[name] = sums.get(name, 0.0) + v * k

@@ -1,4 +1,6 @@
-"""Training losses. Each returns the scalar to minimise and a few metrics (Python floats).
+"""Training losses. Each takes a forward pass's :class:`~odespec.compile.ModelOutput` (from
+``ODENet.forward_with_posterior``) and the targets, and returns the scalar to minimise and a few
+metrics (Python floats).
 
 * ``mse``: mean squared error; ``l1``: mean absolute error (torchdiffeq's ode_demo loss).
 * ``cross_entropy``: on class scores; ``accuracy`` is reported alongside.
@@ -6,7 +8,8 @@
   per sample, minus the Gaussian log-likelihood of the observations under the decoded
   trajectory with a fixed noise std, summed over times and features, plus the analytic KL of
   q(z0) = N(mean, exp(logvar)) from N(0, I), summed over latent dimensions; averaged over the
-  batch. q(z0) comes from the model's ``gaussian`` layer (``last_mean``/``last_logvar``).
+  batch. q(z0) is the ``posterior`` of the output: the distribution the model's ``gaussian``
+  layer sampled from in that forward pass.
 """
 
 from __future__ import annotations
@@ -18,25 +21,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from odespec.compile.model import ModelOutput
 from odespec.layers.torch_modules import GaussianSample
 from odespec.spec.model import LossSpec
 from odespec.train.errors import TrainError
 
 __all__ = ["LossFn", "make_loss", "gaussian_nll", "kl_standard_normal"]
 
-#: (model output, targets) -> (loss, metrics)
-LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+#: (forward pass's output, targets) -> (loss, metrics)
+LossFn = Callable[[ModelOutput, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
-def _mse(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    return F.mse_loss(out, y), {}
+def _mse(pred: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    return F.mse_loss(pred.output, y), {}
 
 
-def _l1(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    return torch.mean(torch.abs(out - y)), {}
+def _l1(pred: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    return torch.mean(torch.abs(pred.output - y)), {}
 
 
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def _cross_entropy(pred: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    out = pred.output
     accuracy = (out.detach().argmax(dim=-1) == y).float().mean().item()
     return F.cross_entropy(out, y), {"accuracy": accuracy}
 
@@ -60,13 +65,14 @@ def _elbo(model: nn.Module, noise_std: float) -> LossFn:
     samplers = [m for m in model.modules() if isinstance(m, GaussianSample)]
     if len(samplers) != 1:
         raise TrainError(f"the elbo needs exactly one gaussian layer in the model, found {len(samplers)}")
-    sampler = samplers[0]
 
-    def elbo(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        # the forward pass that produced `out` left q(z0) on the sampler
-        assert sampler.last_mean is not None and sampler.last_logvar is not None
-        nll = gaussian_nll(y, out, noise_std)
-        kl = kl_standard_normal(sampler.last_mean, sampler.last_logvar)
+    def elbo(pred: ModelOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        q = pred.posterior
+        if q is None:
+            raise TrainError("the elbo got no q(z0) with the model's output",
+                             "run the model with forward_with_posterior, which returns it")
+        nll = gaussian_nll(y, pred.output, noise_std)
+        kl = kl_standard_normal(q.mean, q.logvar)
         loss = torch.mean(nll + kl)
         return loss, {"nll": nll.detach().mean().item(), "kl": kl.detach().mean().item()}
 

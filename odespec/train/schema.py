@@ -1,4 +1,5 @@
-"""The JSON Schema of the spec's ``train`` section, generated from the data-source registry.
+"""The JSON Schema of the spec's ``train`` section, generated from the data-source registry
+(the section, :mod:`odespec.train.section`, hands it to :mod:`odespec.spec.schema`).
 
 Same house rules as :mod:`odespec.spec.schema`: closed objects, a description and a default on
 every property, alternatives as ``if/then/else`` on the JSON type. Rules a schema cannot say
@@ -14,7 +15,7 @@ from odespec.spec.schema import NAMES_KEY
 from odespec.train import data as sources
 from odespec.train.check import LOSS_OPTIONS, OPTIMIZER_OPTIONS, SCHEDULE_OPTIONS
 
-__all__ = ["train_schema"]
+__all__ = ["train_schema", "add_plugin_sources"]
 
 MAX_ITERATIONS = 100_000_000
 MAX_MILESTONES = 1000
@@ -161,3 +162,16 @@ def train_schema() -> dict[str, Any]:
         "required": ["data"],
         "additionalProperties": False,
     }
+
+
+def add_plugin_sources(shipped: dict[str, Any]) -> dict[str, Any]:
+    """The shipped ``train`` fragment (changed in place) with the data sources registered
+    through the ``odespec.data`` entry points added, for validation."""
+    data = shipped["properties"]["data"]
+    for name in sources.plugin_names():
+        # every source name may be written bare: one that needs options gets a located message
+        # from the train checks rather than a schema error
+        data["then"]["enum"].append(name)
+        data["else"]["propertyNames"]["enum"].append(name)
+        data["else"]["properties"][name] = sources.get(name).options_schema()
+    return shipped

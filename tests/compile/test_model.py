@@ -190,3 +190,25 @@ def test_models_deep_copy_and_pickle():
             assert torch.equal(twin(x), want)
             assert twin.spec == model.spec
     assert dict(pickle.loads(pickle.dumps(model.spec)).train.data.options) == dict(model.spec.train.data.options)
+
+
+def test_forward_with_posterior_is_model_x_with_q_z0_beside_it():
+    from odespec.compile import ModelOutput
+
+    text = ("odespec: 1\nname: q\ninput: {shape: [3]}\nmodel:\n  - linear: 4\n  - gaussian\n"
+            "  - ode: {solver: {method: rk4, steps: 4}, dynamics: {layers: [{linear: 2}, tanh]}}\n  - linear: 2\n")
+    model = odespec.build(parse_spec(text))
+    x = torch.randn(5, 3)
+    for train in (True, False):
+        model.train(train)
+        torch.manual_seed(3)
+        want = model(x)
+        torch.manual_seed(3)
+        got = model.forward_with_posterior(x)
+        assert isinstance(got, ModelOutput)
+        assert torch.equal(got.output, want)  # the same operations, the same random draw
+        mean, logvar = model[0](x).chunk(2, dim=-1)
+        assert torch.equal(got.posterior.mean, mean) and torch.equal(got.posterior.logvar, logvar)
+    plain = odespec.build(DEMO)
+    out = plain.forward_with_posterior(torch.randn(2, 2))
+    assert out.posterior is None and out.output.shape == (2, 6, 2)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from odespec.compile import ModelOutput
 from odespec.layers.torch_modules import GaussianSample
 from odespec.spec.model import LossSpec
 from odespec.train import TrainError
@@ -18,16 +19,16 @@ from odespec.train.losses import make_loss
 def test_mse_and_l1():
     out = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
     y = torch.tensor([[1.0, 0.0], [4.0, 5.0]])
-    mse, m = make_loss(LossSpec("mse"), nn.Identity())(out, y)
+    mse, m = make_loss(LossSpec("mse"), nn.Identity())(ModelOutput(out), y)
     assert mse.item() == pytest.approx((0 + 4 + 1 + 0) / 4) and m == {}
-    l1, _ = make_loss(LossSpec("l1"), nn.Identity())(out, y)
+    l1, _ = make_loss(LossSpec("l1"), nn.Identity())(ModelOutput(out), y)
     assert l1.item() == pytest.approx((0 + 2 + 1 + 0) / 4)  # torchdiffeq: mean(abs(pred - true))
 
 
 def test_cross_entropy_and_accuracy():
     out = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
     y = torch.tensor([0, 1])
-    loss, m = make_loss(LossSpec("cross_entropy"), nn.Identity())(out, y)
+    loss, m = make_loss(LossSpec("cross_entropy"), nn.Identity())(ModelOutput(out), y)
     by_hand = [-(2 - math.log(math.exp(2) + 2)), -(1 - math.log(1 + math.e + math.exp(3)))]
     assert loss.item() == pytest.approx(sum(by_hand) / 2)
     assert m == {"accuracy": 0.5}
@@ -47,12 +48,11 @@ def test_elbo_is_torchdiffeqs_latent_ode_loss():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), GaussianSample())
     model.train()
-    model(torch.randn(5, 3))  # leaves q(z0) on the sampler
-    sampler = model[1]
+    q = model[1].distribution(model[0](torch.randn(5, 3)))
     out, y = torch.randn(5, 7, 2), torch.randn(5, 7, 2)
-    loss, m = make_loss(LossSpec("elbo", 0.3), model)(out, y)
+    loss, m = make_loss(LossSpec("elbo", 0.3), model)(ModelOutput(out, q), y)
 
-    mu, lv = sampler.last_mean.detach().numpy(), sampler.last_logvar.detach().numpy()
+    mu, lv = q.mean.detach().numpy(), q.logvar.detach().numpy()
     noise_logvar = 2 * np.log(np.full(out.shape, 0.3))
     logpx = _log_normal_pdf(y.numpy(), out.numpy(), noise_logvar).sum(-1).sum(-1)
     kl = _normal_kl(mu, lv, np.zeros_like(mu), np.zeros_like(lv)).sum(-1)
@@ -62,8 +62,9 @@ def test_elbo_is_torchdiffeqs_latent_ode_loss():
 
 def test_elbo_gradient_reaches_the_encoder():
     model = nn.Sequential(nn.Linear(3, 4), GaussianSample())
-    z = model(torch.randn(2, 3))
-    loss, _ = make_loss(LossSpec("elbo", 1.0), model)(z, torch.zeros_like(z))
+    q = model[1].distribution(model[0](torch.randn(2, 3)))
+    z = model[1].sample(q)
+    loss, _ = make_loss(LossSpec("elbo", 1.0), model)(ModelOutput(z, q), torch.zeros_like(z))
     loss.backward()
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
 
@@ -71,3 +72,24 @@ def test_elbo_gradient_reaches_the_encoder():
 def test_elbo_needs_one_gaussian_layer():
     with pytest.raises(TrainError, match="exactly one gaussian layer"):
         make_loss(LossSpec("elbo", 0.3), nn.Linear(2, 2))
+
+
+def test_elbo_takes_q_z0_from_the_output_it_is_given():
+    from odespec.train.losses import gaussian_nll, kl_standard_normal
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), GaussianSample())
+    q = model[1].distribution(model[0](torch.randn(5, 3)))
+    model(torch.randn(5, 3))  # a later forward pass has no say in that output's loss
+    out, y = torch.randn(5, 7, 2), torch.randn(5, 7, 2)
+    loss, _ = make_loss(LossSpec("elbo", 0.3), model)(ModelOutput(out, q), y)
+    assert torch.equal(loss, torch.mean(gaussian_nll(y, out, 0.3) + kl_standard_normal(q.mean, q.logvar)))
+    # the layer keeps nothing of its forward passes for a loss to read
+    assert not [k for k, v in vars(model[1]).items() if isinstance(v, torch.Tensor)]
+
+
+def test_elbo_without_q_z0_is_an_error():
+    model = nn.Sequential(nn.Linear(3, 4), GaussianSample())
+    out = torch.randn(2, 2)
+    with pytest.raises(TrainError, match=r"no q\(z0\)"):
+        make_loss(LossSpec("elbo", 0.3), model)(ModelOutput(out), out)
