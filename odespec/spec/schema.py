@@ -28,6 +28,7 @@ from odespec.solvers.config import (
     SolverConfig,
     declared_gradients,
 )
+from odespec.solvers.options import option_spec
 from odespec.spec.model import OnnxExportSpec
 
 SCHEMA_FILENAME = "odespec.schema.json"
@@ -130,14 +131,9 @@ def _with_solve_vocabulary(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def build_schema() -> dict[str, Any]:
-    """The whole schema for the currently registered layers and solver methods."""
-    from odespec.layers import registry
-
-    layer_values = {t.name: t.options_schema() for t in registry.all_types()}
-    bare = [t.name for t in registry.all_types() if t.bare_allowed()]
-    solve = solve_properties()
-    dynamics = {
+def _dynamics() -> dict[str, Any]:
+    """The ``dynamics`` object: the layers of f and how t enters."""
+    return {
         "type": "object",
         "description": "The network f(t, y; theta) whose output is dy/dt; it must keep the state's shape.",
         "properties": {
@@ -158,7 +154,11 @@ def build_schema() -> dict[str, Any]:
         "required": ["layers"],
         "additionalProperties": False,
     }
-    ode_block = {
+
+
+def _ode_block() -> dict[str, Any]:
+    """The ``ode`` block object: times, family, output, dynamics, solver and gradient."""
+    return {
         "type": "object",
         "description": "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically.",
         "properties": {
@@ -198,12 +198,16 @@ def build_schema() -> dict[str, Any]:
                 "as shape (len(t), *state) per sample.",
             },
             "dynamics": {"$ref": "#/$defs/dynamics"},
-            **solve,
+            **solve_properties(),
         },
         "required": ["dynamics"],
         "additionalProperties": False,
     }
-    onnx_export = {
+
+
+def _onnx_export() -> dict[str, Any]:
+    """``export.onnx``: how the model is unrolled and written."""
+    return {
         "type": "object",
         "description": "ONNX export: the ODE blocks are unrolled into a fixed-step graph.",
         "properties": {
@@ -219,7 +223,7 @@ def build_schema() -> dict[str, Any]:
                 # branch, so that it keeps the integer's messages (underscores, quoting)
                 "if": {"type": "string", "pattern": "^[A-Za-z]"},
                 "then": {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
-                "else": {**{k: v for k, v in solve["solver"]["else"]["properties"]["steps"].items() if k != "default"},
+                "else": {**{k: v for k, v in option_spec("steps").json_schema().items() if k != "default"},
                          "description": "Steps per output interval of each ODE block."},
             },
             "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
@@ -237,6 +241,13 @@ def build_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+def build_schema() -> dict[str, Any]:
+    """The whole schema for the currently registered layers and solver methods."""
+    from odespec.layers import registry
+
+    layer_values = {t.name: t.options_schema() for t in registry.all_types()}
+    bare = [t.name for t in registry.all_types() if t.bare_allowed()]
     # top-level sections owned by other packages (train:), as their owners generate them
     from odespec.spec import sections
 
@@ -294,9 +305,9 @@ def build_schema() -> dict[str, Any]:
         "$defs": {
             "layer": _layer_item(layer_values, bare),
             "model_item": _layer_item({**layer_values, "ode": {"$ref": "#/$defs/ode_block"}}, bare),
-            "ode_block": ode_block,
-            "dynamics": dynamics,
-            "onnx_export": onnx_export,
+            "ode_block": _ode_block(),
+            "dynamics": _dynamics(),
+            "onnx_export": _onnx_export(),
             **{s.name: s.schema() for s in sections.all_types()},
         },
     }
