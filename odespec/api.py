@@ -14,6 +14,7 @@ import torch
 import odespec
 from odespec.compile.model import ODENet, compile_spec, count_parameters
 from odespec.errors import BuildError
+from odespec.export.describe import solver_settings
 from odespec.spec import load_spec
 from odespec.spec.model import OdeBlockSpec, Spec
 
@@ -48,7 +49,7 @@ class ExportResult:
     export_seconds: float
     parity: Optional[dict[str, Any]] = None
     #: onnxruntime's output against the model solved with its training solver:
-    #: ``max_abs_error``, ``max_rel_error`` (relative to the output's largest magnitude),
+    #: ``max_abs_error``, ``max_scaled_error`` (relative to the output's largest magnitude),
     #: ``reference`` (the training solvers), ``inputs``; ``skipped`` instead when the training
     #: solver failed on the inputs; ``None`` when not measured
     deployment_error: Optional[dict[str, Any]] = None
@@ -111,8 +112,11 @@ def export_onnx(
 
     from odespec.errors import ExportError
     from odespec.export import calibrate as cal
+    from odespec.export.inputs import data_input_set, model_dtype, seeded_input_set
+    from odespec.export.metrics import deployment_error, deployment_skipped, reference_outputs
     from odespec.export.onnx_export import add_metadata, build_onnx, check_onnx, export_settings_from_spec
-    from odespec.export.parity import check_parity, ort_session
+    from odespec.export.parity import check_parity, parity_batches
+    from odespec.export.session import ort_session
     from odespec.export.unroll import fixed_step_model
     from odespec.fileio import atomic_write_bytes
     from odespec.solvers.tableaus import is_adaptive
@@ -124,15 +128,15 @@ def export_onnx(
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
                          "choose a fixed-step method such as rk4")
     cpu = model if _on_cpu(model) else _cpu_copy(model)
-    dtype = next(cpu.parameters()).dtype if any(True for _ in cpu.parameters()) else torch.float32
-    inputs = (cal.data_input_set(calibration_data, spec.input_shape, dtype=dtype) if calibration_data is not None
-              else cal.seeded_input_set(spec.input_shape, dtype=dtype, seed=spec.seed))
+    dtype = model_dtype(cpu)
+    inputs = (data_input_set(calibration_data, spec.input_shape, dtype=dtype) if calibration_data is not None
+              else seeded_input_set(spec.input_shape, dtype=dtype, seed=spec.seed))
     reference: Optional[list[Any]] = None
     calibration = None
     if auto:
         tol = match_tol if match_tol is not None else spec.export.match_tol
         methods = (method,) if method else (spec.export.calibration_methods or cal.CALIBRATION_METHODS)
-        reference = cal.reference_outputs(cpu, inputs)
+        reference = reference_outputs(cpu, inputs)
         calibration = cal.calibrate(cpu, inputs, match_tol=tol, methods=methods, latency=latency,
                                     latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
         settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
@@ -145,20 +149,17 @@ def export_onnx(
     parity_result = None
     sess = ort_session(data) if parity or deployment else None
     if parity:
-        # a graph exported with a fixed batch of 1 can only be checked at batch 1
-        batches = (1, 7, 256) if settings.dynamic_batch else (1,)
         parity_result = check_parity(
-            data, twin, spec.input_shape, dtype=dtype, batch_sizes=batches,
+            data, twin, spec.input_shape, dtype=dtype, batch_sizes=parity_batches(settings.dynamic_batch),
             tolerance=parity_tol if parity_tol is not None else spec.export.parity_tol, seed=spec.seed, session=sess,
         ).to_dict()
     deployment_result = None
     if deployment:
         try:
-            deployment_result = cal.deployment_error(sess, cpu, inputs, static_batch=not settings.dynamic_batch,
-                                                     reference=reference)
+            deployment_result = deployment_error(sess, cpu, inputs, static_batch=not settings.dynamic_batch,
+                                                 reference=reference)
         except ExportError as e:  # the training solver failed on these inputs: say so, still export
-            deployment_result = {"reference": cal.training_solvers(cpu), "inputs": inputs.description,
-                                 "skipped": str(e).splitlines()[0]}
+            deployment_result = deployment_skipped(cpu, inputs, e)
     meta = {"export_steps_source": "calibrated" if calibration else "given"}
     if calibration is not None:
         meta["calibration"] = json.dumps({
@@ -167,7 +168,7 @@ def export_onnx(
         })
     if deployment_result is not None:
         meta["deployment_error"] = json.dumps(
-            {k: v for k, v in deployment_result.items() if k in ("max_abs_error", "max_rel_error", "reference",
+            {k: v for k, v in deployment_result.items() if k in ("max_abs_error", "max_scaled_error", "reference",
                                                                   "inputs", "skipped")})
     add_metadata(onnx_model, meta)
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
@@ -240,9 +241,7 @@ def summary(spec: Spec) -> dict[str, Any]:
         row: dict[str, Any] = {"index": i, "kind": item.kind, "line": item.loc.line,
                                "output_shape": list(item.out_shape), "parameters": item.num_params}
         if isinstance(item, OdeBlockSpec):
-            s = item.solver
-            row["solver"] = {"method": s.method, **({"rtol": s.rtol, "atol": s.atol} if s.adaptive
-                                                    else {"steps": s.steps, "step_size": s.step_size})}
+            row["solver"] = solver_settings(item.solver)
             row["gradient"] = item.gradient.method
             row["t"] = [item.t[0], item.t[-1]]
             row["output"] = item.output

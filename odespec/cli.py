@@ -161,12 +161,12 @@ def _check_steps_options(steps: Any, match_tol: Optional[float]) -> None:
 
 
 def _echo_build(result: Any, fmt: str) -> None:
-    from odespec.export.calibrate import render_report
+    from odespec.report import render_build
 
     if fmt == "json":
         click.echo(json.dumps(result.report, indent=2))
     else:
-        click.echo(render_report(result.report, result.export.path, result.report_path))
+        click.echo(render_build(result.report, result.export.path, result.report_path))
 
 
 @cli.command()
