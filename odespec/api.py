@@ -14,12 +14,13 @@ import torch
 import odespec
 from odespec.compile.model import ODENet, compile_spec, count_parameters
 from odespec.errors import BuildError
+from odespec.export.pipeline import ExportOptions, ExportResult, export_model
 from odespec.spec import load_spec
 from odespec.spec.model import OdeBlockSpec, Spec
 
 SpecLike = Union[Spec, str, "os.PathLike[str]"]
 
-__all__ = ["build", "export_onnx", "build_all", "load_weights", "ExportResult", "BuildResult"]
+__all__ = ["build", "export_onnx", "build_all", "load_weights", "ExportOptions", "ExportResult", "BuildResult"]
 
 
 def _as_spec(spec: SpecLike) -> Spec:
@@ -32,47 +33,6 @@ def build(spec: SpecLike, *, device: Optional[str] = None, dtype: Optional[str] 
     ``device``/``dtype`` override the spec's (``cpu``/``cuda``, ``float32``/``float64``).
     """
     return compile_spec(_as_spec(spec), device=device, dtype=dtype)
-
-
-@dataclass
-class ExportResult:
-    """What :func:`export_onnx` wrote and measured."""
-
-    path: Path
-    sha256: str
-    size_bytes: int
-    method: str
-    steps: int
-    opset: int
-    nfe_per_forward: int
-    export_seconds: float
-    parity: Optional[dict[str, Any]] = None
-    #: onnxruntime's output against the model solved with its training solver:
-    #: ``max_abs_error``, ``max_rel_error`` (relative to the output's largest magnitude),
-    #: ``reference`` (the training solvers), ``inputs``; ``skipped`` instead when the training
-    #: solver failed on the inputs; ``None`` when not measured
-    deployment_error: Optional[dict[str, Any]] = None
-    #: ``steps: auto``: the chosen method and steps, the table of candidates, the evaluations
-    calibration: Optional[dict[str, Any]] = None
-    layout: str = "unrolled"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report's ``onnx`` entry."""
-        return {
-            "file": self.path.name,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "method": self.method,
-            "steps": self.steps,
-            "steps_source": "calibrated" if self.calibration else "given",
-            "layout": self.layout,
-            "opset": self.opset,
-            "nfe_per_forward": self.nfe_per_forward,
-            "export_seconds": round(self.export_seconds, 4),
-            "parity": self.parity,
-            "deployment_error": self.deployment_error,
-            "calibration": self.calibration,
-        }
 
 
 def export_onnx(
@@ -105,107 +65,14 @@ def export_onnx(
     output against the training-solver model (``ExportResult.deployment_error``). Both use
     the parity check's seeded inputs, or the samples in ``calibration_data`` (``.npy``,
     ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs).
+
+    The keywords are the fields of :class:`~odespec.export.pipeline.ExportOptions`;
+    :func:`~odespec.export.pipeline.export_model` takes that object.
     """
-    import dataclasses
-    import json
-
-    from odespec.errors import ExportError
-    from odespec.export import calibrate as cal
-    from odespec.export.onnx_export import add_metadata, build_onnx, check_onnx, export_settings_from_spec
-    from odespec.export.parity import check_parity, ort_session
-    from odespec.export.unroll import fixed_step_model
-    from odespec.fileio import atomic_write_bytes
-    from odespec.solvers.tableaus import is_adaptive
-
-    spec = model.spec
-    auto = _wants_calibration(spec, steps, match_tol)
-    settings = export_settings_from_spec(spec, method=method, steps=None if auto else steps, opset=opset, loop=loop)
-    if is_adaptive(settings.method) and not (auto and method is None):
-        raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
-                         "choose a fixed-step method such as rk4")
-    cpu = model if _on_cpu(model) else _cpu_copy(model)
-    dtype = next(cpu.parameters()).dtype if any(True for _ in cpu.parameters()) else torch.float32
-    inputs = (cal.data_input_set(calibration_data, spec.input_shape, dtype=dtype) if calibration_data is not None
-              else cal.seeded_input_set(spec.input_shape, dtype=dtype, seed=spec.seed))
-    reference: Optional[list[Any]] = None
-    calibration = None
-    if auto:
-        tol = match_tol if match_tol is not None else spec.export.match_tol
-        methods = (method,) if method else (spec.export.calibration_methods or cal.CALIBRATION_METHODS)
-        reference = cal.reference_outputs(cpu, inputs)
-        calibration = cal.calibrate(cpu, inputs, match_tol=tol, methods=methods, latency=latency,
-                                    latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
-        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
-    start = time.perf_counter()
-    onnx_model = build_onnx(cpu, settings)
-    check_onnx(onnx_model)
-    data = onnx_model.SerializeToString()
-    elapsed = time.perf_counter() - start
-    twin = fixed_step_model(cpu, settings.method, settings.steps)
-    parity_result = None
-    sess = ort_session(data) if parity or deployment else None
-    if parity:
-        # a graph exported with a fixed batch of 1 can only be checked at batch 1
-        batches = (1, 7, 256) if settings.dynamic_batch else (1,)
-        parity_result = check_parity(
-            data, twin, spec.input_shape, dtype=dtype, batch_sizes=batches,
-            tolerance=parity_tol if parity_tol is not None else spec.export.parity_tol, seed=spec.seed, session=sess,
-        ).to_dict()
-    deployment_result = None
-    if deployment:
-        try:
-            deployment_result = cal.deployment_error(sess, cpu, inputs, static_batch=not settings.dynamic_batch,
-                                                     reference=reference)
-        except ExportError as e:  # the training solver failed on these inputs: say so, still export
-            deployment_result = {"reference": cal.training_solvers(cpu), "inputs": inputs.description,
-                                 "skipped": str(e).splitlines()[0]}
-    meta = {"export_steps_source": "calibrated" if calibration else "given"}
-    if calibration is not None:
-        meta["calibration"] = json.dumps({
-            "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
-            "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
-        })
-    if deployment_result is not None:
-        meta["deployment_error"] = json.dumps(
-            {k: v for k, v in deployment_result.items() if k in ("max_abs_error", "max_rel_error", "reference",
-                                                                  "inputs", "skipped")})
-    add_metadata(onnx_model, meta)
-    data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
-    target = atomic_write_bytes(path, data)
-    return ExportResult(
-        path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
-        steps=settings.steps, opset=settings.opset, nfe_per_forward=cal.nfe_per_forward(cpu, settings.method, settings.steps),
-        export_seconds=elapsed, parity=parity_result, deployment_error=deployment_result,
-        calibration=calibration.to_dict() if calibration is not None else None,
-        layout="loop" if settings.loop else "unrolled",
-    )
-
-
-def _wants_calibration(spec: Spec, steps: Union[int, str, None], match_tol: Optional[float]) -> bool:
-    """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` argument and
-    either the spec's ``steps: auto`` or a ``match_tol`` argument."""
-    from odespec.errors import ExportError
-
-    if isinstance(steps, str):
-        if steps != "auto":
-            raise ExportError(f"steps must be a positive integer or 'auto', got {steps!r}")
-        return True
-    if steps is not None:
-        if match_tol is not None:
-            raise ExportError("match_tol is for steps='auto' (calibration); the step count is given",
-                              "leave out steps to calibrate, or leave out match_tol")
-        return False
-    return spec.export.auto or match_tol is not None
-
-
-def _on_cpu(model: torch.nn.Module) -> bool:
-    return all(p.device.type == "cpu" for p in model.parameters())
-
-
-def _cpu_copy(model: ODENet) -> ODENet:
-    import copy
-
-    return copy.deepcopy(model).cpu()
+    options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
+                            match_tol=match_tol, calibration_data=calibration_data, deployment=deployment,
+                            latency=latency)
+    return export_model(model, path, options)
 
 
 @dataclass
@@ -249,11 +116,14 @@ def build_all(
     match_tol: Optional[float] = None,
     weights: Union[str, "os.PathLike[str]", None] = None,
     calibration_data: Union[str, "os.PathLike[str]", None] = None,
+    options: Optional[ExportOptions] = None,
 ) -> BuildResult:
     """The whole chain: validate, compile, (load ``weights``), export, check parity, measure
     the deployment error, write ``NAME.onnx`` and ``NAME.build.json`` into ``out_dir``.
-    ``steps``, ``loop``, ``match_tol`` and ``calibration_data`` as in :func:`export_onnx`;
-    ``weights`` as in :func:`load_weights`."""
+    ``weights`` as in :func:`load_weights`. The export follows ``options``; ``method``,
+    ``steps``, ``loop``, ``match_tol`` and ``calibration_data`` are shorthands for those fields
+    of :class:`~odespec.export.pipeline.ExportOptions` (as in :func:`export_onnx`), for use
+    without ``options``."""
     import json
 
     from odespec.fileio import atomic_write_text
@@ -267,8 +137,9 @@ def build_all(
     weights_info = load_weights(model, weights) if weights is not None else None
     t_built = time.perf_counter()
     out = Path(out_dir)
-    result = export_onnx(model, out / spec.export.file, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                         calibration_data=calibration_data)
+    shorthands = {"method": method, "steps": steps, "loop": loop, "match_tol": match_tol,
+                  "calibration_data": calibration_data}
+    result = export_model(model, out / spec.export.file, _export_options(options, shorthands))
     report = {
         "odespec_version": odespec.__version__,
         "spec": {"file": os.path.basename(str(spec_path)), "name": spec.name, "sha256": spec.source_sha256},
@@ -285,6 +156,17 @@ def build_all(
         report["timings_seconds"]["calibration"] = result.calibration["seconds"]
     report_path = atomic_write_text(out / f"{spec.name}.build.json", json.dumps(report, indent=2) + "\n")
     return BuildResult(spec=spec, model=model, export=result, report_path=report_path, report=report)
+
+
+def _export_options(options: Optional[ExportOptions], shorthands: dict[str, Any]) -> ExportOptions:
+    """``options``, or the :class:`ExportOptions` the shorthand keywords make; not both."""
+    given = [k for k, v in shorthands.items() if v is not None]
+    if options is None:
+        return ExportOptions(**shorthands)
+    if given:
+        raise BuildError(f"build_all got options and also {', '.join(given)}",
+                         "set those fields in options (dataclasses.replace(options, ...)), or leave out options")
+    return options
 
 
 #: keys under which common checkpoint layouts keep the model's state dict

@@ -161,12 +161,24 @@ def _check_steps_options(steps: Any, match_tol: Optional[float]) -> None:
 
 
 def _echo_build(result: Any, fmt: str) -> None:
-    from odespec.export.calibrate import render_report
+    from odespec.report import render_build
 
     if fmt == "json":
         click.echo(json.dumps(result.report, indent=2))
     else:
-        click.echo(render_report(result.report, result.export.path, result.report_path))
+        click.echo(render_build(result.report, result.export.path, result.report_path))
+
+
+def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: Optional[bool],
+           match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
+           device: Optional[str] = None, dtype: Optional[str] = None) -> Any:
+    """``build_all`` with the export flags gathered into one ExportOptions."""
+    from odespec.api import build_all
+    from odespec.export.pipeline import ExportOptions
+
+    options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
+                            calibration_data=calibration_data)
+    return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options)
 
 
 @cli.command()
@@ -188,10 +200,8 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
     _check_steps_options(steps, match_tol)
 
     def body() -> int:
-        from odespec.api import build_all
-
-        result = build_all(spec, out_dir, method=method, steps=steps, device=device, dtype=dtype, loop=loop,
-                           match_tol=match_tol, calibration_data=calibration_data, weights=weights)
+        result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
+                        calibration_data=calibration_data, device=device, dtype=dtype, weights=weights)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -214,10 +224,8 @@ def export_command(spec: str, out_dir: str, weights: Optional[str], method: Opti
     _check_steps_options(steps, match_tol)
 
     def body() -> int:
-        from odespec.api import build_all
-
-        result = build_all(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                           weights=weights, calibration_data=calibration_data)
+        result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
+                        calibration_data=calibration_data, weights=weights)
         _echo_build(result, fmt)
         return EXIT_OK
 

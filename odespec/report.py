@@ -1,13 +1,29 @@
-"""Human-readable rendering of build reports (the JSON form is the report itself)."""
+"""Human-readable rendering of build reports (the JSON form is the report itself).
+
+:func:`render_build` is the text ``odespec build`` and ``odespec export`` print: one part per
+section of the report, in order.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
+
+from odespec.solvers.config import SolverConfig
+
+__all__ = ["render_summary", "render_accuracy", "render_build"]
 
 
 def _shape(s: list[int]) -> str:
     return "(" + ", ".join(str(d) for d in s) + ")"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns two spaces apart, a rule of dashes under the first (header) row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, indent + "  ".join("-" * w for w in widths))
+    return lines
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -17,30 +33,79 @@ def render_summary(summary: dict[str, Any]) -> str:
     for r in summary["layers"]:
         solver = ""
         if r["kind"] == "ode":
-            s = r["solver"]
-            how = f"steps={s['steps']}" if s.get("steps") else (
-                f"step_size={s['step_size']:g}" if s.get("step_size") else f"rtol={s['rtol']:g} atol={s['atol']:g}")
             nfe = r.get("nfe_per_forward")
-            solver = f"{s['method']} {how} / {r['gradient']}" + (f" ({r['family']})" if r.get("family", "ode") != "ode" else "")
+            family = f" ({r['family']})" if r.get("family", "ode") != "ode" else ""
+            solver = f"{SolverConfig.words(r['solver'])} / {r['gradient']}{family}"
             solver += f", {nfe} f-evals/forward" if nfe is not None else ", adaptive f-evals"
         rows.append((str(r["index"]), r["kind"], _shape(r["output_shape"]), f"{r['parameters']:,}", solver))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"total parameters: {summary['parameters']:,}")
-    return "\n".join(lines)
+    return "\n".join(_table(rows) + [f"total parameters: {summary['parameters']:,}"])
+
+
+def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
+    return (f"onnx:   {onnx_path} ({onnx['size_bytes']:,} bytes, {onnx['method']} x {onnx['steps']} steps, "
+            f"{onnx['nfe_per_forward']} f-evaluations per forward, opset {onnx['opset']}, "
+            f"exported in {onnx['export_seconds']:.2f} s)")
+
+
+def _parity_line(parity: Optional[dict[str, Any]]) -> str:
+    checked = (f"max abs error {parity['max_abs_error']:.2e} (tolerance {parity['tolerance']:g}) on batches "
+               f"{', '.join(map(str, parity['batch_sizes']))}") if parity else "not checked"
+    return f"parity: onnxruntime vs PyTorch {checked}"
+
+
+def _weights_lines(weights: Optional[dict[str, Any]]) -> list[str]:
+    if not weights:
+        return []
+    return [f"weights: {weights['file']} ({weights['tensors']} tensors, sha256 {weights['sha256'][:12]})"]
+
+
+def _fmt_err(x: Optional[float]) -> str:
+    return "inf" if x is None else f"{x:.2e}"
+
+
+def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
+    """The calibration's settings, then its table of candidates."""
+    if not cal:
+        return []
+    head = (f"calibration: steps chosen within match_tol {cal['match_tol']:g} of the training solver "
+            f"({'; '.join(cal['reference'])}) on {cal['inputs']}; latency: {cal['latency']}")
+    rows = [("method", "steps", "f-evals", "max abs error", "error at steps-1", "latency", "status")]
+    for c in cal["candidates"]:
+        rows.append((
+            c["method"], str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
+            _fmt_err(c["error"]), _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
+            f"{c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else "-", c["status"],
+        ))
+    return [head, *_table(rows, indent="  ")]
+
+
+def _deployment_lines(dep: Optional[dict[str, Any]]) -> list[str]:
+    """The deployment error, or why it was not measured."""
+    if not dep:
+        return []
+    if dep.get("skipped"):
+        return [f"deployment: error against the training solver not measured: {dep['skipped']}"]
+    return [f"deployment: onnxruntime vs training solver ({'; '.join(dep['reference'])}): max abs error "
+            f"{_fmt_err(dep['max_abs_error'])}, relative {_fmt_err(dep['max_scaled_error'])} "
+            f"(of the output's largest magnitude) on {dep['inputs']}"]
+
+
+def render_accuracy(onnx_report: dict[str, Any]) -> list[str]:
+    """Text lines for the report's ``onnx`` entry: the calibration table, if any, then the
+    deployment error (or why it was not measured)."""
+    return _calibration_lines(onnx_report.get("calibration")) + _deployment_lines(onnx_report.get("deployment_error"))
 
 
 def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> str:
-    o = report["onnx"]
-    p = o["parity"]
-    parity = (f"max abs error {p['max_abs_error']:.2e} (tolerance {p['tolerance']:g}) on batches "
-              f"{', '.join(map(str, p['batch_sizes']))}") if p else "not checked"
+    """The text output of ``odespec build`` and ``odespec export``: what was built, the ONNX
+    file, parity, the weights loaded, calibration and deployment error, and the report's path."""
+    onnx = report["onnx"]
     return "\n".join([
         f"{report['spec']['name']}: built",
         render_summary(report["summary"]),
-        f"onnx:   {onnx_path} ({o['size_bytes']:,} bytes, {o['method']} x {o['steps']} steps, "
-        f"{o['nfe_per_forward']} f-evaluations per forward, opset {o['opset']}, exported in {o['export_seconds']:.2f} s)",
-        f"parity: onnxruntime vs PyTorch {parity}",
+        _onnx_line(onnx, onnx_path),
+        _parity_line(onnx["parity"]),
+        *_weights_lines(report.get("weights")),
+        *render_accuracy(onnx),
         f"report: {report_path}",
     ])

@@ -8,8 +8,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from odespec.errors import ExportError, ParityError
+from odespec.errors import ParityError
+from odespec.export.inputs import SEEDED_BATCHES, seeded_inputs
 from odespec.export.onnx_export import INPUT_NAME
+from odespec.export.session import ort_session
+
+__all__ = ["ParityResult", "parity_batches", "check_parity"]
 
 
 @dataclass(frozen=True)
@@ -17,15 +21,21 @@ class ParityResult:
     """Largest differences between onnxruntime and PyTorch over all checked batches."""
 
     batch_sizes: tuple[int, ...]
+    #: ``max |onnxruntime - pytorch|`` over every element: what :attr:`tolerance` bounds
     max_abs_error: float
+    #: element-wise relative error, ``max |onnxruntime - pytorch| / max(|pytorch|, 1e-12)`` taken
+    #: per element (unlike the deployment error's ``max_scaled_error``, which divides by the
+    #: output's largest magnitude)
     max_rel_error: float
     tolerance: float
 
     @property
     def ok(self) -> bool:
+        """Whether :attr:`max_abs_error` is within :attr:`tolerance`."""
         return self.max_abs_error <= self.tolerance
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``onnx.parity`` entry."""
         return {
             "batch_sizes": list(self.batch_sizes),
             "max_abs_error": self.max_abs_error,
@@ -35,24 +45,10 @@ class ParityResult:
         }
 
 
-def ort_session(model_bytes: bytes):
-    """An onnxruntime CPU session for a serialized model."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own untyped errors
-        raise ExportError(f"onnxruntime could not load the exported model: {e}") from e
-
-
-def seeded_inputs(input_shape: Sequence[int], *, dtype: torch.dtype, batch_sizes: Sequence[int] = (1, 7, 256),
-                  seed: int = 0) -> list[torch.Tensor]:
-    """Standard-normal input batches drawn from ``seed`` (in float64, then cast, so that both
-    dtypes see the same values): the inputs of the parity check and of the deployment error."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn((b, *input_shape), generator=gen, dtype=torch.float64).to(dtype) for b in batch_sizes]
+def parity_batches(dynamic_batch: bool) -> tuple[int, ...]:
+    """The batch sizes a graph is checked at: the seeded inputs' for a dynamic batch; a graph
+    exported with a fixed batch of 1 can only be checked at batch 1."""
+    return SEEDED_BATCHES if dynamic_batch else (1,)
 
 
 def check_parity(
@@ -62,7 +58,7 @@ def check_parity(
     *,
     dtype: torch.dtype,
     tolerance: float,
-    batch_sizes: Sequence[int] = (1, 7, 256),
+    batch_sizes: Sequence[int] = SEEDED_BATCHES,
     seed: int = 0,
     session: Optional[Any] = None,
 ) -> ParityResult:

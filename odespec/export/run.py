@@ -20,6 +20,7 @@ import numpy as np
 
 from odespec.errors import InputFileError, RunError
 from odespec.export.inspect import format_shape
+from odespec.export.session import ort_session
 from odespec.fileio import is_number
 
 __all__ = ["ModelInput", "RunResult", "open_model", "load_input", "run_onnx", "check_output_path", "save_outputs",
@@ -72,18 +73,15 @@ class RunResult:
 
 def open_model(path: PathLike) -> tuple[Any, ModelInput]:
     """An onnxruntime CPU session for the model at ``path`` and its single input."""
-    import onnxruntime as ort
-
     p = Path(path)
     if not p.is_file():
         raise RunError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own untyped errors
-        raise RunError(f"{p}: onnxruntime cannot load it as an ONNX model: {_first_line(e)}",
-                       "odespec inspect shows what the file holds") from e
+
+    def not_loadable(e: Exception) -> RunError:
+        return RunError(f"{p}: onnxruntime cannot load it as an ONNX model: {_first_line(e)}",
+                        "odespec inspect shows what the file holds")
+
+    sess = ort_session(p, load_error=not_loadable)
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"

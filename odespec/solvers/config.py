@@ -164,13 +164,25 @@ class SolverConfig:
         keys = ("rtol", "atol") if self.adaptive else FIXED_STEP_KEYS[::-1]
         return {"method": self.method, **{k: getattr(self, k) for k in keys}}
 
+    @staticmethod
+    def option_words(summary: Mapping[str, Any]) -> list[str]:
+        """The options of a :meth:`summary` (as a build report stores it) in words, e.g.
+        ``["rtol=1e-07", "atol=1e-09"]`` or ``["steps=1000000"]``; options not given are left out."""
+        return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in summary.items() if k != "method" and v is not None]
+
+    @classmethod
+    def words(cls, summary: Mapping[str, Any]) -> str:
+        """A :meth:`summary` in words, e.g. ``dopri5 rtol=1e-07 atol=1e-09`` or ``rk4 steps=8``."""
+        return " ".join([summary["method"], *cls.option_words(summary)])
+
     def describe_options(self) -> str:
-        """The options of :meth:`summary` in words, e.g. ``rtol=1e-07, atol=1e-09`` or ``steps=8``."""
-        return ", ".join(f"{k}={v:g}" for k, v in self.summary().items() if k != "method" and v is not None)
+        """The options that decide the steps, e.g. ``rtol=1e-07, atol=1e-09`` or ``steps=8``."""
+        return ", ".join(self.option_words(self.summary()))
 
     def describe(self) -> str:
         """One line, e.g. ``dopri5 rtol=1e-07 atol=1e-09`` or ``rk4 steps=8``."""
-        return " ".join([self.method, *self.describe_options().split(", ")])
+        return self.words(self.summary())
 
     # -- the spec language --------------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,62 @@
+"""onnxruntime latency at batch 1: how calibration compares the candidates it would export."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from odespec.compile.model import ODENet
+from odespec.export.inputs import model_dtype
+from odespec.export.session import ort_session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odespec.export.onnx_export import ExportSettings
+
+__all__ = ["LATENCY_THREADS", "latency_description", "ort_latencies", "export_latencies"]
+
+#: intra-op threads of the timed sessions: a fixed count makes the candidates' latencies comparable
+LATENCY_THREADS = 1
+
+
+def latency_description() -> str:
+    """How latencies are measured, in words (the calibration report's ``latency``)."""
+    return f"onnxruntime, batch 1, {LATENCY_THREADS} thread(s), median"
+
+
+def ort_latencies(sessions: dict[str, Any], x: np.ndarray, *, budget_s: float = 1.0,
+                  max_repeats: int = 50) -> dict[str, float]:
+    """Median milliseconds per run of each session on ``x``, runs interleaved across the
+    sessions so that machine noise hits them alike; about ``budget_s`` seconds in all."""
+    from odespec.export.onnx_export import INPUT_NAME
+
+    feeds = {INPUT_NAME: x}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for sess in sessions.values():  # warm up: first runs allocate
+        sess.run(None, feeds)
+    deadline = time.perf_counter() + budget_s
+    for i in range(max_repeats):
+        for k, sess in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[k].append(time.perf_counter() - t0)
+        if i >= 4 and time.perf_counter() > deadline:
+            break
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def export_latencies(model: ODENet, choices: Sequence[tuple[str, int]], settings: "ExportSettings") -> dict[str, float]:
+    """Export ``model`` once per ``(method, steps)`` of ``choices`` as ``settings`` says (its
+    method and steps replaced) and time each graph at batch 1: median milliseconds by method."""
+    from odespec.export.onnx_export import build_onnx
+
+    sessions = {}
+    for method, steps in choices:
+        graph = build_onnx(model, dataclasses.replace(settings, method=method, steps=steps))
+        sessions[method] = ort_session(graph.SerializeToString(), threads=LATENCY_THREADS)
+    x = torch.zeros((1, *model.spec.input_shape), dtype=model_dtype(model)).numpy()
+    return ort_latencies(sessions, x)

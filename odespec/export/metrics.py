@@ -1,0 +1,135 @@
+"""How far an output is from a reference: the models' outputs on an :class:`InputSet`, the
+error measure, and the deployment error (onnxruntime's output of the exported graph against the
+model solved with its *training* solver).
+
+The error of an output against a reference is :class:`OutputError`: the largest absolute
+difference, and that divided by the reference's largest magnitude (relative to the output's
+scale, so that outputs near zero, such as logits, do not make it meaningless). The parity
+check's element-wise ``max_rel_error`` (:class:`odespec.export.parity.ParityResult`) is another
+measure, with another name.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, NamedTuple, Optional, Sequence, TypedDict
+
+import numpy as np
+import torch
+
+from odespec.compile.model import ODENet
+from odespec.errors import ExportError, SolverError
+from odespec.export.describe import training_solvers
+from odespec.export.inputs import InputSet
+
+__all__ = ["OutputError", "DeploymentError", "model_outputs", "reference_outputs", "output_error", "ort_outputs",
+           "deployment_error", "deployment_skipped"]
+
+
+class OutputError(NamedTuple):
+    """The error of outputs against reference outputs, over all batches."""
+
+    #: ``max |got - want|`` over every element
+    max_abs: float
+    #: ``max_abs / max |want|``: the largest error as a fraction of the reference's largest magnitude
+    #: (not element-wise); 0 when both are 0, infinite when only the reference is all zeros
+    max_scaled: float
+
+
+class DeploymentError(TypedDict, total=False):
+    """The build report's ``onnx.deployment_error`` entry."""
+
+    #: each ODE block's training solver, in words
+    reference: list[str]
+    #: what the inputs were (seeded random batches, or a data file's name and size)
+    inputs: str
+    samples: int
+    #: :attr:`OutputError.max_abs` of onnxruntime's output against the training-solver model
+    max_abs_error: float
+    #: :attr:`OutputError.max_scaled` of the same: relative to the output's largest magnitude
+    max_scaled_error: float
+    seconds: float
+    #: instead of the errors: why they were not measured (the training solver failed on the inputs)
+    skipped: str
+
+
+def model_outputs(model: torch.nn.Module, inputs: InputSet) -> list[np.ndarray]:
+    """``model``'s outputs (in eval mode, without gradients) per batch, as float64."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [model(x).detach().cpu().to(torch.float64).numpy() for x in inputs.batches]
+    finally:
+        model.train(was_training)
+
+
+def reference_outputs(model: ODENet, inputs: InputSet) -> list[np.ndarray]:
+    """The model solved with its training solver (in eval mode), per batch, as float64.
+
+    :class:`ExportError` if the training solver fails on these inputs (an adaptive solve that
+    gives up, or non-finite values).
+    """
+    try:
+        outs = model_outputs(model, inputs)
+    except SolverError as e:
+        raise ExportError(f"the training solver failed on the {inputs.description} inputs: {e}",
+                          "check the inputs' scale, or the spec's solver settings") from e
+    if not all(np.all(np.isfinite(y)) for y in outs):
+        raise ExportError(f"the model solved with its training solver gives non-finite outputs on the "
+                          f"{inputs.description} inputs")
+    return outs
+
+
+def output_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> OutputError:
+    """The :class:`OutputError` of ``got`` against ``want``, batch by batch; non-finite outputs
+    give infinite errors."""
+    max_abs, scale = 0.0, 0.0
+    for g, w in zip(got, want):
+        g = np.asarray(g, dtype=np.float64)
+        if g.shape != w.shape:
+            raise ExportError(f"internal error: output shape {g.shape} != reference shape {w.shape}")
+        if not np.all(np.isfinite(g)):
+            return OutputError(math.inf, math.inf)
+        max_abs = max(max_abs, float(np.abs(g - w).max(initial=0.0)))
+        scale = max(scale, float(np.abs(w).max(initial=0.0)))
+    return OutputError(max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf))
+
+
+def ort_outputs(sess: Any, inputs: InputSet, *, static_batch: bool) -> list[np.ndarray]:
+    """onnxruntime's outputs per batch; a graph with a fixed batch of 1 is fed sample by sample."""
+    from odespec.export.onnx_export import INPUT_NAME
+
+    outs = []
+    for x in inputs.batches:
+        xs = x.numpy()
+        if static_batch:
+            outs.append(np.concatenate([sess.run(None, {INPUT_NAME: xs[i:i + 1]})[0] for i in range(xs.shape[0])]))
+        else:
+            outs.append(sess.run(None, {INPUT_NAME: xs})[0])
+    return outs
+
+
+def deployment_error(sess: Any, model: ODENet, inputs: InputSet, *, static_batch: bool = False,
+                     reference: Optional[list[np.ndarray]] = None) -> DeploymentError:
+    """onnxruntime's output of the exported graph (``sess``) against ``model`` solved with its
+    training solver (``reference``: those outputs, if already computed), on ``inputs``."""
+    start = time.perf_counter()
+    want = reference if reference is not None else reference_outputs(model, inputs)
+    err = output_error(ort_outputs(sess, inputs, static_batch=static_batch), want)
+    return {
+        "reference": training_solvers(model),
+        "inputs": inputs.description,
+        "samples": inputs.samples,
+        "max_abs_error": err.max_abs,
+        "max_scaled_error": err.max_scaled,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def deployment_skipped(model: ODENet, inputs: InputSet, error: ExportError) -> DeploymentError:
+    """The ``deployment_error`` entry when the training solver failed on ``inputs``: the
+    export goes ahead, and the report says why the error was not measured."""
+    return {"reference": training_solvers(model), "inputs": inputs.description,
+            "skipped": str(error).splitlines()[0]}
