@@ -1,11 +1,17 @@
-"""Adaptive step-size control: the exact step sequence of one solve per controller."""
+"""Adaptive step-size control: the controllers' rules, and the exact step sequence of one solve
+per controller."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from odespec.solvers import solve
+from odespec.solvers.controller import IController, PIController, StepSizeController, make_controller
+from odespec.solvers.options import CONTROLLERS, parse_options
+from odespec.solvers.tableaus import DOPRI5
 
 F64 = torch.float64
 
@@ -73,3 +79,83 @@ def test_exact_step_sequence(controller):
     assert (st.nfe, st.n_accepted, st.n_rejected) == (nfe, accepted, rejected)
     assert st.final_step_size == final_h
     assert tuple(sol.ys[1:].reshape(-1).tolist()) == outputs
+
+
+def _controller(**options):
+    return make_controller(parse_options(DOPRI5, {"controller": "pi", **options}), DOPRI5.order)
+
+
+def test_every_controller_option_names_a_kind():
+    for name in CONTROLLERS:
+        c = make_controller(parse_options(DOPRI5, {"controller": name}), DOPRI5.order)
+        assert isinstance(c, StepSizeController) and c.name == name
+    assert isinstance(make_controller(parse_options(DOPRI5, {}), 5), PIController)
+    assert isinstance(make_controller(parse_options(DOPRI5, {"controller": "i"}), 5), IController)
+
+
+def test_init_takes_first_step_or_the_estimate_within_bounds():
+    c = _controller(max_step=0.5)
+    assert c.init(10.0, lambda: 0.01) == 0.01
+    assert c.init(10.0, lambda: 3.0) == 0.5  # max_step
+    assert c.init(0.2, lambda: 3.0) == 0.2  # the span
+    assert math.isnan(c.init(10.0, lambda: math.nan))
+
+    def unused() -> float:
+        raise AssertionError("first_step given: no estimate")
+
+    assert _controller(first_step=0.125).init(10.0, unused) == 0.125
+    assert _controller(min_step=0.1).init(10.0, lambda: 1e-3) == 0.1
+
+
+def test_accept_reject_decision():
+    c = _controller()
+    assert c.accepts(1.0) and c.accepts(0.0) and not c.accepts(1.0 + 1e-12)
+
+
+@pytest.mark.parametrize("controller", ["pi", "i"])
+def test_accepted_step_grows_within_the_factors(controller):
+    c = make_controller(parse_options(DOPRI5, {"controller": controller}), DOPRI5.order)
+    c.init(10.0, lambda: 0.1)
+    assert c.accepted(0.0, 0.1, 0.1, False) == pytest.approx(0.1 * c.ifactor)  # exact estimate
+    assert c.accepted(1e-30, 0.1, 0.1, False) == pytest.approx(0.1 * c.ifactor)  # capped
+    c.accepted(1.0, 0.1, 0.1, False)
+    # after a step at the tolerance, another one: the PI controller shrinks by the safety factor
+    # (its memory of the last ratio is then neutral), the I controller keeps the size
+    h = c.accepted(1.0, 0.1, 0.1, False)
+    assert h == (0.1 if controller == "i" else pytest.approx(0.1 * c.safety))
+
+
+def test_no_growth_right_after_a_rejection():
+    c = _controller()
+    c.init(10.0, lambda: 0.1)
+    h = c.rejected(4.0, 0.1)
+    assert h is not None and 0.1 * c.dfactor <= h < 0.1
+    assert c.accepted(1e-6, h, h, False) == h  # accurate, but the last attempt was rejected
+    assert c.accepted(1e-6, h, h, False) > h
+
+
+def test_clipped_step_keeps_the_planned_size():
+    c = _controller()
+    c.init(10.0, lambda: 0.1)
+    # a short step (0.01) onto an output, accurate: the next step returns to the plan (0.1)
+    assert c.accepted(1e-3, 0.01, 0.1, True) == 0.1
+    # not clipped: the step grows from its own size
+    assert 0.01 < c.accepted(1e-3, 0.01, 0.1, False) < 0.1
+
+
+def test_i_controller_never_shrinks_after_an_accepted_step():
+    c = make_controller(parse_options(DOPRI5, {"controller": "i"}), DOPRI5.order)
+    c.init(10.0, lambda: 0.1)
+    assert c.accepted(0.99, 0.1, 0.1, False) == 0.1
+    p = _controller()
+    p.init(10.0, lambda: 0.1)
+    assert p.accepted(0.99, 0.1, 0.1, False) < 0.1
+
+
+def test_min_step_ends_the_shrinking():
+    c = _controller(min_step=0.01)
+    c.init(10.0, lambda: 0.1)
+    assert c.rejected(1e6, 0.02) == 0.01  # floored at min_step
+    assert c.rejected(1e6, 0.01) is None  # already there: the solve fails
+    assert c.nonfinite(0.1) == pytest.approx(0.1 * c.dfactor)
+    assert c.nonfinite(0.04) is None
