@@ -264,7 +264,7 @@ class _AdaptiveRun:
         ratio, y1_abs = _error_ratio(self.tableau, self.norm, h_step, res, self.y_abs)
         self.outcome.n_steps += 1
         if not math.isfinite(ratio):
-            return self._nonfinite(h_step)
+            return self._nonfinite(h_step, res.ks[0])
         self.n_nonfinite = 0
         controller = self.controller
         if controller.accepts(ratio):
@@ -321,13 +321,14 @@ class _AdaptiveRun:
         self.t, self.y, self.y_abs = t_new, y_next, y1_abs
         self.k1 = f1  # None for a non-FSAL method: the next step evaluates it
 
-    def _nonfinite(self, h_step: float) -> float:
-        """After a step whose error estimate is NaN or infinite: retry smaller, or fail."""
+    def _nonfinite(self, h_step: float, k1: torch.Tensor) -> float:
+        """After a step whose error estimate is NaN or infinite: retry smaller, or fail.
+        ``k1``: the step's first stage, the derivative at the current state."""
         self.outcome.n_rejected += 1
         self.n_nonfinite += 1
         self.last_nonfinite = True
         # A non-finite first stage cannot be cured by a smaller step: fail at once.
-        if self.n_nonfinite == 1 and not bool(torch.isfinite(self.k1).all()):
+        if self.n_nonfinite == 1 and not bool(torch.isfinite(k1).all()):
             self.fail("non-finite", h_step, "the derivative at the current state is not finite")
         if self.n_nonfinite > _MAX_NONFINITE_RETRIES:
             self.fail("non-finite", h_step,
