@@ -12,22 +12,24 @@ Design notes (why it looks like this):
 
 Error norm: Hairer's RMS norm ``sqrt(mean((err / (atol + rtol * max(|y0|, |y1|)))**2))`` over
 all elements (a batch shares one step size, as in torchdiffeq). DOP853 combines its two
-estimators as in Hairer's code. Step-size control: PI controller (Hairer's DOPRI5 constants,
-beta = 0.04) by default, or ``controller="i"``, the plain I controller with torchdiffeq's rule of
-never shrinking after an accepted step. The controller exponent is ``1/order`` (for every built-in
-pair this equals Hairer's ``1/(min(p, p_hat) + 1)``; DOP853's combined estimator behaves like
-``h**8``).
+estimators as in Hairer's code. The next step's size comes from a step-size controller
+(:mod:`odespec.solvers.controller`), the PI or the I controller as the ``controller`` option says.
+
+:func:`integrate_adaptive` runs the loop; an :class:`_AdaptiveRun` holds the solve between its
+steps, with one method per decision: may a step be taken, where does it end (clipped onto a
+target), and what follows an accepted, a rejected or a non-finite step.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
+from odespec.solvers.controller import make_controller
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
 from odespec.solvers.replay import StepRecorder, step_outputs
@@ -36,16 +38,14 @@ from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["integrate_adaptive", "ErrorNorm"]
 
-_PI_BETA = 0.04  # Hairer's default for DOPRI5; with alpha = 1/q - 0.75 beta
-_MIN_FACOLD = 1e-4  # Hairer: the previous error ratio is floored to keep the PI term bounded
 _MAX_NONFINITE_RETRIES = 10  # after that many consecutive non-finite estimates, give up
 _STRETCH = 1.01  # stretch the last step by up to 1% rather than leave a sliver (Hairer)
-# The step underflows when |h| <= _UNDERFLOW * eps * |t| (Hairer: 0.1|h| <= uround|x|), eps that of
+# The step underflows when |h| <= _UNDERFLOW * |t|, 10 eps (Hairer: 0.1|h| <= uround|x|), eps that of
 # the integrator's own time, Python floats, whatever t's dtype: func sees a float32 t rounded
 # (steps below ~1 ulp give stages at equal times), but the solve still moves, as torchdiffeq's
 # does. (Testing against float32's eps made a stiff float32 solve at t = 1000 fail with steps
 # below 1.2e-3 that torchdiffeq takes.)
-_UNDERFLOW = 10.0
+_UNDERFLOW = 10.0 * sys.float_info.epsilon
 
 
 # Up to this many state elements the error estimate is one stack + one matmul over the stages
@@ -191,147 +191,159 @@ def integrate_adaptive(
     ``recorder`` is told every accepted step (the checkpoint gradient method); ``quad``
     accumulates over the accepted steps, outside error control (the adjoint with seminorm).
     """
-    n_out = len(times)
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
-    if n_out == 1:
+    if len(times) == 1:
         return outcome
-    t = times[0]
-    t_end = times[-1]
-    direction = 1.0 if t_end > t else -1.0
     if norm is None:
         norm = ErrorNorm(y0, rtol, atol)
-    order = tableau.order
-    if opts.controller == "pi":
-        beta = _PI_BETA
-        alpha = 1.0 / order - 0.75 * beta
-    else:
-        beta = 0.0
-        alpha = 1.0 / order
-    # torchdiffeq's I controller never shrinks the step after an accepted one
-    no_shrink = opts.controller == "i"
-    safety, ifactor, dfactor = opts.safety, opts.ifactor, opts.dfactor
-    max_step, min_step = opts.max_step, opts.min_step
-    max_num_steps, force_output_steps = opts.max_num_steps, opts.force_output_steps
-    underflow = _UNDERFLOW * sys.float_info.epsilon
-
-    y = y0
-    k1 = f(t, y0)
+    k1 = f(times[0], y0)
     if k1.shape != y0.shape:
         raise ValueError(f"func returned shape {tuple(k1.shape)} for a state of shape {tuple(y0.shape)}")
-
-    def fail(reason: str, h: float, message: str) -> Outcome:
-        outcome.t_last, outcome.y_last, outcome.step_size = t, y, h
-        outcome.error = solver_error(reason, t, h, message)
+    run = _AdaptiveRun(f, y0, k1, times, tableau, opts, norm, outcome, recorder, quad)
+    try:
+        h = run.first_step(k1)
+        while run.out_idx < len(times):
+            h = run.attempt(h)
+    except _Failed:
         return outcome
-
-    span = abs(t_end - t)
-    if opts.first_step is not None:
-        h_abs = opts.first_step
-    else:
-        h_abs = _initial_step(f, t, y0, k1, direction, order, norm)
-        if math.isnan(h_abs):
-            return fail("non-finite", 0.0, "the derivative at the initial state is not finite")
-    h = direction * max(min(h_abs, max_step, span), min_step)
-
-    y_abs = norm.abs(y0.detach())
-    # without autograd the step forms the error estimate itself, at no cost (step.py)
-    eager = not torch.is_grad_enabled()
-    step = stepper(tableau, y0, with_error=eager)
-    out_idx = 1
-    facold = _MIN_FACOLD
-    last_rejected = False
-    n_nonfinite = 0  # consecutive non-finite error estimates
-    last_nonfinite = False  # the last rejection was for a non-finite estimate
-    while out_idx < n_out:
-        if outcome.n_steps >= max_num_steps:
-            return fail("max-steps", h, f"reached max_num_steps={max_num_steps} before t={t_end:.6g}")
-        if abs(h) <= underflow * abs(t) or h == 0.0:
-            if last_nonfinite:
-                # shrinking away from NaN/inf values until t stopped moving: that is the cause
-                return fail("non-finite", h, "the dynamics are not finite just past this time")
-            return fail("step-size-underflow", h, "step size underflow: the step no longer changes t")
-        target = times[out_idx] if force_output_steps else t_end
-        remaining = target - t
-        clipped = direction * (t + _STRETCH * h - target) >= 0.0 and abs(remaining) <= max_step
-        if clipped:
-            # land exactly on the target (end of the span, or the next output time when forced)
-            h_step, t_new = remaining, target
-        else:
-            h_step, t_new = h, t + h
-
-        res = step(f, t, y, h_step, k1)
-        ratio, y1_abs = _error_ratio(tableau, norm, h_step, res, y_abs)
-        outcome.n_steps += 1
-
-        if not math.isfinite(ratio):
-            outcome.n_rejected += 1
-            n_nonfinite += 1
-            last_nonfinite = True
-            # A non-finite first stage cannot be cured by a smaller step: fail at once.
-            if n_nonfinite == 1 and not bool(torch.isfinite(k1).all()):
-                return fail("non-finite", h_step, "the derivative at the current state is not finite")
-            if n_nonfinite > _MAX_NONFINITE_RETRIES:
-                return fail(
-                    "non-finite",
-                    h_step,
-                    f"error estimate stayed non-finite after {_MAX_NONFINITE_RETRIES} smaller steps",
-                )
-            h = h_step * dfactor
-            last_rejected = True
-            if abs(h) < min_step:
-                return fail("non-finite", h_step, "error estimate not finite at the minimum step size")
-            continue
-        n_nonfinite = 0
-
-        if ratio <= 1.0:
-            outcome.n_accepted += 1
-            if quad is not None:
-                quad.accept(h_step, res.ks)
-            y_next = res.y_next
-            f1 = res.ks[-1] if tableau.fsal else None
-            first = out_idx
-            while out_idx < n_out and direction * (times[out_idx] - t_new) <= 0.0:
-                out_idx += 1
-            if first < out_idx:
-                f1 = step_outputs(f, tableau, t, y, h_step, t_new, y_next, res.ks,
-                                  times[first:out_idx], outcome.outs, f1)
-            if recorder is not None:
-                recorder.accept(t, h_step, t_new, y, first, out_idx)
-
-            # step-size proposal (Hairer's DOPRI5 PI controller / torchdiffeq's I controller)
-            if ratio == 0.0:
-                factor = ifactor
-            else:
-                factor = safety * ratio ** (-alpha) * (facold**beta)
-                factor = min(ifactor, max(1.0 if no_shrink else dfactor, factor))
-            h_new = h_step * factor
-            if last_rejected:
-                # no growth right after a rejection
-                h_new = direction * min(abs(h_new), abs(h_step))
-            if clipped and factor >= 1.0:
-                # a comfortably accurate step that was shortened to hit a target: go back to
-                # the step size proposed before the shortening
-                h_new = direction * max(abs(h_new), abs(h))
-            facold = max(ratio, _MIN_FACOLD)
-            last_rejected = False
-            t, y, y_abs = t_new, y_next, y1_abs
-            k1 = f1  # None for a non-FSAL method: the next step evaluates it
-            h = direction * max(min(abs(h_new), max_step), min_step)
-        else:
-            outcome.n_rejected += 1
-            last_nonfinite = False
-            factor = max(dfactor, safety * ratio ** (-alpha))
-            h_new = abs(h_step) * factor
-            if h_new < min_step:
-                if abs(h_step) <= min_step * (1.0 + 1e-12):
-                    return fail(
-                        "step-size-underflow",
-                        h_step,
-                        f"error test failed at the minimum step size min_step={min_step:.3g}",
-                    )
-                h_new = min_step
-            h = direction * h_new
-            last_rejected = True
-
-    outcome.t_last, outcome.y_last, outcome.step_size = t, y, h
+    run.stop(h)
     return outcome
+
+
+class _Failed(Exception):
+    """The solve failed; raised by :meth:`_AdaptiveRun.fail` once the failure is in the
+    outcome, and caught by :func:`integrate_adaptive`, which returns that outcome."""
+
+
+class _AdaptiveRun:
+    """One adaptive solve between its steps: where it stands (``t``, ``y``, ``|y|``, the next
+    step's first stage ``k1`` if known, the next output ``out_idx``), its step-size controller
+    and how many non-finite error estimates it met in a row.
+
+    The step methods return the signed size of the next step to attempt; a failure ends the
+    solve through :meth:`fail`.
+    """
+
+    __slots__ = ("f", "times", "tableau", "opts", "norm", "outcome", "recorder", "quad",
+                 "controller", "direction", "step", "t", "y", "y_abs", "k1", "out_idx",
+                 "n_nonfinite", "last_nonfinite")
+
+    def __init__(self, f: TimedFunc, y0: torch.Tensor, k1: torch.Tensor, times: list[float],
+                 tableau: ButcherTableau, opts: AdaptiveOptions, norm: ErrorNorm, outcome: Outcome,
+                 recorder: Optional[StepRecorder], quad: Optional[Quadrature]) -> None:
+        self.f, self.times, self.tableau, self.opts, self.norm = f, times, tableau, opts, norm
+        self.outcome, self.recorder, self.quad = outcome, recorder, quad
+        self.controller = make_controller(opts, tableau.order)
+        self.direction = 1.0 if times[-1] > times[0] else -1.0
+        self.t, self.y = times[0], y0
+        self.k1: Optional[torch.Tensor] = k1
+        self.y_abs = norm.abs(y0.detach())
+        # without autograd the step forms the error estimate itself, at no cost (step.py)
+        self.step = stepper(tableau, y0, with_error=not torch.is_grad_enabled())
+        self.out_idx = 1
+        self.n_nonfinite = 0  # consecutive non-finite error estimates
+        self.last_nonfinite = False  # the last rejection was for a non-finite estimate
+
+    def first_step(self, k1: torch.Tensor) -> float:
+        """The first step's signed size (``k1``: the derivative at the start)."""
+        t, y0, direction = self.t, self.y, self.direction
+        span = abs(self.times[-1] - t)
+        h = self.controller.init(
+            span, lambda: _initial_step(self.f, t, y0, k1, direction, self.tableau.order, self.norm)
+        )
+        if math.isnan(h):
+            self.fail("non-finite", 0.0, "the derivative at the initial state is not finite")
+        return direction * h
+
+    def attempt(self, h: float) -> float:
+        """Attempt a step of signed size ``h`` (shortened onto the next target when it
+        reaches, or nearly reaches, it) and decide on it."""
+        self._check_may_step(h)
+        h_step, t_new, clipped = self._aim(h)
+        res = self.step(self.f, self.t, self.y, h_step, self.k1)
+        ratio, y1_abs = _error_ratio(self.tableau, self.norm, h_step, res, self.y_abs)
+        self.outcome.n_steps += 1
+        if not math.isfinite(ratio):
+            return self._nonfinite(h_step, res.ks[0])
+        self.n_nonfinite = 0
+        controller = self.controller
+        if controller.accepts(ratio):
+            self._accept(h_step, t_new, res, y1_abs)
+            return self.direction * controller.accepted(ratio, abs(h_step), abs(h), clipped)
+        self.outcome.n_rejected += 1
+        self.last_nonfinite = False
+        h_next = controller.rejected(ratio, abs(h_step))
+        if h_next is None:
+            self.fail("step-size-underflow", h_step,
+                      f"error test failed at the minimum step size min_step={self.opts.min_step:.3g}")
+        return self.direction * h_next
+
+    def _check_may_step(self, h: float) -> None:
+        """Fail when no step of size ``h`` may be taken: the step budget is spent, or ``h`` no
+        longer moves ``t``."""
+        max_num_steps = self.opts.max_num_steps
+        if self.outcome.n_steps >= max_num_steps:
+            self.fail("max-steps", h, f"reached max_num_steps={max_num_steps} before t={self.times[-1]:.6g}")
+        if abs(h) <= _UNDERFLOW * abs(self.t) or h == 0.0:
+            if self.last_nonfinite:
+                # shrinking away from NaN/inf values until t stopped moving: that is the cause
+                self.fail("non-finite", h, "the dynamics are not finite just past this time")
+            self.fail("step-size-underflow", h, "step size underflow: the step no longer changes t")
+
+    def _aim(self, h: float) -> tuple[float, float, bool]:
+        """The step to take, its end time and whether it was clipped: ``h``, or exactly onto
+        the target (the end of the span, or the next output time when ``force_output_steps``)
+        when ``h`` would reach it or stop within ``_STRETCH`` of it."""
+        t = self.t
+        target = self.times[self.out_idx] if self.opts.force_output_steps else self.times[-1]
+        remaining = target - t
+        if self.direction * (t + _STRETCH * h - target) >= 0.0 and abs(remaining) <= self.opts.max_step:
+            return remaining, target, True
+        return h, t + h, False
+
+    def _accept(self, h_step: float, t_new: float, res: StepResult, y1_abs: torch.Tensor) -> None:
+        """Move to the end of an accepted step, serving the outputs it covers."""
+        self.outcome.n_accepted += 1
+        if self.quad is not None:
+            self.quad.accept(h_step, res.ks)
+        t, y, times = self.t, self.y, self.times
+        y_next = res.y_next
+        f1 = res.ks[-1] if self.tableau.fsal else None
+        first = last = self.out_idx
+        while last < len(times) and self.direction * (times[last] - t_new) <= 0.0:
+            last += 1
+        if first < last:
+            f1 = step_outputs(self.f, self.tableau, t, y, h_step, t_new, y_next, res.ks,
+                              times[first:last], self.outcome.outs, f1)
+        if self.recorder is not None:
+            self.recorder.accept(t, h_step, t_new, y, first, last)
+        self.out_idx = last
+        self.t, self.y, self.y_abs = t_new, y_next, y1_abs
+        self.k1 = f1  # None for a non-FSAL method: the next step evaluates it
+
+    def _nonfinite(self, h_step: float, k1: torch.Tensor) -> float:
+        """After a step whose error estimate is NaN or infinite: retry smaller, or fail.
+        ``k1``: the step's first stage, the derivative at the current state."""
+        self.outcome.n_rejected += 1
+        self.n_nonfinite += 1
+        self.last_nonfinite = True
+        # A non-finite first stage cannot be cured by a smaller step: fail at once.
+        if self.n_nonfinite == 1 and not bool(torch.isfinite(k1).all()):
+            self.fail("non-finite", h_step, "the derivative at the current state is not finite")
+        if self.n_nonfinite > _MAX_NONFINITE_RETRIES:
+            self.fail("non-finite", h_step,
+                      f"error estimate stayed non-finite after {_MAX_NONFINITE_RETRIES} smaller steps")
+        h_next = self.controller.nonfinite(abs(h_step))
+        if h_next is None:
+            self.fail("non-finite", h_step, "error estimate not finite at the minimum step size")
+        return self.direction * h_next
+
+    def stop(self, h: float) -> None:
+        """Record where the solve stands and the step size it would take next."""
+        self.outcome.t_last, self.outcome.y_last, self.outcome.step_size = self.t, self.y, h
+
+    def fail(self, reason: str, h: float, message: str) -> NoReturn:
+        """End the solve with a failure at the current time (``h``: the step size it had)."""
+        self.stop(h)
+        self.outcome.error = solver_error(reason, self.t, h, message)
+        raise _Failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from solver_problems import harmonic
 
 from odespec.errors import OdespecError, SolverError
 from odespec.solvers import odeint, solve
+from odespec.solvers.tableau import ButcherTableau
 
 F64 = torch.float64
 
@@ -44,6 +46,22 @@ def test_nan_appearing_later_is_located():
         return torch.where(t < 1.0, -y, y * float("nan"))
 
     err = _expect_failure("non-finite", f, torch.ones(2, dtype=F64), torch.tensor([0.0, 3.0], dtype=F64))
+    assert 0.9 < err.t <= 1.0
+
+
+def test_nan_appearing_later_with_a_method_without_fsal():
+    """Without FSAL the next step's first stage is not known after an accepted step: the
+    non-finite check reads the stage the failed step evaluated."""
+    heun_euler = ButcherTableau(
+        name="heun_euler_failures", order=2, a=((), (1,)), b=(Fraction(1, 2), Fraction(1, 2)),
+        c=(0, 1), b_err=(Fraction(-1, 2), Fraction(1, 2)),
+    )
+
+    def f(t, y):
+        return torch.where(t < 1.0, -y, y * float("nan"))
+
+    err = _expect_failure("non-finite", f, torch.ones(2, dtype=F64), torch.tensor([0.0, 3.0], dtype=F64),
+                          method=heun_euler)
     assert 0.9 < err.t <= 1.0
 
 
