@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
-from odespec.solvers.options import AdaptiveOptions
+if TYPE_CHECKING:  # pragma: no cover
+    # the options name their controller from CONTROLLER_NAMES below, so this module cannot
+    # import them at run time
+    from odespec.solvers.options import AdaptiveOptions
 
-__all__ = ["StepSizeController", "PIController", "IController", "make_controller"]
+__all__ = ["StepSizeController", "PIController", "IController", "make_controller", "CONTROLLER_NAMES"]
 
 _PI_BETA = 0.04  # Hairer's default for DOPRI5; with alpha = 1/q - 0.75 beta
 _MIN_FACOLD = 1e-4  # Hairer: the previous error ratio is floored to keep the PI term bounded
@@ -164,6 +167,8 @@ class IController(StepSizeController):
 
 
 _KINDS: dict[str, type[StepSizeController]] = {c.name: c for c in (PIController, IController)}
+#: the controllers the ``controller`` option names, default first
+CONTROLLER_NAMES = tuple(_KINDS)
 
 
 def make_controller(opts: AdaptiveOptions, order: int) -> StepSizeController:

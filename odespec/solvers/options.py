@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from odespec.errors import OdespecError
+from odespec.solvers.controller import CONTROLLER_NAMES
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = [
@@ -38,7 +39,7 @@ MAX_STEPS = 100_000
 MAX_NUM_STEPS = 10_000_000
 # Finite by default so a stiff or blown-up model fails with a clear error instead of spinning.
 DEFAULT_MAX_NUM_STEPS = 100_000
-CONTROLLERS = ("pi", "i")
+CONTROLLERS = CONTROLLER_NAMES
 
 
 class InvalidOptionError(OdespecError, ValueError):
