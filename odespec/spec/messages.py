@@ -233,8 +233,12 @@ def schema_issues(doc: LoadedDocument, errors: Iterable[Any]) -> list[SpecIssue]
         if i.message.startswith("unknown key ") and i.hint
         for h in re.findall(r"'([^']+)'", i.hint.partition("did you mean")[2])
     }
+    # a value of the wrong type breaks every other rule about it too (`seed: .inf` is not an
+    # integer, and so not <= the maximum either): the type is the one mistake to report
+    mistyped = {i.path for i in out if i.message.startswith("expected ")}
     return [
         i for i in out
         if not (i.message.startswith("missing required key ")
                 and (i.path, i.message[len("missing required key "):].strip("'")) in misspelt)
+        and not (i.path in mistyped and not i.message.startswith("expected "))
     ]

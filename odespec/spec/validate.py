@@ -15,6 +15,7 @@ from odespec.layers.base import fmt_shape
 from odespec.spec import sections
 from odespec.spec.load import LoadedDocument, Path, format_path
 from odespec.spec.messages import schema_issues
+from odespec.spec.numbers import number_issues
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
 from odespec.solvers.grid import grid_steps
 from odespec.solvers.options import MAX_STEPS
@@ -62,6 +63,9 @@ def validate(doc: LoadedDocument) -> Spec:
     data = doc.data
     present = frozenset(n for n in sections.names() if isinstance(data, dict) and n in data)
     issues = schema_issues(doc, _validator(present).iter_errors(data))
+    numbers = number_issues(doc, skip=frozenset(i.path for i in issues))
+    if numbers:
+        issues = sorted(issues + numbers, key=lambda i: (i.line, i.column))
     if issues:
         raise SpecError(issues)
     return _Checker(doc).run()
