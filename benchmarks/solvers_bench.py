@@ -71,7 +71,11 @@ from solvers_common import (  # noqa: E402
     add_torchode,
 )
 
-from odespec.solvers import GradientConfig, odeint, solve  # noqa: E402
+from odespec.solvers import GradientConfig, get_tableau, odeint, solve  # noqa: E402
+
+#: DOPRI5 with fixed steps (every method integrates the same steps); adaptive methods take fixed
+#: steps only in this explicit form
+DOPRI5_FIXED = get_tableau("dopri5").fixed_step()
 from odespec.train.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,7 +282,7 @@ def grad_section(repeat: int) -> str:
         case = make_case(name)
         case.y0.requires_grad_(True)
         params = [case.y0] + list(case.func.parameters())
-        for label, common in (("100 fixed steps", {"method": "dopri5", "options": {"steps": 100}}),
+        for label, common in (("100 fixed steps", {"method": DOPRI5_FIXED, "options": {"steps": 100}}),
                               ("100 RK4 steps", {"method": "rk4", "options": {"steps": 100}}),
                               ("adaptive", {"method": "dopri5", "rtol": RTOL, "atol": ATOL})):
             fns = {
@@ -407,10 +411,10 @@ def memory_child(gradient: str, steps: int) -> None:
     # scratch buffers) happen here, with small tensors, not in the measured run
     tiny = make_case("tiny-b1")
     tiny.y0.requires_grad_(True)
-    _grad_fn(tiny, gradient=gradient, method="dopri5", options={"steps": 2})()
+    _grad_fn(tiny, gradient=gradient, method=DOPRI5_FIXED, options={"steps": 2})()
     case = make_case("wide-b256")
     case.y0.requires_grad_(True)
-    run = _grad_fn(case, gradient=gradient, method="dopri5", options={"steps": steps})
+    run = _grad_fn(case, gradient=gradient, method=DOPRI5_FIXED, options={"steps": steps})
     _reset_peak()
     before = _status_bytes("VmRSS")
     sol = run()

@@ -147,9 +147,10 @@ SolverOptions = Union[FixedStepOptions, AdaptiveOptions]
 
 
 def allowed_options(tableau: ButcherTableau) -> tuple[str, ...]:
-    """Option keys ``odeint`` accepts for a method. Adaptive methods also accept the fixed-step
-    keys, which switch them to fixed steps (the error estimator is then unused)."""
-    return (ADAPTIVE_KEYS + FIXED_STEP_KEYS) if tableau.adaptive else FIXED_STEP_KEYS
+    """Option keys ``odeint`` accepts for a method: the same rule as the spec language's (an
+    adaptive method takes no ``steps``/``step_size``: ``tableau.fixed_step()`` is its fixed-step
+    form)."""
+    return ADAPTIVE_KEYS if tableau.adaptive else FIXED_STEP_KEYS
 
 
 def _bounds_text(schema: Mapping[str, Any]) -> str:
@@ -192,6 +193,9 @@ def _unknown(key: Any, tableau: ButcherTableau, allowed: tuple[str, ...]) -> Inv
     extra = ""
     if key in ADAPTIVE_KEYS and not tableau.adaptive:
         extra = f" ({tableau.name!r} is a fixed-step method; {key!r} is for adaptive methods)"
+    if key in FIXED_STEP_KEYS and tableau.adaptive:
+        extra = (f" ({tableau.name!r} is adaptive; {key!r} is for fixed-step methods: give rtol/atol, or "
+                 f"take fixed steps with get_tableau({tableau.name!r}).fixed_step())")
     return InvalidOptionError(
         f"unknown solver option {key!r} for method {tableau.name!r}{hint}{extra}; allowed: {', '.join(allowed)}",
         key=str(key), allowed=allowed)
@@ -212,16 +216,10 @@ def parse_options(tableau: ButcherTableau, options: Optional[Mapping[str, Any]])
     for key in given:
         if key not in allowed:
             raise _unknown(key, tableau, allowed)
-    fixed_keys = [k for k in given if k in FIXED_STEP_KEYS]
-    adaptive_keys = [k for k in given if k in ADAPTIVE_KEYS]
-    if len(fixed_keys) == 2:
+    if all(k in given for k in FIXED_STEP_KEYS):
         raise InvalidOptionError("options 'step_size' and 'steps' are mutually exclusive", key="steps")
-    if fixed_keys and adaptive_keys:
-        raise InvalidOptionError(
-            f"option {fixed_keys[0]!r} asks for fixed steps, but {adaptive_keys[0]!r} is an "
-            "adaptive-step option; use one kind", key=adaptive_keys[0], allowed=allowed)
     values = {k: check_option_value(_BY_KEY[k], v) for k, v in given.items()}
-    if not tableau.adaptive or fixed_keys:
+    if not tableau.adaptive:
         return FixedStepOptions(**values)
     opts = AdaptiveOptions(**values)
     if opts.min_step > opts.max_step:

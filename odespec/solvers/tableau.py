@@ -297,6 +297,16 @@ class ButcherTableau:
         """The canonical name followed by the aliases."""
         return (self.name,) + self.aliases
 
+    def fixed_step(self) -> "ButcherTableau":
+        """This method without its error estimator, named ``NAME_fixed``: a fixed-step method
+        (``steps``/``step_size``) with the same stages, FSAL and dense output. Adaptive methods
+        refuse fixed-step options; this says explicitly that the error estimate is not wanted,
+        e.g. ``odeint(f, y0, t, method=get_tableau("dopri5").fixed_step(), options={"steps": 8})``.
+        """
+        import dataclasses
+
+        return dataclasses.replace(self, name=f"{self.name}_fixed", b_err=None, b_err_aux=None, aliases=())
+
 
 def _terms(coefs: Sequence[float]) -> tuple[tuple[int, float], ...]:
     return tuple((j, v) for j, v in enumerate(coefs) if v != 0.0)

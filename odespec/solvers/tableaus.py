@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from fractions import Fraction
-from typing import Sequence
+from typing import Optional, Sequence
 
 from odespec.errors import OdespecError
 from odespec.solvers.tableau import ButcherTableau, Interpolant
@@ -51,6 +51,23 @@ MIDPOINT = ButcherTableau(
 # Heun's method = explicit trapezoidal rule (2nd order).
 HEUN = ButcherTableau(
     name="heun", order=2, a=((), (1,)), b=(Fr(1, 2), Fr(1, 2)), c=(0, 1), aliases=("heun2",)
+)
+
+# Heun-Euler 2(1): Heun's method with Euler's as the embedded estimate (torchdiffeq's
+# "adaptive_heun")
+ADAPTIVE_HEUN = ButcherTableau(
+    name="adaptive_heun", order=2, a=((), (1,)), b=(Fr(1, 2), Fr(1, 2)), c=(0, 1),
+    b_err=(Fr(-1, 2), Fr(1, 2)),
+)
+
+# Fehlberg's 2(1) pair (RKF12, Fehlberg 1969; torchdiffeq's "fehlberg2"): three stages, the
+# first-order estimate b_hat = (1/256, 255/256, 0)
+_FEHLBERG2_B = (Fr(1, 512), Fr(255, 256), Fr(1, 512))
+_FEHLBERG2_BHAT = (Fr(1, 256), Fr(255, 256), 0)
+FEHLBERG2 = ButcherTableau(
+    name="fehlberg2", order=2, a=((), (Fr(1, 2),), (Fr(1, 256), Fr(255, 256))), b=_FEHLBERG2_B,
+    c=(0, Fr(1, 2), 1), b_err=tuple(x - y for x, y in zip(_FEHLBERG2_B, _FEHLBERG2_BHAT)),
+    aliases=("rkf12",),
 )
 
 # Ralston's 2nd-order method: the 2-stage method with minimal error bound.
@@ -390,6 +407,27 @@ DOPRI8 = _dop853()
 # --------------------------------------------------------------------------- registry
 
 
+#: torchdiffeq's method names that are not Runge-Kutta methods, so not tableaus here: what each is,
+#: and the odespec methods to use instead
+NOT_RUNGE_KUTTA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "explicit_adams": ("a multistep Adams-Bashforth method", ("dopri5", "tsit5")),
+    "implicit_adams": ("a multistep Adams-Moulton predictor-corrector", ("dopri5", "tsit5")),
+    "fixed_adams": ("a fixed-step multistep Adams method", ("rk4",)),
+    "scipy_solver": ("a wrapper of SciPy's solve_ivp", ("dopri5", "dopri8")),
+}
+
+
+def not_runge_kutta(name: str) -> Optional[str]:
+    """Why ``name`` (a torchdiffeq method that is no Runge-Kutta method) is not here, and what to
+    use instead; None for any other name."""
+    known = NOT_RUNGE_KUTTA.get(name)
+    if known is None:
+        return None
+    what, instead = known
+    return (f"{name!r} is {what}; odespec's solvers are Runge-Kutta methods: use "
+            f"{' or '.join(repr(m) for m in instead)}")
+
+
 class UnknownMethodError(OdespecError, KeyError):
     """No Runge-Kutta method of that name is registered. ``suggestions`` holds close names."""
 
@@ -397,7 +435,9 @@ class UnknownMethodError(OdespecError, KeyError):
         self.name = name
         self.suggestions = tuple(suggestions)
         msg = f"unknown ODE method {name!r}"
-        if self.suggestions:
+        if not_runge_kutta(name):
+            msg = f"unknown ODE method: {not_runge_kutta(name)}"
+        elif self.suggestions:
             msg += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
         msg += f" (known methods: {', '.join(known)})"
         self.message = msg
@@ -475,6 +515,6 @@ def is_adaptive(name: str) -> bool:
     return get_tableau(name).adaptive
 
 
-for _t in (EULER, MIDPOINT, HEUN, RALSTON, RK4, RK4_38, BOSH3, DOPRI5, TSIT5, DOPRI8):
+for _t in (EULER, MIDPOINT, HEUN, RALSTON, RK4, RK4_38, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8):
     register_tableau(_t)
 del _t

@@ -44,6 +44,21 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def _method_hint(name: str) -> Optional[str]:
+    """An ``odeint`` alias names its method; a torchdiffeq method that is no Runge-Kutta method
+    names the ones to use instead."""
+    from odespec.solvers import tableaus
+
+    why = tableaus.not_runge_kutta(name)
+    if why is not None:
+        return why
+    try:
+        canonical = tableaus.get_tableau(name).name
+    except KeyError:
+        return None
+    return f"{name!r} is odeint's alias of {canonical!r}; specs name a method by its canonical name: write {canonical}"
+
+
 def suggestion(name: Any, candidates: Iterable[str]) -> Optional[str]:
     """A did-you-mean hint naming the one or two closest candidates, or None.
 
@@ -129,7 +144,8 @@ class _Formatter:
             if not isinstance(e.instance, str):
                 yield self.issue(where, f"expected a {kind} name, got {describe(e.instance)}", f"one of: {_choices(options)}")
                 return
-            hint = suggestion(e.instance, options) or f"known {kind}s: {_choices(options)}"
+            hint = (_method_hint(e.instance) if kind == "solver method" else None) \
+                or suggestion(e.instance, options) or f"known {kind}s: {_choices(options)}"
             yield self.issue(where, f"unknown {kind} {e.instance!r}", hint, key=is_key)
             return
         guess = suggestion(e.instance, [str(o) for o in options]) if isinstance(e.instance, str) else None

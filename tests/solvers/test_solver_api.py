@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import pathlib
 import subprocess
 import sys
@@ -116,10 +117,23 @@ def test_bad_tolerances(rtol, atol):
 
 
 def test_adaptive_method_with_fixed_steps():
-    """A step_size turns an adaptive method into a fixed-step one (the ONNX export parity path)."""
-    sol = solve(decay, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                method="dopri5", options={"steps": 4})
+    """An adaptive method refuses fixed-step options, as in the spec language; its fixed-step
+    form is asked for explicitly, and then takes exactly those steps."""
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    for options in ({"steps": 4}, {"step_size": 0.25}):
+        with pytest.raises(InvalidOptionError, match=r"fixed_step\(\)"):
+            solve(decay, torch.ones(1, dtype=F64), t, method="dopri5", options=options)
+    fixed = get_tableau("dopri5").fixed_step()
+    assert fixed.name == "dopri5_fixed" and not fixed.adaptive and fixed.fsal
+    sol = solve(decay, torch.ones(1, dtype=F64), t, method=fixed, options={"steps": 4})
     assert sol.stats.n_steps == 4 and sol.stats.n_rejected == 0
+    assert abs(sol.ys[-1].item() - math.exp(-1.0)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver"])
+def test_torchdiffeq_methods_that_are_not_runge_kutta_name_the_alternative(name):
+    with pytest.raises(KeyError, match="odespec's solvers are Runge-Kutta methods: use 'd|odespec's solvers are Runge-Kutta methods: use 'rk4'"):
+        odeint(decay, torch.ones(1), [0.0, 1.0], method=name)
 
 
 def test_unknown_method():
@@ -140,7 +154,8 @@ def test_lazy_package_attributes():
         solvers.does_not_exist  # noqa: B018
 
 
-TORCH_FREE = ["tableau.py", "tableaus.py", "options.py", "dense.py", "__init__.py"]
+TORCH_FREE = ["tableau.py", "tableaus.py", "options.py", "dense.py", "__init__.py", "config.py", "grid.py",
+              "controller.py"]
 
 
 @pytest.mark.parametrize("filename", TORCH_FREE)

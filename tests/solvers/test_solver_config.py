@@ -130,7 +130,7 @@ def test_counts_equal_the_solvers_steps_and_evaluations(spans, step_size, method
 def test_fsal_evaluations_counted_across_intervals():
     dopri5 = get_tableau("dopri5")
     times = [0.0, 0.5, 1.0, 1.5]
-    sol = solve(decay, torch.ones(1, dtype=F64), times, method="dopri5", options={"steps": 5})
+    sol = solve(decay, torch.ones(1, dtype=F64), times, method=dopri5.fixed_step(), options={"steps": 5})
     assert fixed_nfe(times, FixedStepOptions(steps=5), dopri5) == sol.stats.nfe
 
 

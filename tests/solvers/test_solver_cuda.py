@@ -53,8 +53,10 @@ ADAPTIVE = [m for m in method_names() if is_adaptive(m)]
 def test_fixed_steps_on_cuda_equal_the_cpu(method: str):
     cpu, gpu, y0, y0g = both()
     t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
-    want = odeint(cpu, y0, t, method=method, options={"step_size": 0.05})
-    got = odeint(gpu, y0g, t.to(CUDA), method=method, options={"step_size": 0.05})
+    tableau = get_tableau(method)
+    fixed = tableau.fixed_step() if tableau.adaptive else tableau  # adaptive methods: their fixed form
+    want = odeint(cpu, y0, t, method=fixed, options={"step_size": 0.05})
+    got = odeint(gpu, y0g, t.to(CUDA), method=fixed, options={"step_size": 0.05})
     assert got.device.type == "cuda" and got.dtype == torch.float64 and got.shape == (5, 5, 3)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-12)
 
@@ -150,7 +152,7 @@ def test_fixed_steps_never_wait_for_the_device():
     _, gpu, _, y0g = both(torch.float32)
     y0g = y0g.float()
     t = torch.tensor([0.0, 1.0], device=CUDA)
-    for method in ("rk4", "dopri5"):
+    for method in ("rk4", get_tableau("dopri5").fixed_step()):
         odeint(gpu, y0g, t, method=method, options={"steps": 3})  # caches the step's coefficients
         few = _syncs(lambda: odeint(gpu, y0g, t, method=method, options={"steps": 5}))
         many = _syncs(lambda: odeint(gpu, y0g, t, method=method, options={"steps": 50}))
