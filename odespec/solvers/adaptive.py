@@ -28,7 +28,7 @@ from typing import NoReturn, Optional
 
 import torch
 
-from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
+from odespec.solvers.common import Outcome, Quadrature, TimedFunc, nonfinite_start, solver_error
 from odespec.solvers.controller import make_controller
 from odespec.solvers.norms import ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
@@ -252,7 +252,7 @@ class _AdaptiveRun:
             span, lambda: _initial_step(self.f, t, y0, k1, direction, self.tableau.order, self.norm)
         )
         if math.isnan(h):
-            self.fail("non-finite", 0.0, "the derivative at the initial state is not finite")
+            self.fail("non-finite", 0.0, *nonfinite_start(self.f, y0, fixed=False))
         return direction * h
 
     def attempt(self, h: float) -> float:
@@ -342,8 +342,8 @@ class _AdaptiveRun:
         """Record where the solve stands and the step size it would take next."""
         self.outcome.t_last, self.outcome.y_last, self.outcome.step_size = self.t, self.y, h
 
-    def fail(self, reason: str, h: float, message: str) -> NoReturn:
+    def fail(self, reason: str, h: float, message: str, hint: Optional[str] = None) -> NoReturn:
         """End the solve with a failure at the current time (``h``: the step size it had)."""
         self.stop(h)
-        self.outcome.error = solver_error(reason, self.t, h, message)
+        self.outcome.error = solver_error(reason, self.t, h, message, hint)
         raise _Failed

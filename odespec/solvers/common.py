@@ -9,7 +9,7 @@ import torch
 
 from odespec.errors import SolverError
 
-__all__ = ["TimedFunc", "Outcome", "Quadrature", "solver_error"]
+__all__ = ["TimedFunc", "Outcome", "Quadrature", "solver_error", "nonfinite_start"]
 
 
 class Quadrature(Protocol):
@@ -82,6 +82,27 @@ _HINTS = {
 }
 
 
-def solver_error(reason: str, t: float, h: float, message: str) -> SolverError:
-    """A :class:`SolverError` with the standard hint for ``reason``."""
-    return SolverError(reason, float(t), float(h), message, _HINTS[reason].format(t=t))
+def solver_error(reason: str, t: float, h: float, message: str, hint: Optional[str] = None) -> SolverError:
+    """A :class:`SolverError` with ``hint``, else the standard hint for ``reason``."""
+    return SolverError(reason, float(t), float(h), message, hint or _HINTS[reason].format(t=t))
+
+
+def nonfinite_start(func: Callable, y0: torch.Tensor, *, fixed: bool) -> tuple[str, str]:
+    """(message, hint) for a solve that is not finite from its start, naming the cause the data
+    shows: the initial state (the input batch, or the layers before the solve), the parameters
+    of ``func`` (an ``nn.Module``, possibly wrapped by :class:`TimedFunc`), or ``func`` itself."""
+    finite = torch.isfinite(y0.detach())
+    if not bool(finite.all()):
+        n = int((~finite).sum())
+        return (f"the initial state holds {n} NaN or inf value(s) of {y0.numel()}",
+                "the input batch (or a layer before this solve) carries NaN or inf: check the inputs")
+    inner = getattr(func, "func", func)
+    bad = ([name for name, p in inner.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+           if isinstance(inner, torch.nn.Module) else [])
+    if bad:
+        return (f"the derivative at the initial state is not finite: parameter(s) {', '.join(bad[:3])} hold NaN or inf",
+                "the weights diverged (an optimizer step too large): lower the learning rate, clip gradients, or "
+                "start again from a checkpoint")
+    how = "unbounded activations, large weights" + ("" if fixed else "; or try a fixed-step method")
+    return ("the derivative at the initial state is not finite, though the state and the parameters are",
+            f"the dynamics overflow at this state: look for {how}")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from odespec.solvers.common import Outcome, Quadrature, TimedFunc, solver_error
+from odespec.solvers.common import Outcome, Quadrature, TimedFunc, nonfinite_start, solver_error
 from odespec.solvers.grid import steps_for_interval
 from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.replay import StepRecorder
@@ -70,15 +70,16 @@ def integrate_fixed(
         finite = torch.isfinite(stacked).reshape(len(outcome.outs), -1).all(dim=1).tolist()
     if not all(finite):
         bad = finite.index(False)
+        # from the start (the initial state, or the first interval from it): say what is not finite
+        message, hint = nonfinite_start(f, y0, fixed=True) if bad <= 1 else (None, None)
         if bad > 0:
             del outcome.outs[bad:]
             outcome.t_last, outcome.y_last = times[bad - 1], outcome.outs[-1]
-            where = f"between t={times[bad - 1]:.6g} and t={times[bad]:.6g}"
+            where = f"the fixed-step solution became non-finite between t={times[bad - 1]:.6g} and t={times[bad]:.6g}"
+            message = where if message is None or message.startswith("the derivative at the initial state is not "
+                                                                      "finite, though") else f"{where}: {message}"
         else:
             outcome.outs[1:] = []
             outcome.t_last, outcome.y_last = times[0], y0
-            where = "in the initial state"
-        outcome.error = solver_error(
-            "non-finite", times[bad], h, f"the fixed-step solution became non-finite {where}"
-        )
+        outcome.error = solver_error("non-finite", times[bad], h, message, hint)
     return outcome

@@ -133,3 +133,51 @@ def test_float32_singularity_still_fails_fast():
     f = lambda t, y: (1.0 / (1.0 - t)).expand_as(y)  # noqa: E731
     err = _expect_failure(None, f, torch.zeros(1), torch.tensor([0.0, 2.0]))
     assert abs(err.t - 1.0) < 1e-5
+
+
+# ------------------------------------------------------------------ a start that is not finite: which cause
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+class _Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"steps": 4})])
+def test_nan_in_the_initial_state_is_named_as_the_inputs(method, options):
+    y0 = torch.tensor([[1.0, 2.0], [float("nan"), 0.0]])
+    with pytest.raises(SolverError) as info:
+        solve(_Field(), y0, [0.0, 1.0], method=method, options=options)
+    err = info.value
+    assert "initial state holds 1 NaN or inf value(s) of 4" in str(err) and "input batch" in err.hint
+
+
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"steps": 4})])
+def test_nan_in_the_parameters_is_named_as_the_parameters(method, options):
+    field = _Field()
+    with torch.no_grad():
+        field.net[2].weight[0, 0] = float("nan")
+    with pytest.raises(SolverError) as info:
+        solve(field, torch.ones(3, 2), [0.0, 1.0], method=method, options=options)
+    err = info.value
+    assert "net.2.weight" in str(err) and "learning rate" in err.hint
+
+
+def test_overflowing_dynamics_suggest_a_fixed_step_method_only_to_adaptive_solves():
+    def blow_up(t, y):
+        return torch.exp(torch.exp(torch.exp(y * 100)))
+
+    with pytest.raises(SolverError) as adaptive:
+        solve(blow_up, torch.ones(2), [0.0, 1.0], method="dopri5")
+    with pytest.raises(SolverError) as fixed:
+        solve(blow_up, torch.ones(2), [0.0, 1.0], method="rk4", options={"steps": 2})
+    assert "fixed-step" in adaptive.value.hint and "fixed-step" not in fixed.value.hint
