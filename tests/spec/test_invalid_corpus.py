@@ -42,7 +42,7 @@ def test_invalid_spec_is_rejected_with_golden_message(path: Path, monkeypatch: p
     assert "Traceback" not in err
     assert err.startswith(rel + ":") or err.startswith(rel + ": error"), err
     assert sorted(p.name for p in path.parent.iterdir()) == before  # nothing written
-    assert elapsed < 1.0, f"validate took {elapsed:.2f} s"
+    # (how fast validate answers is measured by benchmarks/validate_time.py, not asserted here)
     golden = path.with_suffix(".expected")
     if os.environ.get("ODESPEC_UPDATE_GOLDEN"):
         golden.write_text(err, encoding="utf-8")
@@ -51,12 +51,17 @@ def test_invalid_spec_is_rejected_with_golden_message(path: Path, monkeypatch: p
 
 
 def test_oversized_input_is_refused_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import odespec.spec.load as load
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the YAML parser ran on an oversized file")
+
+    monkeypatch.setattr(load, "_compose", no_parsing)
     monkeypatch.chdir(tmp_path)
     Path("huge.yaml").write_text("odespec: 1\n" + "# padding\n" * 200_000, encoding="utf-8")
-    code, err, elapsed = _validate("huge.yaml")
+    code, err, _ = _validate("huge.yaml")
     assert code == 2
     assert "huge.yaml" in err and "limit is 1048576" in err
-    assert elapsed < 1.0
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -262,7 +262,9 @@ def test_billion_laughs_is_refused_quickly(width: int) -> None:
     issue = issue_of(source)
     elapsed = time.perf_counter() - start
     assert issue.message == f"the document expands to more than {MAX_NODES} nodes (alias bomb?)"
-    assert elapsed < 1.0, elapsed  # typically a few ms
+    # typically a few ms: ten times a loaded machine's worst is still far from an expansion of
+    # 10**9 nodes (which takes minutes); benchmarks/validate_time.py measures the typical time
+    assert elapsed < 10.0, elapsed
     line = source.splitlines()[issue.line - 1]
     assert line[issue.column - 1] == "*"  # blamed on an alias
 
@@ -295,11 +297,15 @@ def test_depth_through_aliases_is_bounded() -> None:
 
 # --- 6. limits -----------------------------------------------------------------------------------
 
-def test_too_many_bytes_is_refused_before_parsing() -> None:
+def test_too_many_bytes_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import odespec.spec.load as load
+
+    def no_parsing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the YAML parser ran on an oversized source")
+
+    monkeypatch.setattr(load, "_compose", no_parsing)
     source = b"a: [" + b"[" * (5_000_000 - 4)  # would be a syntax error if parsed
-    start = time.perf_counter()
     issue = issue_of(source)
-    assert time.perf_counter() - start < 0.5
     assert issue.message == "the file is 5000000 bytes; the limit is 1048576"
     assert (issue.line, issue.column) == (0, 0)
 
