@@ -135,9 +135,6 @@ class _Checker:
     def layer(self, kind: str, value: Any, path: Path, shape: Optional[Shape], ctx: LayerContext) -> Optional[LayerSpec]:
         ltype = registry.get(kind)
         where = path if value is None and not isinstance(self._at(path), dict) else path + (kind,)
-        if ctx.in_dynamics and ltype.not_in_dynamics:
-            self.error(where, f"layer {kind!r} is not allowed inside an ODE block's dynamics", ltype.not_in_dynamics)
-            return None
         options = ltype.normalize(value)
         layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time)
         if ltype.children_key:
