@@ -188,3 +188,7 @@ def test_installed_wheel_finds_its_schema(tmp_path: Path):
     assert info["pkg"].startswith(str(site))
     assert info["schema"].startswith(str(site))
     assert info["title"] == "odespec model spec"
+    # the path the README tells a pip user to put in the modeline
+    out = subprocess.run([sys.executable, "-m", "odespec", "schema", "--path"], cwd=tmp_path,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == info["schema"]
