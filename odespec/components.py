@@ -10,10 +10,6 @@ import difflib
 from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, Optional, TypeVar
 
 
-#: the JSON types a value can have, as JSON Schema names them
-_JSON_TYPES = ("null", "boolean", "object", "array", "number", "string")
-
-
 def branch_types(branch: Mapping[str, Any]) -> frozenset[str]:
     """The JSON types a branch of :func:`alternatives` takes (``integer`` counts as ``number``):
     its ``type``, or the types of its ``enum``/``const`` values."""

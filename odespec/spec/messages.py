@@ -14,7 +14,8 @@ from typing import Any, Iterable, Iterator, Optional
 from odespec.components import branch_types, json_type
 from odespec.errors import SpecIssue
 from odespec.spec.load import LoadedDocument, format_path
-from odespec.spec.schema import NAMES_KEY
+from odespec.solvers import tableaus
+from odespec.spec.schema import FIXED_STEP_NAMES, NAMES_KEY
 
 _TYPE_WORDS = {
     "object": "a mapping",
@@ -152,6 +153,10 @@ class _Formatter:
                 if e.instance in registry.names() or e.instance == "ode":
                     yield self.issue(path, *self._needs_options(e.instance))
                     return
+            if kind == FIXED_STEP_NAMES and isinstance(e.instance, str) and e.instance in tableaus.method_names():
+                yield self.issue(path, f"{e.instance!r} is adaptive; an exported graph is fixed-step",
+                                 f"use one of: {', '.join(options)}")
+                return
             if not isinstance(e.instance, str):
                 yield self.issue(path, f"expected a {kind} name, got {describe(e.instance)}", f"one of: {_choices(options)}")
                 return
@@ -179,10 +184,11 @@ class _Formatter:
     def on_oneOf(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
         """Alternatives: the errors of the form the value's type selects, or, a value of none of
         the forms' types, one message naming them all."""
-        chosen = _selected_branch(e.validator_value, e.instance)
+        branches = e.validator_value
+        chosen = _selected_branch(branches, e.instance)
         if chosen is None:
-            forms = " or ".join(_form_words(b) for b in e.validator_value)
-            types = [t for b in e.validator_value for t in ([b["type"]] if isinstance(b.get("type"), str) else b.get("type", []))]
+            forms = " or ".join(_form_words(b) for b in branches)
+            types = [b["type"] for b in branches if isinstance(b.get("type"), str)]
             hint = _type_hint(types, e.instance) or e.schema.get("description")
             yield self.issue(path, f"expected {forms}, got {describe(e.instance)}", hint)
             return
@@ -228,6 +234,7 @@ class _Formatter:
             yield self.issue(path + (key,), f"unknown key {key!r}", hint, key=True)
 
     def _unknown_name_key(self, kind: str, key: str, known: list[str], path: tuple) -> Iterator[SpecIssue]:
+        """A key of a ``{name: options}`` mapping at ``path`` that the mapping does not take."""
         if kind == "layer":
             from odespec.layers import registry
 

@@ -15,7 +15,9 @@ so that an error points at the one form the user wrote and editors complete ever
 The schema is also what editors use (yaml-language-server, through the modeline
 ``# yaml-language-server: $schema=PATH``, PATH from ``odespec schema --path``), so it carries
 annotations for them that validators ignore: ``enumDescriptions`` (one per name),
-``defaultSnippets`` (the text a layer name inserts) and ``doNotSuggest``.
+``defaultSnippets`` (the text a layer name inserts), ``doNotSuggest``, and ``examples`` where an
+editor would otherwise insert an invalid value (:func:`with_editor_examples`). The test that
+drives yaml-language-server with it is tests/spec/test_editor.py.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ EXPORT_DEFAULTS = {f.name: f.default for f in fields(OnnxExportSpec)}
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
 MAX_CALIBRATION_STEPS = 4096
+ODE_BLOCK_DESCRIPTION = "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically."
 
 
 def _num(description: str, default: Any, **kw: Any) -> dict:
@@ -112,7 +115,7 @@ def _layer_defs() -> dict[str, dict[str, Any]]:
                        for n, v in values.items() if n in inside}
     # under allOf, not beside the $ref: yaml-language-server moves a $ref's siblings (doNotSuggest)
     # into an allOf of its own, where completion no longer sees them
-    ode = {"allOf": [{"$ref": "#/$defs/ode_block"}], "description": _ode_block()["description"]}
+    ode = {"allOf": [{"$ref": "#/$defs/ode_block"}], "description": ODE_BLOCK_DESCRIPTION}
     return {
         "layer": _layer_item(values, bare),
         "dynamics_layer": _layer_item(dynamics_values, {n: d for n, d in bare.items() if n in inside}),
@@ -146,7 +149,8 @@ def _placeholder(prop: dict[str, Any]) -> Any:
         if "enum" in form or "const" in form:
             return form["enum"][0] if "enum" in form else form["const"]
         if form.get("type") in _PLACEHOLDERS:
-            return _placeholder(form) if not _within(form, EDITOR_NUMBER) else EDITOR_NUMBER
+            number = _placeholder(form)
+            return EDITOR_NUMBER if number is None else number
     return None
 
 
@@ -207,11 +211,19 @@ def solve_properties() -> dict[str, Any]:
     }
 
 
+#: the names of ``export.onnx.method``: registered methods that are fixed-step (an adaptive one is
+#: refused with its own message, :mod:`odespec.spec.messages`)
+FIXED_STEP_NAMES = "fixed-step method"
+
+
 def export_method_property() -> dict[str, Any]:
-    """``export.onnx.method``: a registered method (the validator refuses adaptive ones)."""
-    method = method_fragment()
-    del method["description"]
-    return {**method, "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
+    """``export.onnx.method``: a registered fixed-step method (an exported graph takes a fixed
+    number of steps), each described."""
+    every = SolverConfig.method_schema()
+    words = dict(zip(every["enum"], every["enumDescriptions"]))
+    fixed = [m for m in every["enum"] if not tableaus.is_adaptive(m)]
+    return {"enum": fixed, "enumDescriptions": [words[m] for m in fixed], NAMES_KEY: FIXED_STEP_NAMES,
+            "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
 
 
 def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -262,7 +274,7 @@ def _ode_block() -> dict[str, Any]:
     """The ``ode`` block object: times, family, output, dynamics, solver and gradient."""
     return {
         "type": "object",
-        "description": "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically.",
+        "description": ODE_BLOCK_DESCRIPTION,
         "properties": {
             "t": alternatives(
                 {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 10_000,

@@ -163,6 +163,7 @@ MISTAKES = {
     "misspelt top-level key": HEAD + "model: [tanh]\nsolvr: rk4\n",
     "misspelt padding word": "odespec: 1\nname: demo\ninput: {shape: [1, 4, 4]}\nmodel:\n  - conv2d: {channels: 2, padding: sme}\n",
     "steps with underscores": HEAD + "model: [tanh]\nexport:\n  onnx: {steps: 1_000}\n",
+    "adaptive method for the export": HEAD + "model: [tanh]\nexport:\n  onnx: {method: dopri5, steps: 8}\n",
     "misspelt data source": HEAD + "model: [tanh]\ntrain:\n  data: {circle: {count: 500}}\n",
     "misspelt optimizer": HEAD + "model: [tanh]\ntrain:\n  data: circles\n  optimizer: adm\n",
     "layer with two keys": HEAD + "model:\n  - linear: 50\n    relu:\n",
@@ -191,6 +192,7 @@ def _dynamics_layers() -> set[str]:
 def _positions() -> dict[str, tuple[str, set[str], set[str]]]:
     """name -> (document with the cursor, names that must be offered, names that must not)."""
     methods, gradients = set(tableaus.method_names()), {d.name for d in declared_gradients()}
+    adaptive = {m for m in methods if tableaus.is_adaptive(m)}
     every_layer = set(registry.names())
     kept_out = every_layer - _dynamics_layers()
     return {
@@ -204,6 +206,7 @@ def _positions() -> dict[str, tuple[str, set[str], set[str]]]:
         "dynamics, flow list, typed prefix": (_ode("dynamics:\n  layers: [{linear: 2}, t|]"), {"tanh"}, kept_out),
         "model, block list": (HEAD + "model:\n  - linear: 2\n  - |\n", every_layer | {"ode"}, set()),
         "model, flow list": (HEAD + "model: [{linear: 2}, |]\n", every_layer | {"ode"}, set()),
+        "export method": (HEAD + "model: [tanh]\nexport:\n  onnx: {method: |}\n", methods - adaptive, adaptive),
     }
 
 
