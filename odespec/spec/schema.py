@@ -220,7 +220,7 @@ def export_method_property() -> dict[str, Any]:
     """``export.onnx.method``: a registered fixed-step method (an exported graph takes a fixed
     number of steps), each described."""
     every = SolverConfig.method_schema()
-    words = dict(zip(every["enum"], every["enumDescriptions"]))
+    words = dict(zip(every["enum"], every["enumDescriptions"], strict=True))
     fixed = [m for m in every["enum"] if not tableaus.is_adaptive(m)]
     return {"enum": fixed, "enumDescriptions": [words[m] for m in fixed], NAMES_KEY: FIXED_STEP_NAMES,
             "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}

@@ -22,6 +22,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml_language_server as yls
 from click.testing import CliRunner
 
 from odespec.cli import cli
@@ -32,8 +33,6 @@ from odespec.solvers.config import declared_gradients
 from odespec.spec import parse_spec
 from odespec.spec.load import load_text
 from odespec.spec.schema import active_schema
-
-import yaml_language_server as yls
 
 pytestmark = pytest.mark.slow
 
