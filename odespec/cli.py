@@ -99,11 +99,26 @@ def validate(specs: tuple[str, ...], fmt: str) -> None:
 
 @cli.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schema to this file instead.")
-def schema(output: Optional[str]) -> None:
-    """Print the JSON Schema of the spec language."""
-    from odespec.spec.schema import active_schema, schema_text
+@click.option("--path", "show_path", is_flag=True,
+              help="Print the path of the schema file odespec is installed with instead (for an editor's modeline).")
+def schema(output: Optional[str], show_path: bool) -> None:
+    """Print the JSON Schema of the spec language.
+
+    For editors that speak the YAML language server, start a spec with the line
+    `# yaml-language-server: $schema=PATH`, PATH from `odespec schema --path` (the installed
+    file), or a copy written with `odespec schema -o FILE`, which also knows the layers and data
+    sources of installed plugins.
+    """
+    from odespec.spec.schema import active_schema, schema_text, shipped_schema_path
+
+    if show_path and output:
+        raise click.UsageError("--path prints where the installed schema is, -o writes a copy: give one of them")
 
     def body() -> int:
+        if show_path:
+            click.echo(str(shipped_schema_path()))
+            _warn_about_plugins()
+            return EXIT_OK
         text = schema_text(active_schema())
         if output:
             from odespec.fileio import atomic_write_text
@@ -114,6 +129,18 @@ def schema(output: Optional[str]) -> None:
         return EXIT_OK
 
     _run(body)
+
+
+def _warn_about_plugins() -> None:
+    """The installed schema file knows the built-in layers and data sources only: say so when
+    plugins add others, which an editor using that file would flag."""
+    from odespec.layers import registry
+    from odespec.train import data
+
+    plugins = registry.plugin_names() + data.plugin_names()
+    if plugins:
+        click.echo(f"note: the installed schema does not know the plugins' {', '.join(plugins)}; for an editor, "
+                   "write one that does with `odespec schema -o FILE` and name that file in the modeline", err=True)
 
 
 class _StepsType(click.ParamType):

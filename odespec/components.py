@@ -1,12 +1,58 @@
 """What every registered spec component shares (layer types, data sources): a name, a
 description, an options schema with an optional scalar short form, the normalisation of a
-written value into complete options, and the registry with its entry-point plugins.
+written value into complete options, and the registry with its entry-point plugins; and the one
+form the spec schema writes alternatives in (:func:`alternatives`).
 Torch-free: the validator uses it."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, Optional, TypeVar
+
+
+def branch_types(branch: Mapping[str, Any]) -> frozenset[str]:
+    """The JSON types a branch of :func:`alternatives` takes (``integer`` counts as ``number``):
+    its ``type``, or the types of its ``enum``/``const`` values."""
+    if "type" in branch:
+        types = branch["type"] if isinstance(branch["type"], list) else [branch["type"]]
+    else:
+        values = branch["enum"] if "enum" in branch else [branch["const"]]
+        types = [json_type(v) for v in values]
+    return frozenset("number" if t == "integer" else t for t in types)
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a loaded value, integers counted as numbers (as :func:`branch_types`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}[type(value)]
+
+
+def alternatives(*branches: Mapping[str, Any], **annotations: Any) -> dict[str, Any]:
+    """A value written in one of several forms that differ in JSON type (a name or a mapping with
+    options; a short form or the full mapping), as the spec schema writes every such choice:
+    ``{"oneOf": [branch, ...], **annotations}`` (``description``, ``default``).
+
+    The branches take disjoint JSON types, so a value matches at most one and the validator's
+    messages follow the one the value's type selects (:mod:`odespec.spec.messages`): one error per
+    mistake, at the form the user wrote. ``oneOf`` rather than ``if/then/else`` because editors
+    (yaml-language-server) complete values only from ``anyOf``/``oneOf`` branches: behind
+    ``if: {type: string}`` an empty ``solver:`` offered no method names. ``oneOf`` rather than
+    ``anyOf`` because that server then reports the error of the branch of the value's type.
+    A branch of names (``enum``, ``const``) has no ``type``: that server would report a value of
+    another type twice.
+    """
+    seen: set[str] = set()
+    for branch in branches:
+        types = branch_types(branch)
+        if types & seen:
+            raise ValueError(f"alternatives must take disjoint JSON types; {sorted(types & seen)} is taken twice")
+        seen |= types
+    return {"oneOf": [dict(b) for b in branches], **annotations}
 
 
 class OptionsComponent:
@@ -27,7 +73,8 @@ class OptionsComponent:
 
     @classmethod
     def options_schema(cls) -> dict[str, Any]:
-        """The JSON Schema of the component's value in ``{name: value}`` form."""
+        """The JSON Schema of the component's value in ``{name: value}`` form; its description
+        is the component's, which editors show beside the name."""
         full: dict[str, Any] = {
             "type": "object",
             "description": cls.description,
@@ -40,10 +87,11 @@ class OptionsComponent:
             if cls.required:
                 return full
             # a component without required options may also be written `name:` (null value)
-            return {"if": {"type": "object"}, "then": full, "else": {"type": "null"}}
+            return alternatives(full, {"type": "null", "description": "No options: the defaults."},
+                                description=cls.description)
         short = dict(cls.shorthand_schema or cls.properties[cls.shorthand])
         short.setdefault("description", f"short for {{{cls.shorthand}: VALUE}}")
-        return {"if": {"type": "object"}, "then": full, "else": short}
+        return alternatives(full, short, description=cls.description)
 
     @classmethod
     def bare_allowed(cls) -> bool:
@@ -60,7 +108,8 @@ class OptionsComponent:
         else:
             assert cls.shorthand is not None
             given = {cls.shorthand: value}
-        options = {k: spec["default"] for k, spec in cls.properties.items() if "default" in spec}
+        # an option without a default is None until given ("unset: odespec chooses")
+        options = {k: spec.get("default") for k, spec in cls.properties.items()}
         options.update(given)
         return options
 

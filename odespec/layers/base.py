@@ -103,7 +103,8 @@ class LayerType(OptionsComponent):
     ``properties`` before calling them.
     """
 
-    #: why the layer may not appear inside an ODE block's dynamics (None: it may)
+    #: why the layer may not appear inside an ODE block's dynamics (None: it may); the schema's
+    #: list of dynamics layers leaves such a layer out, and this is the hint of the message
     not_in_dynamics: ClassVar[Optional[str]] = None
     #: whether ``time: concat`` feeds t to this layer as an extra input feature/channel
     takes_time: ClassVar[bool] = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from odespec.components import alternatives
 from odespec.layers.base import (
     ExportContext,
     LayerContext,
@@ -21,18 +22,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _per_dim_schema(description: str, default: Any, minimum: int, allow_same: bool = False) -> dict:
+    """One size for every dimension, one per dimension (``[h, w]``), or (``allow_same``) ``same``;
+    ``default`` None: no default (the layer chooses; the description says how)."""
     one = {"type": "integer", "minimum": minimum, "maximum": 4096}
     pair = {"type": "array", "items": one, "minItems": 1, "maxItems": 2}
-    if allow_same:
-        # `if/then/else` rather than anyOf so that errors point at the offending form
-        return {
-            "description": description,
-            "default": default,
-            "if": {"type": "string"},
-            "then": {"enum": ["same"]},
-            "else": {"if": {"type": "array"}, "then": pair, "else": one},
-        }
-    return {"description": description, "default": default, "if": {"type": "array"}, "then": pair, "else": one}
+    forms = (one, pair, {"enum": ["same"], "description": "Pad so that the output keeps the input's size."}) \
+        if allow_same else (one, pair)
+    return alternatives(*forms, description=description, **({} if default is None else {"default": default}))
 
 
 def _expand(value: Any, n: int, what: str) -> tuple[int, ...]:

@@ -191,7 +191,8 @@ class SolverConfig:
         methods = list(tableaus.method_names())
         fixed = [m for m in methods if not tableaus.is_adaptive(m)]
         adaptive = [m for m in methods if tableaus.is_adaptive(m)]
-        return {"enum": methods, "description": "Runge-Kutta method. Fixed-step: " + ", ".join(fixed)
+        return {"enum": methods, "enumDescriptions": [_method_words(tableaus.get_tableau(m)) for m in methods],
+                "description": "Runge-Kutta method. Fixed-step: " + ", ".join(fixed)
                 + ". Adaptive: " + ", ".join(adaptive) + "."}
 
     @classmethod
@@ -199,8 +200,16 @@ class SolverConfig:
         """The JSON-Schema fragment of ``solver:``'s object form."""
         props = {"method": {**cls.method_schema(), "default": DEFAULT_METHOD}}
         props.update({o.key: o.json_schema() for o in SOLVER_OPTIONS if o.in_spec})
-        return {"type": "object", "description": "How the ODE block is solved.", "properties": props,
+        return {"type": "object", "description": "How the ODE block is solved: the method and its options; an "
+                "option left out takes its default, except that a fixed-step method needs steps or step_size.",
+                "properties": props,
                 "additionalProperties": False}
+
+
+def _method_words(tableau: ButcherTableau) -> str:
+    """A method in a few words, for editors: kind, order, stages."""
+    kind = "adaptive (takes rtol, atol)" if tableau.adaptive else "fixed-step (takes steps or step_size)"
+    return f"{tableau.name}: {kind}, order {tableau.order}, {len(tableau.c)} stages."
 
 
 def _combination_problems(method: str, given: Mapping[str, Any]) -> list[OptionProblem]:
@@ -368,7 +377,8 @@ class GradientConfig:
     def schema() -> dict[str, Any]:
         """The JSON-Schema fragment of ``gradient:``'s object form (every declared method's options)."""
         decls = declared_gradients()
-        method = {"enum": [d.name for d in decls], "default": DEFAULT_GRADIENT,
+        method = {"enum": [d.name for d in decls], "enumDescriptions": [f"{d.name}: {d.description}." for d in decls],
+                  "default": DEFAULT_GRADIENT,
                   "description": "; ".join(f"{d.name}: {d.description}" for d in decls) + "."}
         props: dict[str, Any] = {"method": method}
         for d in decls:

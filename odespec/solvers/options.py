@@ -73,9 +73,12 @@ class OptionSpec:
     budget: Optional[int] = None
 
     def json_schema(self, *, prefix: str = "") -> dict[str, Any]:
-        """The option's property in the spec schema (``prefix`` names who it is for)."""
+        """The option's property in the spec schema (``prefix`` names who it is for). A ``None``
+        default (unset: the solver chooses, as the description says) is left out: editors would
+        insert it as ``null``, which is not a value of the option."""
         bound = {} if self.budget is None else {"maximum": self.budget}
-        return {**self.schema, **bound, "description": prefix + self.description, "default": self.default}
+        default = {} if self.default is None else {"default": self.default}
+        return {**self.schema, **bound, "description": prefix + self.description, **default}
 
 
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}

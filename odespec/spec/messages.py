@@ -11,9 +11,11 @@ import difflib
 import re
 from typing import Any, Iterable, Iterator, Optional
 
+from odespec.components import branch_types, json_type
 from odespec.errors import SpecIssue
 from odespec.spec.load import LoadedDocument, format_path
-from odespec.spec.schema import NAMES_KEY
+from odespec.solvers import tableaus
+from odespec.spec.schema import FIXED_STEP_NAMES, NAMES_KEY
 
 _TYPE_WORDS = {
     "object": "a mapping",
@@ -25,6 +27,8 @@ _TYPE_WORDS = {
     "null": "nothing (null)",
 }
 _YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+#: text that a reader takes for a number, digit separators included ('1_000', '-2.5e3')
+_NUMBER_TEXT = re.compile(r"[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?")
 
 
 def describe(value: Any) -> str:
@@ -86,7 +90,7 @@ def _type_hint(expected: list[str], instance: Any) -> Optional[str]:
         low = instance.strip().lower()
         if "boolean" in expected and low in _YAML11_BOOLS:
             return f"write true or false; YAML 1.1 words such as {instance!r} are read as text here"
-        if ("integer" in expected or "number" in expected) and re.fullmatch(r"[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?", low) and "_" in low:
+        if ("integer" in expected or "number" in expected) and _NUMBER_TEXT.fullmatch(low) and "_" in low:
             return f"numbers are written without underscores: {instance.replace('_', '')}"
         try:
             float(instance)
@@ -98,6 +102,31 @@ def _type_hint(expected: list[str], instance: Any) -> Optional[str]:
     if isinstance(instance, float) and "integer" in expected and instance.is_integer():
         return f"write {int(instance)} (no decimal point)"
     return None
+
+
+def _selected_branch(branches: list[dict], instance: Any) -> Optional[int]:
+    """The branch of an alternatives schema (:func:`odespec.components.alternatives`) that the
+    value's JSON type selects; None: no branch takes the value's type. A string that reads as a
+    number selects no branch of names: ``steps: 1_000`` is a mis-written integer, not a misspelt
+    ``auto``."""
+    kind = json_type(instance)
+    numeric = kind == "string" and _NUMBER_TEXT.fullmatch(instance.strip()) is not None
+    for i, b in enumerate(branches):
+        if kind in branch_types(b) and not (numeric and "type" not in b):
+            return i
+    return None
+
+
+def _form_words(b: dict) -> str:
+    """A branch of an alternatives schema in words: 'a solver method name', "'auto'", 'a mapping'."""
+    if b.get(NAMES_KEY):
+        return f"a mapping {{{b[NAMES_KEY]}: options}}" if b.get("type") == "object" else f"a {b[NAMES_KEY]} name"
+    if "const" in b:
+        return describe(b["const"])
+    if "enum" in b:
+        return " or ".join(describe(v) for v in b["enum"])
+    types = b["type"] if isinstance(b["type"], list) else [b["type"]]
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in types)
 
 
 class _Formatter:
@@ -128,29 +157,60 @@ class _Formatter:
     def on_enum(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
         kind = e.schema.get(NAMES_KEY)
         options = e.validator_value
-        is_key = "propertyNames" in list(e.relative_schema_path)
-        where = path + (e.instance,) if is_key else path
         if kind:
-            if kind == "layer" and e.instance == "ode" and is_key:
-                yield self.issue(where, "an ODE block cannot be nested inside dynamics",
-                                 "put ODE blocks one after another in the model list", key=True)
-                return
-            if kind == "layer" and not is_key:
+            if kind == "layer":
                 from odespec.layers import registry
 
-                if e.instance in registry.names() or e.instance == "ode":
-                    yield self.issue(where, *self._needs_options(e.instance))
+                if e.instance in registry.names() and e.instance not in options and registry.get(e.instance).bare_allowed():
+                    # a layer written alone that this list does not take: the dynamics' rule
+                    yield from self._not_in_dynamics(e.instance, path)
                     return
-            if not isinstance(e.instance, str):
-                yield self.issue(where, f"expected a {kind} name, got {describe(e.instance)}", f"one of: {_choices(options)}")
+                if e.instance in registry.names() or e.instance == "ode":
+                    yield self.issue(path, *self._needs_options(e.instance))
+                    return
+            if kind == FIXED_STEP_NAMES and isinstance(e.instance, str) and e.instance in tableaus.method_names():
+                yield self.issue(path, f"{e.instance!r} is adaptive; an exported graph is fixed-step",
+                                 f"use one of: {', '.join(options)}")
                 return
-            hint = (_method_hint(e.instance) if kind == "solver method" else None) \
-                or suggestion(e.instance, options) or f"known {kind}s: {_choices(options)}"
-            yield self.issue(where, f"unknown {kind} {e.instance!r}", hint, key=is_key)
+            if not isinstance(e.instance, str):
+                yield self.issue(path, f"expected a {kind} name, got {describe(e.instance)}", f"one of: {_choices(options)}")
+                return
+            yield from self._unknown_name(kind, e.instance, options, path)
             return
         guess = suggestion(e.instance, [str(o) for o in options]) if isinstance(e.instance, str) else None
         hint = guess or e.schema.get("description")
-        yield self.issue(where, f"{describe(e.instance)} is not one of: {_choices(describe(o) for o in options)}", hint)
+        yield self.issue(path, f"{describe(e.instance)} is not one of: {_choices(describe(o) for o in options)}", hint)
+
+    def _unknown_name(self, kind: str, name: str, known: list, path: tuple, *, key: bool = False) -> Iterator[SpecIssue]:
+        """An unknown name of a registry (``kind``: layer, data source, ...), written as a value
+        or (``key``) as the key of a one-key mapping at ``path``."""
+        where = path + (name,) if key else path
+        hint = (_method_hint(name) if kind == "solver method" else None) \
+            or suggestion(name, known) or f"known {kind}s: {_choices(known)}"
+        yield self.issue(where, f"unknown {kind} {name!r}", hint, key=key)
+
+    def _not_in_dynamics(self, name: str, where: tuple, *, key: bool = False) -> Iterator[SpecIssue]:
+        """A layer type that may not be in dynamics (:attr:`~odespec.layers.LayerType.not_in_dynamics`,
+        a rule the schema keeps: the dynamics' list does not take the name), written there."""
+        from odespec.layers import registry
+
+        yield self.issue(where, f"layer {name!r} is not allowed inside an ODE block's dynamics",
+                         registry.get(name).not_in_dynamics, key=key)
+
+    def on_oneOf(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
+        """Alternatives: the errors of the form the value's type selects, or, a value of none of
+        the forms' types, one message naming them all."""
+        branches = e.validator_value
+        chosen = _selected_branch(branches, e.instance)
+        if chosen is None:
+            forms = " or ".join(_form_words(b) for b in branches)
+            types = [b["type"] for b in branches if isinstance(b.get("type"), str)]
+            hint = _type_hint(types, e.instance) or e.schema.get("description")
+            yield self.issue(path, f"expected {forms}, got {describe(e.instance)}", hint)
+            return
+        for sub in e.context:
+            if sub.relative_schema_path[0] == chosen:
+                yield from self.convert(sub)
 
     @staticmethod
     def _needs_options(name: str) -> tuple[str, str]:
@@ -178,14 +238,30 @@ class _Formatter:
                 yield self.issue(path, f"missing required key {name!r}", desc)
 
     def on_additionalProperties(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
-        if NAMES_KEY in e.schema.get("propertyNames", {}):
-            return  # reported once, as an unknown name, by propertyNames
         allowed = list(e.schema.get("properties", {}))
+        kind = e.schema.get(NAMES_KEY)
         for key in e.instance:
             if key in allowed:
                 continue
+            if kind:  # a mapping {name: options}: the key is a name of that registry
+                yield from self._unknown_name_key(kind, key, sorted(allowed), path)
+                continue
             hint = suggestion(key, allowed) or f"allowed keys: {_choices(allowed)}"
             yield self.issue(path + (key,), f"unknown key {key!r}", hint, key=True)
+
+    def _unknown_name_key(self, kind: str, key: str, known: list[str], path: tuple) -> Iterator[SpecIssue]:
+        """A key of a ``{name: options}`` mapping at ``path`` that the mapping does not take."""
+        if kind == "layer":
+            from odespec.layers import registry
+
+            if key == "ode":
+                yield self.issue(path + (key,), "an ODE block cannot be nested inside dynamics",
+                                 "put ODE blocks one after another in the model list", key=True)
+                return
+            if key in registry.names():  # registered, yet not taken by this list: the dynamics' rule
+                yield from self._not_in_dynamics(key, path + (key,), key=True)
+                return
+        yield from self._unknown_name(kind, key, known, path, key=True)
 
     def on_maxProperties(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
         keys = ", ".join(repr(k) for k in e.instance)

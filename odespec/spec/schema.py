@@ -6,9 +6,18 @@ autocomplete. Validation uses the shipped file, extended in memory when third-pa
 registered through entry points.
 
 Conventions, kept by a test: every object has ``additionalProperties: false``; every property
-has a ``description`` and (unless required) a ``default``. Alternatives are written as
-``if/then/else`` on the JSON type rather than ``anyOf`` so that an error points at the one form
-the user wrote instead of listing every branch.
+has a ``description``, and a ``default`` unless it is required or "unset" means that odespec
+chooses (its description then says what happens); a ``default`` is a valid value, never null,
+because editors insert it when they complete the key. Alternatives (a name or a mapping, a short
+form or the full one) are ``oneOf`` branches of different JSON types (:func:`~odespec.components.alternatives`),
+so that an error points at the one form the user wrote and editors complete every form.
+
+The schema is also what editors use (yaml-language-server, through the modeline
+``# yaml-language-server: $schema=PATH``, PATH from ``odespec schema --path``), so it carries
+annotations for them that validators ignore: ``enumDescriptions`` (one per name),
+``defaultSnippets`` (the text a layer name inserts), ``doNotSuggest``, and ``examples`` where an
+editor would otherwise insert an invalid value (:func:`with_editor_examples`). The test that
+drives yaml-language-server with it is tests/spec/test_editor.py.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
+from odespec.components import alternatives, branch_types
 from odespec.solvers import tableaus
 from odespec.solvers.config import (
     DEFAULT_GRADIENT,
@@ -32,8 +42,11 @@ from odespec.solvers.options import option_spec
 from odespec.spec.model import OnnxExportSpec
 
 SCHEMA_FILENAME = "odespec.schema.json"
-SCHEMA_ID = "https://odespec.dev/schemas/odespec.schema.json"
 FORMAT_VERSION = 1
+#: the schema's ``$id``: a name, not an address. A URN because nothing serves the schema on the
+#: web, and a validator or editor given an ``https`` ``$id`` may try to fetch it; editors load the
+#: file the modeline names (``odespec schema --path`` prints where the installed one is)
+SCHEMA_ID = f"urn:odespec:spec-schema:{FORMAT_VERSION}"
 
 # Marker keywords (ignored by validators) that tell the error formatter what a list of names is,
 # so that an unknown one gets a did-you-mean for the right kind of thing.
@@ -45,33 +58,134 @@ EXPORT_DEFAULTS = {f.name: f.default for f in fields(OnnxExportSpec)}
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
 MAX_CALIBRATION_STEPS = 4096
+ODE_BLOCK_DESCRIPTION = "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically."
 
 
 def _num(description: str, default: Any, **kw: Any) -> dict:
-    """A number property; a ``None`` default means "unset: odespec chooses" (documented)."""
+    """A number property with a default."""
     return {"type": "number", "description": description, **kw, "default": default}
 
 
-def _layer_item(names_with_values: dict[str, dict], bare: list[str], extra_names: tuple[str, ...] = ()) -> dict:
-    """A list item that is a bare layer name or a one-key mapping ``{name: options}``."""
-    all_names = sorted(names_with_values) + list(extra_names)
+def branch(alternative: dict[str, Any], json_type: str) -> dict[str, Any]:
+    """The branch of an :func:`~odespec.components.alternatives` schema that takes ``json_type``."""
+    return next(b for b in alternative["oneOf"] if json_type in branch_types(b))
+
+
+def _layer_item(values: dict[str, dict[str, Any]], bare: dict[str, str]) -> dict[str, Any]:
+    """A list item that is a layer: a one-key mapping ``{name: value}`` (``values``: each name's
+    value schema, described) or, for the names in ``bare`` (name -> description), the name alone.
+
+    The mapping is closed by ``additionalProperties: false`` alone (no ``propertyNames``), so an
+    unknown name is one error, not two on the same key. For editors: a name that cannot stand
+    alone is offered as a snippet ``name: `` (valid in block and flow lists alike) instead of as a
+    key, which a flow list would get without its colon; and each branch carries ``allOf: [true]``,
+    which validators ignore, because yaml-language-server otherwise offers "- (array item)"
+    entries, which insert a block-list dash, inside flow lists.
+    """
+    mapping = {
+        "type": "object",
+        "description": "A one-key mapping: {layer_name: options}.",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {n: v if n in bare else {**v, "doNotSuggest": True} for n, v in values.items()},
+        "additionalProperties": False,
+        NAMES_KEY: "layer",
+        "defaultSnippets": [{"label": n, "description": values[n]["description"], "body": f"^{n}: $1"}
+                            for n in sorted(values) if n not in bare],
+        "allOf": [True],
+    }
+    names = sorted(bare)
+    name = {"enum": names, "enumDescriptions": [bare[n] for n in names], NAMES_KEY: "layer",
+            "description": "A layer without options.", "allOf": [True]}
+    return alternatives(mapping, name, description="A layer: its name, or a one-key mapping {name: options}.")
+
+
+def _layer_defs() -> dict[str, dict[str, Any]]:
+    """``$defs`` of a layer in a model list, in the dynamics (no layer whose type says it may not
+    be there: the schema refuses ``batchnorm`` in dynamics, as the validator does) and of the
+    items of a model list (layers and ODE blocks), for the registered layer types."""
+    from odespec.layers import registry
+
+    types = registry.all_types()
+    values = {t.name: t.options_schema() for t in types}
+    bare = {t.name: t.description for t in types if t.bare_allowed()}
+    inside = {t.name for t in types if not t.not_in_dynamics}
+    # a container's inner layers (residual) are dynamics layers when the container is
+    dynamics_values = {n: _retarget(v, "#/$defs/layer", "#/$defs/dynamics_layer")
+                       for n, v in values.items() if n in inside}
+    # under allOf, not beside the $ref: yaml-language-server moves a $ref's siblings (doNotSuggest)
+    # into an allOf of its own, where completion no longer sees them
+    ode = {"allOf": [{"$ref": "#/$defs/ode_block"}], "description": ODE_BLOCK_DESCRIPTION}
     return {
-        "if": {"type": "string"},
-        "then": {"enum": sorted(bare), NAMES_KEY: "layer", "description": "A layer without options."},
-        "else": {
-            "type": "object",
-            "description": "A one-key mapping: {layer_name: options}.",
-            "minProperties": 1,
-            "maxProperties": 1,
-            "propertyNames": {"enum": all_names, NAMES_KEY: "layer"},
-            "properties": names_with_values,
-            "additionalProperties": False,
-        },
+        "layer": _layer_item(values, bare),
+        "dynamics_layer": _layer_item(dynamics_values, {n: d for n, d in bare.items() if n in inside}),
+        "model_item": _layer_item({**values, "ode": ode}, bare),
     }
 
 
+#: what an editor (yaml-language-server) inserts for a number that has no default, enum, const
+#: or example
+EDITOR_NUMBER = 0
+# the values tried, in order, as the placeholder of a number that does not take 0: round values
+# a user reads as placeholders
+_PLACEHOLDERS = {"integer": (1, 2, 10), "number": (0.1, 0.001, 1, 10)}
+_GIVEN = {"default", "enum", "const", "examples"}
+
+
+def _within(prop: dict[str, Any], value: float) -> bool:
+    """Whether ``value`` is within the bounds of a number property."""
+    return (value >= prop.get("minimum", value) and value <= prop.get("maximum", value)
+            and ("exclusiveMinimum" not in prop or value > prop["exclusiveMinimum"])
+            and ("exclusiveMaximum" not in prop or value < prop["exclusiveMaximum"]))
+
+
+def _placeholder(prop: dict[str, Any]) -> Any:
+    """A valid value for an editor to insert where it would insert an invalid one, or None where
+    what it inserts is valid: a number that does not take 0; for alternatives without a default
+    (which it would insert as a bare key, without the colon), a value of their first scalar form."""
+    if prop.get("type") in _PLACEHOLDERS:
+        return None if _within(prop, EDITOR_NUMBER) else next(v for v in _PLACEHOLDERS[prop["type"]] if _within(prop, v))
+    for form in prop.get("oneOf", ()):
+        if "enum" in form or "const" in form:
+            return form["enum"][0] if "enum" in form else form["const"]
+        if form.get("type") in _PLACEHOLDERS:
+            number = _placeholder(form)
+            return EDITOR_NUMBER if number is None else number
+    return None
+
+
+def with_editor_examples(node: Any) -> Any:
+    """A copy of ``node`` with what an editor needs to insert valid text where it otherwise
+    would not: ``examples: [v]`` on a property without a default that it would complete as
+    ``steps: 0`` or as a bare ``loss``, and a ``default`` on the number items of a list that it
+    would start as ``- 0`` (there it reads only ``default``). The properties of a
+    ``{name: options}`` mapping are left alone: a name's completion is a snippet or the bare name."""
+    if isinstance(node, list):
+        return [with_editor_examples(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: with_editor_examples(v) for k, v in node.items()}
+    for prop in () if NAMES_KEY in out else out.get("properties", {}).values():
+        if not _GIVEN & prop.keys() and (example := _placeholder(prop)) is not None:
+            prop["examples"] = [example]
+    items = out.get("items")
+    if isinstance(items, dict) and not _GIVEN & items.keys() and (example := _placeholder(items)) is not None:
+        items["default"] = example
+    return out
+
+
+def _retarget(node: Any, old: str, new: str) -> Any:
+    """A copy of ``node`` with every ``$ref`` to ``old`` pointing at ``new``."""
+    if isinstance(node, dict):
+        return {k: new if k == "$ref" and v == old else _retarget(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_retarget(v, old, new) for v in node]
+    return node
+
+
 def method_fragment() -> dict[str, Any]:
-    """A solver method name: every registered method, marked for did-you-mean messages."""
+    """A solver method name: every registered method, each described, marked for did-you-mean
+    messages."""
     return {**SolverConfig.method_schema(), NAMES_KEY: "solver method"}
 
 
@@ -88,29 +202,28 @@ def solve_properties() -> dict[str, Any]:
     solver_object = SolverConfig.schema()
     solver_object["properties"]["method"][NAMES_KEY] = "solver method"
     gradient_object = gradient_fragment()
+    gradient_name = {k: v for k, v in gradient_object["properties"]["method"].items() if k != "default"}
     return {
-        "solver": {
-            "description": "The solver: a method name, or an object with options.",
-            "default": {"method": DEFAULT_METHOD},
-            "if": {"type": "string"},
-            "then": method_fragment(),
-            "else": solver_object,
-        },
-        "gradient": {
-            "description": "Gradient method: a name, or an object with options.",
-            "default": DEFAULT_GRADIENT,
-            "if": {"type": "string"},
-            "then": gradient_object["properties"]["method"],
-            "else": gradient_object,
-        },
+        "solver": alternatives(solver_object, method_fragment(), default=DEFAULT_METHOD,
+                               description="The solver: a method name, or an object with options."),
+        "gradient": alternatives(gradient_object, gradient_name, default=DEFAULT_GRADIENT,
+                                 description="Gradient method: a name, or an object with options."),
     }
 
 
+#: the names of ``export.onnx.method``: registered methods that are fixed-step (an adaptive one is
+#: refused with its own message, :mod:`odespec.spec.messages`)
+FIXED_STEP_NAMES = "fixed-step method"
+
+
 def export_method_property() -> dict[str, Any]:
-    """``export.onnx.method``: a registered method (the validator refuses adaptive ones)."""
-    method = method_fragment()
-    del method["description"]
-    return {**method, "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
+    """``export.onnx.method``: a registered fixed-step method (an exported graph takes a fixed
+    number of steps), each described."""
+    every = SolverConfig.method_schema()
+    words = dict(zip(every["enum"], every["enumDescriptions"], strict=True))
+    fixed = [m for m in every["enum"] if not tableaus.is_adaptive(m)]
+    return {"enum": fixed, "enumDescriptions": [words[m] for m in fixed], NAMES_KEY: FIXED_STEP_NAMES,
+            "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
 
 
 def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -124,9 +237,10 @@ def _with_solve_vocabulary(schema: dict[str, Any]) -> dict[str, Any]:
     registered now (the shipped file has the built-in ones)."""
     methods, gradients = registry_key()
     ode = schema["$defs"]["ode_block"]["properties"]
-    if ode["solver"]["then"]["enum"] == list(methods) and ode["gradient"]["then"]["enum"] == list(gradients):
+    if (branch(ode["solver"], "string")["enum"] == list(methods)
+            and branch(ode["gradient"], "string")["enum"] == list(gradients)):
         return schema
-    schema["$defs"]["ode_block"]["properties"].update(solve_properties())
+    schema["$defs"]["ode_block"]["properties"].update(with_editor_examples(solve_properties()))
     schema["$defs"]["onnx_export"]["properties"]["method"] = export_method_property()
     return schema
 
@@ -148,7 +262,7 @@ def _dynamics() -> dict[str, Any]:
                 "minItems": 1,
                 "maxItems": 256,
                 "description": "The layers of f, applied in order.",
-                "items": {"$ref": "#/$defs/layer"},
+                "items": {"$ref": "#/$defs/dynamics_layer"},
             },
         },
         "required": ["layers"],
@@ -160,17 +274,14 @@ def _ode_block() -> dict[str, Any]:
     """The ``ode`` block object: times, family, output, dynamics, solver and gradient."""
     return {
         "type": "object",
-        "description": "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically.",
+        "description": ODE_BLOCK_DESCRIPTION,
         "properties": {
-            "t": {
-                "description": "Integration times: [t0, t1], more output times (strictly monotonic), or "
-                "{start, stop, num} for num evenly spaced times.",
-                "default": [0, 1],
-                "if": {"type": "array"},
-                "then": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 10_000,
-                         "description": "[t0, t1], or more output times (strictly monotonic)."},
-                "else": {
+            "t": alternatives(
+                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 10_000,
+                 "description": "[t0, t1], or more output times (strictly monotonic)."},
+                {
                     "type": "object",
+                    "description": "num evenly spaced times from start to stop.",
                     "properties": {
                         "start": {"type": "number", "description": "First time.", "default": 0},
                         "stop": {"type": "number", "description": "Last time."},
@@ -180,7 +291,10 @@ def _ode_block() -> dict[str, Any]:
                     "required": ["stop", "num"],
                     "additionalProperties": False,
                 },
-            },
+                description="Integration times: [t0, t1], more output times (strictly monotonic), or "
+                            "{start, stop, num} for num evenly spaced times.",
+                default=[0, 1],
+            ),
             "family": {
                 "enum": ["ode", "rknet", "resnet"],
                 "default": "ode",
@@ -211,21 +325,18 @@ def _onnx_export() -> dict[str, Any]:
         "type": "object",
         "description": "ONNX export: the ODE blocks are unrolled into a fixed-step graph.",
         "properties": {
-            "file": {"type": "string", "pattern": r"^[^/\\\x00]+\.onnx$", "default": None,
+            "file": {"type": "string", "pattern": r"^[^/\\\x00]+\.onnx$",
                      "description": "Output file name (default: NAME.onnx), written in the output directory."},
             "method": export_method_property(),
-            "steps": {
-                "description": "Steps per output interval of each ODE block, or auto: calibrate, choosing the "
-                               "cheapest fixed-step method and step count whose output stays within match_tol "
-                               "of the model solved with its training solver.",
-                "default": EXPORT_DEFAULTS["steps"],
-                # a word takes the `auto` branch; a number-like string ('1_000', '8') the integer
-                # branch, so that it keeps the integer's messages (underscores, quoting)
-                "if": {"type": "string", "pattern": "^[A-Za-z]"},
-                "then": {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
-                "else": {**{k: v for k, v in option_spec("steps").json_schema().items() if k != "default"},
-                         "description": "Steps per output interval of each ODE block."},
-            },
+            "steps": alternatives(
+                {**option_spec("steps").json_schema(), "description": "Steps per output interval of each ODE block."},
+                # no `type: string` beside the const: yaml-language-server would report both
+                {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
+                description="Steps per output interval of each ODE block, or auto: calibrate, choosing the "
+                            "cheapest fixed-step method and step count whose output stays within match_tol "
+                            "of the model solved with its training solver.",
+                default=EXPORT_DEFAULTS["steps"],
+            ),
             "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
                               "the calibration inputs.", EXPORT_DEFAULTS["match_tol"], exclusiveMinimum=0, maximum=1),
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": EXPORT_DEFAULTS["opset"],
@@ -244,10 +355,6 @@ def _onnx_export() -> dict[str, Any]:
 
 def build_schema() -> dict[str, Any]:
     """The whole schema for the currently registered layers and solver methods."""
-    from odespec.layers import registry
-
-    layer_values = {t.name: t.options_schema() for t in registry.all_types()}
-    bare = [t.name for t in registry.all_types() if t.bare_allowed()]
     # top-level sections owned by other packages (train:), as their owners generate them
     from odespec.spec import sections
 
@@ -261,8 +368,7 @@ def build_schema() -> dict[str, Any]:
         "properties": {
             "odespec": {"const": FORMAT_VERSION, "description": "Spec format version.", "default": FORMAT_VERSION},
             "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                     "description": "Model name (letters, digits, '_', '.', '-'); names output files.",
-                     "default": None},
+                     "description": "Model name (letters, digits, '_', '.', '-'); names output files."},
             "description": {"type": "string", "maxLength": 10_000, "description": "Free text.", "default": ""},
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 0,
                      "description": "Seed for parameter initialisation and random test inputs."},
@@ -303,15 +409,14 @@ def build_schema() -> dict[str, Any]:
         "required": ["odespec", "name", "input", "model"],
         "additionalProperties": False,
         "$defs": {
-            "layer": _layer_item(layer_values, bare),
-            "model_item": _layer_item({**layer_values, "ode": {"$ref": "#/$defs/ode_block"}}, bare),
+            **_layer_defs(),
             "ode_block": _ode_block(),
             "dynamics": _dynamics(),
             "onnx_export": _onnx_export(),
             **{s.name: s.schema() for s in sections.all_types()},
         },
     }
-    return schema
+    return with_editor_examples(schema)
 
 
 def schema_text(schema: dict[str, Any]) -> str:
@@ -350,15 +455,8 @@ def _active_schema(key: tuple[tuple[str, ...], tuple[str, ...]],
 
     # parsed anew on each call, so the extensions below change no one else's copy
     schema = json.loads(shipped_schema_path().read_text(encoding="utf-8"))
-    extra = registry.plugin_names()
-    for key in ("layer", "model_item") if extra else ():
-        item = schema["$defs"][key]
-        for name in extra:
-            t = registry.get(name)
-            item["else"]["properties"][name] = t.options_schema()
-            item["else"]["propertyNames"]["enum"].append(name)
-            if t.bare_allowed():
-                item["then"]["enum"].append(name)
+    if registry.plugin_names():
+        schema["$defs"].update(with_editor_examples(_layer_defs()))
     for section in registered.all_types():
         if (sections is None or section.name in sections) and section.name in schema["$defs"]:
             schema["$defs"][section.name] = section.extend_schema(schema["$defs"][section.name])

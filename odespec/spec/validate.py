@@ -139,9 +139,6 @@ class _Checker:
     def layer(self, kind: str, value: Any, path: Path, shape: Optional[Shape], ctx: LayerContext) -> Optional[LayerSpec]:
         ltype = registry.get(kind)
         where = path if value is None and not isinstance(self._at(path), dict) else path + (kind,)
-        if ctx.in_dynamics and ltype.not_in_dynamics:
-            self.error(where, f"layer {kind!r} is not allowed inside an ODE block's dynamics", ltype.not_in_dynamics)
-            return None
         options = ltype.normalize(value)
         layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time)
         if ltype.children_key:
@@ -299,15 +296,10 @@ class _Checker:
 
     # -- export -------------------------------------------------------------------------------
     def export(self, data: dict) -> OnnxExportSpec:
-        from odespec.solvers import tableaus
-
+        # the method is fixed-step: the schema takes no other (an adaptive one has its message there)
         raw = dict(data.get("export", {}).get("onnx", {}))
         path: Path = ("export", "onnx")
         method = raw.get("method", EXPORT_DEFAULTS["method"])
-        if tableaus.is_adaptive(method):
-            fixed = [m for m in tableaus.method_names() if not tableaus.is_adaptive(m)]
-            self.error(path + ("method",), f"{method!r} is adaptive; an exported graph is fixed-step",
-                       f"use one of: {', '.join(fixed)}")
         steps = raw.get("steps", EXPORT_DEFAULTS["steps"])
         if steps == "auto":
             # calibration searches the written method alone, else every built-in fixed-step one

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from odespec.components import alternatives
 from odespec.layers.base import fmt_shape
 from odespec.train.augment import RandomCrop
 from odespec.train.data import DataShapes, DataSource, LoadedData, Need, register, resolve_path
@@ -32,11 +33,10 @@ MAX_CROP_PADDING = 27
 _PATH_HINT = "relative paths in train.data are relative to the spec file's directory"
 
 
-def _path(description: str, *, required: bool) -> dict:
-    s: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 4096, "description": description}
-    if not required:
-        s["default"] = None
-    return s
+def _path(description: str) -> dict:
+    """A file or directory name; an optional one has no default (its description says what
+    happens without it)."""
+    return {"type": "string", "minLength": 1, "maxLength": 4096, "description": description}
 
 
 def _existing(base_dir: Path, value: str, what: str) -> Path:
@@ -102,8 +102,8 @@ class Npz(DataSource):
     shorthand = "path"
     required = ("path",)
     properties = {
-        "path": _path("The .npz file (relative to the spec's directory).", required=True),
-        "eval_path": _path("A .npz file of evaluation data (default: evaluate on the training data).", required=False),
+        "path": _path("The .npz file (relative to the spec's directory)."),
+        "eval_path": _path("A .npz file of evaluation data (default: evaluate on the training data)."),
     }
 
     def _read(self, base_dir: Path, value: str, need: Need) -> tuple["np.ndarray", "np.ndarray"]:
@@ -133,10 +133,10 @@ class Npy(DataSource):
     description = "A pair of .npy files: x (inputs, one row per sample) and y (targets)."
     required = ("x", "y")
     properties = {
-        "x": _path("The inputs' .npy file.", required=True),
-        "y": _path("The targets' .npy file.", required=True),
-        "eval_x": _path("Evaluation inputs (.npy); with eval_y (default: evaluate on the training data).", required=False),
-        "eval_y": _path("Evaluation targets (.npy); with eval_x.", required=False),
+        "x": _path("The inputs' .npy file."),
+        "y": _path("The targets' .npy file."),
+        "eval_x": _path("Evaluation inputs (.npy); with eval_y (default: evaluate on the training data)."),
+        "eval_y": _path("Evaluation targets (.npy); with eval_x (default: evaluate on the training data)."),
     }
 
     def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
@@ -195,15 +195,13 @@ class Csv(DataSource):
     shorthand = "path"
     required = ("path",)
     properties = {
-        "path": _path("The CSV file (relative to the spec's directory).", required=True),
-        "target": {
-            "description": "The target column: its header name, or its index (negative counts from the end).",
-            "default": -1,
-            "if": {"type": "string"},
-            "then": {"type": "string", "minLength": 1, "description": "The target column's header name."},
-            "else": {"type": "integer", "minimum": -100_000, "maximum": 100_000, "description": "The target column's index."},
-        },
-        "eval_path": _path("A CSV file of evaluation data, same columns (default: evaluate on the training data).", required=False),
+        "path": _path("The CSV file (relative to the spec's directory)."),
+        "target": alternatives(
+            {"type": "integer", "minimum": -100_000, "maximum": 100_000, "description": "The target column's index."},
+            {"type": "string", "minLength": 1, "description": "The target column's header name."},
+            description="The target column: its header name, or its index (negative counts from the end).",
+            default=-1),
+        "eval_path": _path("A CSV file of evaluation data, same columns (default: evaluate on the training data)."),
     }
 
     def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
@@ -246,12 +244,11 @@ class Mnist(DataSource):
     shorthand = "dir"
     required = ("dir",)
     properties = {
-        "dir": _path("Directory holding the IDX files (relative to the spec's directory).", required=True),
+        "dir": _path("Directory holding the IDX files (relative to the spec's directory)."),
         "eval": {"type": "boolean", "default": True,
                  "description": "Evaluate on the test files (false: on the training images)."},
         "random_crop": {
             "type": "object",
-            "default": None,
             "description": "Random-crop augmentation of the training images, as torchdiffeq's odenet_mnist.py "
                            "(torchvision's RandomCrop(28, padding=4)): each image of a training batch is padded "
                            "with `padding` zero pixels on every side and a 28x28 window is cut out at a random "

@@ -1,8 +1,9 @@
 """The JSON Schema of the spec's ``train`` section, generated from the data-source registry
 (the section, :mod:`odespec.train.section`, hands it to :mod:`odespec.spec.schema`).
 
-Same house rules as :mod:`odespec.spec.schema`: closed objects, a description and a default on
-every property, alternatives as ``if/then/else`` on the JSON type. Rules a schema cannot say
+Same house rules as :mod:`odespec.spec.schema`: closed objects, a description on every property
+and a default unless "unset" means odespec chooses (never a null default), alternatives as
+:func:`~odespec.components.alternatives` (branches of different JSON types). Rules a schema cannot say
 (which options go with which optimizer, the data against the model) are in
 :mod:`odespec.train.check`.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from odespec.spec.schema import NAMES_KEY
+from odespec.components import alternatives
+from odespec.spec.schema import NAMES_KEY, branch, with_editor_examples
 from odespec.train import data as sources
 from odespec.train.check import LOSS_OPTIONS, OPTIMIZER_OPTIONS, SCHEDULE_OPTIONS
 
@@ -21,47 +23,45 @@ MAX_ITERATIONS = 100_000_000
 MAX_MILESTONES = 1000
 
 
+def _default(default: Any) -> dict:
+    """``default`` as a schema keyword; None (unset: odespec chooses, as the description says) is
+    left out, because editors insert a default when they complete the key."""
+    return {} if default is None else {"default": default}
+
+
 def _int(description: str, default: Any, minimum: int = 1, maximum: int = MAX_ITERATIONS) -> dict:
-    return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description, "default": default}
+    return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description, **_default(default)}
 
 
 def _num(description: str, default: Any, **bounds: Any) -> dict:
-    return {"type": "number", "description": description, **bounds, "default": default}
+    return {"type": "number", "description": description, **bounds, **_default(default)}
 
 
 def _named(key: str, names: list[str], kind: str, description: str, default: Any, properties: dict) -> dict:
     """A name, or an object ``{key: name, ...options}`` (like ``solver`` and ``gradient``)."""
     name = {"enum": names, NAMES_KEY: kind, "description": description}
-    return {
-        "description": description + " A name, or an object with options.",
-        "default": default,
-        "if": {"type": "string"},
-        "then": name,
-        "else": {
-            "type": "object",
-            "description": description,
-            "properties": {key: {**name, "default": default}, **properties},
-            "required": [key],
-            "additionalProperties": False,
-        },
+    options = {
+        "type": "object",
+        "description": description,
+        "properties": {key: {**name, **_default(default)}, **properties},
+        "required": [key],
+        "additionalProperties": False,
     }
+    return alternatives(options, name, description=description + " A name, or an object with options.",
+                        **_default(default))
 
 
 def train_schema() -> dict[str, Any]:
     """The ``train`` object for the currently registered data sources."""
     names = sources.names()
-    data = {
-        "description": "Training data: a source name, or a one-key mapping {source: options}.",
-        "if": {"type": "string"},
-        "then": {"enum": names, NAMES_KEY: "data source", "description": "A data source with its default options."},
-        "else": {
-            "type": "object",
-            "description": "A one-key mapping: {source: options}.",
-            "propertyNames": {"enum": names, NAMES_KEY: "data source"},
-            "properties": {s.name: s.options_schema() for s in sources.all_sources()},
-            "additionalProperties": False,
-        },
-    }
+    data = alternatives(
+        # closed by additionalProperties alone: an unknown source is one error (see the layers')
+        {"type": "object", "description": "A one-key mapping: {source: options}.",
+         "properties": {s.name: s.options_schema() for s in sources.all_sources()},
+         "additionalProperties": False, NAMES_KEY: "data source"},
+        {"enum": names, "enumDescriptions": [s.description for s in sources.all_sources()],
+         NAMES_KEY: "data source", "description": "A data source with its default options."},
+        description="Training data: a source name, or a one-key mapping {source: options}.")
     loss = _named("kind", list(LOSS_OPTIONS), "loss",
                   "The loss: mse, l1 (mean absolute error), cross_entropy (class labels; accuracy is reported too) "
                   "or elbo (latent ODE: Gaussian log-likelihood plus the KL of the gaussian layer's q(z0) from "
@@ -86,15 +86,17 @@ def train_schema() -> dict[str, Any]:
                       "(times gamma at each of the milestones, as torch's MultiStepLR); cosine (from lr down to "
                       "min_lr at the last iteration). The units of every and milestones are iterations, or "
                       "epochs when the run's length is given as epochs.", "constant", {
-                          "every": _int("step: iterations (epochs in a run given in epochs) between rate drops.",
+                          "every": _int("step: iterations (epochs in a run given in epochs) between rate drops (no default: "
+                                        "a step schedule needs it).",
                                         None),
                           "milestones": {
-                              "type": "array", "minItems": 1, "maxItems": MAX_MILESTONES, "default": None,
+                              "type": "array", "minItems": 1, "maxItems": MAX_MILESTONES,
                               "items": {"type": "integer", "minimum": 1, "maximum": MAX_ITERATIONS,
                                         "description": "A milestone: the rate is multiplied by gamma from this "
                                                        "iteration (epoch) on."},
                               "description": "multistep: strictly increasing iterations (epochs in a run given in "
-                                             "epochs) at which the rate is multiplied by gamma, e.g. [60, 100, 140].",
+                                             "epochs) at which the rate is multiplied by gamma, e.g. [60, 100, 140] "
+                                             "(no default: a multistep schedule needs them).",
                           },
                           "gamma": _num("step, multistep: factor applied at each drop.", 0.1, exclusiveMinimum=0,
                                         maximum=1),
@@ -118,8 +120,8 @@ def train_schema() -> dict[str, Any]:
                        "adaptive solvers need fewer steps: per sample, the integrals over each ODE block's time "
                        "span of the kinetic energy |f|^2 and of the squared Frobenius norm of df/dy (a Hutchinson "
                        "estimate), averaged over the batch, times their weights, are added to the loss. They are "
-                       "integrated as extra state channels, by the block's own solver and gradient method.",
-        "default": None,
+                       "integrated as extra state channels, by the block's own solver and gradient method. "
+                       "Default: none.",
         "properties": {
             "kinetic": _num("Weight of the kinetic energy, the integral of |f(t, y)|^2 dt.", 0.0, minimum=0,
                             maximum=1e6),
@@ -131,7 +133,7 @@ def train_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    return {
+    return with_editor_examples({
         "type": "object",
         "description": "Training settings, used by `odespec train`.",
         "properties": {
@@ -140,8 +142,9 @@ def train_schema() -> dict[str, Any]:
             "optimizer": optimizer,
             "lr": _num("Learning rate (the schedule's starting rate).", 1e-3, exclusiveMinimum=0, maximum=10),
             "schedule": schedule,
-            "iterations": _int("Optimizer steps (give this or epochs; neither: 1000).", None),
-            "epochs": _int("Passes over the training data, instead of iterations.", None, maximum=1_000_000),
+            "iterations": _int("Optimizer steps (give this or epochs; default: 1000 iterations).", None),
+            "epochs": _int("Passes over the training data, instead of iterations (default: the run is given in "
+                           "iterations).", None, maximum=1_000_000),
             "batch_size": _int("Samples per step.", 32, maximum=1_000_000),
             "eval_every": _int("Evaluate every N iterations (0: only after the last).", 0, minimum=0),
             "checkpoint_every": _int("Write a checkpoint every N iterations (0: only at the end and on Ctrl-C).",
@@ -150,8 +153,7 @@ def train_schema() -> dict[str, Any]:
                               "(default: about 50 lines per run).", None),
             "seed": _int("Seeds the data, the batch order and sampling during training (the initial weights "
                          "come from the top-level seed).", 0, minimum=0, maximum=2**32 - 1),
-            "device": {"enum": ["cpu", "cuda"], "default": None,
-                       "description": "Where to train (default: the top-level device)."},
+            "device": {"enum": ["cpu", "cuda"], "description": "Where to train (default: the top-level device)."},
             "init": init,
             "regularise": regularise,
             "max_nfe": _int("NFE budget: function evaluations allowed per training forward pass, all ODE blocks "
@@ -161,17 +163,18 @@ def train_schema() -> dict[str, Any]:
         },
         "required": ["data"],
         "additionalProperties": False,
-    }
+    })
 
 
 def add_plugin_sources(shipped: dict[str, Any]) -> dict[str, Any]:
     """The shipped ``train`` fragment (changed in place) with the data sources registered
     through the ``odespec.data`` entry points added, for validation."""
     data = shipped["properties"]["data"]
-    for name in sources.plugin_names():
+    name, options = branch(data, "string"), branch(data, "object")
+    for source in map(sources.get, sources.plugin_names()):
         # every source name may be written bare: one that needs options gets a located message
         # from the train checks rather than a schema error
-        data["then"]["enum"].append(name)
-        data["else"]["propertyNames"]["enum"].append(name)
-        data["else"]["properties"][name] = sources.get(name).options_schema()
+        name["enum"].append(source.name)
+        name["enumDescriptions"].append(source.description)
+        options["properties"][source.name] = with_editor_examples(source.options_schema())
     return shipped

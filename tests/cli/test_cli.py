@@ -49,6 +49,15 @@ def test_schema_prints_the_shipped_schema():
     assert r.stdout == (ROOT / "schemas" / "odespec.schema.json").read_text()
 
 
+def test_schema_path_names_the_installed_schema_file(tmp_path: Path):
+    r = run("schema", "--path")
+    assert r.exit_code == 0, r.output
+    path = Path(r.stdout.strip())
+    assert path.is_absolute() and path.read_text() == (ROOT / "schemas" / "odespec.schema.json").read_text()
+    assert run("schema", "--path", "-o", str(tmp_path / "s.json")).exit_code == 2
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_usage_errors_exit_2():
     assert run("validate").exit_code == 2
     assert run("frobnicate").exit_code == 2
