@@ -45,11 +45,15 @@ class Criterion:
         """The evaluation as a tuple where smaller is better; None if a deciding value is missing
         or not finite."""
         names = [self.metric] + ([self.tie_break] if self.tie_break else [])
-        values = [evaluation.get(n) for n in names]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            return None
-        first = -float(values[0]) if self.higher_is_better else float(values[0])
-        return (first, *(float(v) for v in values[1:]))
+        values: list[float] = []
+        for name in names:
+            v = evaluation.get(name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+            values.append(float(v))
+        if self.higher_is_better:
+            values[0] = -values[0]
+        return tuple(values)
 
 
 def criterion_for(loss_kind: str) -> Criterion:

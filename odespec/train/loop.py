@@ -340,6 +340,7 @@ class _Trainer:
 
     def _budget_exceeded(self, lr: float, nfe: int) -> NfeBudgetExceeded:
         """Record the iteration that broke the NFE budget; the error that stops training."""
+        assert self.max_nfe is not None  # only a budget can be exceeded
         it = self.done + 1
         self.metrics.append({"iteration": it, "loss": None, "lr": lr, "nfe_forward": nfe, "nfe_backward": None,
                              "nfe_budget_exceeded": True, "max_nfe": self.max_nfe})
@@ -519,7 +520,7 @@ class _Trainer:
         (the last iterate goes beside it, in ``model.last.safetensors``), else the last iterate.
         Records the choice in :attr:`kept` for run.json."""
         meta = {"odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256}
-        last = {"iteration": self.done, "evaluation": dict(self.last_eval)}
+        last: dict[str, Any] = {"iteration": self.done, "evaluation": dict(self.last_eval)}
         if self.best is None:
             self.kept = {"choice": "last", "file": WEIGHTS_FILE, **last}
             return save_weights(self.run_dir / WEIGHTS_FILE, self.model, {**meta, "iterations": str(self.done)})

@@ -140,6 +140,31 @@ def test_an_interrupted_run_keeps_the_same_best(stop: int, tmp_path: Path, monke
     assert strip[0] == strip[1]
 
 
+def test_the_last_evaluation_cut_short_is_redone_and_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C during the evaluation after the last iteration: the resumed run makes it, logs it
+    and lets it compete, as the uninterrupted run did."""
+    from odespec.train.loop import _Trainer
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train(write(tmp_path, SPIKY), ref, **quiet())
+    evaluate = _Trainer._evaluate
+
+    def interrupted_at_12(self: Any) -> Any:
+        if self.done == 12:
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    monkeypatch.setattr(_Trainer, "_evaluate", interrupted_at_12)
+    with pytest.raises(TrainingInterrupted):
+        train(write(tmp_path, SPIKY, "again.yaml"), run, **quiet())
+    assert "eval_loss" not in records(run)[-1] and records(run)[-1]["iteration"] == 12
+    monkeypatch.setattr(_Trainer, "_evaluate", evaluate)
+    resume(run, **quiet())
+    assert records(run)[-1]["eval_loss"] == records(ref)[-1]["eval_loss"]
+    assert info(run)["kept"] == info(ref)["kept"]
+    assert same(load_file(str(run / "model.safetensors")), load_file(str(ref / "model.safetensors")))
+
+
 def test_checkpoints_hold_the_best_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spiking_eval(monkeypatch, 12)
     run = tmp_path / "run"

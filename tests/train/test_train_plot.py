@@ -116,7 +116,8 @@ def test_a_classifier_gets_its_accuracy_curve(runs: dict[str, Path], tmp_path: P
     recs = read_metrics(runs["circles"] / "metrics.jsonl")
     assert list(got["training accuracy"].get_ydata()) == [r["accuracy"] for r in recs]
     evaluated = [(r["iteration"], r["eval_accuracy"]) for r in recs if "eval_accuracy" in r]
-    assert list(zip(got["evaluation accuracy"].get_xdata(), got["evaluation accuracy"].get_ydata())) == evaluated
+    line = got["evaluation accuracy"]
+    assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == evaluated
     kept = json.loads((runs["circles"] / "run.json").read_text())["kept"]
     star = got[f"kept: iteration {kept['iteration']}"]
     assert (star.get_xdata()[0], star.get_ydata()[0]) == (kept["iteration"], kept["value"])
