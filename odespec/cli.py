@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
@@ -361,12 +362,20 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
             return EXIT_OK  # data-parallel: rank 0 reports for the run
         if fmt == "json":
             click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2))
+        elif result.already_finished:
+            click.echo(f"{result.run_dir} is already finished ({result.iterations} iterations); nothing was "
+                       f"trained. To train longer: odespec train --resume {result.run_dir} --iterations N "
+                       f"(N above {result.iterations})")
+            click.echo(_kept_line(result.kept, result.weights) or f"its weights: {result.weights}")
         else:
             ev = "  ".join(f"{k} {v:.4g}" for k, v in result.evaluation.items())
             click.echo(f"trained {result.name}: {result.iterations} iterations in {result.seconds:.1f} s; "
                        f"last loss {result.last.get('loss', float('nan')):.4g}" + (f"; {ev}" if ev else ""))
             click.echo(f"wrote {result.weights}")
             click.echo(f"export with: odespec build {spec or result.run_dir / 'spec.yaml'} --weights {result.weights}")
+            kept = _kept_line(result.kept, result.weights)
+            if kept:
+                click.echo(kept)
         return EXIT_OK
 
     _run(body, fmt)
@@ -396,6 +405,28 @@ def plot_command(run_dir: str, out_dir: Optional[str], fmt: str) -> None:
     _run(body, fmt)
 
 
+def _kept_line(kept: dict[str, Any], weights: Path) -> Optional[str]:
+    """Which weights a run that keeps its best evaluation wrote, and the last iterate's
+    evaluation beside them; None for a run that kept its last iterate without choosing."""
+    if "last" not in kept:
+        return None
+    metric, last = kept["metric"], kept["last"]
+
+    def value(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) else "not finite"
+
+    where = weights.parent / last["file"]
+    if kept["choice"] != "best":
+        return (f"{kept['file']} holds the last iterate, iteration {last['iteration']}: no evaluation had a finite "
+                f"{metric} to choose by ({kept['rule']}); {where} is the same")
+    head = f"{kept['file']} holds the best evaluation ({kept['rule']})"
+    if kept["iteration"] == last["iteration"]:
+        return (f"{head}, the last iterate's: iteration {kept['iteration']}, {metric} {value(kept['value'])}; "
+                f"{where} is the same")
+    return (f"{head}: iteration {kept['iteration']}, {metric} {value(kept['value'])}; the last iterate, "
+            f"iteration {last['iteration']}, {metric} {value(last['value'])}, is in {where}")
+
+
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     import os
@@ -409,7 +440,6 @@ def _rank() -> int:
 def _same_spec_as_run(spec: str, run_dir: str) -> None:
     """``train SPEC --resume RUN``: SPEC must be the spec the run was trained with."""
     import hashlib
-    from pathlib import Path
 
     from odespec.train import TrainError
     from odespec.train.rundir import read_run_info

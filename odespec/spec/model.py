@@ -257,6 +257,8 @@ class TrainSpec:
     regularise: Optional[RegulariseSpec] = None
     #: f-evaluations allowed per training forward pass (all ODE blocks together); None: no budget
     max_nfe: Optional[int] = None
+    #: clip the gradients' global 2-norm to this before each optimizer step; None: no clipping
+    clip_grad_norm: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
         iterations=raw.get("iterations"), epochs=raw.get("epochs"), batch_size=raw.get("batch_size", 32),
         eval_every=raw.get("eval_every", 0), checkpoint_every=raw.get("checkpoint_every", 500),
         log_every=raw.get("log_every"), seed=raw.get("seed", 0), device=raw.get("device"), init=init,
-        regularise=regularise, max_nfe=raw.get("max_nfe"),
+        regularise=regularise, max_nfe=raw.get("max_nfe"), clip_grad_norm=raw.get("clip_grad_norm"),
     )
 
 

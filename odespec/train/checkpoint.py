@@ -2,8 +2,9 @@
 
 A checkpoint is two files in ``RUN/checkpoints/``:
 
-* ``iter-NNNNNNNN.safetensors``: the model's state dict under ``model.`` and the optimizer's
-  per-parameter tensors flattened to ``optimizer.<param index>.<name>``;
+* ``iter-NNNNNNNN.safetensors``: the model's state dict under ``model.``, the optimizer's
+  per-parameter tensors flattened to ``optimizer.<param index>.<name>``, and any further tensors
+  the loop keeps under prefixes of their own (the best weights so far under ``best.``);
 * ``iter-NNNNNNNN.json``: the iteration count, the RNG states (base64 of torch's byte tensors), the data
   cursor, the optimizer's non-tensor state, and the SHA-256 of the tensors file. It is written
   last, so a checkpoint whose JSON exists and whose hash matches is complete.
@@ -28,10 +29,12 @@ from safetensors.torch import save as st_save
 from odespec.fileio import atomic_write_bytes, atomic_write_text
 from odespec.train.errors import TrainError
 
-__all__ = ["save_weights", "save_checkpoint", "load_checkpoint",
+__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_iteration",
            "latest_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "odespec-checkpoint/1"
+#: the tensors of the model and the optimizer; ``extra`` tensors are named outside these
+_OWN_PREFIXES = ("model.", "optimizer.")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -40,9 +43,11 @@ def _cpu_tensors(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict[st
     return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
-def save_weights(path: PathLike, model: torch.nn.Module, metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write the model's state dict as a safetensors file, atomically."""
-    data = st_save(_cpu_tensors(model.state_dict()), metadata=dict(metadata or {}))
+def save_weights(path: PathLike, weights: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+                 metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a model's state dict (or a state dict itself) as a safetensors file, atomically."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    data = st_save(_cpu_tensors(state), metadata=dict(metadata or {}))
     return atomic_write_bytes(path, data)
 
 
@@ -72,10 +77,14 @@ def _stem(iteration: int) -> str:
 
 
 def save_checkpoint(directory: Path, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: Mapping[str, Any]) -> Path:
-    """Write the checkpoint after ``iteration`` iterations; ``state`` is the JSON part (RNG, cursor, ...).
-    Returns the JSON file's path."""
+                    state: Mapping[str, Any], extra: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
+    """Write the checkpoint after ``iteration`` iterations; ``state`` is the JSON part (RNG, cursor, ...),
+    ``extra`` more tensors, named outside the ``model.`` and ``optimizer.`` prefixes. Returns the
+    JSON file's path."""
     tensors = _cpu_tensors(model.state_dict(), "model.")
+    if any(k.startswith(_OWN_PREFIXES) for k in extra or {}):
+        raise ValueError("extra checkpoint tensors may not use the model. or optimizer. prefixes")
+    tensors.update(_cpu_tensors(extra or {}))
     scalars: dict[str, Any] = {}
     for index, per_param in optimizer.state_dict()["state"].items():
         for name, value in per_param.items():
@@ -112,8 +121,15 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
     return None
 
 
-def load_checkpoint(json_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load a checkpoint's weights and optimizer state; return its JSON part."""
+def checkpoint_iteration(json_path: Path) -> int:
+    """The iteration count of a complete checkpoint (as :func:`latest_checkpoint` finds them)."""
+    return int(json.loads(json_path.read_text(encoding="utf-8"))["iteration"])
+
+
+def load_checkpoint(json_path: Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load a checkpoint's weights and optimizer state; return its JSON part and the ``extra``
+    tensors it was saved with."""
     doc = _valid(json_path)
     if doc is None:
         raise TrainError(f"checkpoint {json_path} is damaged or incomplete")
@@ -125,4 +141,4 @@ def load_checkpoint(json_path: Path, model: torch.nn.Module, optimizer: torch.op
         _, index, name = key.split(".", 2)
         per_param.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
-    return doc
+    return doc, {k: v for k, v in tensors.items() if not k.startswith(_OWN_PREFIXES)}

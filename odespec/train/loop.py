@@ -15,11 +15,12 @@ training solves; under torchrun the loop trains data-parallel (:mod:`odespec.tra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TextIO, Union
 
@@ -32,8 +33,10 @@ from odespec.spec import load_spec
 from odespec.spec.model import Spec
 from odespec.train import data as sources
 from odespec.train.batches import Batches
+from odespec.train.best import BestWeights, criterion_for
 from odespec.train.checkpoint import (
     capture_rng,
+    checkpoint_iteration,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -51,6 +54,7 @@ from odespec.train.regularise import NfeBudgetExceeded, attach, regularisation_l
 from odespec.train.reinit import apply_init
 from odespec.train.rundir import (
     CHECKPOINTS,
+    LAST_WEIGHTS_FILE,
     METRICS_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
@@ -81,11 +85,17 @@ class TrainResult:
     evaluation: dict[str, Any]
     weights: Path
     seconds: float
+    #: which weights ``weights`` holds (run.json's ``kept``): ``choice`` ``best`` or ``last``, the
+    #: ``iteration`` and ``evaluation`` they were made at, and for a run that keeps its best
+    #: evaluation, the ``rule``, the deciding ``metric`` and its ``value``, and the ``last`` iterate's
+    kept: dict[str, Any] = field(default_factory=dict)
+    #: True when :func:`resume` found the run already finished and trained nothing
+    already_finished: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "name": self.name, "iterations": self.iterations,
                 "last": self.last, "evaluation": self.evaluation, "weights": str(self.weights),
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "kept": self.kept, "already_finished": self.already_finished}
 
 
 def train(spec: Union[Spec, PathLike], run_dir: Optional[PathLike] = None, *, iterations: Optional[int] = None,
@@ -133,17 +143,28 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
            stream: Optional[TextIO] = None) -> TrainResult:
     """Continue a run from its latest checkpoint, exactly as if it had not stopped.
     ``iterations`` changes the total (a longer run; a cosine schedule then stretches too);
-    ``max_nfe`` the NFE budget (after a run stopped for exceeding it)."""
+    ``max_nfe`` the NFE budget (after a run stopped for exceeding it). A finished run that
+    ``iterations`` does not extend is left as it is: the result describes it, with
+    ``already_finished`` set."""
     run = Path(run_dir)
     info = read_run_info(run)
     spec = load_spec(run / SPEC_FILE)
     if spec.source_sha256 != info.get("spec_sha256"):
         raise TrainError(f"{run / SPEC_FILE} is not the spec this run was trained with (its hash changed)",
                          "start a new run with the edited spec: odespec train SPEC -o NEW_DIR")
+    if info.get("status") == "finished" and (iterations is None or iterations <= info.get("completed", 0)):
+        return _already_finished(run, info, iterations)
     ckpt = latest_checkpoint(run / CHECKPOINTS)
     if ckpt is None:
+        source = info.get("spec_source")
+        again = f"odespec train {source} -o NEW_DIR" if source and Path(source).is_file() else \
+            f"odespec train SPEC -o NEW_DIR, with the spec this run was made from (copied to {run / SPEC_FILE})"
         raise TrainError(f"{run / CHECKPOINTS} holds no complete checkpoint to resume from",
-                         f"start the run again: odespec train {info.get('spec_source', 'SPEC')} -o NEW_DIR")
+                         f"start the run again: {again}")
+    done = checkpoint_iteration(ckpt)
+    if iterations is not None and iterations < done:
+        raise TrainError(f"--iterations {iterations} would end the run before its latest checkpoint, of iteration "
+                         f"{done} ({ckpt})", f"give --iterations {done} or more")
     dev = device or info["device"]
     ctx = setup(dev)
     try:
@@ -157,6 +178,25 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
         return trainer.run()
     finally:
         teardown(ctx)
+
+
+def _already_finished(run: Path, info: dict[str, Any], iterations: Optional[int]) -> TrainResult:
+    """``resume`` of a finished run that ``iterations`` does not extend: nothing to train."""
+    completed = int(info.get("completed", 0))
+    if iterations is not None and iterations < completed:
+        raise TrainError(f"{run} finished after {completed} iterations; --iterations {iterations} cannot shorten it",
+                         f"to train longer, give more than {completed}; for a shorter run start a new one with "
+                         "-o NEW_DIR")
+    weights = run / WEIGHTS_FILE
+    if not weights.is_file():
+        raise TrainError(f"{run} finished after {completed} iterations, but its {WEIGHTS_FILE} is missing",
+                         f"to train longer: odespec train --resume {run} --iterations N (N above {completed}); "
+                         "otherwise start a new run with -o NEW_DIR")
+    last = info.get("last") or {}
+    return TrainResult(run_dir=run, name=str(info.get("name", run.name)), iterations=completed, last=last,
+                       evaluation=dict(info.get("evaluation") or {}), weights=weights,
+                       seconds=float(last.get("seconds", 0.0)), kept=dict(info.get("kept") or {}),
+                       already_finished=True)
 
 
 class _WithPosterior(torch.nn.Module):
@@ -206,6 +246,12 @@ class _Trainer:
         self.eval_done_at = -1
         self.last_eval: dict[str, Any] = {}
         self.rng: Optional[dict[str, Any]] = None  # restored from the checkpoint when resuming
+        # a run that evaluates along the way keeps its best weights; one evaluated only at the
+        # end has nothing to choose from
+        self.best = BestWeights(criterion_for(self.ts.loss.kind)) if self.ts.eval_every > 0 else None
+        self._guard: Optional[InterruptGuard] = None
+        #: which weights model.safetensors holds (set when the run finishes)
+        self.kept: Optional[dict[str, Any]] = None
         self.checkpoint = checkpoint
         self.metrics = MetricsLog(run_dir / METRICS_FILE, write=self.dist.main)
         self.progress = Progress(self.total, every=self.ts.log_every or max(1, self.total // 50), stream=stream,
@@ -225,11 +271,24 @@ class _Trainer:
                 "data_base_dir": str(self.base_dir), "iterations": self.total, "device": self.device_name,
                 "created": self.created, "status": status, "completed": self.done,
                 "max_nfe": self.max_nfe, "processes": self.dist.world,
+                # what turns iterations into epochs (for plots of a run given in epochs)
+                "length_unit": "epochs" if self.ts.epochs else "iterations", "batch_size": self.ts.batch_size,
+                "samples_per_epoch": self.batches.n,
                 **({"failure": self.failure} if self.failure and status == "failed" else {}),
-                "last": self.metrics.last, "evaluation": self.last_eval}
+                "last": self.metrics.last, "evaluation": self.last_eval,
+                **({"best": self._best_so_far()} if self.best is not None else {}),
+                **({"kept": self.kept} if self.kept is not None and status == "finished" else {})}
+
+    def _best_so_far(self) -> Optional[dict[str, Any]]:
+        """run.json's ``best``: the rule, and the best evaluation's iteration and metrics so far."""
+        assert self.best is not None
+        best = self.best.to_json()
+        return None if best is None else {"rule": self.best.criterion.describe(), **best}
 
     def _load(self, checkpoint: Path) -> None:
-        doc = load_checkpoint(checkpoint, self.model, self.optimizer)
+        doc, extra = load_checkpoint(checkpoint, self.model, self.optimizer)
+        if self.best is not None:
+            self.best.restore(doc.get("best"), extra)
         self.done = doc["iteration"]
         self.elapsed = doc.get("seconds", 0.0)
         self.rng = doc["rng"]
@@ -244,7 +303,11 @@ class _Trainer:
         state = {"rng": rng, "data_cursor": self.batches.cursor(self.done), "seconds": round(self._seconds(), 4),
                  "eval_done": self.eval_done_at == self.done, "evaluation": self.last_eval,
                  "total_iterations": self.total, "spec_sha256": self.spec.source_sha256}
-        path = save_checkpoint(self.run_dir / CHECKPOINTS, self.done, self.model, self.optimizer, state)
+        extra = None
+        if self.best is not None:
+            state["best"] = self.best.to_json()
+            extra = self.best.tensors()
+        path = save_checkpoint(self.run_dir / CHECKPOINTS, self.done, self.model, self.optimizer, state, extra)
         self.metrics.flush()
         return path
 
@@ -277,15 +340,28 @@ class _Trainer:
 
     def _budget_exceeded(self, lr: float, nfe: int) -> NfeBudgetExceeded:
         """Record the iteration that broke the NFE budget; the error that stops training."""
+        assert self.max_nfe is not None  # only a budget can be exceeded
         it = self.done + 1
         self.metrics.append({"iteration": it, "loss": None, "lr": lr, "nfe_forward": nfe, "nfe_backward": None,
                              "nfe_budget_exceeded": True, "max_nfe": self.max_nfe})
-        resume_hint = f"odespec train --resume {self.run_dir} --max-nfe {2 * self.max_nfe}"
+        larger = f"--max-nfe {2 * self.max_nfe}"
+        if latest_checkpoint(self.run_dir / CHECKPOINTS) is not None:
+            go_on = f"continue from the last checkpoint with a larger budget: odespec train --resume {self.run_dir} {larger}"
+        else:  # nothing to resume from yet
+            go_on = f"start again with a larger budget: odespec train {self.spec.source_file} -o NEW_DIR {larger}"
         self.failure = (f"iteration {it}: the forward pass needed more than max_nfe={self.max_nfe} function "
                         f"evaluations (stopped at {nfe})")
         return NfeBudgetExceeded(self.failure, "regularise the dynamics (train.regularise: {kinetic: 0.01, "
-                                 "jacobian: 0.01}), loosen the solver's rtol/atol, or continue from the last "
-                                 f"checkpoint with a larger budget: {resume_hint}", nfe=nfe)
+                                 f"jacobian: 0.01}}), loosen the solver's rtol/atol, or {go_on}", nfe=nfe)
+
+    def _restart_hint(self) -> str:
+        """What a failed run leaves to go on from, naming only files that exist."""
+        ckpt = latest_checkpoint(self.run_dir / CHECKPOINTS)
+        if ckpt is None:
+            every = self.ts.checkpoint_every
+            due = f" (the first is due at iteration {every})" if every else ""
+            return f"no checkpoint was written yet{due}; start a new run"
+        return f"the latest checkpoint is {ckpt}"
 
     def _step(self) -> dict[str, Any]:
         """Forward and backward for iteration ``done + 1``; changes no weight."""
@@ -309,17 +385,29 @@ class _Trainer:
         value = metrics.get("objective", metrics["loss"])
         if not math.isfinite(value):
             raise TrainingFailed(f"the loss is {value} at iteration {self.done + 1}",
-                             "lower lr, or use tighter solver tolerances; the last checkpoint is in "
-                             f"{self.run_dir / CHECKPOINTS}")
+                             "lower lr, or use tighter solver tolerances; " + self._restart_hint())
         objective.backward()
         nfe_backward = self._nfe_backward()
         if nfe_backward is not None:
             nfe_backward = int(self.dist.max([nfe_backward], x)[0])
-        return {"iteration": self.done + 1, **metrics, "lr": lr, "nfe_forward": nfe_forward,
-                "nfe_backward": nfe_backward}
+        record = {"iteration": self.done + 1, **metrics, "lr": lr, "nfe_forward": nfe_forward,
+                  "nfe_backward": nfe_backward}
+        if self.ts.clip_grad_norm is not None:
+            record["grad_norm"] = self._clip_gradients(self.ts.clip_grad_norm)
+        return record
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Scale the gradients to a global 2-norm of at most ``max_norm``; the norm before.
+        Data-parallel, the gradients are already the ranks' average, so every rank clips alike."""
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(norm):
+            raise TrainingFailed(f"the gradient norm is {norm} at iteration {self.done + 1} (the loss was finite)",
+                                 "lower lr, or use tighter solver tolerances; " + self._restart_hint())
+        return norm
 
     def _evaluate(self) -> dict[str, Any]:
-        """Loss and metrics on the evaluation set, in eval mode, touching no RNG state."""
+        """Loss and metrics on the evaluation set, in eval mode, touching no RNG state; added to
+        the latest record and offered to the best weights."""
         self.model.eval()
         sums: dict[str, float] = {}
         n = 0
@@ -333,9 +421,16 @@ class _Trainer:
                     n += k
         finally:
             self.model.train()
-        self.eval_done_at = self.done
-        self.last_eval = {f"eval_{k}": v / n for k, v in sums.items()}
-        return self.last_eval
+        evaluation = {f"eval_{k}": v / n for k, v in sums.items()}
+        # all or nothing: a checkpoint that says this evaluation was made holds its effects too
+        with self._guard.deferred() if self._guard is not None else contextlib.nullcontext():
+            self.eval_done_at = self.done
+            self.last_eval = evaluation
+            if self.metrics.last is not None and self.metrics.last["iteration"] == self.done:
+                self.metrics.update_last(evaluation)
+            if self.best is not None:
+                self.best.offer(self.done, evaluation, self.model)
+        return evaluation
 
     def _eval_due(self) -> bool:
         every = self.ts.eval_every
@@ -346,7 +441,7 @@ class _Trainer:
         # data-parallel: rank 0 evaluates and writes; the others go on and wait for it in the
         # next iteration's collectives
         if self._eval_due() and self.dist.main:
-            self.metrics.update_last(self._evaluate())
+            self._evaluate()
         every = self.ts.checkpoint_every
         if ((every > 0 and self.done % every == 0) or self.done == self.total) and self.dist.main:
             self._save_checkpoint(capture_rng(self.device))
@@ -359,7 +454,7 @@ class _Trainer:
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self._t0 = time.perf_counter()
-        guard = InterruptGuard()
+        guard = self._guard = InterruptGuard()
         with self._fork_rng(), guard:
             if self.rng is None:
                 torch.manual_seed(self.ts.seed)
@@ -370,7 +465,7 @@ class _Trainer:
             try:
                 if (self.done and self.done < self.total and self._eval_due() and self.eval_done_at != self.done
                         and self.dist.main):
-                    self.metrics.update_last(self._evaluate())  # Ctrl-C had cut this evaluation short
+                    self._evaluate()  # Ctrl-C had cut this evaluation short
                 while self.done < self.total:
                     if self.dist.active:
                         self.dist.seed(self.ts.seed, self.done)
@@ -411,13 +506,36 @@ class _Trainer:
         self.progress.close()
         weights = self.run_dir / WEIGHTS_FILE
         if self.dist.main:
-            if self.eval_done_at != self.done:  # resumed at or past the total: evaluate the weights once
+            if self.eval_done_at != self.done:  # resumed at the total: evaluate the weights once
                 self._evaluate()
-            weights = save_weights(weights, self.model, {
-                "odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256,
-                "iterations": str(self.done)})
+            weights = self._save_final_weights()
             self.metrics.flush()
             write_run_info(self.run_dir, self.info("finished"))
         return TrainResult(run_dir=self.run_dir, name=self.spec.name, iterations=self.done,
                            last=dict(self.metrics.last or {}), evaluation=dict(self.last_eval), weights=weights,
-                           seconds=self._seconds())
+                           seconds=self._seconds(), kept=dict(self.kept or {}))
+
+    def _save_final_weights(self) -> Path:
+        """Write ``model.safetensors``: the best evaluation's weights in a run that keeps them
+        (the last iterate goes beside it, in ``model.last.safetensors``), else the last iterate.
+        Records the choice in :attr:`kept` for run.json."""
+        meta = {"odespec_name": self.spec.name, "spec_sha256": self.spec.source_sha256}
+        last: dict[str, Any] = {"iteration": self.done, "evaluation": dict(self.last_eval)}
+        if self.best is None:
+            self.kept = {"choice": "last", "file": WEIGHTS_FILE, **last}
+            return save_weights(self.run_dir / WEIGHTS_FILE, self.model, {**meta, "iterations": str(self.done)})
+        rule = self.best.criterion
+        save_weights(self.run_dir / LAST_WEIGHTS_FILE, self.model,
+                     {**meta, "iterations": str(self.done), "kept": "last"})
+        best = self.best.to_json()
+        state = self.best.state
+        if best is None or state is None:  # no finite evaluation: nothing beats the last iterate
+            best, state = last, self.model.state_dict()
+        choice = "best" if best is not last else "last"
+        self.kept = {"choice": choice, "rule": rule.describe(), "metric": rule.metric, "file": WEIGHTS_FILE,
+                     "iteration": best["iteration"], "value": best["evaluation"].get(rule.metric),
+                     "evaluation": best["evaluation"],
+                     "last": {"file": LAST_WEIGHTS_FILE, "iteration": self.done,
+                              "value": self.last_eval.get(rule.metric), "evaluation": dict(self.last_eval)}}
+        return save_weights(self.run_dir / WEIGHTS_FILE, state,
+                            {**meta, "iterations": str(best["iteration"]), "kept": choice})

@@ -6,7 +6,10 @@
     RUN/run.json            name, spec hash, where data paths are resolved, iterations, status
     RUN/metrics.jsonl       one JSON line per iteration (eval metrics on the lines where it ran)
     RUN/checkpoints/        iter-NNNNNNNN.safetensors + .json (see odespec.train.checkpoint)
-    RUN/model.safetensors   the final weights (odespec build SPEC --weights RUN/model.safetensors)
+    RUN/model.safetensors   the trained weights (odespec build SPEC --weights RUN/model.safetensors):
+                            the best evaluation's in a run that evaluates along the way (train.eval_every),
+                            else the last iterate's
+    RUN/model.last.safetensors  the last iterate, beside the best evaluation's weights
 
 Every file is written atomically. The metrics log is kept in memory and rewritten whole (at
 checkpoints, evaluations, the end and every few seconds), so a reader never sees a torn line.
@@ -22,13 +25,15 @@ from typing import Any, Mapping, Optional
 from odespec.fileio import atomic_write_bytes, atomic_write_text
 from odespec.train.errors import TrainError
 
-__all__ = ["SPEC_FILE", "RUN_FILE", "METRICS_FILE", "WEIGHTS_FILE", "CHECKPOINTS", "RUN_FORMAT",
+__all__ = ["SPEC_FILE", "RUN_FILE", "METRICS_FILE", "WEIGHTS_FILE", "LAST_WEIGHTS_FILE", "CHECKPOINTS", "RUN_FORMAT",
            "create_run", "read_run_info", "write_run_info", "MetricsLog"]
 
 SPEC_FILE = "spec.yaml"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "model.safetensors"
+#: the last iterate, beside WEIGHTS_FILE when that holds the best evaluation's weights
+LAST_WEIGHTS_FILE = "model.last.safetensors"
 CHECKPOINTS = "checkpoints"
 RUN_FORMAT = "odespec-run/1"
 

@@ -160,6 +160,10 @@ def train_schema() -> dict[str, Any]:
                             "together. Adaptive solvers get a step limit derived from it; a forward pass that "
                             "needs more stops training with an error, and metrics.jsonl records that iteration "
                             "with nfe_budget_exceeded: true (default: no budget).", None, maximum=100_000_000),
+            "clip_grad_norm": _num("Clip the gradient before each optimizer step so that its global 2-norm (over "
+                                   "all parameters) is at most this; metrics.jsonl records the norm before "
+                                   "clipping as grad_norm (default: no clipping).", None, exclusiveMinimum=0,
+                                   maximum=1e9),
         },
         "required": ["data"],
         "additionalProperties": False,

@@ -58,9 +58,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def assert_same_run(run: Path, ref: Path) -> None:
+    """Same records, same weights (the kept and the last iterate's), the same choice between them."""
     assert curve(run) == curve(ref)
     a, b = weights(run), weights(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = "model.last.safetensors"
+    assert (run / last).is_file() == (ref / last).is_file()
+    if (ref / last).is_file():
+        a, b = load_file(str(run / last)), load_file(str(ref / last))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kept = [json.loads((r / "run.json").read_text()).get("kept") for r in (run, ref)]
+    assert kept[0] == kept[1]
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -161,8 +169,9 @@ def test_run_directory(tmp_path: Path):
     spec = write(tmp_path, demo_spec(iterations=6))
     run = tmp_path / "run"
     result = train(spec, run, **quiet())
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "run.json",
-                                                     "spec.yaml"]
+    # eval_every 4: model.safetensors holds the best evaluation's weights, the last iterate is beside it
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "model.last.safetensors",
+                                                     "model.safetensors", "run.json", "spec.yaml"]
     assert (run / "spec.yaml").read_bytes() == spec.read_bytes()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "iter-00000005.json", "iter-00000005.safetensors", "iter-00000006.json", "iter-00000006.safetensors"]
