@@ -51,7 +51,8 @@ from odespec.fileio import is_number
 
 __all__ = [
     "Shape", "ErrorType", "ArrayInfo", "CsvTable", "fits", "expected_shapes", "check_dtype", "check_rows",
-    "check_samples", "check_finite", "check_castable", "check_range", "cast", "conform_inputs", "target_kind", "default_loss", "check_pair",
+    "check_samples", "check_finite", "check_castable", "check_range", "cast", "conform_inputs", "target_kind",
+    "default_loss", "check_pair",
     "conform_targets", "is_one_hot", "check_batch_size", "read_csv", "peek_csv", "csv_target", "npy_info",
     "npz_infos", "LABELS", "ONE_HOT", "VALUES", "SCORES",
 ]
@@ -291,8 +292,9 @@ def target_kind(info: ArrayInfo, out: Shape, labels: Optional[bool], error: Erro
         hint = "one whole number per sample is a class label: write loss: cross_entropy (the default for labels)"
     elif size == math.prod(out):
         hint = "feeding them would reorder the values; transpose the array to the model's output axis order"
-    raise error(f"{info.where}: a target has {size} values (shape {_fmt(info.sample)}); the model's output "
-                f"{_fmt(out)} has {math.prod(out)}", info.hint(hint))
+    values = f"{size} value" + ("s" if size != 1 else "")
+    raise error(f"{info.where}: a target has {values} (shape {_fmt(info.sample)}); the model's output {_fmt(out)} "
+                f"has {math.prod(out)}", info.hint(hint))
 
 
 def is_one_hot(rows: np.ndarray) -> bool:
@@ -452,7 +454,8 @@ def csv_target(table: CsvTable, target: Union[int, str], error: ErrorType) -> tu
     if isinstance(target, str):
         if table.header is None or target not in table.header:
             known = f"its columns: {', '.join(table.header)}" if table.header else "it has no header row"
-            raise error(f"{table.path}: no column named {target!r} ({known})", "name the target column, or give its index")
+            raise error(f"{table.path}: no column named {target!r} ({known})",
+                        "name the target column, or give its index")
         col = table.header.index(target)
     else:
         if not -width <= target < width:

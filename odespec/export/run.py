@@ -143,7 +143,8 @@ def _from_npz(p: Path, name: str) -> dc.ArrayInfo:
     if len(infos) == 1:
         return next(iter(infos.values()))
     raise InputFileError(f"{p}: holds {len(infos)} arrays ({', '.join(infos) or 'none'}) and none is named {name!r} "
-                         "(or 'x', as training data files name their inputs)", f"name the array {name!r}, or store only one")
+                         "(or 'x', as training data files name their inputs)",
+                         f"name the array {name!r}, or store only one")
 
 
 def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:

@@ -61,7 +61,8 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
     data = c.data(raw["data"], loc)
     shapes = sources.get(data.source).shapes(data.options) if data is not None else None
     files = c.files(data, base_dir) if data is not None and shapes is None and items is not None else []
-    loss = c.loss(raw.get("loss"), c.default_loss(shapes, files, items), data)
+    default = c.default_loss(shapes, files, items) if raw.get("loss") is None else None
+    loss = c.loss(raw.get("loss"), default, data)
     optimizer = c.optimizer(raw.get("optimizer", "adam"))
     # step and multistep count in the run's unit: epochs when its length is given in epochs
     schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3),
@@ -163,10 +164,10 @@ class _TrainChecker:
             self.files_reported = True  # once: the files are not compared with the model again
             return "mse"
 
-    def loss(self, raw: Any, default: str, data: Optional[DataSpec]) -> Optional[LossSpec]:
+    def loss(self, raw: Any, default: Optional[str], data: Optional[DataSpec]) -> Optional[LossSpec]:
         path = T + ("loss",)
         if raw is None:
-            return LossSpec(default)
+            return LossSpec(default or "mse")
         opts = _named(raw, "kind")
         kind = opts["kind"]
         if not self.options(opts, path, "loss", kind, LOSS_OPTIONS[kind], "kind"):

@@ -69,7 +69,8 @@ def fit_files(x: "ArrayInfo", y: "ArrayInfo", need: Need) -> tuple["np.ndarray",
     return xs, dc.conform_targets(y.read(), y, need.output_shape, need.labels, DataError)
 
 
-def fit(x: "np.ndarray", y: "np.ndarray", need: Need, where: Union[str, tuple[str, str]]) -> tuple["np.ndarray", "np.ndarray"]:
+def fit(x: "np.ndarray", y: "np.ndarray", need: Need,
+        where: Union[str, tuple[str, str]]) -> tuple["np.ndarray", "np.ndarray"]:
     """:func:`fit_files` for arrays in memory; ``where`` names both in messages, or each (inputs,
     targets). For data sources that make or read their own arrays."""
     from odespec.data_contract import ArrayInfo
