@@ -150,15 +150,18 @@ def check_dtype(info: ArrayInfo, error: ErrorType, what: str = "values") -> None
                               "numbers are refused"))
 
 
-def check_rows(x: ArrayInfo, y: Optional[ArrayInfo], error: ErrorType) -> None:
-    """Each array has a samples axis, ``x`` (and ``y``) at least one sample, the same count."""
-    for info in (x, y):
-        if info is not None and not info.shape:
+def check_rows(arrays: Sequence[ArrayInfo], error: ErrorType) -> None:
+    """The arrays of one set of samples (inputs first, then targets, or times and masks): each
+    has a samples axis, all the same count, and there is at least one sample."""
+    for info in arrays:
+        if not info.shape:
             raise error(f"{info.where}: a single value, not one row per sample", info.hint(
                 "the first axis counts samples: save an array of shape (N, ...)"))
-    if y is not None and x.count is not None and y.count is not None and x.count != y.count:
-        raise error(f"{x.where} holds {x.count} samples, {y.where} {y.count}: inputs and targets need one row per "
-                    f"sample; got shapes {_fmt(x.shape)} and {_fmt(y.shape)}", None)
+    x = arrays[0]
+    for y in arrays[1:]:
+        if x.count is not None and y.count is not None and x.count != y.count:
+            raise error(f"{x.where} holds {x.count} samples, {y.where} {y.count}: inputs and targets need one row "
+                        f"per sample; got shapes {_fmt(x.shape)} and {_fmt(y.shape)}", None)
     if x.count == 0:
         raise error(f"{x.where}: holds no samples", "the first axis counts samples: save at least one")
 
@@ -253,7 +256,7 @@ def conform_inputs(array: np.ndarray, info: ArrayInfo, want: Shape, error: Error
     if dtype is not None:
         check_castable(info.dtype, dtype, info.where, error)
     check_dtype(info, error)
-    check_rows(info, None, error)
+    check_rows([info], error)
     check_samples(info, want, error, count=count)
     check_finite(array, info.where, error, note=info.note, cell=cell)
     shaped = array.reshape((array.shape[0], *want))
@@ -321,7 +324,7 @@ def check_pair(x: ArrayInfo, y: ArrayInfo, want: Shape, out: Shape, labels: Opti
     shape, the targets against the output and the loss. Returns :func:`target_kind`'s kind."""
     check_dtype(x, error, "inputs")
     check_dtype(y, error, "targets")
-    check_rows(x, y, error)
+    check_rows([x, y], error)
     check_samples(x, want, error)
     return target_kind(y, out, labels, error)
 
