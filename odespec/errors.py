@@ -19,6 +19,7 @@ __all__ = [
     "ExportError",
     "ParityError",
     "RunError",
+    "DataFileError",
     "InputFileError",
 ]
 
@@ -122,11 +123,21 @@ class RunError(OdespecError):
     onnxruntime could not run it."""
 
     def __init__(self, message: str, hint: Optional[str] = None):
+        self.message = message
         self.hint = hint
         super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
 
 
-class InputFileError(RunError):
+class DataFileError(OdespecError):
+    """A data file does not fit the data contract (:mod:`odespec.data_contract`): unreadable, not
+    numbers, a shape that does not feed the model, NaN or infinity, bad class labels. A usage
+    error (exit code 2). Raised as the reading command's own subclass,
+    :class:`odespec.train.DataError` or :class:`InputFileError`, which take ``(message, hint)``."""
+
+    exit_code = 2
+
+
+class InputFileError(RunError, DataFileError):
     """An input file for ``odespec run`` cannot be used: missing, unreadable, or its array
     does not fit the model's input (shape or dtype). A usage error, hence exit code 2."""
 

@@ -7,6 +7,7 @@ lazy import is still a dependency) keeps the rules of the brief:
 - ``solvers/`` knows nothing of spec, layers, compile, export, train;
 - ``layers/`` imports nothing of compile, export, train;
 - ``export/`` and ``train/`` do not import each other;
+- ``data_contract`` imports no torch and nothing of the pipeline (validate, train and run read by it);
 - nothing imports ``cli`` (the console script and ``python -m odespec`` call it from outside).
 
 ``python tests/test_architecture.py`` prints the package import graph these rules are checked on.
@@ -33,6 +34,8 @@ RULES = [
     ("compile", {"export", "train", "cli"}, "compile/ is upstream of export and train"),
     ("api", {"cli"}, "nothing imports cli"),
     ("errors", {"spec", "solvers", "layers", "compile", "export", "train", "api", "cli", "torch"}, "errors are the root"),
+    ("data_contract", {"torch", "spec", "solvers", "layers", "compile", "export", "train", "api", "cli"},
+     "the data contract is numpy only: validate, train and run all read files by it"),
 ]
 # the console-script entry point runs the CLI; it is the one module allowed to import it
 ENTRY_POINTS = {"__main__"}

@@ -1,16 +1,15 @@
 """``odespec run``: feed an array from a ``.npy``, ``.npz`` or ``.csv`` file to an ONNX model in
 onnxruntime, and print or write what comes out.
 
-Problems with the input file (missing, unreadable, wrong shape or dtype) are
-:class:`~odespec.errors.InputFileError` (exit code 2, a usage error); problems with the model
+The input file is read by the data contract (:mod:`odespec.data_contract`), the rules training
+reads its files by. Problems with it (missing, unreadable, wrong shape or dtype, NaN or
+infinity) are :class:`~odespec.errors.InputFileError` (exit code 2, a usage error); problems with the model
 or with running it are :class:`~odespec.errors.RunError` (exit code 1). Imports no torch.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from odespec import data_contract as dc
 from odespec.errors import InputFileError, RunError
 from odespec.export.inspect import format_shape
 from odespec.export.session import ort_session
-from odespec.fileio import is_number
 
 __all__ = ["ModelInput", "RunResult", "open_model", "load_input", "run_onnx", "check_output_path", "save_outputs",
            "render_outputs", "OUTPUT_FORMATS"]
@@ -98,8 +97,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_input(path: PathLike, model_input: ModelInput) -> np.ndarray:
-    """Read the array in ``path`` (``.npy``, ``.npz`` or ``.csv``), reshape a CSV's rows to the
-    per-sample shape, check the shape and cast to the model's input dtype."""
+    """Read the array in ``path`` (``.npy``, ``.npz`` or ``.csv``) and make it the model's input by
+    the data contract (:mod:`odespec.data_contract`), as training reads its files: the shapes
+    that feed the per-sample shape, numbers cast to the input's dtype, no NaN or infinity."""
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in INPUT_FORMATS:
@@ -107,82 +107,55 @@ def load_input(path: PathLike, model_input: ModelInput) -> np.ndarray:
                              f"use one of {', '.join(INPUT_FORMATS)}")
     if not p.is_file():
         raise InputFileError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
-    try:
-        if ext == ".npy":
-            x = np.load(p, allow_pickle=False)
-        elif ext == ".npz":
-            x = _from_npz(p, model_input.name)
-        else:
-            x = _from_csv(p, model_input)
-    except InputFileError:
-        raise
-    except Exception as e:  # numpy raises ValueError, OSError, zipfile errors... for bad files
-        raise InputFileError(f"{p}: cannot read it as {ext}: {_first_line(e)}") from e
-    _check_shape(p, x, model_input)
-    return _cast(p, x, model_input.dtype)
+    per_sample = model_input.shape[1:]
+    fixed = bool(model_input.shape) and all(isinstance(d, int) for d in per_sample)
+    if ext == ".csv":
+        table = dc.read_csv(p, InputFileError)
+        if not fixed:
+            raise InputFileError(f"{p}: the model's input shape {format_shape(model_input.shape)} is not fixed after "
+                                 "the batch dimension, so CSV rows cannot be reshaped to it", "use .npy or .npz")
+        x = table.numbers(InputFileError)
+        info = dc.ArrayInfo.of(x, str(p), csv=True)
+    else:
+        info = dc.npy_info(p, InputFileError) if ext == ".npy" else _from_npz(p, model_input.name)
+        assert info.read is not None
+        x = info.read()
+    if not fixed:
+        _check_shape(p, x, model_input)
+        dc.check_finite(x, info.where, InputFileError)
+        return dc.cast(x, model_input.dtype, str(p), InputFileError)
+    batch = model_input.shape[0]
+    x = dc.conform_inputs(x, info, tuple(per_sample), InputFileError, dtype=model_input.dtype,
+                          count=batch if isinstance(batch, str) else "batch")
+    if isinstance(batch, int) and x.shape[0] != batch:
+        raise InputFileError(f"{p}: the model takes batches of exactly {batch} samples; the file holds {x.shape[0]}",
+                             f"save {batch} samples")
+    return x
 
 
-def _from_npz(p: Path, name: str) -> np.ndarray:
-    with np.load(p, allow_pickle=False) as z:
-        keys = list(z.files)
-        if name in keys:
-            return z[name]
-        if len(keys) == 1:
-            return z[keys[0]]
-    raise InputFileError(f"{p}: holds {len(keys)} arrays ({', '.join(keys) or 'none'}) and none is named {name!r}",
+def _from_npz(p: Path, name: str) -> dc.ArrayInfo:
+    """The array named like the model's input; else ``x`` (training data files name their
+    inputs so); else the only one."""
+    infos = dc.npz_infos(p, InputFileError)
+    for key in (name, "x"):
+        if key in infos:
+            return infos[key]
+    if len(infos) == 1:
+        return next(iter(infos.values()))
+    raise InputFileError(f"{p}: holds {len(infos)} arrays ({', '.join(infos) or 'none'}) and none is named {name!r} "
+                         "(or 'x', as training data files name their inputs)",
                          f"name the array {name!r}, or store only one")
 
 
-def _from_csv(p: Path, model_input: ModelInput) -> np.ndarray:
-    """Rows are samples, columns the flattened per-sample input; a non-numeric first row is a
-    header and is skipped."""
-    with open(p, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and not all(is_number(c) for c in rows[0]):
-        rows = rows[1:]
-    if not rows:
-        raise InputFileError(f"{p}: no data rows")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise InputFileError(f"{p}: rows have different numbers of columns ({', '.join(map(str, sorted(widths)))})")
-    for i, r in enumerate(rows):
-        bad = [c for c in r if not is_number(c)]
-        if bad:
-            raise InputFileError(f"{p}: data row {i + 1}: {bad[0]!r} is not a number")
-    data = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
-    per_sample = model_input.shape[1:]
-    if not all(isinstance(d, int) for d in per_sample):
-        raise InputFileError(f"{p}: the model's input shape {format_shape(model_input.shape)} is not fixed after "
-                             "the batch dimension, so CSV rows cannot be reshaped to it", "use .npy or .npz")
-    want = math.prod(per_sample)
-    if data.shape[1] != want:
-        raise InputFileError(
-            f"{p}: expected {want} columns per row (a sample of the model's input {model_input.name!r} has shape "
-            f"{format_shape(per_sample)}), got {data.shape[1]}",
-            "rows are samples; columns are one sample's values, flattened in C order")
-    return data.reshape((len(rows), *per_sample))
-
-
 def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:
+    """A model input with symbolic dimensions after the batch: the array must have its rank and
+    its fixed dimensions (nothing is reshaped)."""
     want = model_input.shape
     fits = x.ndim == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, x.shape))
-    if fits:
-        return
-    hint = None
-    if x.ndim == len(want) - 1 and all(not isinstance(d, int) or d == n for d, n in zip(want[1:], x.shape)):
-        hint = "the array looks like one sample without the batch dimension: save x[None] (shape (1, ...))"
-    raise InputFileError(
-        f"{p}: array of shape {format_shape(x.shape)} does not fit the model's input {model_input.name!r}: "
-        f"expected shape {format_shape(want)}, got {format_shape(x.shape)}", hint)
-
-
-def _cast(p: Path, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    # same_kind: float64 -> float32 and int -> float are fine; text, objects, complex numbers
-    # or floats for an integer input are not
-    if x.dtype.kind not in "biuf" or not np.can_cast(x.dtype, dtype, casting="same_kind"):
-        raise InputFileError(f"{p}: array of dtype {x.dtype} cannot be fed to an input of dtype {dtype}: "
-                             f"expected {dtype}, got {x.dtype}")
-    return np.ascontiguousarray(x.astype(dtype, copy=False))
+    if not fits:
+        raise InputFileError(
+            f"{p}: array of shape {format_shape(x.shape)} does not fit the model's input {model_input.name!r}: "
+            f"expected shape {format_shape(want)}, got {format_shape(x.shape)}")
 
 
 def run_onnx(model_path: PathLike, input_path: PathLike) -> RunResult:

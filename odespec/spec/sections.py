@@ -28,6 +28,7 @@ whole schema is written out).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol, Sequence, TypeVar
 
 from odespec.spec.model import Location, ModelItem, Shape, Spec
@@ -58,6 +59,9 @@ class SectionContext:
     error: ReportError
     #: where a spec path is written (line, column), for the objects the section returns
     loc: Callable[[Path], Location]
+    #: the directory relative file paths in the section resolve against (the spec file's, or
+    #: the one given to :func:`odespec.spec.load_spec`); None for a spec not read from a file
+    base_dir: Optional[FilePath] = None
 
 
 class SectionType:

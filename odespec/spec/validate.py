@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path as FilePath
 from typing import Any, Optional
 
 from odespec.errors import SpecError, SpecIssue
@@ -58,8 +59,10 @@ def _validator_for(key: Any, present: frozenset[str]) -> Any:
     return cls(schema)
 
 
-def validate(doc: LoadedDocument) -> Spec:
-    """Validate a loaded document; return the frozen :class:`Spec` or raise :class:`SpecError`."""
+def validate(doc: LoadedDocument, *, base_dir: Optional[FilePath] = None) -> Spec:
+    """Validate a loaded document; return the frozen :class:`Spec` or raise :class:`SpecError`.
+    ``base_dir`` resolves the relative file paths of sections (training data); default: the
+    directory of the file the document was read from, if it is one."""
     data = doc.data
     present = frozenset(n for n in sections.names() if isinstance(data, dict) and n in data)
     issues = schema_issues(doc, _validator(present).iter_errors(data))
@@ -68,14 +71,17 @@ def validate(doc: LoadedDocument) -> Spec:
         issues = sorted(issues + numbers, key=lambda i: (i.line, i.column))
     if issues:
         raise SpecError(issues)
-    return _Checker(doc).run()
+    if base_dir is None and FilePath(doc.filename).is_file():
+        base_dir = FilePath(doc.filename).resolve().parent
+    return _Checker(doc, base_dir).run()
 
 
 class _Checker:
     """Semantic checks on schema-valid data; collects issues instead of stopping at the first."""
 
-    def __init__(self, doc: LoadedDocument):
+    def __init__(self, doc: LoadedDocument, base_dir: Optional[FilePath] = None):
         self.doc = doc
+        self.base_dir = base_dir
         self.issues: list[SpecIssue] = []
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -291,7 +297,7 @@ class _Checker:
         """Each registered section the spec has, checked by its owner: its own rules, and
         (``items`` given) how it fits the model. By name, the Spec field that keeps it."""
         ctx = sections.SectionContext(items=items, input_shape=tuple(data["input"]["shape"]), error=self.error,
-                                      loc=self.loc)
+                                      loc=self.loc, base_dir=self.base_dir)
         return {s.name: s.check(data[s.name], ctx) for s in sections.all_types() if s.name in data}
 
     # -- export -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from odespec.data_contract import check_batch_size, check_range
 from odespec.train.data import LoadedData
 from odespec.train.errors import DataError
 
@@ -34,9 +35,13 @@ class Batches:
     def __init__(self, data: LoadedData, batch_size: int, *, seed: int, device: torch.device, dtype: torch.dtype,
                  labels: bool):
         self.n = len(data.x)
-        if batch_size > self.n:
-            raise DataError(f"batch_size {batch_size} is larger than the {self.n} training samples",
-                            f"use batch_size: {self.n} or less (or more data)")
+        check_batch_size(batch_size, self.n, DataError)
+        # the files were checked when read; what they cannot know is the model's dtype
+        np_dtype = np.dtype(np.float64 if dtype == torch.float64 else np.float32)
+        for array, what in ((data.x, "training inputs"), (data.y, "training targets"),
+                            (data.x_eval, "evaluation inputs"), (data.y_eval, "evaluation targets")):
+            if array is not None:
+                check_range(array, np_dtype, f"the {what}", DataError)
         self.batch_size = batch_size
         self.seed = seed
         self.dtype = dtype

@@ -3,12 +3,14 @@ through the registered section (:mod:`odespec.train.section`).
 
 What a schema cannot say: which options each optimizer, schedule and loss takes; that the data
 fit the model (input shape, targets against the output and the loss, the ode_demo windows' and
-the spirals' times against the ODE block's ``t``); that an ELBO has a ``gaussian`` layer to take
-its KL term from. Imports no torch and no numpy.
+the spirals' times against the ODE block's ``t``; a data file's arrays, from their headers, by
+the data contract); that an ELBO has a ``gaussian`` layer to take its KL term from. Imports no
+torch; numpy only when a spec names data files that exist.
 """
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Any, Callable, Optional, Sequence
 
 from odespec.layers.base import fmt_shape
@@ -28,7 +30,8 @@ from odespec.spec.model import (
 )
 from odespec.spec.sections import ReportError
 from odespec.train import data as sources
-from odespec.train.data import DataShapes
+from odespec.train.data import DataShapes, FileSplit
+from odespec.train.errors import DataError
 
 __all__ = ["check_train", "OPTIMIZER_OPTIONS", "SCHEDULE_OPTIONS", "LOSS_OPTIONS"]
 
@@ -48,14 +51,18 @@ T = ("train",)
 
 
 def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Shape,
-                error: ReportError, loc: Callable[[Path], Location]) -> Optional[TrainSpec]:
+                error: ReportError, loc: Callable[[Path], Location],
+                base_dir: Optional[FilePath] = None) -> Optional[TrainSpec]:
     """Check a schema-valid ``train`` mapping; report problems through ``error`` and return the
     :class:`TrainSpec`, or None if anything was wrong. ``items`` is None when the model itself
-    has errors (then only the train section's own rules are checked)."""
+    has errors (then only the train section's own rules are checked). ``base_dir`` resolves data
+    files' relative paths (None: the files are not looked at)."""
     c = _TrainChecker(error)
     data = c.data(raw["data"], loc)
     shapes = sources.get(data.source).shapes(data.options) if data is not None else None
-    loss = c.loss(raw.get("loss"), shapes, data)
+    files = c.files(data, base_dir) if data is not None and shapes is None and items is not None else []
+    default = c.default_loss(shapes, files, items) if raw.get("loss") is None else None
+    loss = c.loss(raw.get("loss"), default, data)
     optimizer = c.optimizer(raw.get("optimizer", "adam"))
     # step and multistep count in the run's unit: epochs when its length is given in epochs
     schedule = c.schedule(raw.get("schedule", "constant"), raw.get("lr", 1e-3),
@@ -70,7 +77,7 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
               key=True)
         c.failed = True
     if items is not None and data is not None and loss is not None:
-        c.model_fit(data, shapes, loss, items, input_shape)
+        c.model_fit(data, shapes, loss, items, input_shape, files, raw.get("batch_size", 32))
     if c.failed or data is None or loss is None or optimizer is None or schedule is None or init is None:
         return None
     return TrainSpec(
@@ -97,6 +104,8 @@ class _TrainChecker:
     def __init__(self, error: ReportError):
         self._error = error
         self.failed = False
+        #: a data file's problem was reported already
+        self.files_reported = False
 
     def error(self, path: Path, message: str, hint: Optional[str] = None, *, key: bool = False) -> None:
         self.failed = True
@@ -128,10 +137,37 @@ class _TrainChecker:
             return None
         return DataSpec(source=name, options=source.normalize(value), loc=loc(T + ("data",)))
 
-    def loss(self, raw: Any, shapes: Optional[DataShapes], data: Optional[DataSpec]) -> Optional[LossSpec]:
+    def files(self, data: DataSpec, base_dir: Optional[FilePath]) -> list[FileSplit]:
+        """The data files' splits from their headers; a file that cannot be read is reported."""
+        if base_dir is None:
+            return []
+        try:
+            return sources.get(data.source).inspect(data.options, base_dir=base_dir)
+        except DataError as e:
+            self.error(T + ("data",), e.message, e.hint)
+            return []
+
+    def default_loss(self, shapes: Optional[DataShapes], files: Sequence[FileSplit],
+                     items: Optional[Sequence[ModelItem]]) -> str:
+        """The loss when none is written, as the README says: cross_entropy for class labels,
+        else mse. A source's declared shapes tell, or its training file by the data contract."""
+        if shapes is not None:
+            return "cross_entropy" if shapes.classes is not None else "mse"
+        if not files or items is None:
+            return "mse"
+        from odespec.data_contract import default_loss
+
+        try:
+            return default_loss(files[0].y, items[-1].out_shape, DataError)
+        except DataError as e:
+            self.error(T + ("data",), e.message, e.hint)
+            self.files_reported = True  # once: the files are not compared with the model again
+            return "mse"
+
+    def loss(self, raw: Any, default: Optional[str], data: Optional[DataSpec]) -> Optional[LossSpec]:
         path = T + ("loss",)
-        if raw is None:  # the data decide: class labels -> cross_entropy, values -> mse
-            return LossSpec("cross_entropy" if shapes is not None and shapes.classes is not None else "mse")
+        if raw is None:
+            return LossSpec(default or "mse")
         opts = _named(raw, "kind")
         kind = opts["kind"]
         if not self.options(opts, path, "loss", kind, LOSS_OPTIONS[kind], "kind"):
@@ -231,12 +267,32 @@ class _TrainChecker:
 
     # -- the data against the model -------------------------------------------------------------------
     def model_fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
-                  input_shape: Shape) -> None:
+                  input_shape: Shape, files: Sequence[FileSplit], batch_size: int) -> None:
         dpath, lpath = T + ("data",), T + ("loss",)
         before = self.failed
         self.failed = False  # so that the last step runs only if this comparison found nothing
         self._fit(data, shapes, loss, items, input_shape, dpath, lpath)
+        if not self.failed and files and not self.files_reported:
+            self.file_fit(files, loss, items[-1].out_shape, input_shape, batch_size)
         self.failed = self.failed or before
+
+    def file_fit(self, files: Sequence[FileSplit], loss: LossSpec, out: Shape, input_shape: Shape,
+                 batch_size: int) -> None:
+        """Each split of the data files against the model, by the data contract, as training
+        would load them: headers, and the values of class labels (one or C per sample)."""
+        from odespec import data_contract as dc
+
+        labels = loss.kind == "cross_entropy"
+        for split in files:
+            try:
+                dc.check_pair(split.x, split.y, input_shape, out, labels, DataError)
+                if labels and split.y.read is not None:
+                    dc.conform_targets(split.y.read(), split.y, out, True, DataError)
+                if split.name == "training" and split.x.count is not None:
+                    dc.check_batch_size(batch_size, split.x.count, DataError)
+            except DataError as e:
+                self.error(T + ("data",), e.message, e.hint)
+                return
 
     def _fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
              input_shape: Shape, dpath: Path, lpath: Path) -> None:

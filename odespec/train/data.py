@@ -6,8 +6,9 @@ callable that is handed :func:`register`), and the schema used for validation gr
 
 A source bundles, side by side: its options schema (which the spec schema is generated from),
 what it yields per sample when that is known before loading anything (so ``odespec validate``
-can compare it with the model), checks against the model (the ode_demo windows' times must be
-the ODE block's times), and a loader.
+can compare it with the model), or else what its files' headers say (:meth:`DataSource.inspect`,
+checked by the data contract, :mod:`odespec.data_contract`), checks against the model (the
+ode_demo windows' times must be the ODE block's times), and a loader.
 
 This module and the source modules must not import torch or numpy at import time: the spec
 validator uses the schemas and the checks, and ``odespec validate`` must start fast. Loaders
@@ -27,7 +28,9 @@ from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["DataShapes", "Problem", "Need", "LoadedData", "Augmentation", "DataSource", "register", "get",
+    from odespec.data_contract import ArrayInfo
+
+__all__ = ["DataShapes", "Problem", "Need", "FileSplit", "LoadedData", "Augmentation", "DataSource", "register", "get",
            "names", "all_sources", "plugin_names", "resolve_path", "UnknownDataSourceError", "ENTRY_POINT_GROUP"]
 
 #: the entry-point group third-party data sources register through
@@ -62,6 +65,17 @@ class Need:
     output_shape: Shape
     #: True when the loss takes class labels (cross_entropy)
     labels: bool
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """One split of a source's files as their headers describe them, values unread: what
+    ``odespec validate`` checks against the model by the data contract."""
+
+    #: ``training`` or ``evaluation``
+    name: str
+    x: "ArrayInfo"
+    y: "ArrayInfo"
 
 
 class Augmentation:
@@ -109,6 +123,13 @@ class DataSource(OptionsComponent):
 
     def check(self, options: Mapping[str, Any], input_shape: Shape, items: Sequence[ModelItem]) -> list[Problem]:
         """Checks against the model beyond shapes (for example the ODE block's times)."""
+        return []
+
+    def inspect(self, options: Mapping[str, Any], *, base_dir: Path) -> list[FileSplit]:
+        """The source's files as their headers describe them (no values read), for ``odespec
+        validate`` to check against the model and to choose the default loss by. A file that is
+        not there is left out (training reports it); one that cannot be read raises
+        :class:`~odespec.train.errors.DataError`. Default: nothing to inspect."""
         return []
 
     def noise_std(self, options: Mapping[str, Any]) -> Optional[float]:

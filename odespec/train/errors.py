@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from odespec.errors import OdespecError
+from odespec.errors import DataFileError, OdespecError
 
 __all__ = ["TrainError", "DataError", "TrainingFailed", "TrainingInterrupted"]
 
@@ -16,11 +16,12 @@ class TrainError(OdespecError):
     exit_code = 2
 
     def __init__(self, message: str, hint: Optional[str] = None):
+        self.message = message
         self.hint = hint
         super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
 
 
-class DataError(TrainError):
+class DataError(TrainError, DataFileError):
     """Training data are missing or do not fit the model (a usage error: exit code 2)."""
 
 

@@ -2,35 +2,38 @@
 files), ``csv`` (a target column) and ``mnist`` (the IDX files in a directory; nothing is
 downloaded). Relative paths are relative to the spec's directory.
 
-Arrays are read without pickle (``allow_pickle=False``). Whether targets are class labels or
-values follows the loss (cross_entropy: labels); :func:`fit` checks them against the model.
+Every array goes through the data contract (:mod:`odespec.data_contract`), as ``odespec run``'s
+inputs do: the shapes that feed the model, numbers only, no NaN or infinity, class labels or
+values by the loss. :meth:`DataSource.inspect` describes the same files from their headers, so
+``odespec validate`` gives the verdict training would. Arrays are read without pickle.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from odespec.components import alternatives
 from odespec.layers.base import fmt_shape
 from odespec.train.augment import RandomCrop
-from odespec.train.data import DataShapes, DataSource, LoadedData, Need, register, resolve_path
+from odespec.train.data import DataShapes, DataSource, FileSplit, LoadedData, Need, register, resolve_path
 from odespec.train.errors import DataError
 from odespec.train.idx import read_idx
-from odespec.fileio import is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["fit", "MNIST_FILES"]
+    from odespec.data_contract import ArrayInfo, CsvTable
+
+__all__ = ["fit", "fit_files", "read_csv", "MNIST_FILES"]
 
 #: (training images, training labels, test images, test labels), each also accepted with .gz
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 #: a larger padding could crop an image to nothing but zeros
 MAX_CROP_PADDING = 27
 _PATH_HINT = "relative paths in train.data are relative to the spec file's directory"
+#: the splits a file source may have, and the option naming each one's file
+_SPLITS = (("training", "path"), ("evaluation", "eval_path"))
 
 
 def _path(description: str) -> dict:
@@ -46,53 +49,42 @@ def _existing(base_dir: Path, value: str, what: str) -> Path:
     return p
 
 
-def _npy(path: Path) -> "np.ndarray":
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"cannot read {path} as a .npy array: {e}",
-                        "save plain numeric arrays with numpy.save (object arrays need pickle, which is refused)") from None
+def _present(base_dir: Path, value: Optional[str]) -> Optional[Path]:
+    """The file an option names, if given and there (validation leaves a missing one to training)."""
+    if not value:
+        return None
+    p = resolve_path(base_dir, value)
+    return p if p.is_file() else None
 
 
-def fit(x: "np.ndarray", y: "np.ndarray", need: Need, where: str) -> tuple["np.ndarray", "np.ndarray"]:
-    """Check arrays against the model and shape them: x to (n, *input_shape); y to class labels
-    (n,) int64 for cross_entropy, else to (n, *output_shape). ``where`` names the data in
-    messages."""
-    import numpy as np
+def fit_files(x: "ArrayInfo", y: "ArrayInfo", need: Need) -> tuple["np.ndarray", "np.ndarray"]:
+    """Read a split's arrays and shape them by the data contract: x to (n, *input_shape) in its
+    own dtype (batches convert it), y to class labels (n,) int64 for cross_entropy, else to
+    (n, *output_shape) float64. Errors name the file and array at fault."""
+    from odespec import data_contract as dc
 
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-        raise DataError(f"{where}: inputs and targets must be numeric arrays, got {x.dtype} and {y.dtype}")
-    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        raise DataError(f"{where}: inputs and targets need one row per sample; got shapes {fmt_shape(x.shape)} "
-                        f"and {fmt_shape(y.shape)}")
-    n, per = len(x), math.prod(need.input_shape)
-    if n == 0:
-        raise DataError(f"{where}: no samples")
-    if x[0].size != per:
-        raise DataError(f"{where}: a sample has {x[0].size} input values (shape {fmt_shape(x.shape[1:])}); the model's "
-                        f"input {fmt_shape(need.input_shape)} takes {per}")
-    x = x.reshape((n,) + need.input_shape)
-    if need.labels:
-        classes = need.output_shape[0] if len(need.output_shape) == 1 else 0
-        labels = y.reshape(n, -1)
-        if labels.shape[1] != 1:
-            raise DataError(f"{where}: cross_entropy takes one class label per sample; targets have shape "
-                            f"{fmt_shape(y.shape)}")
-        labels = labels[:, 0]
-        if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
-            raise DataError(f"{where}: class labels must be whole numbers", "or use loss mse/l1 for values")
-        labels = labels.astype(np.int64)
-        bad = (labels < 0) | (labels >= classes)
-        if bad.any():
-            raise DataError(f"{where}: class label {int(labels[bad][0])} is outside 0..{classes - 1} "
-                            f"(the model outputs {classes} class scores)")
-        return x, labels
-    if y[0].size != math.prod(need.output_shape):
-        raise DataError(f"{where}: a target has {y[0].size} values (shape {fmt_shape(y.shape[1:])}); the model's "
-                        f"output {fmt_shape(need.output_shape)} has {math.prod(need.output_shape)}")
-    return x, y.reshape((n,) + need.output_shape).astype(np.float64)
+    dc.check_pair(x, y, need.input_shape, need.output_shape, need.labels, DataError)
+    assert x.read is not None and y.read is not None
+    xs = dc.conform_inputs(x.read(), x, need.input_shape, DataError)
+    return xs, dc.conform_targets(y.read(), y, need.output_shape, need.labels, DataError)
+
+
+def fit(x: "np.ndarray", y: "np.ndarray", need: Need,
+        where: Union[str, tuple[str, str]]) -> tuple["np.ndarray", "np.ndarray"]:
+    """:func:`fit_files` for arrays in memory; ``where`` names both in messages, or each (inputs,
+    targets). For data sources that make or read their own arrays."""
+    from odespec.data_contract import ArrayInfo
+
+    xw, yw = (where, where) if isinstance(where, str) else where
+    return fit_files(ArrayInfo.of(x, xw), ArrayInfo.of(y, yw), need)
+
+
+def _xy(path: Path, infos: Mapping[str, "ArrayInfo"]) -> tuple["ArrayInfo", "ArrayInfo"]:
+    missing = [k for k in ("x", "y") if k not in infos]
+    if missing:
+        raise DataError(f"{path} has no array {' or '.join(map(repr, missing))} (it has: {', '.join(infos) or 'none'})",
+                        "save with numpy.savez(FILE, x=inputs, y=targets)")
+    return infos["x"], infos["y"]
 
 
 @register
@@ -106,24 +98,25 @@ class Npz(DataSource):
         "eval_path": _path("A .npz file of evaluation data (default: evaluate on the training data)."),
     }
 
-    def _read(self, base_dir: Path, value: str, need: Need) -> tuple["np.ndarray", "np.ndarray"]:
-        import numpy as np
+    def inspect(self, options: Mapping[str, Any], *, base_dir: Path) -> list[FileSplit]:
+        from odespec.data_contract import npz_infos
 
-        p = _existing(base_dir, value, "data file")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                missing = [k for k in ("x", "y") if k not in z.files]
-                if missing:
-                    raise DataError(f"{p} has no array {' or '.join(map(repr, missing))} (it has: "
-                                    f"{', '.join(z.files) or 'none'})", "save with numpy.savez(FILE, x=inputs, y=targets)")
-                x, y = z["x"], z["y"]
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"cannot read {p} as .npz: {e}") from None
-        return fit(x, y, need, str(p))
+        splits = []
+        for split, key in _SPLITS:
+            p = _present(base_dir, options[key])
+            if p is not None:
+                splits.append(FileSplit(split, *_xy(p, npz_infos(p, DataError))))
+        return splits
 
     def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
-        x, y = self._read(base_dir, options["path"], need)
-        xe, ye = self._read(base_dir, options["eval_path"], need) if options["eval_path"] else (None, None)
+        from odespec.data_contract import npz_infos
+
+        def read(value: str) -> tuple["np.ndarray", "np.ndarray"]:
+            p = _existing(base_dir, value, "data file")
+            return fit_files(*_xy(p, npz_infos(p, DataError)), need)
+
+        x, y = read(options["path"])
+        xe, ye = read(options["eval_path"]) if options["eval_path"] else (None, None)
         return LoadedData(x, y, xe, ye)
 
 
@@ -138,53 +131,66 @@ class Npy(DataSource):
         "eval_x": _path("Evaluation inputs (.npy); with eval_y (default: evaluate on the training data)."),
         "eval_y": _path("Evaluation targets (.npy); with eval_x (default: evaluate on the training data)."),
     }
+    _PAIRS = (("training", "x", "y"), ("evaluation", "eval_x", "eval_y"))
 
-    def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
-        def pair(kx: str, ky: str) -> tuple["np.ndarray", "np.ndarray"]:
-            px, py = _existing(base_dir, options[kx], "data file"), _existing(base_dir, options[ky], "data file")
-            return fit(_npy(px), _npy(py), need, f"{px} and {py}")
-
-        x, y = pair("x", "y")
+    @staticmethod
+    def _together(options: Mapping[str, Any]) -> None:
         if bool(options["eval_x"]) != bool(options["eval_y"]):
             raise DataError("train.data.npy: give eval_x and eval_y together")
+
+    def inspect(self, options: Mapping[str, Any], *, base_dir: Path) -> list[FileSplit]:
+        from odespec.data_contract import npy_info
+
+        self._together(options)
+        splits = []
+        for split, kx, ky in self._PAIRS:
+            px, py = _present(base_dir, options[kx]), _present(base_dir, options[ky])
+            if px is not None and py is not None:
+                splits.append(FileSplit(split, npy_info(px, DataError), npy_info(py, DataError)))
+        return splits
+
+    def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
+        from odespec.data_contract import npy_info
+
+        self._together(options)
+
+        def pair(kx: str, ky: str) -> tuple["np.ndarray", "np.ndarray"]:
+            # each file is looked for before either is read: an error names only files that exist
+            px, py = _existing(base_dir, options[kx], "data file"), _existing(base_dir, options[ky], "data file")
+            return fit_files(npy_info(px, DataError), npy_info(py, DataError), need)
+
+        x, y = pair("x", "y")
         xe, ye = pair("eval_x", "eval_y") if options["eval_x"] else (None, None)
         return LoadedData(x, y, xe, ye)
+
+
+def _csv_split(table: "CsvTable", target: Any) -> tuple["ArrayInfo", "ArrayInfo"]:
+    """A CSV's inputs (every column but the target) and targets (the target column), named in
+    messages by file and column; every message about them says which column is the target and
+    how to choose another."""
+    import numpy as np
+
+    from odespec import data_contract as dc
+
+    col, note = dc.csv_target(table, target, DataError)
+    where_y = f"{table.path}, target {table.column(col)}"
+    data = table.numbers(DataError)
+    x, y = np.delete(data, col, axis=1), data[:, col]
+    if table.complete:
+        return dc.ArrayInfo.of(x, str(table.path), note=note, csv=True), dc.ArrayInfo.of(y, where_y, note=note)
+    # the first rows only: the count is unknown, the values are those rows'
+    return (dc.ArrayInfo(str(table.path), (-1, *x.shape[1:]), x.dtype, lambda: x, note, csv=True),
+            dc.ArrayInfo(where_y, (-1,), y.dtype, lambda: y, note))
 
 
 def read_csv(path: Path, target: Any) -> tuple["np.ndarray", "np.ndarray"]:
     """Rows = samples. A first row that is not all numbers is a header; ``target`` is a column
     name (needs the header) or index (negative counts from the end). Returns (inputs, targets)."""
-    import numpy as np
+    from odespec import data_contract as dc
 
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read {path} as CSV: {e}") from None
-    header: Optional[list[str]] = None
-    if rows and not all(is_number(c) for c in rows[0]):
-        header = [c.strip() for c in rows[0]]
-        rows = rows[1:]
-    if not rows:
-        raise DataError(f"{path} has no data rows")
-    width = len(rows[0])
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            raise DataError(f"{path}: row {i + 1 + (header is not None)} has {len(r)} columns, the first has {width}")
-    if isinstance(target, str):
-        if header is None or target not in header:
-            known = f"its columns: {', '.join(header)}" if header else "it has no header row"
-            raise DataError(f"{path}: no column named {target!r} ({known})", "name the target column, or give its index")
-        col = header.index(target)
-    else:
-        if not -width <= target < width:
-            raise DataError(f"{path}: target column {target} does not exist ({width} columns)")
-        col = target % width
-    try:
-        table = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
-    except ValueError as e:
-        raise DataError(f"{path}: every cell must be a number ({e})") from None
-    return np.delete(table, col, axis=1), table[:, col]
+    x, y = _csv_split(dc.read_csv(path, DataError), target)
+    assert x.read is not None and y.read is not None
+    return x.read(), y.read()
 
 
 @register
@@ -204,13 +210,25 @@ class Csv(DataSource):
         "eval_path": _path("A CSV file of evaluation data, same columns (default: evaluate on the training data)."),
     }
 
+    def inspect(self, options: Mapping[str, Any], *, base_dir: Path) -> list[FileSplit]:
+        from odespec.data_contract import peek_csv
+
+        splits = []
+        for split, key in _SPLITS:
+            p = _present(base_dir, options[key])
+            if p is not None:
+                splits.append(FileSplit(split, *_csv_split(peek_csv(p, DataError), options["target"])))
+        return splits
+
     def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
-        p = _existing(base_dir, options["path"], "data file")
-        x, y = fit(*read_csv(p, options["target"]), need, str(p))
-        if not options["eval_path"]:
-            return LoadedData(x, y)
-        pe = _existing(base_dir, options["eval_path"], "data file")
-        xe, ye = fit(*read_csv(pe, options["target"]), need, str(pe))
+        from odespec.data_contract import read_csv as read_table
+
+        def read(value: str) -> tuple["np.ndarray", "np.ndarray"]:
+            p = _existing(base_dir, value, "data file")
+            return fit_files(*_csv_split(read_table(p, DataError), options["target"]), need)
+
+        x, y = read(options["path"])
+        xe, ye = read(options["eval_path"]) if options["eval_path"] else (None, None)
         return LoadedData(x, y, xe, ye)
 
 
@@ -275,11 +293,11 @@ class Mnist(DataSource):
             if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(labels) != len(images):
                 raise DataError(f"the MNIST {split} files do not fit: images {fmt_shape(images.shape)}, labels "
                                 f"{fmt_shape(labels.shape)} (want (N, 28, 28) and (N,))")
-        x, y = fit(arrays[0][:, None], arrays[1], need, str(paths[0]))
+        x, y = fit(arrays[0], arrays[1], need, (str(paths[0]), str(paths[1])))
         crop = options.get("random_crop") or {}
         augment = RandomCrop(crop["padding"]) if crop.get("padding") else None
         # pixels stay uint8 in memory (47 MB instead of 188 MB) and are scaled per batch
         if not options["eval"]:
             return LoadedData(x, y, x_scale=1 / 255, augment=augment)
-        xe, ye = fit(arrays[2][:, None], arrays[3], need, str(paths[2]))
+        xe, ye = fit(arrays[2], arrays[3], need, (str(paths[2]), str(paths[3])))
         return LoadedData(x, y, xe, ye, x_scale=1 / 255, augment=augment)

@@ -148,7 +148,7 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
     ``already_finished`` set."""
     run = Path(run_dir)
     info = read_run_info(run)
-    spec = load_spec(run / SPEC_FILE)
+    spec = load_spec(run / SPEC_FILE, data_dir=info["data_base_dir"])
     if spec.source_sha256 != info.get("spec_sha256"):
         raise TrainError(f"{run / SPEC_FILE} is not the spec this run was trained with (its hash changed)",
                          "start a new run with the edited spec: odespec train SPEC -o NEW_DIR")

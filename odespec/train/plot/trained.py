@@ -63,7 +63,7 @@ def _weights(run: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def load_trained(run: Path, info: dict[str, Any]) -> TrainedRun:
     """Load the run's model (CPU, eval mode) and data."""
-    spec = load_spec(run / SPEC_FILE)
+    spec = load_spec(run / SPEC_FILE, data_dir=info["data_base_dir"])
     assert spec.train is not None
     model = compile_spec(spec, device="cpu")
     path, state = _weights(run)
