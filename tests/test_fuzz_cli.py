@@ -149,3 +149,77 @@ def test_one_training_iteration_never_fails_internally(case: tuple[str, str], tm
     code, output = _run(["train", str(spec), "-o", str(out), "--iterations", "1"])
     _no_internal_error(code, output)
     _nothing_half_written(out, code, "model*.safetensors")
+
+
+# ------------------------------------------------------------------ hostile data files
+
+_DATA_SPEC = """\
+odespec: 1
+name: fuzz-data
+input: {shape: [2]}
+model:
+  - ode:
+      t: [0, 1]
+      dynamics: {layers: [{linear: 8}, tanh, {linear: 2}]}
+      solver: {method: rk4, steps: 2}
+  - linear: 3
+train:
+  data: {npz: data.npz}
+  iterations: 1
+  batch_size: 4
+"""
+
+
+@st.composite
+def hostile_arrays(draw: Any) -> dict[str, Any]:
+    """x and y of a 3-class problem with 2 features, then one thing made wrong."""
+    import numpy as np
+
+    n = draw(st.integers(4, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    arrays: dict[str, Any] = {"x": rng.normal(size=(n, 2)), "y": rng.integers(0, 3, size=n)}
+    which = draw(st.sampled_from(["x", "y"]))
+    how = draw(st.sampled_from(["nan", "inf", "shape", "dtype", "labels", "missing", "rows", "empty", "none"]))
+    a = arrays[which]
+    if how in ("nan", "inf"):
+        a = a.astype(float)
+        a.flat[draw(st.integers(0, a.size - 1))] = np.nan if how == "nan" else np.inf
+    elif how == "shape":
+        a = rng.normal(size=draw(st.sampled_from([(n, 3), (n, 2, 2), (n,), (n, 1, 5)])))
+    elif how == "dtype":
+        a = a.astype(draw(st.sampled_from(["U4", "complex64", "datetime64[s]"])))
+    elif how == "labels":
+        a = draw(st.sampled_from([np.full(n, 7), np.full(n, -1), rng.normal(size=n), rng.random((n, 3))]))
+    elif how == "rows":
+        a = a[: max(1, n // 2)]
+    elif how == "empty":
+        a = a[:0]
+    if how == "missing":
+        del arrays[which]
+    else:
+        arrays[which] = a
+    return arrays
+
+
+@settings(max_examples=25, **_SETTINGS)
+@given(arrays=hostile_arrays(), cut=st.one_of(st.none(), st.floats(0.0, 0.95)))
+def test_hostile_data_files_get_a_message_in_validate_and_train(arrays: dict, cut: Any, tmp_path_factory: Any):
+    import io
+
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("data")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    raw = buf.getvalue()
+    if cut is not None:  # a truncated file
+        raw = raw[: int(len(raw) * cut)]
+    (tmp / "data.npz").write_bytes(raw)
+    spec = tmp / "fuzz.yaml"
+    spec.write_text(_DATA_SPEC, encoding="utf-8")
+    code, output = _run(["validate", str(spec)])
+    _no_internal_error(code, output)
+    out = tmp / "run"
+    code, output = _run(["train", str(spec), "-o", str(out)])
+    _no_internal_error(code, output)
+    _nothing_half_written(out, code, "model*.safetensors")
