@@ -140,7 +140,7 @@ def build_all(
     shorthands = {"method": method, "steps": steps, "loop": loop, "match_tol": match_tol,
                   "calibration_data": calibration_data}
     result = export_model(model, out / spec.export.file, _export_options(options, shorthands))
-    report = {
+    report: dict[str, Any] = {
         "odespec_version": odespec.__version__,
         "spec": {"file": os.path.basename(str(spec_path)), "name": spec.name, "sha256": spec.source_sha256},
         "dtype": dtype or spec.dtype,
@@ -186,6 +186,7 @@ def load_weights(model: ODENet, path: Union[str, "os.PathLike[str]"]) -> dict[st
     if not p.is_file():
         raise BuildError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
     raw = p.read_bytes()
+    state: Any  # what the file holds, checked below to be a state dict
     if p.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load as load_safetensors

@@ -284,7 +284,7 @@ def run_command(model: str, input_path: str, output: Optional[str], fmt: str) ->
                 doc["written"] = str(written)
             click.echo(json.dumps(doc, indent=2))
         elif written is not None:
-            shapes = ", ".join(f"{n} {tuple(y.shape)}" for n, y in zip(result.names, result.arrays))
+            shapes = ", ".join(f"{n} {tuple(y.shape)}" for n, y in zip(result.names, result.arrays, strict=True))
             click.echo(f"wrote {written}: {shapes}")
         else:
             click.echo(render_outputs(result))

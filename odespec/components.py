@@ -29,7 +29,8 @@ def json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {dict: "object", list: "array", str: "string"}[type(value)]
+    names: dict[type, str] = {dict: "object", list: "array", str: "string"}
+    return names[type(value)]
 
 
 def alternatives(*branches: Mapping[str, Any], **annotations: Any) -> dict[str, Any]:
@@ -121,6 +122,8 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> Optional[str]:
 
 
 C = TypeVar("C", bound=OptionsComponent)
+#: a component class being registered
+K = TypeVar("K", bound=type)
 
 
 class ComponentRegistry(Generic[C]):
@@ -129,7 +132,7 @@ class ComponentRegistry(Generic[C]):
     first use; then every entry point of ``group`` (a component class, or a callable given
     :meth:`register`) adds the third-party ones, which :meth:`plugin_names` lists."""
 
-    def __init__(self, kind: str, base: type, group: str, load_builtins: Callable[[], None],
+    def __init__(self, kind: str, base: type[C], group: str, load_builtins: Callable[[], None],
                  unknown: Callable[[str], KeyError], reserved: tuple[str, ...] = ()):
         self.kind = kind
         self.base = base
@@ -141,18 +144,19 @@ class ComponentRegistry(Generic[C]):
         self._loaded = False
         self._builtin: frozenset = frozenset()
 
-    def register(self, cls: type) -> type:
+    def register(self, cls: K) -> K:
         """Register a component class (usable as a decorator); refuses a name already taken, as
         every odespec registry does."""
-        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+        component: type = cls  # narrowed below to the base's subclasses; cls keeps its own type
+        if not (isinstance(component, type) and issubclass(component, self.base)):
             raise TypeError(f"{cls!r} is not a {self.base.__name__} subclass")
-        name = cls.name
+        name = component.name
         if name in self.reserved:
             raise ValueError(f"{name!r} is reserved")
         if name in self._items:
             raise ValueError(f"a {self.kind} named {name!r} is already registered "
                              f"({type(self._items[name]).__qualname__})")
-        self._items[name] = cls()
+        self._items[name] = component()
         return cls
 
     def get(self, name: str) -> C:

@@ -21,7 +21,7 @@ def _shape(s: list[int]) -> str:
 def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     """Left-aligned columns two spaces apart, a rule of dashes under the first (header) row."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, indent + "  ".join("-" * w for w in widths))
     return lines
 

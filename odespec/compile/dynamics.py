@@ -38,6 +38,6 @@ class DynamicsNet(nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        for layer, with_t in zip(self.layers, self.takes_t):
+        for layer, with_t in zip(self.layers, self.takes_t, strict=True):
             y = layer(t, y) if with_t else layer(y)
         return y

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from odespec.compile.ode_block import ODEBlock, ResNetBlock, BlockBase, make_block
+from odespec.compile.ode_block import BlockBase, make_block
 from odespec.errors import BuildError
 from odespec.layers import LayerContext, LayerUse
 from odespec.layers.torch_modules import DiagonalGaussian, GaussianSample
@@ -79,7 +79,7 @@ def compile_spec(spec: Spec, *, device: Optional[str] = None, dtype: Optional[st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         modules: list[nn.Module] = []
-        for item, use in zip(spec.model, _layer_uses(spec)):
+        for item, use in zip(spec.model, _layer_uses(spec), strict=True):
             if use is None:
                 assert isinstance(item, OdeBlockSpec)
                 modules.append(make_block(item))

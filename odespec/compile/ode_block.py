@@ -37,6 +37,8 @@ class Augment(nn.Module):
 class BlockBase(nn.Module):
     """What every ODE-block family shares: times, augmentation, output layout, NFE counters."""
 
+    t: torch.Tensor  # a buffer
+
     def __init__(self, spec: OdeBlockSpec):
         super().__init__()
         self.spec = spec
@@ -161,6 +163,7 @@ class ResNetBlock(BlockBase):
         super().__init__(spec)
         from odespec.solvers.grid import fixed_grid
 
+        assert spec.solver.steps is not None  # validate refuses a resnet block without steps
         self.grid = fixed_grid(spec.t, spec.solver.steps)
         n = sum(len(interval) for interval in self.grid)
         self.dynamics = nn.ModuleList(DynamicsNet(spec.dynamics, spec.state_shape) for _ in range(n))

@@ -9,10 +9,11 @@ once however many steps are unrolled.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+from numpy.typing import DTypeLike
 from onnx import TensorProto, helper, numpy_helper
 
 from odespec.errors import ExportError
@@ -28,7 +29,7 @@ class Value:
 class GraphBuilder:
     """Accumulates nodes and initializers of one ONNX graph."""
 
-    def __init__(self, np_dtype: np.dtype):
+    def __init__(self, np_dtype: DTypeLike):
         self.np_dtype = np.dtype(np_dtype)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
@@ -58,7 +59,7 @@ class GraphBuilder:
         self._root._n += 1
         return f"{base}_{self._root._n}"
 
-    def const(self, value: Union[float, Sequence[int]], *, dtype: Optional[np.dtype] = None) -> str:
+    def const(self, value: Union[float, Sequence[int]], *, dtype: Optional[DTypeLike] = None) -> str:
         """A constant initializer, shared by every user of the same value."""
         arr = np.asarray(value, dtype=dtype or self.np_dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
@@ -68,7 +69,7 @@ class GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
-    def node(self, op: str, inputs: Sequence[str], **attrs: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], **attrs: Any) -> str:
         out = self.fresh(op.lower())
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
@@ -175,4 +176,4 @@ class GraphBuilder:
 
 
 ONNX_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
+NUMPY_DTYPES: dict[str, type[np.floating]] = {"float32": np.float32, "float64": np.float64}

@@ -16,7 +16,7 @@ method the first stage ``k1`` of the next step. The step size is a constant per 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -96,7 +96,8 @@ def _takes_t(dynamics: onnx.GraphProto) -> bool:
     return any(i.name == "t" for i in dynamics.input)
 
 
-def _splice_f(builder: GraphBuilder, dynamics: onnx.GraphProto, weights_prefix: str):
+def _splice_f(builder: GraphBuilder, dynamics: onnx.GraphProto,
+              weights_prefix: str) -> Callable[[TimeValue, Value], Value]:
     takes_t = _takes_t(dynamics)
 
     def f(t: TimeValue, y: Value) -> Value:

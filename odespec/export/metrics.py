@@ -86,7 +86,7 @@ def output_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> Outpu
     """The :class:`OutputError` of ``got`` against ``want``, batch by batch; non-finite outputs
     give infinite errors."""
     max_abs, scale = 0.0, 0.0
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         g = np.asarray(g, dtype=np.float64)
         if g.shape != w.shape:
             raise ExportError(f"internal error: output shape {g.shape} != reference shape {w.shape}")

@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import onnx
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 import odespec
 from odespec.compile.model import ODENet
 from odespec.compile.dynamics import DynamicsNet
-from odespec.compile.ode_block import ResNetBlock, BlockBase
+from odespec.compile.ode_block import BlockBase, ODEBlock, ResNetBlock
 from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
 from odespec.layers import ExportContext, LayerUse
@@ -62,12 +62,12 @@ class _Dynamics(nn.Module):
 
     def __init__(self, dynamics: DynamicsNet, export: ExportContext):
         super().__init__()
-        forms = (use.export_form(layer, export) for layer, use in zip(dynamics.layers, dynamics.uses))
+        forms = (use.export_form(layer, export) for layer, use in zip(dynamics.layers, dynamics.uses, strict=True))
         self.layers = nn.ModuleList(forms)
         self.takes_t = dynamics.takes_t
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        for layer, with_t in zip(self.layers, self.takes_t):
+        for layer, with_t in zip(self.layers, self.takes_t, strict=True):
             y = layer(t, y) if with_t else layer(y)
         return y
 
@@ -90,13 +90,17 @@ def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # torch's annotation says f is a path; its TorchScript exporter writes to file objects too
             torch.onnx.export(
-                module, args, buf, dynamo=False, opset_version=opset, input_names=names, output_names=["out"],
+                module, args, buf,  # type: ignore[arg-type]
+                dynamo=False, opset_version=opset, input_names=names, output_names=["out"],
                 dynamic_axes=dyn if dynamic_batch else None, do_constant_folding=True,
             )
         except TypeError:  # pragma: no cover - a torch without the TorchScript exporter
             prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=names,
                                      output_names=["out"], dynamic_shapes=None, external_data=False)
+            if prog is None:
+                raise ExportError(f"torch exported no program for {type(module).__name__}") from None
             buf.write(prog.model_proto.SerializeToString())
         except Exception as e:  # torch raises many types here; the user needs to know which layer
             raise ExportError(f"torch could not export {type(module).__name__} to ONNX: {e}") from e
@@ -108,7 +112,7 @@ def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
     augmentation (zero padding) joins the plain layers before it: it is an ordinary layer."""
     out: list[Union[BlockBase, list[_Placed]]] = []
     run: list[_Placed] = []
-    for m, use in zip(model, model.uses):
+    for m, use in zip(model, model.uses, strict=True):
         if isinstance(m, BlockBase):
             if m.augmenter is not None:
                 run.append((m.augmenter, None))
@@ -189,7 +193,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
 
         return f
 
-    def export_dynamics(dyn: nn.Module) -> onnx.GraphProto:
+    def export_dynamics(dyn: DynamicsNet) -> onnx.GraphProto:
         return _export_piece(_Dynamics(dyn, export), (t_example, state_example), ["t", "y"], settings.opset,
                              settings.dynamic_batch)
 
@@ -199,12 +203,15 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
         k = 0
         for interval in block.grid:
             for t0, h in interval:
-                f = stage_func(export_dynamics(block.dynamics[k]), f"{prefix}step{k}/")
+                # a ModuleList of DynamicsNet by construction (torch's ModuleList is not generic)
+                f = stage_func(export_dynamics(cast(DynamicsNet, block.dynamics[k])), f"{prefix}step{k}/")
                 y = rk_step(f, t0, y, h, euler, combine=gb.combine, with_error=False).y_next
                 k += 1
             outs.append(y)
         return outs
 
+    if not isinstance(block, ODEBlock):
+        raise ExportError(f"internal error: no ONNX form for the ODE block family {type(block).__name__}")
     tableau = get_tableau(settings.method)
     sub = export_dynamics(block.dynamics)
     grid = fixed_grid(block.spec.t, settings.steps)

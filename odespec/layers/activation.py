@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from odespec.layers.base import LayerContext, LayerType, Shape, number_schema
 from odespec.layers.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 
 class _Activation(LayerType):
@@ -13,7 +16,7 @@ class _Activation(LayerType):
     torch_name: str
     forwarded: Mapping[str, str] = {}
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         return getattr(nn, self.torch_name)(**{kw: options[k] for k, kw in self.forwarded.items()})

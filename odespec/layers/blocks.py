@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from odespec.layers.base import LayerContext, LayerType, Shape, ShapeError, bool_schema, fmt_shape, int_schema
 from odespec.layers.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 
 @register
@@ -40,7 +43,7 @@ class Residual(LayerType):
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
         return sum(child.num_params for child in options["layers"])
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         from odespec.layers.registry import get
@@ -79,7 +82,7 @@ class _Recurrent(LayerType):
         d, h = shape[-1], options["hidden"]
         return self.gates * (d * h + h * h + (2 * h if options["bias"] else 0))
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from odespec.layers.torch_modules import RecurrentEncoder
 
         return RecurrentEncoder(self.torch_name, shape[-1], options["hidden"], reverse=options["reverse"],
@@ -117,7 +120,7 @@ class Gaussian(LayerType):
             )
         return (shape[0] // 2,)
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from odespec.layers.torch_modules import GaussianSample
 
         return GaussianSample()

@@ -43,7 +43,7 @@ def _expand(value: Any, n: int, what: str) -> tuple[int, ...]:
 
 
 def _conv_out(size: Sequence[int], k: Sequence[int], s: Sequence[int], p: Sequence[int], d: Sequence[int]) -> tuple[int, ...]:
-    return tuple((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, pp, dd in zip(size, k, s, p, d))
+    return tuple((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, pp, dd in zip(size, k, s, p, d, strict=True))
 
 
 class _Conv(LayerType):
@@ -69,9 +69,9 @@ class _Conv(LayerType):
         if options["padding"] == "same":
             if any(x != 1 for x in s):
                 raise ShapeError("padding 'same' needs stride 1", "set an explicit padding, e.g. padding: 1")
-            if any((dd * (kk - 1)) % 2 for kk, dd in zip(k, d)):
+            if any((dd * (kk - 1)) % 2 for kk, dd in zip(k, d, strict=True)):
                 raise ShapeError("padding 'same' needs an odd kernel", "use an odd kernel size such as 3")
-            p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
+            p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d, strict=True))
         else:
             p = _expand(options["padding"], n, "padding")
         return k, s, p, d
@@ -103,7 +103,7 @@ class _Conv(LayerType):
             kprod *= kk
         return c_out * (c_in // options["groups"]) * kprod + (c_out if options["bias"] else 0)
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         from odespec.layers.torch_modules import TimeConcat
@@ -111,7 +111,9 @@ class _Conv(LayerType):
         k, s, p, d = self._geometry(options)
         cls = nn.Conv1d if self.dims == 1 else nn.Conv2d
         c_in = shape[0] + (1 if ctx.time_concat else 0)
-        layer = cls(c_in, options["channels"], k, stride=s, padding=p, dilation=d, groups=options["groups"], bias=options["bias"])
+        # torch's annotations want tuple[int] or tuple[int, int]; these have self.dims entries
+        layer = cls(c_in, options["channels"], k, stride=s, padding=p, dilation=d,  # type: ignore[arg-type]
+                    groups=options["groups"], bias=options["bias"])
         return TimeConcat(layer, channel_dim=1) if ctx.time_concat else layer
 
     def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
@@ -121,9 +123,14 @@ class _Conv(LayerType):
         group)."""
         if not ctx.time_concat or options["groups"] != 1:
             return module
-        from odespec.layers.export_forms import SplitTimeConv
+        from torch import nn
 
-        return SplitTimeConv(module.layer, shape)  # module is the TimeConcat that build made
+        from odespec.layers.export_forms import SplitTimeConv
+        from odespec.layers.torch_modules import TimeConcat
+
+        # as build made it
+        assert isinstance(module, TimeConcat) and isinstance(module.layer, (nn.Conv1d, nn.Conv2d))
+        return SplitTimeConv(module.layer, shape)
 
 
 @register
@@ -172,14 +179,14 @@ class _Pool(LayerType):
         k = _expand(options["kernel"], n, "kernel")
         s = _expand(options["stride"], n, "stride")
         p = _expand(options["padding"], n, "padding")
-        if any(pp * 2 > kk for pp, kk in zip(p, k)):
+        if any(pp * 2 > kk for pp, kk in zip(p, k, strict=True)):
             raise ShapeError("padding must be at most half the kernel size")
         out = _conv_out(shape[1:], k, s, p, (1,) * n)
         if any(o < 1 for o in out):
             raise ShapeError(f"input {fmt_shape(shape)} is smaller than the pooling window {list(k)}")
         return (shape[0],) + out
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         n = len(shape) - 1

@@ -43,7 +43,7 @@ class Linear(LayerType):
         fan_in = shape[-1] + (1 if ctx.time_concat else 0)
         return fan_in * options["features"] + (options["features"] if options["bias"] else 0)
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         from odespec.layers.torch_modules import TimeConcat
@@ -57,9 +57,13 @@ class Linear(LayerType):
         """With ``time: concat``: the time feature's column split off (no concatenation in the graph)."""
         if not ctx.time_concat:
             return module
-        from odespec.layers.export_forms import SplitTimeLinear
+        from torch import nn
 
-        return SplitTimeLinear(module.layer)  # module is the TimeConcat that build made
+        from odespec.layers.export_forms import SplitTimeLinear
+        from odespec.layers.torch_modules import TimeConcat
+
+        assert isinstance(module, TimeConcat) and isinstance(module.layer, nn.Linear)  # as build made it
+        return SplitTimeLinear(module.layer)
 
 
 @register
@@ -72,7 +76,7 @@ class Power(LayerType):
     required = ("exponent",)
     shorthand = "exponent"
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from odespec.layers.torch_modules import Power as PowerModule
 
         e = options["exponent"]
@@ -87,7 +91,7 @@ class Flatten(LayerType):
     def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
         return (math.prod(shape),)
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         return nn.Flatten(start_dim=1)
@@ -127,7 +131,7 @@ class Reshape(LayerType):
             )
         return tuple(target)
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from odespec.layers.torch_modules import Reshape as ReshapeModule
 
         return ReshapeModule(self.output_shape(options, shape, ctx))
@@ -144,7 +148,7 @@ class Dropout(LayerType):
         "describe one ODE; put dropout before or after the ODE block"
     )
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         return nn.Dropout(options["p"])

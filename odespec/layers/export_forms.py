@@ -5,6 +5,8 @@ when exporting.
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
 
@@ -23,19 +25,24 @@ class SplitTimeConv(nn.Module):
     it). ``conv`` must have one group and zero padding.
     """
 
-    def __init__(self, conv: nn.Module, shape: Shape):
+    time_map: torch.Tensor
+
+    def __init__(self, conv: Union[nn.Conv1d, nn.Conv2d], shape: Shape):
         super().__init__()
         w = conv.weight.detach()
-        self.conv = type(conv)(w.shape[1] - 1, w.shape[0], conv.kernel_size, stride=conv.stride,
-                               padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+        # torch annotates the module's geometry as tuple[int, ...], its constructor's as
+        # tuple[int] / tuple[int, int]: the same values
+        self.conv = type(conv)(w.shape[1] - 1, w.shape[0], conv.kernel_size,  # type: ignore[arg-type]
+                               stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
+                               dilation=conv.dilation, bias=conv.bias is not None,  # type: ignore[arg-type]
                                dtype=w.dtype)
         self.conv.weight.data.copy_(w[:, :-1])
-        if conv.bias is not None:
+        if conv.bias is not None and self.conv.bias is not None:  # both or neither, as made above
             self.conv.bias.data.copy_(conv.bias.detach())
         ones = torch.ones((1, 1, *shape[1:]), dtype=w.dtype)
-        bare = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
         conv_fn = torch.nn.functional.conv2d if w.dim() == 4 else torch.nn.functional.conv1d
-        self.register_buffer("time_map", conv_fn(ones, w[:, -1:], **bare)[0])
+        time_map = conv_fn(ones, w[:, -1:], stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        self.register_buffer("time_map", time_map[0])
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.conv(y) + t * self.time_map
@@ -43,6 +50,8 @@ class SplitTimeConv(nn.Module):
 
 class SplitTimeLinear(nn.Module):
     """``linear(cat([y, t]))`` computed as ``linear(y; W_y) + t * w_t`` (no concatenation)."""
+
+    time_weight: torch.Tensor
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -66,6 +75,12 @@ class StaticGroupNorm(nn.Module):
     are constants (-1 for the batch dimension) and those nodes disappear: about a quarter
     fewer nodes in the MNIST ODE-Net, which shows at batch 1.
     """
+
+    # buffers
+    ones: torch.Tensor
+    zeros: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, gn: nn.GroupNorm, shape: Shape, dtype: torch.dtype):
         super().__init__()

@@ -49,7 +49,7 @@ class GroupNorm(LayerType):
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
         return 2 * shape[0] if options["affine"] else 0
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         return nn.GroupNorm(options["groups"], shape[0], eps=options["eps"], affine=options["affine"])
@@ -57,8 +57,11 @@ class GroupNorm(LayerType):
     def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
                     export: ExportContext) -> "nn.Module":
         """The reshapes' targets as constants from the known per-sample shape."""
+        from torch import nn
+
         from odespec.layers.export_forms import StaticGroupNorm
 
+        assert isinstance(module, nn.GroupNorm)  # as build made it
         return StaticGroupNorm(module, shape, export.dtype)
 
 
@@ -71,7 +74,7 @@ class LayerNorm(LayerType):
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
         return 2 * shape[-1] if options["affine"] else 0
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         return nn.LayerNorm(shape[-1], eps=options["eps"], elementwise_affine=options["affine"])
@@ -99,7 +102,7 @@ class BatchNorm(LayerType):
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
         return 2 * shape[0] if options["affine"] else 0
 
-    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext):
+    def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from torch import nn
 
         cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d}[len(shape)]

@@ -39,7 +39,7 @@ _REGISTRY: ComponentRegistry[LayerType] = ComponentRegistry(
 
 def register(cls: L) -> L:
     """Register a :class:`LayerType` subclass (usable as a decorator). Refuses duplicate names."""
-    return _REGISTRY.register(cls)  # type: ignore[return-value]
+    return _REGISTRY.register(cls)
 
 
 def get(name: str) -> LayerType:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ def inplace_activations(modules: Sequence[nn.Module]) -> None:
     time per call. An activation after anything else (the block's input, another activation, a
     norm, an ODE block) is left as it is.
     """
-    for prev, layer in zip(modules, list(modules)[1:]):
+    for prev, layer in zip(modules, list(modules)[1:], strict=False):
         producer = prev.layer if isinstance(prev, TimeConcat) else prev
         if isinstance(layer, (nn.ELU, nn.ReLU)) and isinstance(producer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             layer.inplace = True
@@ -161,7 +161,8 @@ class _ElmanCPU(torch.autograd.Function):
         # 2 (W_ih x_k + b) for every step at once; then each step adds 2 W_hh h_k in place
         torch.matmul(2.0 * w_ih, xin, out=hs[1:])
         if b_ih is not None or b_hh is not None:
-            b = sum(v for v in (b_ih, b_hh) if v is not None)
+            # a tensor: at least one term
+            b = cast(torch.Tensor, sum(v for v in (b_ih, b_hh) if v is not None))
             hs[1:].add_((2.0 * b)[:, None])
         w2 = 2.0 * w_hh
         one = x.new_ones(())

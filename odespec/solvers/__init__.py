@@ -55,28 +55,54 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
+    # `name as name` marks a re-export (PEP 484), for the type checkers and linters
     from odespec.solvers.gradient import (
-        Adjoint,
-        Backprop,
-        Checkpoint,
-        GradientMethod,
-        gradient_names,
-        register_gradient,
-        unregister_gradient,
+        Adjoint as Adjoint,
+        Backprop as Backprop,
+        Checkpoint as Checkpoint,
+        GradientMethod as GradientMethod,
+        gradient_names as gradient_names,
+        register_gradient as register_gradient,
+        unregister_gradient as unregister_gradient,
     )
-    from odespec.solvers._odeint import odeint, odeint_adjoint, solve
-    from odespec.solvers.config import GradientConfig, GradientDecl, SolverConfig, UnknownGradientMethodError
-    from odespec.solvers.options import InvalidOptionError, allowed_options, parse_options
-    from odespec.solvers.solution import BackwardStats, Solution, SolveStats
-    from odespec.solvers.step import Combine, StepResult, rk_step, torch_combine
-    from odespec.solvers.tableau import ButcherTableau, Interpolant
+    from odespec.solvers._odeint import (
+        odeint as odeint,
+        odeint_adjoint as odeint_adjoint,
+        solve as solve,
+    )
+    from odespec.solvers.config import (
+        GradientConfig as GradientConfig,
+        GradientDecl as GradientDecl,
+        SolverConfig as SolverConfig,
+        UnknownGradientMethodError as UnknownGradientMethodError,
+    )
+    from odespec.solvers.options import (
+        InvalidOptionError as InvalidOptionError,
+        allowed_options as allowed_options,
+        parse_options as parse_options,
+    )
+    from odespec.solvers.solution import (
+        BackwardStats as BackwardStats,
+        Solution as Solution,
+        SolveStats as SolveStats,
+    )
+    from odespec.solvers.step import (
+        Combine as Combine,
+        StepResult as StepResult,
+        rk_step as rk_step,
+        torch_combine as torch_combine,
+    )
+    from odespec.solvers.tableau import (
+        ButcherTableau as ButcherTableau,
+        Interpolant as Interpolant,
+    )
     from odespec.solvers.tableaus import (
-        UnknownMethodError,
-        get_tableau,
-        is_adaptive,
-        method_names,
-        register_tableau,
-        unregister_tableau,
+        UnknownMethodError as UnknownMethodError,
+        get_tableau as get_tableau,
+        is_adaptive as is_adaptive,
+        method_names as method_names,
+        register_tableau as register_tableau,
+        unregister_tableau as unregister_tableau,
     )
 
 

@@ -206,7 +206,7 @@ class _TupleState:
 
     def _split(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         lead = flat.shape[:-1]
-        return tuple(p.reshape(*lead, *s) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes))
+        return tuple(p.reshape(*lead, *s) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes, strict=True))
 
     def _tol(self, tol: Any) -> Any:
         if not isinstance(tol, (tuple, list)):
@@ -214,10 +214,13 @@ class _TupleState:
         if len(tol) != len(self.sizes):
             raise InvalidOptionError(f"a tuple tolerance needs {len(self.sizes)} entries, got {len(tol)}")
         return torch.cat([torch.as_tensor(x, dtype=self.y0.abs().dtype).expand(s).reshape(-1)
-                          for x, s in zip(tol, self.shapes)])
+                          for x, s in zip(tol, self.shapes, strict=True)])
 
     def unpack(self, sol: Solution) -> Solution:
-        return dataclasses.replace(sol, ys=self._split(sol.ys), y_last=self._split(sol.y_last))
+        # as torchdiffeq does, a tuple state's solution holds tuples where Solution declares the
+        # tensors of the usual state
+        ys, y_last = self._split(sol.ys), self._split(sol.y_last)
+        return dataclasses.replace(sol, ys=ys, y_last=y_last)  # type: ignore[arg-type]
 
 
 def _resolve_method(method: Method) -> ButcherTableau:

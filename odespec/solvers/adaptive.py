@@ -62,7 +62,7 @@ def _error_weights(tableau: ButcherTableau, like: torch.Tensor) -> tuple[tuple[i
     key = (id(tableau), like.dtype, like.device)
     hit = _ERR_WEIGHTS.get(key)
     if hit is None:
-        rows = [tableau.b_err] + ([tableau.b_err_aux] if tableau.b_err_aux is not None else [])
+        rows = [r for r in (tableau.b_err, tableau.b_err_aux) if r is not None]
         idx = tuple(j for j in range(tableau.stages) if any(r[j] != 0.0 for r in rows))
         w = const_tensor([[r[j] for j in idx] for r in rows], like.dtype, like.device)
         if len(_ERR_WEIGHTS) > 64:
@@ -72,7 +72,7 @@ def _error_weights(tableau: ButcherTableau, like: torch.Tensor) -> tuple[tuple[i
 
 
 def _error_ratio(
-    tableau: ButcherTableau, norm: ErrorNorm, h: float, res: StepResult, y_abs
+    tableau: ButcherTableau, norm: ErrorNorm, h: float, res: StepResult[torch.Tensor], y_abs: torch.Tensor
 ) -> tuple[float, torch.Tensor]:
     """The step's error ratio (accept if <= 1) as a Python float, and ``|y1|``. One host sync.
 
@@ -92,7 +92,7 @@ def _error_ratio(
     k0 = ks[0]
     y1_abs = norm.abs(res.y_next)
     scale = norm.scale(y_abs, y1_abs)
-    if res.error is not None:
+    if res.error is not None and res.error_aux is not None:  # the hot path above took the error alone
         est = torch.stack([res.error.reshape(-1), res.error_aux.reshape(-1)])
         factor = norm.inv_sqrt_n  # the step's estimates include h
     elif k0.numel() <= _ERR_STACK_MAX_NUMEL:
@@ -101,6 +101,7 @@ def _error_ratio(
         factor = abs(h) * norm.inv_sqrt_n
     else:
         err, aux = error_estimates(1.0, tableau, ks)
+        assert err is not None  # an adaptive tableau has an estimator
         est = err.view(1, -1) if aux is None else torch.stack([err.reshape(-1), aux.reshape(-1)])
         factor = abs(h) * norm.inv_sqrt_n
     rows = norm.rows(est, scale)
@@ -149,9 +150,9 @@ def _initial_step(
     d1s = [x * inv for x in c1]
     if not all(math.isfinite(x) for x in d0s + d1s):
         return math.nan
-    h0s = [1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1 for d0, d1 in zip(d0s, d1s)]
+    h0s = [1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1 for d0, d1 in zip(d0s, d1s, strict=True)]
     # channels at zero drop their 1e-6 fallback where another channel gives a real first guess
-    moving = [h0c for h0c, d0 in zip(h0s, d0s) if d0 >= 1e-5]
+    moving = [h0c for h0c, d0 in zip(h0s, d0s, strict=True) if d0 >= 1e-5]
     at_zero = [d0 < 1e-5 and len(moving) > 0 for d0 in d0s]
     h0 = min(moving) if moving else min(h0s)
     y1 = torch.add(y0, f0, alpha=direction * h0)
@@ -160,7 +161,7 @@ def _initial_step(
     if not all(math.isfinite(x) for x in d2s):
         return h0
     h = math.inf
-    for h0c, d1, d2, zero in zip(h0s, d1s, d2s, at_zero):
+    for h0c, d1, d2, zero in zip(h0s, d1s, d2s, at_zero, strict=True):
         if zero and max(d1, d2) <= 1e-15:
             continue  # a channel at rest (an unused parameter's gradient) sets no bound
         if max(d1, d2) <= 1e-15:

@@ -39,7 +39,7 @@ def check_monotonic(times: list[float]) -> None:
     if not all(math.isfinite(x) for x in times):
         raise ValueError("t must be finite")
     increasing = times[1] > times[0]
-    for a, b in zip(times, times[1:]):
+    for a, b in zip(times, times[1:], strict=False):
         if (b > a) != increasing or a == b:
             raise ValueError("t must be strictly increasing or strictly decreasing")
 

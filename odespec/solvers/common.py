@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence, Union, cast
 
 import torch
 
@@ -38,7 +38,7 @@ class TimedFunc:
         self._t_float: Optional[float] = None
         self._t_tensor: Optional[torch.Tensor] = None
 
-    def __call__(self, t, y):
+    def __call__(self, t: Union[float, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         if not isinstance(t, torch.Tensor):
             if t != self._t_float:
@@ -47,7 +47,7 @@ class TimedFunc:
                 # (DOPRI5/Tsit5's last two stages both sit at t + h).
                 self._t_float = t
                 self._t_tensor = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
-            t = self._t_tensor
+            t = cast(torch.Tensor, self._t_tensor)  # made above, or by an earlier call at this time
         return self.func(t, y)
 
 

@@ -123,7 +123,7 @@ class StepSizeController(ABC):
     def _factor(self, ratio: float) -> float:
         """The growth factor after an accepted step with error ``ratio > 0``."""
 
-    def _accepted(self, ratio: float) -> None:
+    def _accepted(self, ratio: float) -> None:  # noqa: B027  (a hook with a default: not abstract)
         """Update what the kind keeps from an accepted step (nothing by default)."""
 
 

@@ -44,7 +44,7 @@ def integrate_fixed(
     k1 = None
     h = 0.0
     step = stepper(tableau, y0, with_error=False)
-    for i, (t0, t1) in enumerate(zip(times[:-1], times[1:])):
+    for i, (t0, t1) in enumerate(zip(times[:-1], times[1:], strict=True)):
         span = t1 - t0
         n = steps_for_interval(span, opts)
         h = span / n
@@ -71,13 +71,13 @@ def integrate_fixed(
     if not all(finite):
         bad = finite.index(False)
         # from the start (the initial state, or the first interval from it): say what is not finite
-        message, hint = nonfinite_start(f, y0, fixed=True) if bad <= 1 else (None, None)
+        message, hint = nonfinite_start(f, y0, fixed=True) if bad <= 1 else ("", None)
         if bad > 0:
             del outcome.outs[bad:]
             outcome.t_last, outcome.y_last = times[bad - 1], outcome.outs[-1]
             where = f"the fixed-step solution became non-finite between t={times[bad - 1]:.6g} and t={times[bad]:.6g}"
-            message = where if message is None or message.startswith("the derivative at the initial state is not "
-                                                                      "finite, though") else f"{where}: {message}"
+            message = where if not message or message.startswith("the derivative at the initial state is not "
+                                                                  "finite, though") else f"{where}: {message}"
         else:
             outcome.outs[1:] = []
             outcome.t_last, outcome.y_last = times[0], y0

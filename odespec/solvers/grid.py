@@ -34,7 +34,7 @@ def steps_for_interval(span: float, opts: FixedStepOptions) -> int:
 
 def count_steps(times: Sequence[float], opts: FixedStepOptions) -> int:
     """Total number of steps a fixed-step solve through ``times`` takes."""
-    return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:]))
+    return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:], strict=True))
 
 
 def fixed_nfe(times: Sequence[float], opts: FixedStepOptions, tableau: ButcherTableau) -> int:
@@ -50,7 +50,7 @@ def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, flo
     interval, starting at ``t0 + j * h`` exactly as the fixed-step solver walks them."""
     opts = FixedStepOptions(steps=steps)
     grid = []
-    for t0, t1 in zip(times[:-1], times[1:]):
+    for t0, t1 in zip(times[:-1], times[1:], strict=True):
         n = steps_for_interval(t1 - t0, opts)
         h = (t1 - t0) / n
         grid.append([(t0 + j * h, h) for j in range(n)])

@@ -6,7 +6,7 @@ checkpoint replays through the same code."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import torch
 
@@ -14,7 +14,7 @@ from odespec.solvers.adaptive import integrate_adaptive
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc
 from odespec.solvers.fixed import integrate_fixed
 from odespec.solvers.norms import ErrorNorm, Tol
-from odespec.solvers.options import FixedStepOptions, SolverOptions, parse_options
+from odespec.solvers.options import FixedStepOptions, OptionsArg, SolverOptions, parse_options
 from odespec.solvers.replay import StepRecorder
 from odespec.solvers.tableau import ButcherTableau
 
@@ -52,6 +52,6 @@ class Setup:
                                   norm=norm, recorder=recorder, quad=quad)
 
 
-def make_setup(tableau: ButcherTableau, options: Optional[Mapping[str, Any]], rtol: Tol, atol: Tol) -> Setup:
+def make_setup(tableau: ButcherTableau, options: OptionsArg, rtol: Tol, atol: Tol) -> Setup:
     """A :class:`Setup` with validated options (tolerances are checked by the caller)."""
     return Setup(tableau, parse_options(tableau, options), rtol, atol)

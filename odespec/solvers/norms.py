@@ -37,7 +37,7 @@ class ErrorNorm:
         else:
             self.atol = const_tensor(float(atol), real, y0.device)
         if isinstance(rtol, torch.Tensor):
-            self.rtol_t = rtol.to(dtype=real, device=y0.device, non_blocking=True)
+            self.rtol_t: Optional[torch.Tensor] = rtol.to(dtype=real, device=y0.device, non_blocking=True)
             self.rtol = 0.0
         else:
             self.rtol_t = None
@@ -108,7 +108,7 @@ class MixedNorm(ErrorNorm):
         if len(self.sizes) == 1:
             return [torch.linalg.vector_norm(q, dim=dim) * self.weights[0]]
         parts = q.split(self.sizes, dim=-1)
-        return [torch.linalg.vector_norm(p, dim=dim) * w for p, w in zip(parts, self.weights)]
+        return [torch.linalg.vector_norm(p, dim=dim) * w for p, w in zip(parts, self.weights, strict=True)]
 
 
 def _head(tol: Tol, end: int) -> Tol:

@@ -147,6 +147,8 @@ class AdaptiveOptions:
 
 
 SolverOptions = Union[FixedStepOptions, AdaptiveOptions]
+#: the options a solve is given: a mapping to parse, options parsed already, or none
+OptionsArg = Union[Mapping[str, Any], SolverOptions, None]
 
 
 def allowed_options(tableau: ButcherTableau) -> tuple[str, ...]:
@@ -204,7 +206,7 @@ def _unknown(key: Any, tableau: ButcherTableau, allowed: tuple[str, ...]) -> Inv
         key=str(key), allowed=allowed)
 
 
-def parse_options(tableau: ButcherTableau, options: Optional[Mapping[str, Any]]) -> SolverOptions:
+def parse_options(tableau: ButcherTableau, options: OptionsArg) -> SolverOptions:
     """Validate ``odeint``'s ``options`` for ``tableau`` and fill in defaults (an already parsed
     :class:`FixedStepOptions`/:class:`AdaptiveOptions` is returned as it is).
 

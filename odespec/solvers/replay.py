@@ -134,6 +134,6 @@ def replay(
             vals: list = []
             f1 = step_outputs(f, tableau, rec.t, y, rec.h, rec.t_new, y_next, res.ks,
                               times[rec.first:last], vals, f1)
-            outs.extend(zip(range(rec.first, last), vals))
+            outs.extend(zip(range(rec.first, last), vals, strict=True))
         y, k1 = y_next, f1
     return y, outs

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Generic, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast
 
 import torch
 
@@ -37,10 +37,13 @@ __all__ = [
 Y = TypeVar("Y")
 #: a step size: a Python float, or a 0-d tensor
 H = Union[float, torch.Tensor]
-#: ``combine(base, h, terms) == base + h * sum(c * k for c, k in terms)``
-Combine = Callable[[Optional[Y], H, Sequence[tuple[float, Y]]], Y]
-#: the vector field as the step sees it: ``func(t_stage, y_stage) -> dy/dt``
-StageFunc = Callable[[object, Y], Y]
+S = TypeVar("S", bound=H)
+#: ``combine(base, h, terms) == base + h * sum(c * k for c, k in terms)``, generic in the state
+#: values ``Y`` and the step size ``S`` it takes (the ONNX exporter's combiners take float steps)
+Combine = Callable[[Optional[Y], S, Sequence[tuple[float, Y]]], Y]
+#: the vector field as the step sees it: ``func(t_stage, y_stage) -> dy/dt``. A time is a float,
+#: a 0-d tensor, or the exporter's symbolic time: the step only computes ``t + c_i * h`` with it
+StageFunc = Callable[[Any, Y], Y]
 
 
 @dataclass(slots=True)
@@ -116,11 +119,10 @@ def torch_combine(
             raise ValueError("combine needs a base or at least one term")
         return base
     k0 = terms[0][1]
-    h_is_tensor = isinstance(h, torch.Tensor)
     if n >= _STACK_MIN_TERMS and k0.numel() <= _STACK_MAX_NUMEL:
         w = _weights(tuple(c for c, _ in terms), k0)
         stacked = torch.stack([k for _, k in terms]).reshape(n, -1)
-        if base is not None and not h_is_tensor:
+        if base is not None and not isinstance(h, torch.Tensor):
             flat = torch.addmv(base.reshape(-1), stacked.t(), w, alpha=h)
             return flat.view(base.shape)
         acc = torch.mv(stacked.t(), w).view(k0.shape)
@@ -130,12 +132,12 @@ def torch_combine(
             acc.add_(k, alpha=c)
     if base is None:
         return acc * h
-    return torch.addcmul(base, acc, h) if h_is_tensor else torch.add(base, acc, alpha=h)
+    return torch.addcmul(base, acc, h) if isinstance(h, torch.Tensor) else torch.add(base, acc, alpha=h)
 
 
 def rk_step(
     func: StageFunc,
-    t,
+    t: Any,
     y: Y,
     h: H,
     tableau: ButcherTableau,
@@ -153,7 +155,9 @@ def rk_step(
     ``combine``; zero coefficients are never passed to it.
     """
     if combine is torch_combine and type(h) is float:
-        return stepper(tableau, y, with_error)(func, t, y, h, k1)
+        # torch_combine combines tensors: here y and k1 are tensors
+        y_t, k1_t = cast(torch.Tensor, y), cast(Optional[torch.Tensor], k1)
+        return stepper(tableau, y_t, with_error)(func, t, y_t, h, k1_t)
     return _generic_rk_step(func, t, y, h, k1, tableau=tableau, combine=combine, with_error=with_error)
 
 
@@ -179,7 +183,7 @@ def stepper(tableau: ButcherTableau, y: torch.Tensor, with_error: bool = True) -
 
 
 def _generic_rk_step(
-    func: StageFunc, t, y: Y, h: H, k1: Optional[Y], *,
+    func: StageFunc, t: Any, y: Y, h: H, k1: Optional[Y], *,
     tableau: ButcherTableau, combine: Combine, with_error: bool,
 ) -> StepResult[Y]:
     ks = [func(t, y) if k1 is None else k1]
@@ -201,7 +205,7 @@ def _generic_rk_step(
 
 
 def _torch_rk_step(
-    func: StageFunc, t, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *,
+    func: StageFunc, t: Any, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *,
     tableau: ButcherTableau, with_error: bool,
 ) -> StepResult[torch.Tensor]:
     """:func:`rk_step` for torch tensors and a float ``h``, the solvers' hot path: the very
@@ -310,7 +314,7 @@ def _eager_plan(tableau: ButcherTableau, with_error: bool, y: torch.Tensor) -> O
 
 
 def _eager_rk_step(
-    func: StageFunc, t, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *, plan: _EagerPlan,
+    func: StageFunc, t: Any, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *, plan: _EagerPlan,
 ) -> StepResult[torch.Tensor]:
     """:func:`rk_step` without autograd, by eager accumulation (see above). ``y_next`` and the
     error estimates are views of the step's buffer."""
@@ -362,7 +366,7 @@ def error_estimates(
 
 def dense_stages(
     func: StageFunc,
-    t,
+    t: Any,
     y: Y,
     h: H,
     tableau: ButcherTableau,
@@ -375,7 +379,7 @@ def dense_stages(
     interp = tableau.interpolant
     if interp is None:
         return out
-    for row, c in zip(interp.extra_a, interp.extra_c):
+    for row, c in zip(interp.extra_a, interp.extra_c, strict=True):
         y_i = combine(y, h, [(a, out[j]) for j, a in enumerate(row) if a != 0.0])
         out.append(func(t + c * h, y_i))
     return out
@@ -385,4 +389,4 @@ def interpolate(
     y: Y, h: H, ks: Sequence[Y], weights: Sequence[float], *, combine: Combine = torch_combine
 ) -> Y:
     """``y + h * sum(w_i k_i)``: dense output for weights from :mod:`odespec.solvers.dense`."""
-    return combine(y, h, [(w, k) for w, k in zip(weights, ks) if w != 0.0])
+    return combine(y, h, [(w, k) for w, k in zip(weights, ks, strict=True) if w != 0.0])

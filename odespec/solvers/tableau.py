@@ -54,7 +54,7 @@ def _fsum_checked(values: Sequence[float]) -> tuple[float, float]:
     return math.fsum(values), math.fsum(abs(v) for v in values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Interpolant:
     """Dense-output coefficients of a method.
 
@@ -72,10 +72,19 @@ class Interpolant:
     extra_a: tuple[tuple[float, ...], ...] = ()
     extra_c: tuple[float, ...] = ()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "coeffs", tuple(_vec(row) for row in self.coeffs))
-        object.__setattr__(self, "extra_a", tuple(_vec(row) for row in self.extra_a))
-        object.__setattr__(self, "extra_c", _vec(self.extra_c))
+    # the coefficients are given as any Number (exact Fractions and strings from the literature)
+    # and stored as floats, so the constructor's types differ from the fields'
+    def __init__(
+        self,
+        order: int,
+        coeffs: Sequence[Sequence[Number]],
+        extra_a: Sequence[Sequence[Number]] = (),
+        extra_c: Sequence[Number] = (),
+    ) -> None:
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "coeffs", tuple(_vec(row) for row in coeffs))
+        object.__setattr__(self, "extra_a", tuple(_vec(row) for row in extra_a))
+        object.__setattr__(self, "extra_c", _vec(extra_c))
         if self.order < 1:
             raise ValueError(f"interpolant order must be >= 1, got {self.order}")
         if not self.coeffs:
@@ -105,7 +114,7 @@ class Interpolant:
         return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ButcherTableau:
     """An explicit Runge-Kutta method as data. Immutable; invariants checked on construction.
 
@@ -160,27 +169,50 @@ class ButcherTableau:
         init=False, repr=False, compare=False
     )
 
-    def __post_init__(self) -> None:
+    # the coefficients are given as any Number (exact Fractions and strings from the literature)
+    # and stored as floats, so the constructor's types differ from the fields'
+    def __init__(
+        self,
+        name: str,
+        order: int,
+        a: Sequence[Sequence[Number]],
+        b: Sequence[Number],
+        c: Sequence[Number],
+        b_err: Optional[Sequence[Number]] = None,
+        b_err_aux: Optional[Sequence[Number]] = None,
+        aux_weight: float = 0.01,
+        fsal: bool = False,
+        interpolant: Optional[Interpolant] = None,
+        aliases: Sequence[str] = (),
+    ) -> None:
         set_ = object.__setattr__
-        if not isinstance(self.name, str) or not self.name:
+        if not isinstance(name, str) or not name:
             raise ValueError("tableau name must be a non-empty string")
-        where = f"tableau {self.name!r}"
-        if not isinstance(self.order, int) or isinstance(self.order, bool) or self.order < 1:
-            raise ValueError(f"{where}: order must be a positive int, got {self.order!r}")
+        where = f"tableau {name!r}"
+        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+            raise ValueError(f"{where}: order must be a positive int, got {order!r}")
+        for attr, value in (("name", name), ("order", order), ("fsal", fsal), ("interpolant", interpolant)):
+            set_(self, attr, value)
 
-        b = _vec(self.b)
-        c = _vec(self.c)
-        s = len(b)
+        b_ = _vec(b)
+        c_ = _vec(c)
+        s = len(b_)
         if s == 0:
             raise ValueError(f"{where}: b is empty")
-        if len(c) != s:
-            raise ValueError(f"{where}: c has {len(c)} entries but b has {s}")
-        a = self._square(self.a, s, where)
-        set_(self, "a", a)
-        set_(self, "b", b)
-        set_(self, "c", c)
-        set_(self, "aliases", tuple(self.aliases))
-        set_(self, "aux_weight", float(self.aux_weight))
+        if len(c_) != s:
+            raise ValueError(f"{where}: c has {len(c_)} entries but b has {s}")
+        set_(self, "a", self._square(a, s, where))
+        set_(self, "b", b_)
+        set_(self, "c", c_)
+        set_(self, "aliases", tuple(aliases))
+        set_(self, "aux_weight", float(aux_weight))
+        self._check(where, b_err, b_err_aux)
+
+    def _check(self, where: str, b_err: Optional[Sequence[Number]], b_err_aux: Optional[Sequence[Number]]) -> None:
+        """The invariants of an explicit RK method (``a``, ``b``, ``c`` set); sets the error
+        weights and the sparse views."""
+        set_ = object.__setattr__
+        a, b, c, s = self.a, self.b, self.c, self.stages
 
         total, scale = _fsum_checked(b)
         if not _close(total, 1.0, scale):
@@ -193,16 +225,14 @@ class ButcherTableau:
                     "(explicit RK needs sum_j a_ij == c_i)"
                 )
 
-        for attr in ("b_err", "b_err_aux"):
-            weights = getattr(self, attr)
-            if weights is None:
-                continue
-            weights = _vec(weights)
-            if len(weights) != s:
-                raise ValueError(f"{where}: {attr} has {len(weights)} entries but b has {s}")
-            total, scale = _fsum_checked(weights)
-            if not _close(total, 0.0, scale):
-                raise ValueError(f"{where}: {attr} (= b - b_hat) must sum to 0, sums to {total!r}")
+        for attr, given in (("b_err", b_err), ("b_err_aux", b_err_aux)):
+            weights = None if given is None else _vec(given)
+            if weights is not None:
+                if len(weights) != s:
+                    raise ValueError(f"{where}: {attr} has {len(weights)} entries but b has {s}")
+                total, scale = _fsum_checked(weights)
+                if not _close(total, 0.0, scale):
+                    raise ValueError(f"{where}: {attr} (= b - b_hat) must sum to 0, sums to {total!r}")
             set_(self, attr, weights)
         if self.b_err_aux is not None and self.b_err is None:
             raise ValueError(f"{where}: b_err_aux needs b_err")
@@ -256,7 +286,7 @@ class ButcherTableau:
                 f"{where}: interpolant has {len(interp.coeffs)} coefficient rows, "
                 f"expected {s} stages + {n_extra} extra stages"
             )
-        for m, (row, cm) in enumerate(zip(interp.extra_a, interp.extra_c)):
+        for m, (row, cm) in enumerate(zip(interp.extra_a, interp.extra_c, strict=True)):
             if len(row) != s + m:
                 raise ValueError(
                     f"{where}: interpolant extra stage {m} has {len(row)} entries in extra_a, "

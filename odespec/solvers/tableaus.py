@@ -63,10 +63,10 @@ ADAPTIVE_HEUN = ButcherTableau(
 # Fehlberg's 2(1) pair (RKF12, Fehlberg 1969; torchdiffeq's "fehlberg2"): three stages, the
 # first-order estimate b_hat = (1/256, 255/256, 0)
 _FEHLBERG2_B = (Fr(1, 512), Fr(255, 256), Fr(1, 512))
-_FEHLBERG2_BHAT = (Fr(1, 256), Fr(255, 256), 0)
+_FEHLBERG2_BHAT = (Fr(1, 256), Fr(255, 256), Fr(0))
 FEHLBERG2 = ButcherTableau(
     name="fehlberg2", order=2, a=((), (Fr(1, 2),), (Fr(1, 256), Fr(255, 256))), b=_FEHLBERG2_B,
-    c=(0, Fr(1, 2), 1), b_err=tuple(x - y for x, y in zip(_FEHLBERG2_B, _FEHLBERG2_BHAT)),
+    c=(0, Fr(1, 2), 1), b_err=tuple(x - y for x, y in zip(_FEHLBERG2_B, _FEHLBERG2_BHAT, strict=True)),
     aliases=("rkf12",),
 )
 
@@ -110,7 +110,7 @@ BOSH3 = ButcherTableau(
     a=((), (Fr(1, 2),), (0, Fr(3, 4)), _BOSH3_B[:3]),
     b=_BOSH3_B,
     c=(0, Fr(1, 2), Fr(3, 4), 1),
-    b_err=tuple(x - y for x, y in zip(_BOSH3_B, _BOSH3_BHAT)),
+    b_err=tuple(x - y for x, y in zip(_BOSH3_B, _BOSH3_BHAT, strict=True)),
     fsal=True,
     aliases=("rk23", "bogacki_shampine"),
 )
@@ -150,7 +150,7 @@ DOPRI5 = ButcherTableau(
     ),
     b=_DOPRI5_B,
     c=(0, Fr(1, 5), Fr(3, 10), Fr(4, 5), Fr(8, 9), 1, 1),
-    b_err=tuple(x - y for x, y in zip(_DOPRI5_B, _DOPRI5_BHAT)),
+    b_err=tuple(x - y for x, y in zip(_DOPRI5_B, _DOPRI5_BHAT, strict=True)),
     fsal=True,
     interpolant=Interpolant(order=4, coeffs=_DOPRI5_DENSE),
     aliases=("dopri", "rk45", "dormand_prince"),
@@ -348,7 +348,7 @@ def _dop853() -> ButcherTableau:
     a = tuple(tuple(_dense_row(_DOP853_A_SPARSE.get(i, {}), i)) for i in range(s))
     e5 = _dense_row(_DOP853_E5, s)
     bhh = _dense_row(_DOP853_BHH, s)
-    e3 = [x - y for x, y in zip(b, bhh)]
+    e3 = [x - y for x, y in zip(b, bhh, strict=True)]
     extra_a = tuple(tuple(_dense_row(_DOP853_A_SPARSE[i], i)) for i in range(s, n_all))
 
     # Hairer's dense output (contd8): with theta in [0, 1] and the F's linear in the stages,
@@ -361,8 +361,8 @@ def _dop853() -> ButcherTableau:
     k0, k12 = unit(0), unit(12)
     phis = [
         bb,
-        [x - y for x, y in zip(k0, bb)],
-        [2 * x - y - z for x, y, z in zip(bb, k0, k12)],
+        [x - y for x, y in zip(k0, bb, strict=True)],
+        [2 * x - y - z for x, y, z in zip(bb, k0, k12, strict=True)],
     ] + [_dense_row(d, n_all) for d in _DOP853_D]
     one_minus = [1, -1]
     theta_pow = [
@@ -377,7 +377,7 @@ def _dop853() -> ButcherTableau:
     weights = []
     for i in range(n_all):
         poly = [Fraction(0)] * 8
-        for phi, p in zip(phis, theta_pow):
+        for phi, p in zip(phis, theta_pow, strict=True):
             for deg, coef in enumerate(p):
                 poly[deg] += phi[i] * coef
         weights.append(poly)

@@ -227,7 +227,8 @@ class _Node:
 
     def __init__(self, kind: str, mark: Any, tag: Optional[str] = None):
         self.kind, self.mark, self.tag = kind, mark, tag
-        self.value, self.style = "", None
+        self.value: str = ""
+        self.style: Optional[str] = None
         self.children: list[_Node] = []
         self.target: Optional[_Node] = None
         self.size, self.open = 1, kind in "qm"
@@ -261,7 +262,7 @@ def _compose(text: str) -> Optional[_Node]:
                 node.size = min(1 + sum(c.size for c in node.children), MAX_NODES + 1)
                 continue
             if isinstance(ev, yaml.AliasEvent):
-                target = anchors.get(ev.anchor)
+                target = anchors.get(ev.anchor) if ev.anchor is not None else None
                 if target is None:
                     raise _fail_at(ev.start_mark, f"undefined alias '*{ev.anchor}'",
                                    f"define the anchor (&{ev.anchor}) before this alias")
@@ -279,6 +280,7 @@ def _compose(text: str) -> Optional[_Node]:
                     node = _Node("s", ev.start_mark, ev.tag)
                     node.value, node.style = ev.value, ev.style
                 else:
+                    assert isinstance(ev, yaml.CollectionStartEvent)  # the node events left
                     node = _Node("q" if isinstance(ev, yaml.SequenceStartEvent) else "m", ev.start_mark, ev.tag)
                 if ev.anchor is not None:
                     anchors[ev.anchor] = node
@@ -321,7 +323,8 @@ def _child_part(node: _Node, index: int) -> Union[str, int]:
 def _too_many(root: _Node) -> _Fail:
     """Where the alias-expanded node count crosses MAX_NODES: walk down into the child that
     overflows the remaining budget, and blame the outermost alias on the way (the user's text)."""
-    remaining, node, path, alias = MAX_NODES, root, (), None
+    remaining, node, alias = MAX_NODES, root, None
+    path: tuple[Union[str, int], ...] = ()
     while True:
         if node.target is not None:
             alias, node = alias or node.mark, node.target

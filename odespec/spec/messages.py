@@ -27,6 +27,11 @@ _TYPE_WORDS = {
     "null": "nothing (null)",
 }
 _YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def _type_words(json_type: str) -> str:
+    """A JSON type in words ("a mapping")."""
+    return _TYPE_WORDS.get(json_type, json_type)
 #: text that a reader takes for a number, digit separators included ('1_000', '-2.5e3')
 _NUMBER_TEXT = re.compile(r"[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?")
 
@@ -126,7 +131,7 @@ def _form_words(b: dict) -> str:
     if "enum" in b:
         return " or ".join(describe(v) for v in b["enum"])
     types = b["type"] if isinstance(b["type"], list) else [b["type"]]
-    return " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+    return " or ".join(_type_words(t) for t in types)
 
 
 class _Formatter:
@@ -148,7 +153,7 @@ class _Formatter:
     # one handler per JSON-Schema keyword -------------------------------------------------------
     def on_type(self, e: Any, path: tuple) -> Iterator[SpecIssue]:
         expected = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        words = " or ".join(_type_words(t) for t in expected)
         hint = _type_hint(expected, e.instance) or e.schema.get("description")
         if path == ():
             hint = "a spec is a mapping of keys to values that starts with `odespec: 1`"

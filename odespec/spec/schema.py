@@ -53,7 +53,7 @@ SCHEMA_ID = f"urn:odespec:spec-schema:{FORMAT_VERSION}"
 NAMES_KEY = "x-odespec-names"
 
 #: ``export.onnx``'s defaults: the fields of the spec object that holds them
-EXPORT_DEFAULTS = {f.name: f.default for f in fields(OnnxExportSpec)}
+EXPORT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(OnnxExportSpec)}
 #: ``export.onnx.steps: auto``: the fixed-step methods calibration searches by default, and the
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")

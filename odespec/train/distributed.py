@@ -23,6 +23,7 @@ results agree only to the solver's tolerance.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -149,7 +150,9 @@ def setup(device: str) -> DistContext:
         # first imported, and DDP's constructor imports it (through torch._dynamo). Imported
         # after init_process_group, those defaults hold the group until the interpreter exits,
         # so destroy_process_group could never free it (see teardown); imported now, they hold None.
-        import torch.distributed.nn  # noqa: F401
+        # import_module binds no name: ``import torch.distributed.nn`` here would make ``torch``
+        # a local of this function, unbound in the CUDA branch above.
+        importlib.import_module("torch.distributed.nn")
 
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
         ctx.owns_group = True

@@ -165,6 +165,7 @@ def resume(run_dir: PathLike, *, iterations: Optional[int] = None, device: Optio
     if iterations is not None and iterations < done:
         raise TrainError(f"--iterations {iterations} would end the run before its latest checkpoint, of iteration "
                          f"{done} ({ckpt})", f"give --iterations {done} or more")
+    assert spec.train is not None  # the spec the run was trained with
     dev = device or info["device"]
     ctx = setup(dev)
     try:
@@ -313,8 +314,8 @@ class _Trainer:
 
     def _nfe_backward(self) -> Optional[int]:
         counts = [getattr(b, "nfe_backward", None) for b in self.model.ode_blocks]
-        counts = [c for c in counts if c is not None]
-        return sum(counts) if counts else None
+        known = [c for c in counts if c is not None]
+        return sum(known) if known else None
 
     def _fork_rng(self) -> Any:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -371,8 +372,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out, nfe_forward, exceeded = self._forward(x)
         # every rank must learn that one stopped, or the others would wait for it in backward
-        flag, nfe_forward = self.dist.max([float(exceeded), nfe_forward], x)
-        nfe_forward = int(nfe_forward)
+        flag, nfe_most = self.dist.max([float(exceeded), nfe_forward], x)
+        nfe_forward = int(nfe_most)
         if flag:
             raise self._budget_exceeded(lr, nfe_forward)
         assert out is not None
@@ -381,7 +382,7 @@ class _Trainer:
         objective = loss if reg is None else loss + reg
         names = ["loss", *extra, *reg_metrics] + (["objective"] if reg is not None else [])
         values = [loss.item(), *extra.values(), *reg_metrics.values()] + ([objective.item()] if reg is not None else [])
-        metrics = dict(zip(names, self.dist.mean(values, x)))  # the global batch's values
+        metrics = dict(zip(names, self.dist.mean(values, x), strict=True))  # the global batch's values
         value = metrics.get("objective", metrics["loss"])
         if not math.isfinite(value):
             raise TrainingFailed(f"the loss is {value} at iteration {self.done + 1}",

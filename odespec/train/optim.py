@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -23,7 +23,7 @@ def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], lr
     """The torch optimizer a spec names; unset options keep torch's defaults."""
     params = list(params)
     wd = spec.weight_decay
-    eps = {} if spec.eps is None else {"eps": spec.eps}
+    eps: dict[str, Any] = {} if spec.eps is None else {"eps": spec.eps}
     if spec.method == "adam":
         return torch.optim.Adam(params, lr=lr, betas=spec.betas, weight_decay=wd or 0.0, **eps)
     if spec.method == "adamw":

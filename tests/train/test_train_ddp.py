@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from odespec.train.distributed import setup
+from odespec.train.errors import TrainError
 from odespec.train.loop import train
 
 from train_helpers import demo_spec, write
@@ -82,3 +84,41 @@ def test_teardown_frees_the_process_group(tmp_path: Path):
     for rank in (0, 1):  # torch names them pt_gloo_runloop and gloo_tcp_loop
         names = json.loads((tmp_path / f"threads-{rank}.json").read_text())
         assert not [n for n in names if "gloo" in n], (rank, names)
+
+
+@pytest.fixture
+def two_cuda_ranks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """torchrun's environment for rank 1 of 2 on a machine with two GPUs, with CUDA and the
+    process group stood in for, so that :func:`setup`'s CUDA branch runs on any machine; the
+    list records the calls that would have reached them."""
+    import torch.distributed as dist
+
+    calls: list[tuple[str, object]] = []
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init_process_group", backend)))
+    return calls
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_setup_on_cuda_takes_the_local_gpu_and_nccl(two_cuda_ranks: list[tuple[str, object]]):
+    """``torchrun --nproc-per-node 2`` with ``device: cuda``: each rank selects GPU LOCAL_RANK
+    and the group uses nccl (a function-local ``import torch...`` once made ``torch`` unbound
+    here, an UnboundLocalError before training started)."""
+    ctx = setup("cuda")
+    assert (ctx.rank, ctx.world, ctx.local_rank, ctx.owns_group) == (1, 2, 1, True)
+    assert two_cuda_ranks == [("set_device", 1), ("init_process_group", "nccl")]
+    assert ctx.device_name("cuda") == "cuda:1"
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_setup_on_cuda_refuses_a_rank_without_its_gpu(two_cuda_ranks: list[tuple[str, object]],
+                                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TrainError, match=r"process 1 needs GPU 1, but only 1 are visible") as info:
+        setup("cuda")
+    assert "--nproc-per-node" in str(info.value)
+    assert two_cuda_ranks == []

@@ -42,7 +42,7 @@ from odespec.solvers.gradient.base import (
 from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.integrate import Setup, make_setup
 from odespec.solvers.norms import MixedNorm, Tol
-from odespec.solvers.options import AdaptiveOptions, InvalidOptionError
+from odespec.solvers.options import AdaptiveOptions, InvalidOptionError, OptionsArg
 from odespec.solvers.solution import BackwardStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
@@ -96,7 +96,7 @@ class Adjoint(ParamsGradientMethod):
         """The method, options and tolerances of the backward solves."""
         fwd = problem.setup
         tableau = fwd.tableau if self.method is None else _tableau(self.method)
-        options = self.options
+        options: OptionsArg = self.options
         if options is None:
             if tableau is not fwd.tableau and problem.options:
                 raise InvalidOptionError(
@@ -152,13 +152,13 @@ class _Augmented:
                 grads = vjp((fy,), inputs, (-a,))
             else:
                 grads = (None,) * len(inputs)
-        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        dense = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
         # no autograd here: fy's graph is not extended, so it needs no detach
         if self.quadrature:
-            out = torch.cat((fy.reshape(-1), grads[0].reshape(-1)))
-            setattr(out, _QUAD, grads[1:])
+            out = torch.cat((fy.reshape(-1), dense[0].reshape(-1)))
+            setattr(out, _QUAD, dense[1:])
             return out
-        return torch.cat([fy.reshape(-1)] + [g.reshape(-1) for g in grads])
+        return torch.cat([fy.reshape(-1)] + [g.reshape(-1) for g in dense])
 
 
 class _ParamQuadrature:
@@ -233,7 +233,7 @@ class _AdjointRun(SolveRun):
             z = outcome.outs[-1]
             a = z[n : 2 * n] + grad_ys[i - 1].reshape(-1)
             g = z[2 * n :]
-            if not setup.fixed and setup.opts.first_step is None:
+            if isinstance(setup.opts, AdaptiveOptions) and setup.opts.first_step is None:
                 # start the next interval with the step this one ended with, instead of
                 # spending evaluations on the initial-step heuristic again
                 setup = dataclasses.replace(
@@ -243,7 +243,7 @@ class _AdjointRun(SolveRun):
         if quad is not None:
             return a.view(shape), quad.g
         grads = list(g.split(sizes[2:])) if self.params else []
-        return a.view(shape), [gr.view_as(q) for gr, q in zip(grads, self.params)]
+        return a.view(shape), [gr.view_as(q) for gr, q in zip(grads, self.params, strict=True)]
 
 
 def _first_step(outcome: Any, opts: AdaptiveOptions) -> Optional[float]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import torch
 
 from odespec.solvers.common import Outcome, TimedFunc
 from odespec.solvers.integrate import Setup
+from odespec.solvers.options import OptionsArg
 from odespec.solvers.gradient.params import resolve_params
 from odespec.solvers.config import (
     GradientConfig,
@@ -50,7 +51,7 @@ class Problem:
     t: torch.Tensor
     times: list[float]
     setup: Setup
-    options: Optional[Mapping[str, Any]]
+    options: OptionsArg
 
     def timed(self, func: Optional[Callable] = None) -> TimedFunc:
         """``func`` (default: the problem's) wrapped for the integrators, counting calls."""

@@ -35,7 +35,7 @@ from odespec.solvers.gradient.base import (
     register_gradient,
 )
 from odespec.solvers.gradient.vjp import vjp
-from odespec.solvers.options import InvalidOptionError
+from odespec.solvers.options import FixedStepOptions, InvalidOptionError
 from odespec.solvers.replay import StepRecorder, replay, sqrt_cap
 from odespec.solvers.solution import BackwardStats
 
@@ -75,7 +75,7 @@ class Checkpoint(ParamsGradientMethod):
     def recorder(self, problem: Problem) -> StepRecorder:
         """A recorder keeping the configured number of checkpoints."""
         setup = problem.setup
-        if setup.fixed:
+        if isinstance(setup.opts, FixedStepOptions):
             total = max(1, count_steps(problem.times, setup.opts))
             wanted = self.checkpoints or math.ceil(math.sqrt(total))
             return StepRecorder(stride=math.ceil(total / min(wanted, total)))
@@ -93,8 +93,8 @@ class _CheckpointRun(SolveRun):
         super().__init__(problem, params, stats)
         self.recorder = recorder
 
-    def forward(self, y0: torch.Tensor) -> torch.Tensor:
-        return super().forward(y0, recorder=self.recorder)
+    def forward(self, y0: torch.Tensor, **integrate_kw: Any) -> torch.Tensor:
+        return super().forward(y0, recorder=self.recorder, **integrate_kw)
 
     def segments(self, n_out: int) -> list[tuple[int, int]]:
         """``[start, end)`` step ranges from each checkpoint, up to the last step that produced
@@ -104,7 +104,7 @@ class _CheckpointRun(SolveRun):
         while last > 0 and steps[last - 1].first >= n_out:
             last -= 1
         starts = sorted(k for k in self.recorder.states if k < last)
-        return list(zip(starts, starts[1:] + [last]))
+        return list(zip(starts, starts[1:] + [last], strict=True))
 
     def backward(self, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
         p = self.problem
@@ -130,7 +130,8 @@ class _CheckpointRun(SolveRun):
             got = vjp(outputs, (y,) + self.params, seeds)
             del outputs, outs, y_end  # free this segment's graph before replaying the next
             adj = torch.zeros_like(y) if got[0] is None else got[0]
-            grads = [g if new is None else (new if g is None else g + new) for g, new in zip(grads, got[1:])]
+            grads = [g if new is None else (new if g is None else g + new)
+                     for g, new in zip(grads, got[1:], strict=True)]
             stats.n_steps += end - start
         stats.n_accepted = stats.n_steps
         stats.nfe += f.nfe

@@ -19,7 +19,7 @@ import torch
 try:  # the function torch.autograd.grad calls once its arguments are normalised
     from torch.autograd.graph import _engine_run_backward
 except ImportError:  # pragma: no cover - other torch releases
-    _engine_run_backward = None
+    _engine_run_backward = None  # type: ignore[assignment]  # vjp then calls torch.autograd.grad
 
 __all__ = ["vjp"]
 
@@ -44,7 +44,7 @@ def _plain(outputs: tuple[torch.Tensor, ...], vectors: tuple[torch.Tensor, ...])
     each a dense real tensor of its output's shape and dtype, every output requiring grad."""
     if len(outputs) != len(vectors):
         return False
-    for out, v in zip(outputs, vectors):
+    for out, v in zip(outputs, vectors, strict=True):
         if (type(v) is not torch.Tensor or v.shape != out.shape or v.dtype != out.dtype
                 or not out.requires_grad or out.is_nested or v.is_complex()):
             return False

@@ -48,6 +48,7 @@ def plot_latent(run: TrainedRun, index: int, path: Path, count: int = 4) -> Path
                          seed=[ts.seed, 1 if evaluated_apart else 0])[:n]
     items = list(run.model)
     block = items[index]
+    assert isinstance(block, ODEBlock)  # see latent_block_index
     dt = o["stop"] / (o["points"] - 1)
     t_obs = np.asarray(block.spec.t)
     steps = int(round(EXTRAPOLATE * (o["observed"] - 1)))

@@ -53,6 +53,7 @@ def plot_trajectories(run: TrainedRun, path: Path) -> Path:
     against time and in the phase plane. Other sources: a few evaluation samples' targets and
     predictions."""
     block = run.model[0]
+    assert isinstance(block, ODEBlock)  # see is_trajectory_model
     fig = figure(11, 4.5)
     ax_t, ax_p = fig.subplots(1, 2)
     truth = _truth(run)
@@ -110,7 +111,7 @@ def plot_vector_field(run: TrainedRun, path: Path, size: int = 25) -> Path:
         fields.append(("true f(y) = y³A", grid**3 @ np.asarray(ODE_DEMO_A)))
     fig = figure(5.5 * len(fields), 5)
     axes = np.atleast_1d(fig.subplots(1, len(fields)))
-    for ax, (title, v) in zip(axes, fields):
+    for ax, (title, v) in zip(axes, fields, strict=True):
         u, w = v[:, 0].reshape(gx.shape), v[:, 1].reshape(gx.shape)
         speed = np.hypot(u, w)
         ax.streamplot(xs, ys, u, w, color=speed, cmap="viridis", density=1.2, linewidth=0.8)
