@@ -65,7 +65,7 @@ class RunResult:
             "outputs": [
                 {"name": n, "shape": list(y.shape), "dtype": str(y.dtype),
                  **({"data": _json_values(y)} if with_data else {})}
-                for n, y in zip(self.names, self.arrays)
+                for n, y in zip(self.names, self.arrays, strict=True)
             ],
         }
 
@@ -151,7 +151,7 @@ def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:
     """A model input with symbolic dimensions after the batch: the array must have its rank and
     its fixed dimensions (nothing is reshaped)."""
     want = model_input.shape
-    fits = x.ndim == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, x.shape))
+    fits = x.ndim == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, x.shape, strict=True))
     if not fits:
         raise InputFileError(
             f"{p}: array of shape {format_shape(x.shape)} does not fit the model's input {model_input.name!r}: "
@@ -188,7 +188,8 @@ def save_outputs(path: PathLike, result: RunResult) -> Path:
     ext = Path(path).suffix.lower()
     buf = io.BytesIO()
     if ext == ".npz":
-        np.savez(buf, **dict(zip(result.names, result.arrays)))
+        arrays: dict[str, Any] = dict(zip(result.names, result.arrays, strict=True))
+        np.savez(buf, **arrays)
         return atomic_write_bytes(path, buf.getvalue())
     if len(result.arrays) != 1:
         raise RunError(f"the model has {len(result.arrays)} outputs; {ext} holds one", "write .npz instead")
@@ -219,7 +220,7 @@ def render_outputs(result: RunResult) -> str:
     when large)."""
     parts = []
     with np.printoptions(threshold=1000, edgeitems=3, linewidth=100):
-        for name, y in zip(result.names, result.arrays):
+        for name, y in zip(result.names, result.arrays, strict=True):
             parts.append(f"{name}: shape {format_shape(y.shape)}, dtype {y.dtype}\n{np.array2string(y)}")
     return "\n".join(parts)
 
@@ -227,5 +228,7 @@ def render_outputs(result: RunResult) -> str:
 def _json_values(y: np.ndarray) -> Any:
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         # JSON has no NaN or infinity; null keeps the output parseable
-        return np.where(np.isfinite(y), y, None).tolist()
+        out = y.astype(object)
+        out[~np.isfinite(y)] = None
+        return out.tolist()
     return y.tolist()

@@ -138,6 +138,7 @@ class _Checker:
     def model_item(self, raw: Any, path: Path, shape: Optional[Shape]) -> Optional[ModelItem]:
         kind, value = (raw, None) if isinstance(raw, str) else next(iter(raw.items()))
         if kind == "ode":
+            assert isinstance(value, dict)  # the schema takes an ODE block only with its settings
             return self.ode_block(value, path + ("ode",), shape)
         return self.layer(kind, value, path, shape, LayerContext())
 
@@ -226,7 +227,7 @@ class _Checker:
         if any(not math.isfinite(x) for x in t):
             self.error(path, "times must be finite numbers")
             return False
-        diffs = [b - a for a, b in zip(t, t[1:])]
+        diffs = [b - a for a, b in zip(t, t[1:], strict=False)]
         if all(d > 0 for d in diffs) or all(d < 0 for d in diffs):
             return True
         if len(t) == 2:
@@ -286,6 +287,7 @@ class _Checker:
                        "add such a layer, or write time: none", key=False)
             return None
         if cur != shape:
+            assert cur is not None  # a list of valid layers has an output shape
             last = layers[-1]
             self.error(path, f"maps shape {fmt_shape(shape)} to {fmt_shape(cur)}; an ODE block must keep the state's shape",
                        f"the last layer ({last.kind!r}, line {last.loc.line}) outputs {fmt_shape(cur)}; the state is {fmt_shape(shape)}")

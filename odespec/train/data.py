@@ -161,7 +161,7 @@ def same_times(got: Sequence[float], want: Sequence[float]) -> bool:
     if len(got) != len(want):
         return False
     scale = max(abs(want[-1] - want[0]), 1e-300)
-    return all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9 * scale) for a, b in zip(got, want))
+    return all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9 * scale) for a, b in zip(got, want, strict=True))
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ _REGISTRY: ComponentRegistry[DataSource] = ComponentRegistry(
 
 def register(cls: S) -> S:
     """Register a :class:`DataSource` subclass (usable as a decorator). Refuses duplicates."""
-    return _REGISTRY.register(cls)  # type: ignore[return-value]
+    return _REGISTRY.register(cls)
 
 
 def get(name: str) -> DataSource:
