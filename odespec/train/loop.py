@@ -15,7 +15,6 @@ training solves; under torchrun the loop trains data-parallel (:mod:`odespec.tra
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -103,7 +102,9 @@ def train(spec: Union[Spec, PathLike], run_dir: Optional[PathLike] = None, *, it
           progress: bool = True, stream: Optional[TextIO] = None) -> TrainResult:
     """Train the model a spec describes, per its ``train`` section, into a new run directory
     (default ``runs/NAME``). ``iterations``/``device``/``max_nfe`` override the spec's. Ctrl-C
-    writes a checkpoint and raises :class:`TrainingInterrupted`; continue with :func:`resume`.
+    writes a checkpoint and raises :class:`TrainingInterrupted`; continue with :func:`resume` (one
+    held back through the final save, after the last iteration, reaches the caller as
+    KeyboardInterrupt once the run has finished).
     Started by torchrun with several processes, trains data-parallel (only rank 0 writes)."""
     spec_obj = spec if isinstance(spec, Spec) else load_spec(spec)
     if spec_obj.train is None:
@@ -250,7 +251,8 @@ class _Trainer:
         # a run that evaluates along the way keeps its best weights; one evaluated only at the
         # end has nothing to choose from
         self.best = BestWeights(criterion_for(self.ts.loss.kind)) if self.ts.eval_every > 0 else None
-        self._guard: Optional[InterruptGuard] = None
+        #: holds Ctrl-C back while :meth:`run` changes the state a checkpoint records
+        self.guard = InterruptGuard()
         #: which weights model.safetensors holds (set when the run finishes)
         self.kept: Optional[dict[str, Any]] = None
         self.checkpoint = checkpoint
@@ -375,7 +377,8 @@ class _Trainer:
         flag, nfe_most = self.dist.max([float(exceeded), nfe_forward], x)
         nfe_forward = int(nfe_most)
         if flag:
-            raise self._budget_exceeded(lr, nfe_forward)
+            with self.guard.deferred():  # the record of the broken budget and the error that stops training
+                raise self._budget_exceeded(lr, nfe_forward)
         assert out is not None
         loss, extra = self.loss_fn(out, y)
         reg, reg_metrics = regularisation_loss(self.hooks, self.ts.regularise)
@@ -408,12 +411,13 @@ class _Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         """Loss and metrics on the evaluation set, in eval mode, touching no RNG state; added to
-        the latest record and offered to the best weights."""
+        the latest record and offered to the best weights. Ctrl-C stops the forward passes alone:
+        an evaluation is recorded whole or not at all (then a resumed run makes it again)."""
         self.model.eval()
         sums: dict[str, float] = {}
         n = 0
         try:
-            with torch.no_grad(), self._fork_rng():
+            with torch.no_grad(), self._fork_rng(), self.guard.interruptible():
                 for x, y in self.batches.eval_chunks():
                     loss, extra = self.loss_fn(self.model.forward_with_posterior(x), y)
                     k = len(x)
@@ -423,14 +427,12 @@ class _Trainer:
         finally:
             self.model.train()
         evaluation = {f"eval_{k}": v / n for k, v in sums.items()}
-        # all or nothing: a checkpoint that says this evaluation was made holds its effects too
-        with self._guard.deferred() if self._guard is not None else contextlib.nullcontext():
-            self.eval_done_at = self.done
-            self.last_eval = evaluation
-            if self.metrics.last is not None and self.metrics.last["iteration"] == self.done:
-                self.metrics.update_last(evaluation)
-            if self.best is not None:
-                self.best.offer(self.done, evaluation, self.model)
+        self.eval_done_at = self.done
+        self.last_eval = evaluation
+        if self.metrics.last is not None and self.metrics.last["iteration"] == self.done:
+            self.metrics.update_last(evaluation)
+        if self.best is not None:
+            self.best.offer(self.done, evaluation, self.model)
         return evaluation
 
     def _eval_due(self) -> bool:
@@ -449,14 +451,22 @@ class _Trainer:
         self.metrics.flush(if_due=True)
         assert self.metrics.last is not None
         self.progress.update(self.metrics.last)
-        for callback in self.callbacks:
-            callback(dict(self.metrics.last))
+        with self.guard.interruptible():  # the user's code, which may take long
+            for callback in self.callbacks:
+                callback(dict(self.metrics.last))
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train from :attr:`done` to :attr:`total`. Ctrl-C (held back by :attr:`guard` outside
+        the forward and backward passes, so that every change of state an iteration makes, and the
+        checkpoint that records it, happen whole) writes a checkpoint of the iterations completed
+        and raises :class:`TrainingInterrupted`."""
         self._t0 = time.perf_counter()
-        guard = self._guard = InterruptGuard()
-        with self._fork_rng(), guard:
+        guard = self.guard
+        # the guard first: the RNG fork and the grad mode are then entered and left whole, and the
+        # caller gets both back as they were even when Ctrl-C stops a forward pass halfway through
+        # one of the solver's own no_grad blocks
+        with guard, self._fork_rng(), torch.enable_grad():
             if self.rng is None:
                 torch.manual_seed(self.ts.seed)
             else:
@@ -471,20 +481,22 @@ class _Trainer:
                     if self.dist.active:
                         self.dist.seed(self.ts.seed, self.done)
                     pending = capture_rng(self.device)  # what a checkpoint of `done` must restore
-                    record = self._step()
-                    with guard.deferred():
-                        self.optimizer.step()
-                        self.done += 1
-                        pending = None
-                        record["seconds"] = round(self._seconds(), 4)
-                        self.metrics.append(record)
+                    with guard.interruptible():
+                        record = self._step()
+                    # Ctrl-C is held back again until the next interruptible block: the update,
+                    # its record, the evaluation and the checkpoint happen whole
+                    self.optimizer.step()
+                    self.done += 1
+                    pending = None
+                    record["seconds"] = round(self._seconds(), 4)
+                    self.metrics.append(record)
                     self._after()
+                result = self._finish()
             except KeyboardInterrupt:
-                with guard.deferred():
-                    path = self._checkpoint_path(pending)
-                    if self.dist.main:
-                        write_run_info(self.run_dir, self.info("interrupted"))
-                    self.progress.message(f"interrupted after iteration {self.done}; checkpoint written")
+                path = self._checkpoint_path(pending)
+                if self.dist.main:
+                    write_run_info(self.run_dir, self.info("interrupted"))
+                self.progress.message(f"interrupted after iteration {self.done}; checkpoint written")
                 raise TrainingInterrupted(self.run_dir, self.done, self.total, path) from None
             except Exception as e:
                 # a failed solve, a diverged loss or a broken NFE budget: keep the metrics so far
@@ -495,7 +507,7 @@ class _Trainer:
                 if self.dist.main:
                     write_run_info(self.run_dir, self.info("failed"))
                 raise
-            return self._finish()
+        return result
 
     def _checkpoint_path(self, pending: Optional[dict[str, Any]]) -> Path:
         """Write the checkpoint of an interruption (rank 0); its path on every rank."""
