@@ -14,8 +14,9 @@ checks, which may be any instruction between two statements, inside a context ma
 ``__enter__`` or ``__exit__``, or (for a signal that arrived during C code) wherever that code
 returns to Python.
 
-Python delivers signals to the main thread alone, so the handler is installed only there; in
-another thread the guard installs nothing and training runs to the end. It is installed even
+Python runs signal handlers in the main thread alone (whichever thread the signal reaches), so
+the handler is installed only there; in another thread the guard installs nothing and training
+runs to the end. It is installed even
 when SIGINT was ignored at startup (a background job of a shell script inherits that), so that
 ``kill -INT`` stops such a run with a checkpoint too; the previous handler is put back on exit.
 """
