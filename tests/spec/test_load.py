@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
-import time
 from pathlib import Path as FsPath
 from typing import Any, Iterator
 
@@ -256,15 +255,18 @@ def billion_laughs(levels: int = 9, width: int = 10) -> str:
 
 
 @pytest.mark.parametrize("width", [9, 10])
-def test_billion_laughs_is_refused_quickly(width: int) -> None:
+def test_billion_laughs_is_refused_quickly(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import odespec.spec.load as load
+
+    def no_expansion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the alias bomb's data was built")
+
+    # refused from the node graph's sizes, before any data is expanded (that is what keeps it
+    # quick; benchmarks/validate_time.py measures the time itself)
+    monkeypatch.setattr(load._Builder, "build", no_expansion)
     source = billion_laughs(9, width)
-    start = time.perf_counter()
     issue = issue_of(source)
-    elapsed = time.perf_counter() - start
     assert issue.message == f"the document expands to more than {MAX_NODES} nodes (alias bomb?)"
-    # typically a few ms: ten times a loaded machine's worst is still far from an expansion of
-    # 10**9 nodes (which takes minutes); benchmarks/validate_time.py measures the typical time
-    assert elapsed < 10.0, elapsed
     line = source.splitlines()[issue.line - 1]
     assert line[issue.column - 1] == "*"  # blamed on an alias
 
