@@ -66,7 +66,7 @@ def _full_trajectory_losses(run: Path, spec: Any) -> dict[int, float]:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         with torch.no_grad():
             pred = solve(block.dynamics, true[:1], t, method=s.method, rtol=s.rtol, atol=s.atol,
-                         options=s.options(), return_on_failure=True).ys[:, 0]
+                         options=s.integration_options(), return_on_failure=True).ys[:, 0]
         out[doc["iteration"]] = (torch.mean(torch.abs(pred - true[: len(pred)])).item() if len(pred) == len(true)
                                  else float("nan"))
     return out

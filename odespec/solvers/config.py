@@ -139,11 +139,6 @@ class SolverConfig:
         extra = {k: getattr(self, k) for k in ("first_step", "max_step") if getattr(self, k) is not None}
         return AdaptiveOptions(max_num_steps=self.max_num_steps, controller=self.controller, **extra)
 
-    def options(self) -> dict[str, Any]:
-        """torchdiffeq-style ``options`` for :func:`odespec.solvers.odeint`."""
-        keys = FIXED_STEP_KEYS if not self.adaptive else tuple(k for k in _SPEC_ADAPTIVE if k not in TOLERANCE_KEYS)
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-
     # -- cost -----------------------------------------------------------------------------------
     def count_steps(self, times: Sequence[float]) -> Optional[int]:
         """Steps a fixed-step solve through ``times`` takes (``None``: adaptive, it varies)."""

@@ -62,7 +62,7 @@ def plot_latent(run: TrainedRun, index: int, path: Path, count: int = 4) -> Path
         if block.augmenter is not None:
             z0 = block.augmenter(z0)
         sol = solve(block.dynamics, z0, torch.as_tensor(t_ext, dtype=run.dtype), method=s.method, rtol=s.rtol,
-                    atol=s.atol, options=s.options() or None, return_on_failure=True)
+                    atol=s.atol, options=s.integration_options(), return_on_failure=True)
         xs = sol.ys.movedim(0, 1)
         for m in items[index + 1:]:
             xs = m(xs)  # the decoder, at every time

@@ -31,7 +31,7 @@ def _solve(block: ODEBlock, y0: np.ndarray, times: np.ndarray, dtype: torch.dtyp
     s = block.spec.solver
     with torch.no_grad():
         sol = solve(block.dynamics, torch.as_tensor(y0, dtype=dtype), torch.as_tensor(times, dtype=dtype),
-                    method=s.method, rtol=s.rtol, atol=s.atol, options=s.options() or None, return_on_failure=True)
+                    method=s.method, rtol=s.rtol, atol=s.atol, options=s.integration_options(), return_on_failure=True)
     out = np.full((len(times),) + y0.shape, np.nan)
     out[: sol.ys.shape[0]] = sol.ys.numpy()
     return out
