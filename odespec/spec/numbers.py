@@ -21,6 +21,7 @@ __all__ = ["number_issues", "FLOAT32_MAX", "FLOAT32_TINY"]
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38
 _FLOAT64_MAX = 1.7976931348623157e308
+_FINITE_HINT = "write a finite number: every number in a spec becomes a tensor or a bound on one"
 
 
 def _problem(x: Any, float32: bool) -> Optional[tuple[str, str]]:
@@ -28,11 +29,11 @@ def _problem(x: Any, float32: bool) -> Optional[tuple[str, str]]:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     if isinstance(x, float) and math.isnan(x):
-        return "nan is not a number", "write a finite number: every number in a spec becomes a tensor or a bound on one"
+        return "nan is not a number", _FINITE_HINT
     big = abs(x) > _FLOAT64_MAX if isinstance(x, int) else math.isinf(x)
     if big:
         shown = "inf" if isinstance(x, float) else f"an integer of {len(str(abs(x)))} digits"
-        return f"{shown} is not a finite number", "write a finite number: every number in a spec becomes a tensor or a bound on one"
+        return f"{shown} is not a finite number", _FINITE_HINT
     if float32 and abs(x) > FLOAT32_MAX:
         return f"{float(x):g} is outside float32's range (largest {FLOAT32_MAX:.3g})", "use smaller values, or dtype: float64"
     if float32 and isinstance(x, float) and 0 < abs(x) < FLOAT32_TINY:

@@ -18,18 +18,24 @@ PROBLEMS = {
 }
 
 
-@pytest.mark.parametrize("problem", list(PROBLEMS))
-@pytest.mark.parametrize("controller", ["pi", "i"])
-def test_dopri5_agrees_with_torchdiffeq(problem, controller):
-    f, y0, t_end = PROBLEMS[problem]
-    y0 = torch.tensor(y0, dtype=F64)
-    ts = torch.linspace(0, t_end, 20, dtype=F64)
+def _counted(f):
+    """``f`` and a one-item list holding how often it was called."""
     calls = [0]
 
     def counted(t, y):
         calls[0] += 1
         return f(t, y)
 
+    return counted, calls
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("controller", ["pi", "i"])
+def test_dopri5_agrees_with_torchdiffeq(problem, controller):
+    f, y0, t_end = PROBLEMS[problem]
+    y0 = torch.tensor(y0, dtype=F64)
+    ts = torch.linspace(0, t_end, 20, dtype=F64)
+    counted, calls = _counted(f)
     ref = torchdiffeq.odeint(counted, y0, ts, rtol=1e-8, atol=1e-10, method="dopri5")
     sol = solve(f, y0, ts, rtol=1e-8, atol=1e-10, options={"controller": controller})
     assert sol.ys.shape == ref.shape
@@ -78,12 +84,7 @@ def test_low_order_pairs_agree_with_torchdiffeq(method, problem):
     f, y0, t_end = PROBLEMS[problem]
     y0 = torch.tensor(y0, dtype=F64)
     ts = torch.linspace(0, t_end, 11, dtype=F64)
-    calls = [0]
-
-    def counted(t, y):
-        calls[0] += 1
-        return f(t, y)
-
+    counted, calls = _counted(f)
     exact = solve(f, y0, ts, rtol=1e-12, atol=1e-12, method="dopri8").ys
     ref = torchdiffeq.odeint(counted, y0, ts, rtol=1e-6, atol=1e-8, method=method)
     sol = solve(f, y0, ts, rtol=1e-6, atol=1e-8, method=method)
