@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from odespec.solvers import tableaus
 from odespec.solvers.grid import count_steps, fixed_nfe
@@ -348,9 +348,6 @@ class GradientConfig:
             if o.key == key:
                 return o.default
         raise KeyError(f"gradient method {self.method!r} has no option {key!r}")
-
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.options)
 
     def for_solver(self, solver: SolverConfig) -> "GradientConfig":
         """Options of the gradient method named like a solver tolerance (the adjoint's backward
