@@ -19,6 +19,8 @@ _LAZY = {
     # torch-backed
     "odeint": "odespec.solvers._odeint",
     "solve": "odespec.solvers._odeint",
+    "solve_per_sample": "odespec.solvers.per_sample",
+    "PerSampleSolution": "odespec.solvers.per_sample",
     "odeint_adjoint": "odespec.solvers._odeint",
     "BackwardStats": "odespec.solvers.solution",
     "GradientMethod": "odespec.solvers.gradient",

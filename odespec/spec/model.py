@@ -16,6 +16,7 @@ Shape = tuple[int, ...]
 
 __all__ = [
     "Location",
+    "SeriesSpec",
     "LayerSpec",
     "DynamicsSpec",
     "SolverSpec",
@@ -69,6 +70,28 @@ class Location:
 
 
 @dataclass(frozen=True)
+class SeriesSpec:
+    """The model reads irregularly sampled series (``input: {times, mask, query}``): beside
+    ``input`` (batch, T, F) it takes ``times`` (batch, T), each sample's observation times,
+    ``mask`` (batch, T, F), 1 where a value was observed, and ``query_times`` (batch, T'), the
+    times each sample's outputs are at. Each flag says whether the model reads that input."""
+
+    times: bool = False
+    mask: bool = False
+    #: T', the number of query times per sample; None: the model reads no query times
+    query: Optional[int] = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's inputs, in the order ``ODENet.forward`` and the ONNX graph take them."""
+        names = ["input"]
+        names += ["times"] if self.times else []
+        names += ["mask"] if self.mask else []
+        names += ["query_times"] if self.query is not None else []
+        return tuple(names)
+
+
+@dataclass(frozen=True)
 class LayerSpec(_WithOptions):
     """One layer: its registered type name and complete options (defaults filled in)."""
 
@@ -112,6 +135,10 @@ class OdeBlockSpec:
     family: str = "ode"
     #: extra zero channels/features appended to the state (augmented neural ODE)
     augment: int = 0
+    #: ``t: query``: the outputs are at each sample's own ``query_times`` (then ``t`` is empty),
+    #: solved from ``start``
+    query: bool = False
+    start: float = 0.0
     kind: str = field(default="ode", init=False)
 
     @property
@@ -276,6 +303,8 @@ class Spec:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    #: None: the model's only input is ``input``; else what else it reads (irregular series)
+    series: Optional[SeriesSpec] = None
     #: the ``train:`` section, checked by the section registered under that name
     #: (:mod:`odespec.spec.sections`); a field marked ``section`` is one a registered section fills
     train: Optional[TrainSpec] = field(default=None, metadata={"section": True})
