@@ -89,7 +89,7 @@ def breakdown(spec_path: Path, iterations: int, warmup: int) -> tuple[dict[str, 
 
     for itr in range(iterations):
         t = mark()
-        x, y = batches.batch(itr)
+        x, y = batches.batch(itr)[:2]
         add("data batch", t)
         optimizer.zero_grad(set_to_none=True)
         ins, outs = [], []
@@ -110,7 +110,7 @@ def breakdown(spec_path: Path, iterations: int, warmup: int) -> tuple[dict[str, 
             outs.append(out)
             h = out
         t = mark()
-        loss, extra = loss_fn(ModelOutput(h, posterior), y)
+        loss, extra = loss_fn(ModelOutput(h, posterior), y, None)
         assert loss.item() == loss.item()
         add("loss fwd (+metrics)", t)
         # backward part by part, from the loss down. The KL term reaches the encoder's output

@@ -83,7 +83,7 @@ def _reference_ode_demo(model: Any, batches: Any, iterations: int, warmup: int, 
     for itr in range(iterations):
         if itr == warmup:
             start = time.perf_counter()
-        x, y = batches.batch(itr)
+        x, y = batches.batch(itr)[:2]
         batch_y0, batch_y = x[:, None, :], y.permute(1, 0, 2)[:, :, None, :]  # the example's layout
         optimizer.zero_grad()
         func.nfe = 0
@@ -157,7 +157,7 @@ def _reference_latent(model: Any, batches: Any, iterations: int, warmup: int, no
         return lstd2 - lstd1 + ((v1 + (mu1 - mu2) ** 2.0) / (2.0 * v2)) - 0.5
 
     latent_dim = 4
-    x0, _ = batches.batch(0)
+    x0 = batches.batch(0).x
     func, dec, rec = LatentODEfunc(), Decoder(), RecognitionRNN(nbatch=len(x0))
     # the same weights as odespec's model: nn.RNN's two matrices side by side are i2h
     rnn = model[0].rnn
@@ -177,7 +177,7 @@ def _reference_latent(model: Any, batches: Any, iterations: int, warmup: int, no
     for itr in range(iterations):
         if itr == warmup:
             start = time.perf_counter()
-        samp_trajs, _ = batches.batch(itr)
+        samp_trajs = batches.batch(itr).x
         optimizer.zero_grad()
         h = rec.initHidden()
         for t in reversed(range(samp_trajs.size(1))):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol, Sequence, TypeVar
 
-from odespec.spec.model import Location, ModelItem, Shape, Spec
+from odespec.spec.model import Location, ModelItem, SeriesSpec, Shape, Spec
 
 if TYPE_CHECKING:  # pragma: no cover
     # the YAML reader is loaded with the first spec read, not when a section registers
@@ -62,6 +62,9 @@ class SectionContext:
     #: the directory relative file paths in the section resolve against (the spec file's, or
     #: the one given to :func:`odespec.spec.load_spec`); None for a spec not read from a file
     base_dir: Optional[FilePath] = None
+    #: what the model reads beside ``input`` (an irregular series' times, mask, query times); None:
+    #: ``input`` alone, or the input section has errors
+    series: Optional[SeriesSpec] = None
 
 
 class SectionType:

@@ -6,11 +6,15 @@ may span two epochs; none is ever short). So the data cursor of a checkpoint is 
 count, and a resumed run draws exactly the batches the uninterrupted run would have drawn. A
 source's augmentation (MNIST's random crops) is drawn from a generator seeded by (seed, step),
 so augmented batches are a function of the step too.
+
+A batch is a :class:`Batch`: inputs, targets, the model's other inputs (an irregular series'
+``times``, ``mask``, ``query_times``, cut with the same rows) and the targets' mask. Times and
+masks are in the model's dtype (masks as 0 and 1).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ from odespec.data_contract import check_batch_size, check_range
 from odespec.train.data import LoadedData
 from odespec.train.errors import DataError
 
-__all__ = ["Batches", "EVAL_CHUNK"]
+__all__ = ["Batches", "Batch", "EVAL_CHUNK", "TARGET_MASK"]
 
 #: evaluation runs in chunks of at least this many samples (it needs no gradients)
 EVAL_CHUNK = 1024
@@ -27,6 +31,22 @@ EVAL_CHUNK = 1024
 # the augmentation of step's batch
 _STREAM = 2
 _AUGMENT = 3
+#: the name of the targets' mask among a source's series arrays (the others are model inputs)
+TARGET_MASK = "y_mask"
+
+
+class Batch(NamedTuple):
+    """One training batch or evaluation chunk, on the device."""
+
+    #: inputs (samples first), in the model's dtype
+    x: torch.Tensor
+    #: targets: values in the model's dtype, or class labels (int64)
+    y: torch.Tensor
+    #: the model's other inputs by keyword (``times``, ``mask``, ``query_times``: those it reads);
+    #: empty for a model that reads only ``x``
+    inputs: dict[str, torch.Tensor]
+    #: 1 where a target was observed, 0 where it is missing or padding; None: every target counts
+    y_mask: Optional[torch.Tensor]
 
 
 class Batches:
@@ -38,8 +58,14 @@ class Batches:
         check_batch_size(batch_size, self.n, DataError)
         # the files were checked when read; what they cannot know is the model's dtype
         np_dtype = np.dtype(np.float64 if dtype == torch.float64 else np.float32)
+        series, series_eval = data.series or {}, data.series_eval
+        if data.x_eval is not None and data.series is not None and series_eval is None:
+            raise DataError("the data source gave evaluation series without their times and masks",
+                            "a series source gives series_eval beside x_eval")
         for array, what in ((data.x, "training inputs"), (data.y, "training targets"),
-                            (data.x_eval, "evaluation inputs"), (data.y_eval, "evaluation targets")):
+                            (data.x_eval, "evaluation inputs"), (data.y_eval, "evaluation targets"),
+                            *((a, f"training {k}") for k, a in series.items()),
+                            *((a, f"evaluation {k}") for k, a in (series_eval or {}).items())):
             if array is not None:
                 check_range(array, np_dtype, f"the {what}", DataError)
         self.batch_size = batch_size
@@ -52,6 +78,9 @@ class Batches:
         self.has_eval = data.x_eval is not None
         self.x_eval = self._inputs(data.x_eval, device) if data.x_eval is not None else self.x
         self.y_eval = self._targets(data.y_eval, device, labels) if data.y_eval is not None else self.y
+        self.series = {k: self._series(a, device) for k, a in series.items()}
+        self.series_eval = ({k: self._series(a, device) for k, a in series_eval.items()}
+                            if series_eval is not None else self.series)
         self._perms: dict[int, np.ndarray] = {}
 
     def _inputs(self, x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -62,6 +91,15 @@ class Batches:
     def _targets(self, y: np.ndarray, device: torch.device, labels: bool) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(y))
         return t.to(device=device, dtype=torch.int64 if labels else self.dtype)
+
+    def _series(self, a: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=self.dtype)
+
+    @staticmethod
+    def _make(x: torch.Tensor, y: torch.Tensor, series: dict[str, torch.Tensor], rows: Union[torch.Tensor, slice]) -> Batch:
+        """A :class:`Batch` of ``x``/``y`` with the series arrays' ``rows`` (an index or a slice)."""
+        cut = {k: v[rows] for k, v in series.items()}
+        return Batch(x, y, {k: v for k, v in cut.items() if k != TARGET_MASK}, cut.get(TARGET_MASK))
 
     def _convert(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.scale is None else x.to(self.dtype) * self.scale
@@ -86,8 +124,8 @@ class Batches:
             filled += take
         return out
 
-    def batch(self, step: int, shard: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of step ``step``, augmented if the source says so; ``shard = (start,
+    def batch(self, step: int, shard: Optional[tuple[int, int]] = None) -> Batch:
+        """The batch of step ``step``, augmented if the source says so; ``shard = (start,
         stop)``: only those rows of the batch (a data-parallel rank's share)."""
         rows = self.indices(step)
         params = None
@@ -102,7 +140,7 @@ class Batches:
         if params is not None:
             assert self.augment is not None
             x = self.augment.apply(x, torch.from_numpy(np.ascontiguousarray(params)).to(x.device))
-        return x, self.y[idx]
+        return self._make(x, self.y[idx], self.series, idx)
 
     def cursor(self, steps_done: int) -> dict[str, int]:
         """Where the stream stands after ``steps_done`` steps (recorded in checkpoints)."""
@@ -113,9 +151,10 @@ class Batches:
         """Steps that cover ``epochs`` passes over the training data (the last may be partial)."""
         return -(-epochs * self.n // self.batch_size)
 
-    def eval_chunks(self, chunk: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_chunks(self, chunk: Optional[int] = None) -> Iterator[Batch]:
         """The evaluation set (the training set when the source has none), in order, never
         augmented."""
         size = chunk or max(self.batch_size, EVAL_CHUNK)
         for s in range(0, len(self.x_eval), size):
-            yield self._convert(self.x_eval[s:s + size]), self.y_eval[s:s + size]
+            rows = slice(s, s + size)
+            yield self._make(self._convert(self.x_eval[rows]), self.y_eval[rows], self.series_eval, rows)

@@ -25,6 +25,7 @@ from odespec.spec.model import (
     OptimizerSpec,
     RegulariseSpec,
     ScheduleSpec,
+    SeriesSpec,
     Shape,
     TrainSpec,
 )
@@ -52,11 +53,12 @@ T = ("train",)
 
 def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Shape,
                 error: ReportError, loc: Callable[[Path], Location],
-                base_dir: Optional[FilePath] = None) -> Optional[TrainSpec]:
+                base_dir: Optional[FilePath] = None, *, series: Optional[SeriesSpec] = None) -> Optional[TrainSpec]:
     """Check a schema-valid ``train`` mapping; report problems through ``error`` and return the
     :class:`TrainSpec`, or None if anything was wrong. ``items`` is None when the model itself
     has errors (then only the train section's own rules are checked). ``base_dir`` resolves data
-    files' relative paths (None: the files are not looked at)."""
+    files' relative paths (None: the files are not looked at). ``series``: what the model reads
+    beside its input (irregular series), which the data must give."""
     c = _TrainChecker(error)
     data = c.data(raw["data"], loc)
     shapes = sources.get(data.source).shapes(data.options) if data is not None else None
@@ -77,7 +79,7 @@ def check_train(raw: dict, items: Optional[Sequence[ModelItem]], input_shape: Sh
               key=True)
         c.failed = True
     if items is not None and data is not None and loss is not None:
-        c.model_fit(data, shapes, loss, items, input_shape, files, raw.get("batch_size", 32))
+        c.model_fit(data, shapes, loss, items, input_shape, files, raw.get("batch_size", 32), series)
     if c.failed or data is None or loss is None or optimizer is None or schedule is None or init is None:
         return None
     return TrainSpec(
@@ -267,26 +269,64 @@ class _TrainChecker:
 
     # -- the data against the model -------------------------------------------------------------------
     def model_fit(self, data: DataSpec, shapes: Optional[DataShapes], loss: LossSpec, items: Sequence[ModelItem],
-                  input_shape: Shape, files: Sequence[FileSplit], batch_size: int) -> None:
+                  input_shape: Shape, files: Sequence[FileSplit], batch_size: int,
+                  series: Optional[SeriesSpec] = None) -> None:
         dpath, lpath = T + ("data",), T + ("loss",)
         before = self.failed
         self.failed = False  # so that the last step runs only if this comparison found nothing
-        self._fit(data, shapes, loss, items, input_shape, dpath, lpath)
+        self.series_fit(data, shapes, series, dpath)
+        if not self.failed:
+            self._fit(data, shapes, loss, items, input_shape, dpath, lpath)
         if not self.failed and files and not self.files_reported:
-            self.file_fit(files, loss, items[-1].out_shape, input_shape, batch_size)
+            self.file_fit(files, loss, items[-1].out_shape, input_shape, batch_size, series)
         self.failed = self.failed or before
 
+    def series_fit(self, data: DataSpec, shapes: Optional[DataShapes], series: Optional[SeriesSpec],
+                   dpath: Path) -> None:
+        """A model that reads irregular series needs a source that gives them, and a source of
+        series a model that reads them, with as many query times as the data have."""
+        source = sources.get(data.source)
+        if series is not None and not source.series_arrays:
+            self.error(dpath, f"the model reads irregular series ({', '.join(series.input_names[1:])}); data source "
+                       f"{data.source!r} gives none", "use npz with arrays x, times, mask (optional), query_times "
+                       "(optional), y (optional), or the oscillators generator; see the README's Data files")
+            return
+        if shapes is None or not shapes.series:
+            return
+        steps = shapes.input[0]
+        want = f"query: {shapes.query}" if shapes.query is not None else f"query: {steps} (or none)"
+        if series is None:
+            self.error(dpath, f"the {data.source} data are irregular series (each sample's own times, missing "
+                       "values masked); the model reads no times or masks",
+                       f"write input: {{shape: {list(shapes.input)}, times: true, mask: true, "
+                       f"query: {shapes.query or steps}}}")
+        elif shapes.query is not None and series.query != shapes.query:
+            self.error(dpath, f"the {data.source} data ask for outputs at {shapes.query} query times per sample; the "
+                       f"model reads {series.query if series.query is not None else 'no'} query times",
+                       f"write {want} in the spec's input")
+        elif shapes.query is None and series.query not in (None, steps):
+            self.error(dpath, f"the {data.source} data ask for outputs at the {steps} observation times; the model "
+                       f"reads {series.query} query times", f"write {want} in the spec's input")
+
     def file_fit(self, files: Sequence[FileSplit], loss: LossSpec, out: Shape, input_shape: Shape,
-                 batch_size: int) -> None:
+                 batch_size: int, series: Optional[SeriesSpec] = None) -> None:
         """Each split of the data files against the model, by the data contract, as training
-        would load them: headers, and the values of class labels (one or C per sample)."""
+        would load them: headers, and the values of class labels (one or C per sample). A
+        series file is checked as a whole (:func:`odespec.data_contract.check_series`)."""
         from odespec import data_contract as dc
+        from odespec.train.files import refuse_series
 
         labels = loss.kind == "cross_entropy"
         for split in files:
             try:
-                dc.check_pair(split.x, split.y, input_shape, out, labels, DataError)
-                if labels and split.y.read is not None:
+                if series is None:
+                    refuse_series(split.file or split.x.where, list(split.arrays))
+                    dc.check_pair(split.x, split.y, input_shape, out, labels, DataError)
+                else:
+                    dc.check_series(split.arrays or {"x": split.x, "y": split.y}, split.file or split.x.where,
+                                    DataError, input_shape=input_shape, output_shape=out, labels=labels,
+                                    times=series.times, mask=series.mask, query=series.query)
+                if labels and split.y.read is not None and (series is None or "y" in split.arrays):
                     dc.conform_targets(split.y.read(), split.y, out, True, DataError)
                 if split.name == "training" and split.x.count is not None:
                     dc.check_batch_size(batch_size, split.x.count, DataError)

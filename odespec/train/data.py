@@ -18,12 +18,12 @@ import what they need.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, TypeVar
 
 from odespec.components import ComponentRegistry, OptionsComponent, did_you_mean
-from odespec.spec.model import ModelItem, OdeBlockSpec, Shape
+from odespec.spec.model import ModelItem, OdeBlockSpec, SeriesSpec, Shape
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -45,6 +45,12 @@ class DataShapes:
     input: Shape
     target: Optional[Shape] = None
     classes: Optional[int] = None
+    #: the source gives irregularly sampled series (per-sample times and masks): the model must
+    #: read them (``input: {times, mask, query}``)
+    series: bool = False
+    #: series only: T', the query times per sample when they differ from the observation times
+    #: (None: the outputs are at the observation times)
+    query: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,17 @@ class Need:
     output_shape: Shape
     #: True when the loss takes class labels (cross_entropy)
     labels: bool
+    #: what the model reads beside ``input`` (``Spec.series``); None: a plain input
+    series: Optional[SeriesSpec] = None
+    #: series: the start of the ODE block that outputs at the query times (they may not be earlier)
+    query_start: Optional[float] = None
+
+    @classmethod
+    def of(cls, input_shape: Shape, output_shape: Shape, labels: bool, series: Optional[SeriesSpec],
+           items: Sequence[ModelItem]) -> "Need":
+        """What a model of these shapes and items needs, with its query block's start."""
+        start = next((it.start for it in items if isinstance(it, OdeBlockSpec) and it.query), None)
+        return cls(input_shape, output_shape, labels, series, start)
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,14 @@ class FileSplit:
     #: ``training`` or ``evaluation``
     name: str
     x: "ArrayInfo"
+    #: the targets (for a series file without ``y``, ``x``: the reconstruction's targets)
     y: "ArrayInfo"
+    #: a series file's arrays by name (``x``, ``times``, ``mask``, ``query_times``, ``y``,
+    #: ``y_mask``, those it has), checked by :func:`odespec.data_contract.check_series`; empty
+    #: for a plain (x, y) pair
+    arrays: Mapping[str, "ArrayInfo"] = field(default_factory=dict)
+    #: the file, in messages about the split as a whole (a series file's missing array)
+    file: str = ""
 
 
 class Augmentation:
@@ -101,6 +125,12 @@ class LoadedData:
 
     ``x_scale`` multiplies inputs when batches are made, so MNIST can stay uint8 in memory;
     ``augment`` transforms training batches (after scaling), never evaluation data.
+
+    Irregular series (a model with ``Spec.series``) add ``series`` and ``series_eval``: per
+    split, arrays by name, samples first, in the order of ``x``: the model inputs beside ``x``
+    that the model reads (``times`` (N, T), ``mask`` (N, T, F), ``query_times`` (N, T')) and the
+    targets' ``y_mask`` (N, *output) when they have one (1 = observed). Batches cut them with
+    the same rows as ``x`` and ``y``. ``series_eval`` is needed exactly when ``x_eval`` is given.
     """
 
     x: "np.ndarray"
@@ -109,6 +139,8 @@ class LoadedData:
     y_eval: "Optional[np.ndarray]" = None
     x_scale: Optional[float] = None
     augment: Optional[Augmentation] = None
+    series: "Optional[dict[str, np.ndarray]]" = None
+    series_eval: "Optional[dict[str, np.ndarray]]" = None
 
 
 class DataSource(OptionsComponent):
@@ -131,6 +163,10 @@ class DataSource(OptionsComponent):
         not there is left out (training reports it); one that cannot be read raises
         :class:`~odespec.train.errors.DataError`. Default: nothing to inspect."""
         return []
+
+    #: the source can give irregular series (per-sample ``times``, ``mask``, ``query_times``) to
+    #: a model that reads them (``Spec.series``); others are refused for such a model
+    series_arrays = False
 
     def noise_std(self, options: Mapping[str, Any]) -> Optional[float]:
         """The observation noise the data was made with, if the source knows it (elbo default)."""

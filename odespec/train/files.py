@@ -1,5 +1,6 @@
-"""Data sources read from the user's files: ``npz`` (arrays ``x`` and ``y``), ``npy`` (a pair of
-files), ``csv`` (a target column) and ``mnist`` (the IDX files in a directory; nothing is
+"""Data sources read from the user's files: ``npz`` (arrays ``x`` and ``y``; for a model that
+reads irregular series also ``times``, ``mask``, ``query_times`` and ``y_mask``), ``npy`` (a pair
+of files), ``csv`` (a target column) and ``mnist`` (the IDX files in a directory; nothing is
 downloaded). Relative paths are relative to the spec's directory.
 
 Every array goes through the data contract (:mod:`odespec.data_contract`), as ``odespec run``'s
@@ -11,7 +12,7 @@ values by the loss. :meth:`DataSource.inspect` describes the same files from the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from odespec.components import alternatives
 from odespec.layers.base import fmt_shape
@@ -23,9 +24,9 @@ from odespec.train.idx import read_idx
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from odespec.data_contract import ArrayInfo, CsvTable
+    from odespec.data_contract import ArrayInfo, CsvTable, SeriesLayout
 
-__all__ = ["fit", "fit_files", "read_csv", "MNIST_FILES"]
+__all__ = ["fit", "fit_files", "fit_series", "read_csv", "MNIST_FILES"]
 
 #: (training images, training labels, test images, test labels), each also accepted with .gz
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -79,7 +80,48 @@ def fit(x: "np.ndarray", y: "np.ndarray", need: Need,
     return fit_files(ArrayInfo.of(x, xw), ArrayInfo.of(y, yw), need)
 
 
+def series_layout(infos: Mapping[str, "ArrayInfo"], file: str, need: Need) -> "SeriesLayout":
+    """:func:`odespec.data_contract.check_series` of a series file's arrays for the model ``need``
+    describes (which must read series)."""
+    from odespec.data_contract import check_series
+
+    assert need.series is not None
+    s = need.series
+    return check_series(infos, file, DataError, input_shape=need.input_shape, output_shape=need.output_shape,
+                        labels=need.labels, times=s.times, mask=s.mask, query=s.query)
+
+
+def fit_series(infos: Mapping[str, "ArrayInfo"], file: str,
+               need: Need) -> tuple["np.ndarray", "np.ndarray", dict[str, "np.ndarray"]]:
+    """A series file's arrays, checked and read by the data contract for the model ``need``
+    describes: (x, y, the rest for :attr:`LoadedData.series`: the model's other inputs and the
+    targets' ``y_mask``). For sources that make their series in memory, ``infos`` are
+    ``ArrayInfo.of`` their arrays."""
+    from odespec.data_contract import conform_series
+
+    assert need.series is not None
+    layout = series_layout(infos, file, need)
+    arrays = conform_series(layout, DataError, input_shape=need.input_shape, output_shape=need.output_shape,
+                            labels=need.labels, query=need.series.query, start=need.query_start)
+    return arrays.pop("x"), arrays.pop("y"), arrays
+
+
+#: arrays that make a file a series file (beside x and y)
+SERIES_ONLY = ("times", "mask", "query_times", "y_mask")
+
+
+def refuse_series(file: str, names: Sequence[str]) -> None:
+    """A file of series arrays for a model that reads no series: say how the model reads them."""
+    found = [n for n in SERIES_ONLY if n in names]
+    if found:
+        raise DataError(f"{file} holds irregular-series arrays ({', '.join(map(repr, found))}), but the model reads "
+                        "no times or masks",
+                        "declare them in the spec's input, e.g. input: {shape: [T, F], times: true, mask: true, "
+                        "query: T'} (see the README's Irregular time series), or save only x and y")
+
+
 def _xy(path: Path, infos: Mapping[str, "ArrayInfo"]) -> tuple["ArrayInfo", "ArrayInfo"]:
+    refuse_series(str(path), list(infos))
     missing = [k for k in ("x", "y") if k not in infos]
     if missing:
         raise DataError(f"{path} has no array {' or '.join(map(repr, missing))} (it has: {', '.join(infos) or 'none'})",
@@ -90,9 +132,12 @@ def _xy(path: Path, infos: Mapping[str, "ArrayInfo"]) -> tuple["ArrayInfo", "Arr
 @register
 class Npz(DataSource):
     name = "npz"
-    description = "A .npz file with arrays x (inputs, one row per sample) and y (targets)."
+    description = ("A .npz file with arrays x (inputs, one row per sample) and y (targets); for a model that "
+                   "reads irregular series also times, mask, query_times and y_mask (see the README's Data "
+                   "files).")
     shorthand = "path"
     required = ("path",)
+    series_arrays = True
     properties = {
         "path": _path("The .npz file (relative to the spec's directory)."),
         "eval_path": _path("A .npz file of evaluation data (default: evaluate on the training data)."),
@@ -105,19 +150,29 @@ class Npz(DataSource):
         for split, key in _SPLITS:
             p = _present(base_dir, options[key])
             if p is not None:
-                splits.append(FileSplit(split, *_xy(p, npz_infos(p, DataError))))
+                infos = npz_infos(p, DataError)
+                if any(k in infos for k in SERIES_ONLY) and "x" in infos:
+                    # a series file: checked as a whole against the model (no y: the targets are x)
+                    splits.append(FileSplit(split, infos["x"], infos.get("y", infos["x"]), arrays=infos, file=str(p)))
+                else:
+                    splits.append(FileSplit(split, *_xy(p, infos)))
         return splits
 
     def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
         from odespec.data_contract import npz_infos
 
-        def read(value: str) -> tuple["np.ndarray", "np.ndarray"]:
+        def read(value: str) -> tuple["np.ndarray", "np.ndarray", Optional[dict[str, "np.ndarray"]]]:
             p = _existing(base_dir, value, "data file")
-            return fit_files(*_xy(p, npz_infos(p, DataError)), need)
+            infos = npz_infos(p, DataError)
+            if need.series is not None:
+                return fit_series(infos, str(p), need)
+            return (*fit_files(*_xy(p, infos), need), None)
 
-        x, y = read(options["path"])
-        xe, ye = read(options["eval_path"]) if options["eval_path"] else (None, None)
-        return LoadedData(x, y, xe, ye)
+        x, y, series = read(options["path"])
+        if not options["eval_path"]:
+            return LoadedData(x, y, series=series)
+        xe, ye, series_eval = read(options["eval_path"])
+        return LoadedData(x, y, xe, ye, series=series, series_eval=series_eval)
 
 
 @register

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from odespec.spec.model import ModelItem, Shape
 from odespec.train.data import DataShapes, DataSource, LoadedData, Need, Problem, register, same_times, trajectory_block
@@ -19,7 +19,8 @@ from odespec.train.data import DataShapes, DataSource, LoadedData, Need, Problem
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["ode_demo_trajectory", "ode_demo_windows", "spirals", "spiral_truth", "circles"]
+__all__ = ["ode_demo_trajectory", "ode_demo_windows", "spirals", "spiral_truth", "circles", "oscillators",
+           "oscillator_states"]
 
 #: torchdiffeq's ode_demo system: dy/dt = y**3 @ A, y(0) = (2, 0)
 ODE_DEMO_A = ((-0.1, 2.0), (-2.0, -0.1))
@@ -268,3 +269,156 @@ class Circles(DataSource):
         xe, ye = circles(options["eval_count"], seed=[seed, 1], **radii)
         return LoadedData(x, y, xe, ye)
 
+
+
+# -- oscillators (irregular series) -------------------------------------------------------------------
+def _padded_times(rng: "np.random.Generator", count: int, slots: int, lengths: "np.ndarray", low: float,
+                  high: float) -> "np.ndarray":
+    """Per sample, ``lengths[i]`` sorted times uniform on [low, high], padded to ``slots`` by
+    repeating the last one: (count, slots)."""
+    import numpy as np
+
+    t = rng.uniform(low, high, size=(count, slots))
+    real = np.arange(slots)[None, :] < lengths[:, None]
+    # padding slots sort last, then take the last real time
+    t = np.sort(np.where(real, t, np.inf), axis=1)
+    last = t[np.arange(count), lengths - 1]
+    return np.where(real, t, last[:, None])
+
+
+def oscillator_states(times: "np.ndarray", omega: "np.ndarray", gamma: "np.ndarray", amplitude: "np.ndarray",
+                      phase: "np.ndarray") -> "np.ndarray":
+    """Position and velocity of damped oscillators x = A exp(-gamma t) cos(omega t + phase) at
+    ``times`` (count, K), one oscillator per row (parameters (count,)): (count, K, 2)."""
+    import numpy as np
+
+    w, g, a, p = (v[:, None] for v in (omega, gamma, amplitude, phase))
+    decay = a * np.exp(-g * times)
+    angle = w * times + p
+    position = decay * np.cos(angle)
+    velocity = -decay * (g * np.cos(angle) + w * np.sin(angle))
+    return np.stack([position, velocity], axis=-1)
+
+
+def oscillators(count: int, *, points: int = 30, min_points: int = 30, query_points: int = 30, missing: float = 0.3,
+                noise_std: float = 0.05, task: str = "interpolation", stop: float = 10.0, min_omega: float = 1.0,
+                max_omega: float = 2.0, max_damping: float = 0.2, seed: Any = 0) -> dict[str, "np.ndarray"]:
+    """``count`` damped oscillators, each observed at times of its own (see the ``oscillators``
+    source's description). Returns the arrays of a series file, float64: ``x`` (count, points,
+    2) noisy observations with NaN where masked, ``times``, ``mask``; for extrapolation
+    ``query_times`` (count, query_points); targets ``y`` (noisy observations at the query times,
+    NaN where masked) with ``y_mask``, or none for interpolation (the targets are x); and
+    ``y_clean``/``y_clean_mask``: the noiseless values at every real query slot (all but
+    padding), what evaluation compares with."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    # the draws' order is the generator's contract: parameters, lengths, times, masks, noise
+    omega = rng.uniform(min_omega, max_omega, count)
+    gamma = rng.uniform(0.0, max_damping, count)
+    amplitude = rng.uniform(0.5, 1.5, count)
+    phase = rng.uniform(0.0, 2 * math.pi, count)
+    lengths = rng.integers(min_points, points + 1, size=count)
+    extrapolate = task == "extrapolation"
+    observe_until = stop / 2 if extrapolate else stop
+    times = _padded_times(rng, count, points, lengths, 0.0, observe_until)
+    real = (np.arange(points)[None, :] < lengths[:, None])[..., None]
+    mask = (rng.random((count, points, 2)) >= missing) & real
+    # every series keeps at least one observed value (its first slot is always real)
+    mask[~mask.any(axis=(1, 2)), 0, :] = True
+    clean = oscillator_states(times, omega, gamma, amplitude, phase)
+    x = np.where(mask, clean + noise_std * rng.standard_normal(clean.shape), np.nan)
+    out = {"x": x, "times": times, "mask": mask.astype(np.float64)}
+    if not extrapolate:
+        out["y_clean"], out["y_clean_mask"] = clean, np.broadcast_to(real, clean.shape).astype(np.float64)
+        return out
+    query = _padded_times(rng, count, query_points, np.full(count, query_points), observe_until, stop)
+    y_mask = rng.random((count, query_points, 2)) >= missing
+    truth = oscillator_states(query, omega, gamma, amplitude, phase)
+    y = np.where(y_mask, truth + noise_std * rng.standard_normal(truth.shape), np.nan)
+    out.update(query_times=query, y=y, y_mask=y_mask.astype(np.float64), y_clean=truth,
+               y_clean_mask=np.ones(truth.shape))
+    return out
+
+
+@register
+class Oscillators(DataSource):
+    name = "oscillators"
+    description = ("Irregularly sampled damped oscillators x = A exp(-gamma t) cos(omega t + phase), features "
+                   "position and velocity: each series is observed at `points` random times of its own on [0, "
+                   "stop] (interpolation) or [0, stop/2] (extrapolation; its outputs are then at `query_points` "
+                   "random times of its own on [stop/2, stop]), a `missing` fraction of values masked (NaN in "
+                   "x), Gaussian noise of `noise_std`. Training targets are the noisy observations, masked the "
+                   "same way (what real data give); evaluation targets are the noiseless values at every real "
+                   "slot, missing ones included, so the evaluation measures the error against the truth.")
+    series_arrays = True
+    properties = {
+        "count": _int("Training series.", 1000),
+        "eval_count": _int("Evaluation series, drawn separately (0: evaluate on the training series).", 200,
+                           minimum=0),
+        "points": _int("Observation slots per series: the model's input length T (input.shape [T, 2]).", 30,
+                       minimum=2),
+        "min_points": _int("Fewest observations of a series (default: points). Each series has a length drawn "
+                           "uniformly in [min_points, points] and is padded to `points` by repeating its last "
+                           "time, with mask 0.", 0, minimum=0),
+        "query_points": _int("Extrapolation: output times per series, T' (input.query); default: points. "
+                             "Interpolation outputs at the observation times.", 0, minimum=0),
+        "task": {"enum": ["interpolation", "extrapolation"], "default": "interpolation",
+                 "description": "interpolation: outputs at the observation times (reconstruction; query = "
+                                "times); extrapolation: observations on [0, stop/2], outputs on [stop/2, stop]."},
+        "missing": _num("Fraction of values masked out, each value independently (every series keeps at least "
+                        "one).", 0.3, minimum=0, maximum=0.95),
+        "noise_std": _num("Standard deviation of the observation noise.", 0.05, minimum=0, maximum=1e3),
+        "stop": _num("End of the time span.", 10.0, exclusiveMinimum=0, maximum=1e6),
+        "min_omega": _num("Smallest angular frequency omega (uniform in [min_omega, max_omega]).", 1.0,
+                          exclusiveMinimum=0, maximum=1e3),
+        "max_omega": _num("Largest angular frequency omega.", 2.0, exclusiveMinimum=0, maximum=1e3),
+        "max_damping": _num("Damping rate gamma is uniform in [0, max_damping]; amplitude A in [0.5, 1.5], "
+                            "phase in [0, 2 pi).", 0.2, minimum=0, maximum=1e3),
+    }
+
+    @staticmethod
+    def _counts(options: Mapping[str, Any]) -> tuple[int, int, Optional[int]]:
+        """(points, min_points, query_points or None for interpolation), defaults filled in."""
+        points = options["points"]
+        query = options["query_points"] or points if options["task"] == "extrapolation" else None
+        return points, options["min_points"] or points, query
+
+    def shapes(self, options: Mapping[str, Any]) -> DataShapes:
+        points, _, query = self._counts(options)
+        return DataShapes(input=(points, 2), target=(query or points, 2), series=True, query=query)
+
+    def noise_std(self, options: Mapping[str, Any]) -> Optional[float]:
+        return float(options["noise_std"]) or None
+
+    def check(self, options: Mapping[str, Any], input_shape: Shape, items: Sequence[ModelItem]) -> list[Problem]:
+        points, least, _ = self._counts(options)
+        if least > points:
+            return [Problem(f"min_points {least} is more than points {points}", "use min_points <= points")]
+        if options["min_omega"] > options["max_omega"]:
+            return [Problem(f"min_omega {options['min_omega']:g} is above max_omega {options['max_omega']:g}",
+                            "swap them")]
+        return []
+
+    def load(self, options: Mapping[str, Any], *, seed: int, base_dir: Path, need: Need) -> LoadedData:
+        from odespec.data_contract import ArrayInfo
+        from odespec.train.files import fit_series
+
+        points, least, query = self._counts(options)
+        kw = {k: options[k] for k in ("missing", "noise_std", "task", "stop", "min_omega", "max_omega",
+                                      "max_damping")}
+
+        def split(n: int, stream: int, truth: bool) -> tuple["np.ndarray", "np.ndarray", dict[str, "np.ndarray"]]:
+            arrays = oscillators(n, points=points, min_points=least, query_points=query or points,
+                                 seed=[seed, stream], **kw)
+            clean, clean_mask = arrays.pop("y_clean"), arrays.pop("y_clean_mask")
+            if truth:  # evaluation: the noiseless values at every real slot
+                arrays.update(y=clean, y_mask=clean_mask)
+            where = f"the oscillators data ({'evaluation' if stream else 'training'})"
+            return fit_series({k: ArrayInfo.of(v, f"{where}, array {k!r}") for k, v in arrays.items()}, where, need)
+
+        x, y, series = split(options["count"], 0, truth=False)
+        if options["eval_count"] == 0:
+            return LoadedData(x, y, series=series)
+        xe, ye, series_eval = split(options["eval_count"], 1, truth=True)
+        return LoadedData(x, y, xe, ye, series=series, series_eval=series_eval)

@@ -31,7 +31,7 @@ from odespec.errors import SolverError
 from odespec.spec import load_spec
 from odespec.spec.model import Spec
 from odespec.train import data as sources
-from odespec.train.batches import Batches
+from odespec.train.batches import Batch, Batches
 from odespec.train.best import BestWeights, criterion_for
 from odespec.train.checkpoint import (
     capture_rng,
@@ -46,7 +46,7 @@ from odespec.train.data import Need
 from odespec.train.distributed import DistContext, setup, teardown
 from odespec.train.errors import TrainError, TrainingFailed, TrainingInterrupted
 from odespec.train.interrupt import InterruptGuard
-from odespec.train.losses import make_loss
+from odespec.train.losses import counted_samples, make_loss
 from odespec.train.optim import lr_at, make_optimizer, set_lr
 from odespec.train.progress import Progress
 from odespec.train.regularise import NfeBudgetExceeded, attach, regularisation_loss
@@ -209,8 +209,8 @@ class _WithPosterior(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        return self.model.forward_with_posterior(x)
+    def forward(self, x: torch.Tensor, **inputs: torch.Tensor) -> ModelOutput:
+        return self.model.forward_with_posterior(x, **inputs)
 
 
 class _Trainer:
@@ -235,7 +235,7 @@ class _Trainer:
         self.loss_fn = make_loss(self.ts.loss, self.model)
         self.optimizer = make_optimizer(self.ts.optimizer, self.model.parameters(), self.ts.lr)
         labels = self.ts.loss.kind == "cross_entropy"
-        need = Need(spec.input_shape, spec.output_shape, labels)
+        need = Need.of(spec.input_shape, spec.output_shape, labels, spec.series, spec.model)
         loaded = sources.get(self.ts.data.source).load(self.ts.data.options, seed=self.ts.seed, base_dir=base_dir,
                                                        need=need)
         dtype = next(self.model.parameters()).dtype
@@ -328,12 +328,13 @@ class _Trainer:
         """Evaluations of every solved block's dynamics so far (the NFE of a failed forward)."""
         return sum(getattr(b.dynamics, "nfe", 0) for b in self.model.ode_blocks)
 
-    def _forward(self, x: torch.Tensor) -> tuple[Optional[ModelOutput], int, bool]:
+    def _forward(self, batch: Batch) -> tuple[Optional[ModelOutput], int, bool]:
         """(output, forward NFE, whether the NFE budget was exceeded). A solve stopped by the
-        budget's step limit returns no output."""
+        budget's step limit returns no output. A series model gets its other inputs (times,
+        masks, query times) by keyword; any other model ``x`` alone."""
         before = self._nfe_count()
         try:
-            out = self.net(x)
+            out = self.net(batch.x, **batch.inputs)
         except SolverError as e:
             if self.max_nfe is None or e.reason != "max-steps":
                 raise
@@ -370,9 +371,10 @@ class _Trainer:
         """Forward and backward for iteration ``done + 1``; changes no weight."""
         lr = lr_at(self.ts.schedule, self.ts.lr, self.done, self.total, epoch=self.batches.cursor(self.done)["epoch"])
         set_lr(self.optimizer, lr)
-        x, y = self.batches.batch(self.done, self.shard)
+        batch = self.batches.batch(self.done, self.shard)
+        x = batch.x
         self.optimizer.zero_grad(set_to_none=True)
-        out, nfe_forward, exceeded = self._forward(x)
+        out, nfe_forward, exceeded = self._forward(batch)
         # every rank must learn that one stopped, or the others would wait for it in backward
         flag, nfe_most = self.dist.max([float(exceeded), nfe_forward], x)
         nfe_forward = int(nfe_most)
@@ -380,7 +382,7 @@ class _Trainer:
             with self.guard.deferred():  # the record of the broken budget and the error that stops training
                 raise self._budget_exceeded(lr, nfe_forward)
         assert out is not None
-        loss, extra = self.loss_fn(out, y)
+        loss, extra = self.loss_fn(out, batch.y, batch.y_mask)
         reg, reg_metrics = regularisation_loss(self.hooks, self.ts.regularise)
         objective = loss if reg is None else loss + reg
         names = ["loss", *extra, *reg_metrics] + (["objective"] if reg is not None else [])
@@ -415,18 +417,23 @@ class _Trainer:
         an evaluation is recorded whole or not at all (then a resumed run makes it again)."""
         self.model.eval()
         sums: dict[str, float] = {}
-        n = 0
+        counts: dict[str, int] = {}
         try:
             with torch.no_grad(), self._fork_rng(), self.guard.interruptible():
-                for x, y in self.batches.eval_chunks():
-                    loss, extra = self.loss_fn(self.model.forward_with_posterior(x), y)
-                    k = len(x)
+                for b in self.batches.eval_chunks():
+                    loss, extra = self.loss_fn(self.model.forward_with_posterior(b.x, **b.inputs), b.y, b.y_mask)
+                    k = len(b.x)
+                    # a chunk's loss weighs as many samples as it averages over (masked mse/l1
+                    # leave out samples with no observed target), so that the evaluation's loss
+                    # is the loss of the whole set at once
+                    weights = {"loss": counted_samples(self.ts.loss.kind, k, b.y_mask)}
                     for name, v in {"loss": loss.item(), **extra}.items():
-                        sums[name] = sums.get(name, 0.0) + v * k
-                    n += k
+                        w = weights.get(name, k)
+                        sums[name] = sums.get(name, 0.0) + v * w
+                        counts[name] = counts.get(name, 0) + w
         finally:
             self.model.train()
-        evaluation = {f"eval_{k}": v / n for k, v in sums.items()}
+        evaluation = {f"eval_{k}": v / counts[k] if counts[k] else math.nan for k, v in sums.items()}
         self.eval_done_at = self.done
         self.last_eval = evaluation
         if self.metrics.last is not None and self.metrics.last["iteration"] == self.done:

@@ -36,4 +36,4 @@ class TrainSection(SectionType):
     def check(self, raw: Any, ctx: SectionContext) -> Optional[TrainSpec]:
         from odespec.train.check import check_train
 
-        return check_train(raw, ctx.items, ctx.input_shape, ctx.error, ctx.loc, ctx.base_dir)
+        return check_train(raw, ctx.items, ctx.input_shape, ctx.error, ctx.loc, ctx.base_dir, series=ctx.series)

@@ -84,7 +84,7 @@ def spiking_eval(monkeypatch: pytest.MonkeyPatch, spike_at: int) -> None:
         if "fn" not in loss_fn:
             loss_fn["fn"] = self.loss_fn
         real = loss_fn["fn"]
-        self.loss_fn = (lambda out, y: ((lambda v: (v[0] * 1000, v[1]))(real(out, y)))) if self.done == spike_at \
+        self.loss_fn = (lambda out, y, m: ((lambda v: (v[0] * 1000, v[1]))(real(out, y, m)))) if self.done == spike_at \
             else real
         try:
             return evaluate(self)
@@ -333,10 +333,10 @@ def _nan_loss_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
         fn = make_loss(spec, model)
         calls = {"n": 0}
 
-        def loss(out: torch.Tensor, y: torch.Tensor) -> Any:
+        def loss(out: torch.Tensor, y: torch.Tensor, y_mask: Any = None) -> Any:
             if torch.is_grad_enabled():
                 calls["n"] += 1
-            value, extra = fn(out, y)
+            value, extra = fn(out, y, y_mask)
             return (value * float("nan") if calls["n"] == at else value), extra
 
         return loss

@@ -313,8 +313,8 @@ def test_mnist_random_crop_applies_to_training_batches_only(tmp_path: Path):
     assert data.augment is not None and data.augment.padding == 4
     changed = 0
     for step in range(4):
-        x, y = cropped.batch(step)
-        x0, y0 = plain.batch(step)
+        x, y = cropped.batch(step)[:2]
+        x0, y0 = plain.batch(step)[:2]
         assert x.shape == x0.shape == (8, 1, 28, 28) and x.dtype == torch.float32
         assert torch.equal(y, y0)  # same samples, same order: only the pixels move
         for a, b in zip(x.numpy(), x0.numpy()):
@@ -323,7 +323,7 @@ def test_mnist_random_crop_applies_to_training_batches_only(tmp_path: Path):
             changed += not np.array_equal(a, b)
     assert changed > 16  # offsets (4, 4) leave an image where it was: 1 in 81
     # evaluation data are never cropped
-    for (xe, ye), (xe0, ye0) in zip(cropped.eval_chunks(), plain.eval_chunks()):
+    for (xe, ye, *_), (xe0, ye0, *_) in zip(cropped.eval_chunks(), plain.eval_chunks()):
         assert torch.equal(xe, xe0) and torch.equal(ye, ye0)
     np.testing.assert_allclose(next(cropped.eval_chunks())[0].numpy(), data.x_eval / 255, rtol=1e-6)
     # with eval: false the training images are the evaluation set, uncropped too
@@ -363,6 +363,6 @@ def test_mnist_random_crop_padding_zero_or_absent_leaves_images_unchanged(tmp_pa
     data0, zero = _mnist_batches(tmp_path, {"random_crop": {"padding": 0}})
     data, plain = _mnist_batches(tmp_path, {})
     assert data0.augment is None and data.augment is None
-    x, _ = plain.batch(1)
+    x = plain.batch(1).x
     assert torch.equal(zero.batch(1)[0], x)
     np.testing.assert_allclose(x.numpy(), data.x[plain.indices(1)] / 255, rtol=1e-6)

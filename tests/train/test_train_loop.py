@@ -324,9 +324,9 @@ def test_a_diverged_loss_stops_with_the_metrics_kept(tmp_path: Path, monkeypatch
         fn = make_loss(spec, model)
         calls = {"n": 0}
 
-        def loss(out: torch.Tensor, y: torch.Tensor) -> Any:
+        def loss(out: torch.Tensor, y: torch.Tensor, y_mask: Any = None) -> Any:
             calls["n"] += 1
-            value, extra = fn(out, y)
+            value, extra = fn(out, y, y_mask)
             return (value * float("nan") if calls["n"] == 3 else value), extra
 
         return loss

@@ -70,7 +70,7 @@ def load_trained(run: Path, info: dict[str, Any]) -> TrainedRun:
     model.load_state_dict(state, strict=True)
     model.eval()
     ts = spec.train
-    need = Need(spec.input_shape, spec.output_shape, ts.loss.kind == "cross_entropy")
+    need = Need.of(spec.input_shape, spec.output_shape, ts.loss.kind == "cross_entropy", spec.series, spec.model)
     data = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=Path(info["data_base_dir"]),
                                             need=need)
     return TrainedRun(spec=spec, model=model, data=data, info=info, weights=path)
