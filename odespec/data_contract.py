@@ -588,7 +588,7 @@ def check_times(times: np.ndarray, where: str, error: ErrorType, *, what: str = 
     down = np.diff(t, axis=1) < 0
     if down.any():
         i, j = (int(v) for v in np.argwhere(down)[0])
-        raise error(f"{where}: sample {i} goes back in time at index {j + 1}: {t[i, j + 1]!r} after {t[i, j]!r}",
+        raise error(f"{where}: sample {i} goes back in time at index {j + 1}: {t[i, j + 1].item()!r} after {t[i, j].item()!r}",
                     f"each sample's {what} must be non-decreasing: sort each sample's values by time (and "
                     "their mask and values with them); pad a shorter series by repeating its last time, with mask 0")
 
@@ -600,7 +600,7 @@ def check_mask(mask: np.ndarray, where: str, error: ErrorType) -> None:
     bad = ~((mask == 0) | (mask == 1))
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise error(f"{where}: {mask[first]!r} at index {_fmt(first)} is not 0 or 1"
+        raise error(f"{where}: {mask[first].item()!r} at index {_fmt(first)} is not 0 or 1"
                     + (f" (and {int(bad.sum()) - 1:,} more)" if int(bad.sum()) > 1 else ""),
                     "a mask holds 1 where a value was observed and 0 where it is missing or padding (booleans "
                     "work too)")
@@ -612,10 +612,10 @@ def check_query_start(query: np.ndarray, start: float, where: str, error: ErrorT
     early = query < start
     if early.any():
         i, j = (int(v) for v in np.argwhere(early.reshape(len(query), -1))[0])
-        raise error(f"{where}: sample {i} asks for an output at time {query.reshape(len(query), -1)[i, j]!r} (index "
+        raise error(f"{where}: sample {i} asks for an output at time {query.reshape(len(query), -1)[i, j].item()!r} (index "
                     f"{j}), before the ODE block's start {start!r}",
                     "the ODE block solves forward from its start: write an earlier start: in the ODE block "
-                    f"(at most {float(query.min())!r}), or shift the times")
+                    f"(at most {query.min().item()!r}), or shift the times")
 
 
 def _need_array(infos: Mapping[str, ArrayInfo], file: str, name: str, why: str, error: ErrorType) -> ArrayInfo:

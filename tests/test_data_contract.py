@@ -417,3 +417,153 @@ def test_a_shape_error_names_only_the_file_at_fault(tmp_path: Path):
     with pytest.raises(DataError) as e:
         src.load(src.normalize({"x": "x.npy", "y": "y.npy"}), seed=0, base_dir=tmp_path, need=Need((2,), (3,), False))
     assert "y.npy: a target has 4 values" in str(e.value) and "x.npy" not in str(e.value)
+
+
+# -- irregular series (issue #13) ------------------------------------------------------------------
+def _series(n: int = 4, t: int = 5, f: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A valid series file's arrays: sorted times, a random mask with NaN where masked."""
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.uniform(0, 3, (n, t)), axis=1)
+    mask = rng.random((n, t, f)) > 0.3
+    x = np.where(mask, rng.standard_normal((n, t, f)), np.nan)
+    return {"x": x, "times": times, "mask": mask}
+
+
+def _conform(arrays: dict[str, np.ndarray], *, times: bool = True, mask: bool = True, query: Optional[int] = 5,
+             out: tuple[int, ...] = (5, 2), labels: bool = False, start: Optional[float] = 0.0,
+             shape: tuple[int, ...] = (5, 2)) -> dict[str, np.ndarray]:
+    infos = {k: dc.ArrayInfo.of(v, f"s.npz, array {k!r}") for k, v in arrays.items()}
+    layout = dc.check_series(infos, "s.npz", DataError, input_shape=shape, output_shape=out, labels=labels,
+                             times=times, mask=mask, query=query)
+    return dc.conform_series(layout, DataError, input_shape=shape, output_shape=out, labels=labels, query=query,
+                             start=start)
+
+
+def test_series_reconstruction_by_default_nan_only_where_masked_and_zeroed():
+    a = _series()
+    got = _conform(a)
+    # no query_times: the outputs are at the observation times; no y: the targets are x, masked by mask
+    np.testing.assert_array_equal(got["query_times"], a["times"])
+    np.testing.assert_array_equal(got["y_mask"], a["mask"].astype(float))
+    assert not np.isnan(got["x"]).any() and not np.isnan(got["y"]).any()
+    np.testing.assert_array_equal(got["x"][a["mask"]], a["x"][a["mask"]])
+    assert (got["x"][~a["mask"]] == 0).all() and (got["y"][~a["mask"]] == 0).all()
+    assert set(got) == {"x", "y", "y_mask", "times", "mask", "query_times"}
+    # a model that reads only times gets no mask (but x is still zeroed where masked)
+    assert set(_conform(a, mask=False, query=None)) == {"x", "y", "y_mask", "times"}
+
+
+def test_series_nan_where_observed_names_file_array_and_index():
+    a = _series()
+    a["x"][2, 3, 1] = np.nan
+    a["mask"][2, 3, 1] = True
+    with pytest.raises(DataError, match=r"s\.npz, array 'x': NaN at index \(2, 3, 1\)") as e:
+        _conform(a)
+    assert "mask is 0" in str(e.value)
+    no_mask = _series()
+    del no_mask["mask"]
+    with pytest.raises(DataError, match="array 'x': NaN"):
+        _conform(no_mask)
+
+
+def test_series_times_must_not_go_back():
+    a = _series()
+    a["times"][1, 3] = a["times"][1, 2] - 0.5
+    with pytest.raises(DataError, match=r"array 'times': sample 1 goes back in time at index 3") as e:
+        _conform(a)
+    assert "pad a shorter series by repeating its last time" in str(e.value)
+    a = _series()
+    a["times"][0, 4] = np.inf
+    with pytest.raises(DataError, match=r"array 'times': inf at index \(0, 4\)"):
+        _conform(a)
+    tied = _series()
+    tied["times"][:, 3:] = tied["times"][:, 2:3]  # padding: the last time repeated
+    _conform(tied)
+
+
+def test_series_mask_values_and_query_start():
+    a = _series()
+    a["mask"] = a["mask"].astype(float)
+    a["mask"][0, 0, 0] = 0.5
+    with pytest.raises(DataError, match=r"array 'mask': 0\.5 at index \(0, 0, 0\) is not 0 or 1"):
+        _conform(a)
+    b = _series()
+    b["mask"] = b["mask"].astype(np.int8)  # numbers 0/1 work as booleans do
+    _conform(b)
+    with pytest.raises(DataError, match=r"sample 0 asks for an output at time .* before the ODE block's start 1\.0"):
+        _conform(_series(), start=1.0)
+
+
+def test_series_missing_and_mismatched_arrays():
+    a = _series()
+    no_times = {k: v for k, v in a.items() if k != "times"}
+    with pytest.raises(DataError, match=r"s\.npz has no array 'times', which the model reads") as e:
+        _conform(no_times)
+    assert "numpy.savez" in str(e.value)
+    # without query_times the outputs are at the T observation times: T' must equal T
+    with pytest.raises(DataError, match="has no array 'query_times'.* the model reads 7 query times") as e:
+        _conform(a, query=7, out=(7, 2))
+    assert "query_times (N, 7)" in str(e.value)
+    with pytest.raises(DataError, match="array 'times': shape \\(4, 6\\)"):
+        _conform({**a, "times": np.zeros((4, 6))})
+    with pytest.raises(DataError, match="array 'mask': shape"):
+        _conform({**a, "mask": np.ones((4, 5, 3))})
+    with pytest.raises(DataError, match="gives the output times, but the model reads none"):
+        _conform({**a, "query_times": np.ones((4, 3)), "y": np.zeros((4, 3, 2))}, query=None)
+    with pytest.raises(DataError, match="'query_times' without targets 'y'"):
+        _conform({**a, "query_times": np.ones((4, 3))}, query=3, out=(3, 2))
+    with pytest.raises(DataError, match="holds 4 samples, s.npz, array 'times' 3"):
+        _conform({**a, "times": a["times"][:3]})
+
+
+def test_series_forecast_targets_with_their_own_mask():
+    a = _series()
+    rng = np.random.default_rng(1)
+    q = np.sort(rng.uniform(3, 6, (4, 3)), axis=1)
+    y_mask = rng.random((4, 3, 1)) > 0.4
+    y = np.where(y_mask, rng.standard_normal((4, 3, 1)), np.nan)
+    got = _conform({**a, "query_times": q, "y": y, "y_mask": y_mask}, query=3, out=(3, 1))
+    np.testing.assert_array_equal(got["query_times"], q)
+    assert not np.isnan(got["y"]).any() and (got["y"][~y_mask] == 0).all()
+    y[0, 0, 0], y_mask[0, 0, 0] = np.nan, True
+    with pytest.raises(DataError, match=r"array 'y': NaN at index \(0, 0, 0\)") as e:
+        _conform({**a, "query_times": q, "y": y, "y_mask": y_mask}, query=3, out=(3, 1))
+    assert "y_mask is 0" in str(e.value)
+    with pytest.raises(DataError, match=r"array 'query_times': sample 0 asks for an output at time"):
+        _conform({**a, "query_times": q, "y": np.zeros((4, 3, 1))}, query=3, out=(3, 1), start=5.0)
+
+
+def test_series_labels_take_no_mask():
+    a = _series()
+    labels = np.array([0, 1, 1, 0])
+    got = _conform({**a, "y": labels}, query=None, out=(2,), labels=True)
+    np.testing.assert_array_equal(got["y"], labels)
+    with pytest.raises(DataError, match="masks values, but the targets are class labels"):
+        _conform({**a, "y": labels, "y_mask": np.ones((4, 1))}, query=None, out=(2,), labels=True)
+    with pytest.raises(DataError, match="cross_entropy needs class labels in an array 'y'"):
+        _conform(a, query=None, out=(2,), labels=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 3), st.floats(0, 1), st.integers(0, 2**31 - 1),
+       st.booleans())
+def test_series_any_sorted_padded_masked_file_is_accepted_and_shuffled_times_are_not(n, t, f, missing, seed,
+                                                                                  shuffle):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, n)
+    real = np.arange(t)[None, :] < lengths[:, None]
+    times = np.sort(np.where(real, rng.uniform(-2, 2, (n, t)), np.inf), axis=1)
+    times = np.where(real, times, times[np.arange(n), lengths - 1][:, None])
+    mask = (rng.random((n, t, f)) >= missing) & real[..., None]
+    x = np.where(mask, rng.standard_normal((n, t, f)), np.nan)
+    arrays = {"x": x, "times": times, "mask": mask}
+    decreasing = bool((np.diff(times[:, ::-1], axis=1) < 0).any())
+    if shuffle and decreasing:
+        arrays["times"] = times[:, ::-1]
+        with pytest.raises(DataError, match="goes back in time"):
+            _conform(arrays, shape=(t, f), out=(t, f), query=t, start=None)
+        return
+    got = _conform(arrays, shape=(t, f), out=(t, f), query=t, start=None)
+    assert np.isfinite(got["x"]).all() and np.isfinite(got["y"]).all()
+    np.testing.assert_array_equal(got["y_mask"], mask)
+    np.testing.assert_array_equal(got["x"], np.where(mask, x, 0.0))

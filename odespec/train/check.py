@@ -157,6 +157,8 @@ class _TrainChecker:
             return "cross_entropy" if shapes.classes is not None else "mse"
         if not files or items is None:
             return "mse"
+        if files[0].arrays and "y" not in files[0].arrays:
+            return "mse"  # a series file without y: the targets are x, values
         from odespec.data_contract import default_loss
 
         try:

@@ -300,7 +300,8 @@ def oscillator_states(times: "np.ndarray", omega: "np.ndarray", gamma: "np.ndarr
     return np.stack([position, velocity], axis=-1)
 
 
-def oscillators(count: int, *, points: int = 30, min_points: int = 30, query_points: int = 30, missing: float = 0.3,
+def oscillators(count: int, *, points: int = 30, min_points: Optional[int] = None, query_points: Optional[int] = None,
+                missing: float = 0.3,
                 noise_std: float = 0.05, task: str = "interpolation", stop: float = 10.0, min_omega: float = 1.0,
                 max_omega: float = 2.0, max_damping: float = 0.2, seed: Any = 0) -> dict[str, "np.ndarray"]:
     """``count`` damped oscillators, each observed at times of its own (see the ``oscillators``
@@ -309,8 +310,12 @@ def oscillators(count: int, *, points: int = 30, min_points: int = 30, query_poi
     ``query_times`` (count, query_points); targets ``y`` (noisy observations at the query times,
     NaN where masked) with ``y_mask``, or none for interpolation (the targets are x); and
     ``y_clean``/``y_clean_mask``: the noiseless values at every real query slot (all but
-    padding), what evaluation compares with."""
+    padding), what evaluation compares with. ``min_points`` and ``query_points`` default to
+    ``points``."""
     import numpy as np
+
+    least = points if min_points is None else min_points
+    asked = points if query_points is None else query_points
 
     rng = np.random.default_rng(seed)
     # the draws' order is the generator's contract: parameters, lengths, times, masks, noise
@@ -318,7 +323,7 @@ def oscillators(count: int, *, points: int = 30, min_points: int = 30, query_poi
     gamma = rng.uniform(0.0, max_damping, count)
     amplitude = rng.uniform(0.5, 1.5, count)
     phase = rng.uniform(0.0, 2 * math.pi, count)
-    lengths = rng.integers(min_points, points + 1, size=count)
+    lengths = rng.integers(least, points + 1, size=count)
     extrapolate = task == "extrapolation"
     observe_until = stop / 2 if extrapolate else stop
     times = _padded_times(rng, count, points, lengths, 0.0, observe_until)
@@ -332,8 +337,8 @@ def oscillators(count: int, *, points: int = 30, min_points: int = 30, query_poi
     if not extrapolate:
         out["y_clean"], out["y_clean_mask"] = clean, np.broadcast_to(real, clean.shape).astype(np.float64)
         return out
-    query = _padded_times(rng, count, query_points, np.full(count, query_points), observe_until, stop)
-    y_mask = rng.random((count, query_points, 2)) >= missing
+    query = _padded_times(rng, count, asked, np.full(count, asked), observe_until, stop)
+    y_mask = rng.random((count, asked, 2)) >= missing
     truth = oscillator_states(query, omega, gamma, amplitude, phase)
     y = np.where(y_mask, truth + noise_std * rng.standard_normal(truth.shape), np.nan)
     out.update(query_times=query, y=y, y_mask=y_mask.astype(np.float64), y_clean=truth,
