@@ -1,6 +1,9 @@
 """Built-in data generators for the paper's experiments: ``ode_demo`` (torchdiffeq's
 examples/ode_demo.py), ``spirals`` (examples/latent_ode.py) and ``circles`` (the augmented
-neural ODE paper's concentric-circles task).
+neural ODE paper's concentric-circles task); and ``oscillators``, irregularly sampled series
+with missing values (issue #13), which go through the data contract's series rules as an
+``npz`` file's would (:func:`odespec.train.files.fit_series`). Vectorised numpy, no solver: the
+oscillators' states are closed-form.
 
 Generation uses numpy's generator seeded from ``train.seed`` (never the global RNG), so the same
 seed gives the same arrays on every machine. numpy and torch are imported inside functions.
@@ -363,10 +366,10 @@ class Oscillators(DataSource):
                            minimum=0),
         "points": _int("Observation slots per series: the model's input length T (input.shape [T, 2]).", 30,
                        minimum=2),
-        "min_points": _int("Fewest observations of a series (default: points). Each series has a length drawn "
-                           "uniformly in [min_points, points] and is padded to `points` by repeating its last "
-                           "time, with mask 0.", 0, minimum=0),
-        "query_points": _int("Extrapolation: output times per series, T' (input.query); default: points. "
+        "min_points": _int("Fewest observations of a series (0, the default: points, every series full). Each "
+                           "series has a length drawn uniformly in [min_points, points] and is padded to `points` "
+                           "by repeating its last time, with mask 0.", 0, minimum=0),
+        "query_points": _int("Extrapolation: output times per series, T' (input.query); 0, the default: points. "
                              "Interpolation outputs at the observation times.", 0, minimum=0),
         "task": {"enum": ["interpolation", "extrapolation"], "default": "interpolation",
                  "description": "interpolation: outputs at the observation times (reconstruction; query = "

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from odespec.compile.model import ModelOutput
-from odespec.data_contract import ArrayInfo
 from odespec.spec import load_spec
 from odespec.spec.model import DataSpec, LayerSpec, Location, LossSpec, SeriesSpec, Spec
 from odespec.train import DataError
