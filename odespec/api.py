@@ -13,7 +13,7 @@ import torch
 
 import odespec
 from odespec.compile.model import ODENet, compile_spec, count_parameters
-from odespec.errors import BuildError
+from odespec.errors import BuildError, ExportError
 from odespec.export.pipeline import ExportOptions, ExportResult, export_model
 from odespec.spec import load_spec
 from odespec.spec.model import OdeBlockSpec, Spec
@@ -67,8 +67,17 @@ def export_onnx(
     ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs).
 
     The keywords are the fields of :class:`~odespec.export.pipeline.ExportOptions`;
-    :func:`~odespec.export.pipeline.export_model` takes that object.
+    :func:`~odespec.export.pipeline.export_model` takes that object. ``model`` must be an odespec
+    model (:func:`build`); any other module raises :class:`~odespec.errors.ExportError`.
     """
+    if not isinstance(model, ODENet):
+        raise ExportError(
+            f"export_onnx exports an odespec model (odespec.build(spec) or odespec.api.build gives one), "
+            f"not a {type(model).__module__}.{type(model).__qualname__}",
+            "write the model as a spec and build it with odespec.build('model.yaml'); for a module of your own "
+            "that calls odespec.solvers.odeint, solve with a fixed-step method (method='rk4', "
+            "options={'steps': N}) and export it with torch.onnx.export",
+        )
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
                             match_tol=match_tol, calibration_data=calibration_data, deployment=deployment,
                             latency=latency)
@@ -179,12 +188,23 @@ def load_weights(model: ODENet, path: Union[str, "os.PathLike[str]"]) -> dict[st
     ``.safetensors`` files are read with ``safetensors`` (an optional dependency); anything
     else with ``torch.load(weights_only=True)``, which refuses pickled code: a plain state dict
     (``torch.save(model.state_dict(), path)``) or a checkpoint dict holding one under
-    ``state_dict``, ``model_state_dict`` or ``model``. Values are cast to the model's dtype.
-    Returns the report's ``weights`` entry (file name, sha256, tensor count).
+    ``state_dict``, ``model_state_dict`` or ``model``. A training checkpoint of ``odespec train``
+    (``RUN/checkpoints/iter-N.safetensors``, or its ``iter-N.json``) gives the model's weights at
+    that iteration. Values are cast to the model's dtype. Returns the report's ``weights`` entry
+    (file name, sha256, tensor count; ``checkpoint: true`` for a checkpoint).
     """
+    from odespec.train.checkpoint import checkpoint_model_state, checkpoint_tensors_file
+
     p = Path(path)
     if not p.is_file():
         raise BuildError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
+    if p.suffix.lower() == ".json":
+        tensors_file = checkpoint_tensors_file(p)
+        if tensors_file is None:
+            raise BuildError(f"{p}: not a complete odespec training checkpoint",
+                             "pass the checkpoint's .safetensors file, RUN/model.safetensors, or a torch.save "
+                             "state dict")
+        p = tensors_file
     raw = p.read_bytes()
     state: Any  # what the file holds, checked below to be a state dict
     if p.suffix.lower() == ".safetensors":
@@ -228,6 +248,9 @@ def load_weights(model: ODENet, path: Union[str, "os.PathLike[str]"]) -> dict[st
         raise BuildError(f"{p}: holds no state dict (a mapping of names to tensors)",
                          "save one with torch.save(model.state_dict(), path)")
     own = model.state_dict()
+    checkpoint = checkpoint_model_state(state) if not set(own) <= set(state) else None
+    if checkpoint is not None:
+        state = checkpoint
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -246,7 +269,10 @@ def load_weights(model: ODENet, path: Union[str, "os.PathLike[str]"]) -> dict[st
     if bad:
         raise BuildError(f"{p}: non-finite values in {_some(bad)}")
     model.load_state_dict(state, strict=True)  # copies, casting to each tensor's dtype and device
-    return {"file": p.name, "sha256": hashlib.sha256(raw).hexdigest(), "tensors": len(state)}
+    info: dict[str, Any] = {"file": p.name, "sha256": hashlib.sha256(raw).hexdigest(), "tensors": len(state)}
+    if checkpoint is not None:
+        info["checkpoint"] = True
+    return info
 
 
 def _some(names: list[str], limit: int = 5) -> str:

@@ -188,6 +188,21 @@ def _check_steps_options(steps: Any, match_tol: Optional[float]) -> None:
                                "(use --steps auto, or leave --steps out)")
 
 
+def _check_weights_options(weights: Optional[str], initial_weights: bool) -> None:
+    """``export`` is for trained models: without --weights it would silently write the untrained
+    initial weights, which parity and the deployment error cannot reveal (they compare the file
+    with the same untrained model)."""
+    if weights is not None and initial_weights:
+        raise click.UsageError("--weights and --initial-weights exclude each other: export trained weights, "
+                               "or the initial ones")
+    if weights is None and not initial_weights:
+        raise click.UsageError(
+            "odespec export needs --weights FILE, the trained weights to export: odespec train's "
+            "RUN/model.safetensors, a checkpoint RUN/checkpoints/iter-N.safetensors, or a torch.save state dict. "
+            "Without them the file would hold the spec's untrained initial weights; to export those on purpose, "
+            "pass --initial-weights (odespec build does so by default)")
+
+
 def _echo_build(result: Any, fmt: str) -> None:
     from odespec.report import render_build
 
@@ -217,8 +232,9 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override the spec's device.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Override the spec's dtype.")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="Trained weights to load before exporting (odespec train's RUN/model.safetensors, or a "
-                   "torch.save state dict, loaded with weights_only=True).")
+              help="Trained weights to load before exporting (odespec train's RUN/model.safetensors, a training "
+                   "checkpoint, or a torch.save state dict, loaded with weights_only=True); without them, the "
+                   "spec's initial weights.")
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
           match_tol: Optional[float], calibration_data: Optional[str], device: Optional[str], dtype: Optional[str],
@@ -241,15 +257,20 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 @click.option("-o", "--out-dir", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Directory for NAME.onnx and NAME.build.json.")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="Trained weights to export: a state dict in a .safetensors file or a torch.save file "
-                   "(loaded with weights_only=True).")
+              help="Trained weights to export (required, or --initial-weights): a state dict in a .safetensors "
+                   "file or a torch.save file (loaded with weights_only=True), or a training checkpoint "
+                   "(RUN/checkpoints/iter-N.safetensors or .json).")
+@click.option("--initial-weights", is_flag=True,
+              help="Export the spec's initial (seeded, untrained) weights on purpose, without --weights.")
 @_export_options
 @_FORMAT
-def export_command(spec: str, out_dir: str, weights: Optional[str], method: Optional[str], steps: Any,
-                   loop: Optional[bool], match_tol: Optional[float], calibration_data: Optional[str], fmt: str) -> None:
+def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
+                   steps: Any, loop: Optional[bool], match_tol: Optional[float], calibration_data: Optional[str],
+                   fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
     _check_steps_options(steps, match_tol)
+    _check_weights_options(weights, initial_weights)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,

@@ -15,6 +15,7 @@ __all__ = [
     "SpecIssue",
     "SpecError",
     "SolverError",
+    "TracedAdaptiveSolveError",
     "BuildError",
     "ExportError",
     "ParityError",
@@ -100,6 +101,20 @@ class SolverError(OdespecError):
         if hint:
             text += f"\n  hint: {hint}"
         super().__init__(text)
+
+
+class TracedAdaptiveSolveError(SolverError):
+    """An adaptive solve was called under a tracer (``torch.onnx.export``, ``torch.jit.trace``,
+    ``torch.export``). Its step sizes depend on the input, so a traced graph would freeze the
+    example input's steps and be wrong at other inputs; ``reason`` is ``"traced"``, ``t`` and
+    ``h`` NaN (refused before any step)."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        self.reason = "traced"
+        self.t = float("nan")
+        self.h = float("nan")
+        self.hint = hint
+        OdespecError.__init__(self, message + (f"\n  hint: {hint}" if hint else ""))
 
 
 class BuildError(OdespecError):

@@ -55,8 +55,9 @@ def _parity_line(parity: Optional[dict[str, Any]]) -> str:
 
 def _weights_lines(weights: Optional[dict[str, Any]]) -> list[str]:
     if not weights:
-        return []
-    return [f"weights: {weights['file']} ({weights['tensors']} tensors, sha256 {weights['sha256'][:12]})"]
+        return ["weights: the spec's initial weights (seeded, untrained); --weights FILE exports trained ones"]
+    source = ", a training checkpoint" if weights.get("checkpoint") else ""
+    return [f"weights: {weights['file']} ({weights['tensors']} tensors{source}, sha256 {weights['sha256'][:12]})"]
 
 
 def _fmt_err(x: Optional[float]) -> str:

@@ -40,8 +40,10 @@ def test_the_parts_in_order():
 
 
 def test_without_weights_parity_or_deployment():
-    assert _render(_report(parity=None))[-3:] == [
-        ONNX_LINE, "parity: onnxruntime vs PyTorch not checked", "report: out/m.build.json"]
+    assert _render(_report(parity=None))[-4:] == [
+        ONNX_LINE, "parity: onnxruntime vs PyTorch not checked",
+        "weights: the spec's initial weights (seeded, untrained); --weights FILE exports trained ones",
+        "report: out/m.build.json"]
 
 
 def test_a_skipped_deployment_error_is_rendered_as_such():

@@ -78,8 +78,13 @@ _Placed = tuple[nn.Module, Optional[LayerUse]]
 
 
 def _export_sequence(run: list[_Placed], export: ExportContext) -> nn.Sequential:
-    """A run of plain layers with each layer in the export form its layer type gives."""
-    return nn.Sequential(*(m if use is None else use.export_form(m, export) for m, use in run))
+    """A run of plain layers with each layer in the export form its layer type gives.
+
+    In eval mode, as the model is while exporting: torch's exporter puts the module it exports
+    back in that module's mode, recursively, and a new container starts in training mode, which
+    turned batchnorm layers to training and let the next forward overwrite their running
+    statistics (the model changed by its own export)."""
+    return nn.Sequential(*(m if use is None else use.export_form(m, export) for m, use in run)).eval()
 
 
 def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, dynamic_batch: bool) -> onnx.GraphProto:
@@ -194,7 +199,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
         return f
 
     def export_dynamics(dyn: DynamicsNet) -> onnx.GraphProto:
-        return _export_piece(_Dynamics(dyn, export), (t_example, state_example), ["t", "y"], settings.opset,
+        return _export_piece(_Dynamics(dyn, export).eval(), (t_example, state_example), ["t", "y"], settings.opset,
                              settings.dynamic_batch)
 
     outs = [y]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from odespec.layers.base import LayerContext, LayerType, Shape, number_schema
+from odespec.layers.base import ExportContext, LayerContext, LayerType, Shape, ShapeError, number_schema
 from odespec.layers.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +41,18 @@ class Softplus(_Activation):
     shorthand = "beta"
     forwarded = {"beta": "beta"}
 
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """In float64: written with Exp, Log and Where (onnxruntime has no double Softplus)."""
+        import torch
+
+        from odespec.layers.export_forms import Softplus64
+
+        if export.dtype != torch.float64:
+            return module
+        assert isinstance(module, torch.nn.Softplus)  # as build made it
+        return Softplus64(module.beta, module.threshold)
+
 
 @register
 class Elu(_Activation):
@@ -50,6 +62,15 @@ class Elu(_Activation):
     properties = {"alpha": number_schema("Saturation value for negative inputs.", 1.0, minimum=0, maximum=1000)}
     shorthand = "alpha"
     forwarded = {"alpha": "alpha"}
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """In float64: written with Exp and Where (onnxruntime has no double Elu)."""
+        import torch
+
+        from odespec.layers.export_forms import Elu64
+
+        return Elu64(options["alpha"]) if export.dtype == torch.float64 else module
 
 
 @register
@@ -76,3 +97,24 @@ class Gelu(_Activation):
     }
     shorthand = "approximate"
     forwarded = {"approximate": "approximate"}
+
+    def check_dtype(self, options: Mapping[str, Any], dtype: str) -> None:
+        if dtype == "float64" and options["approximate"] == "none":
+            raise ShapeError(
+                "the exact gelu (erf) cannot be exported in float64: onnxruntime has no double Erf kernel",
+                "use `gelu: tanh` (the tanh approximation, exported in float64), or dtype float32",
+            )
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """Refuses the exact gelu in float64 (:meth:`check_dtype`), for a model built with a dtype
+        override that the spec's validation did not see."""
+        import torch
+
+        from odespec.errors import ExportError
+
+        try:
+            self.check_dtype(options, "float64" if export.dtype == torch.float64 else "float32")
+        except ShapeError as e:
+            raise ExportError(f"gelu: {e.message}; {e.hint}") from None
+        return module

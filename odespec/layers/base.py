@@ -24,7 +24,8 @@ __all__ = ["Shape", "ShapeError", "LayerContext", "ExportContext", "LayerEntry",
 
 
 class ShapeError(ValueError):
-    """A layer cannot take the shape it is given. Caught by the validator and located there."""
+    """A layer cannot take the shape (or the dtype) it is given. Caught by the validator and
+    located there."""
 
     def __init__(self, message: str, hint: Optional[str] = None):
         super().__init__(message)
@@ -115,6 +116,11 @@ class LayerType(OptionsComponent):
     # -- rules ---------------------------------------------------------------------------------
     def check(self, options: Mapping[str, Any], ctx: LayerContext) -> None:
         """Semantic checks beyond the schema that need no shape; raise ShapeError."""
+
+    def check_dtype(self, options: Mapping[str, Any], dtype: str) -> None:
+        """Refuse (raise ShapeError) a layer whose export form cannot compute in ``dtype``
+        (``float32``/``float64``) on onnxruntime's CPU provider; the validator locates the message.
+        :meth:`export_form` refuses the same combination at export time (a ``--dtype`` override)."""
 
     def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
         """The per-sample output shape for a per-sample input ``shape``; raise ShapeError."""

@@ -120,7 +120,12 @@ class _Conv(LayerType):
                     export: ExportContext) -> "nn.Module":
         """With ``time: concat`` and one group: the time channel's contribution as a constant map
         times t (grouped convolutions keep the concatenation: the time channel feeds only the last
-        group)."""
+        group). In float64 the convolution is written as im2col and MatMul (onnxruntime has no
+        double Conv)."""
+        import torch
+
+        if export.dtype == torch.float64:
+            return self._float64_form(module, options, shape, ctx)
         if not ctx.time_concat or options["groups"] != 1:
             return module
         from torch import nn
@@ -131,6 +136,20 @@ class _Conv(LayerType):
         # as build made it
         assert isinstance(module, TimeConcat) and isinstance(module.layer, (nn.Conv1d, nn.Conv2d))
         return SplitTimeConv(module.layer, shape)
+
+    @staticmethod
+    def _float64_form(module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
+        from odespec.layers.export_forms import Conv64, SplitTimeConv
+        from odespec.layers.torch_modules import TimeConcat
+
+        if not ctx.time_concat:
+            return Conv64(module, shape)  # type: ignore[arg-type]  # a Conv1d/Conv2d, as build made it
+        assert isinstance(module, TimeConcat)  # as build made it
+        if options["groups"] == 1:
+            split = SplitTimeConv(module.layer, shape)  # type: ignore[arg-type]
+            split.conv = Conv64(split.conv, shape)  # type: ignore[assignment]
+            return split
+        return TimeConcat(Conv64(module.layer, (shape[0] + 1,) + shape[1:]), channel_dim=1)  # type: ignore[arg-type]
 
 
 @register
@@ -202,6 +221,22 @@ class _Pool(LayerType):
             stride=_expand(options["stride"], n, "stride"),
             padding=_expand(options["padding"], n, "padding"),
         )
+
+    def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
+                    export: ExportContext) -> "nn.Module":
+        """Average pooling in float64: the windows' mean (Pad, Slice, Add) or a ReduceMean
+        (onnxruntime has no double AveragePool or GlobalAveragePool); max pooling as it is."""
+        import torch
+
+        from odespec.layers.export_forms import AvgPool64
+
+        if self.mode != "avg" or export.dtype != torch.float64:
+            return module
+        if options["global"]:
+            return AvgPool64(shape)
+        n = len(shape) - 1
+        return AvgPool64(shape, _expand(options["kernel"], n, "kernel"), _expand(options["stride"], n, "stride"),
+                         _expand(options["padding"], n, "padding"))
 
 
 @register

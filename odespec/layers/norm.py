@@ -56,12 +56,16 @@ class GroupNorm(LayerType):
 
     def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
                     export: ExportContext) -> "nn.Module":
-        """The reshapes' targets as constants from the known per-sample shape."""
+        """The reshapes' targets as constants from the known per-sample shape; in float64 the
+        normalisation written with ReduceMean (onnxruntime has no double InstanceNormalization)."""
+        import torch
         from torch import nn
 
-        from odespec.layers.export_forms import StaticGroupNorm
+        from odespec.layers.export_forms import GroupNorm64, StaticGroupNorm
 
         assert isinstance(module, nn.GroupNorm)  # as build made it
+        if export.dtype == torch.float64:
+            return GroupNorm64(module, shape)
         return StaticGroupNorm(module, shape, export.dtype)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from odespec.errors import TracedAdaptiveSolveError
 from odespec.solvers.checks import check_monotonic, check_state, check_times, check_tolerance
 from odespec.solvers.common import Outcome
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig
@@ -138,12 +139,14 @@ def solve(
         sol = solve(packed.func, packed.y0, t, method=tableau, rtol=packed.rtol, atol=packed.atol,
                     options=options, return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
+    setup = make_setup(tableau, options, rtol, atol)
+    if not setup.fixed:
+        _refuse_tracing(tableau)  # first: the checks below read tensor values, which torch.export cannot
     y0 = check_state(y0)
     t = check_times(t, y0)
     times = t.tolist()
     if len(times) > 1:
         check_monotonic(times)
-    setup = make_setup(tableau, options, rtol, atol)
     if not setup.fixed:
         check_tolerance("rtol", rtol, y0)
         check_tolerance("atol", atol, y0)
@@ -153,6 +156,37 @@ def solve(
     if outcome.error is not None and not return_on_failure:
         raise outcome.error
     return _solution(outcome, solved.ys, tableau, t, solved.nfe, grad.name, backward)
+
+
+def _tracer() -> Optional[str]:
+    """The tracer running this call, by torch's public predicates; None outside one."""
+    if torch.onnx.is_in_onnx_export():
+        return "torch.onnx.export"
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    return None
+
+
+def _refuse_tracing(tableau: ButcherTableau) -> None:
+    """Raise :class:`TracedAdaptiveSolveError` for an adaptive solve under a tracer.
+
+    Why: the tracer records the steps the example input took (the step-size control runs in
+    Python), so the graph "exports" with a few TracerWarnings and is wrong, NaN even, at another
+    input. A fixed-step solve traces into the same computation for every input and keeps
+    exporting. ``torch.compile`` is not refused: it runs what it cannot capture in Python.
+    """
+    tracer = _tracer()
+    if tracer is None:
+        return
+    raise TracedAdaptiveSolveError(
+        f"an adaptive solve ({tableau.name}) cannot be traced by {tracer}: its step sizes depend on the input, "
+        "so the traced graph would repeat the example input's steps and be wrong at other inputs",
+        "trace a fixed-step solve instead, e.g. odeint(func, y0, t, method='rk4', options={'steps': 32}) "
+        "(or {'step_size': h}); for an odespec model, `odespec export SPEC --weights FILE` writes the fixed-step "
+        "ONNX graph and measures its error against the adaptive solve",
+    )
 
 
 def _solution(outcome: Outcome, ys: torch.Tensor, tableau: ButcherTableau, t: torch.Tensor, nfe: int,

@@ -158,6 +158,7 @@ class _Checker:
             options[ltype.children_key] = tuple(children)
         try:
             ltype.check(options, layer_ctx)
+            ltype.check_dtype(options, self.doc.data.get("dtype", "float32"))
             if shape is None:
                 return None
             out = ltype.output_shape(options, shape, layer_ctx)

@@ -29,7 +29,8 @@ from safetensors.torch import save as st_save
 from odespec.fileio import atomic_write_bytes, atomic_write_text
 from odespec.train.errors import TrainError
 
-__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_iteration",
+__all__ = ["save_weights", "save_checkpoint", "load_checkpoint", "checkpoint_iteration", "checkpoint_model_state",
+           "checkpoint_tensors_file",
            "latest_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "odespec-checkpoint/1"
@@ -119,6 +120,20 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
         if _valid(p) is not None:
             return p
     return None
+
+
+def checkpoint_model_state(tensors: Mapping[str, torch.Tensor]) -> Optional[dict[str, torch.Tensor]]:
+    """The model's state dict in a checkpoint's tensors (its ``model.`` entries, the weights at
+    the checkpoint's iteration), or None when ``tensors`` hold no checkpoint's model."""
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    return state or None
+
+
+def checkpoint_tensors_file(json_path: Path) -> Optional[Path]:
+    """The tensors file of the checkpoint whose JSON is ``json_path``, when that JSON is an odespec
+    checkpoint's and its tensors are complete (their hash matches); else None."""
+    doc = _valid(json_path)
+    return None if doc is None else json_path.parent / doc["tensors"]
 
 
 def checkpoint_iteration(json_path: Path) -> int:

@@ -98,6 +98,54 @@ def test_missing_weights_file_is_a_usage_error(tmp_path: Path):
     assert r.exit_code == 1 and "no such weights file" in r.stderr
 
 
+def test_export_without_weights_refuses_to_write_untrained_weights(tmp_path: Path):
+    # it used to exit 0 with the spec's initial weights, which parity cannot reveal
+    r = run("export", DEMO, "-o", tmp_path / "out")
+    assert r.exit_code == 2
+    assert "--weights FILE" in r.stderr and "--initial-weights" in r.stderr and "untrained" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run("export", DEMO, "-o", tmp_path / "out", "--initial-weights", "--weights", tmp_path / "w.pt")
+    assert r.exit_code == 2 and "exclude each other" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_initial_weights_on_purpose_and_build_say_so(tmp_path: Path):
+    for command, extra in (("export", ["--initial-weights"]), ("build", [])):
+        r = run(command, DEMO, "-o", tmp_path / command, "--steps", 4, *extra)
+        assert r.exit_code == 0, r.output
+        assert "weights: the spec's initial weights (seeded, untrained)" in r.stdout
+        assert json.loads((tmp_path / command / "ode_demo.build.json").read_text())["weights"] is None
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "json"])
+def test_a_training_checkpoint_works_as_weights(tmp_path: Path, suffix: str):
+    from odespec.train.checkpoint import save_checkpoint
+
+    model = odespec.build(DEMO)
+    model.load_state_dict(_modified_state_dict())
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 2)).sum().backward()
+    optimizer.step()  # per-parameter optimizer tensors in the checkpoint, as a run writes them
+    (tmp_path / "checkpoints").mkdir()
+    save_checkpoint(tmp_path / "checkpoints", 7, model, optimizer, {}, extra={"best.0.weight": torch.zeros(3)})
+    weights = tmp_path / "checkpoints" / f"iter-00000007.{suffix}"
+    r = run("export", DEMO, "-o", tmp_path / "out", "--weights", weights, "--steps", 8, "--format", "json")
+    assert r.exit_code == 0, r.output  # was: "unexpected model.0.bias"
+    report = json.loads(r.stdout)
+    assert report["weights"]["file"] == "iter-00000007.safetensors" and report["weights"]["checkpoint"] is True
+    x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    with torch.no_grad():
+        want = fixed_step_model(model.eval(), "rk4", 8)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_ort(tmp_path / "out" / "ode_demo.onnx", x), want, atol=1e-5)
+
+
+def test_a_damaged_checkpoint_json_is_refused(tmp_path: Path):
+    (tmp_path / "iter-00000001.json").write_text('{"format": "odespec-checkpoint/1", "tensors": "gone.safetensors"}')
+    r = run("export", DEMO, "-o", tmp_path / "out", "--weights", tmp_path / "iter-00000001.json")
+    assert r.exit_code == 1 and "not a complete odespec training checkpoint" in r.stderr
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
 def test_build_loop_flag_and_no_loop(tmp_path: Path):
     r = run("build", DEMO, "-o", tmp_path, "--steps", 4, "--loop")
     assert r.exit_code == 0, r.output
@@ -140,7 +188,7 @@ def test_usage_errors_exit_2(tmp_path: Path):
 
 
 def test_calibration_that_cannot_succeed_exits_1_and_writes_nothing(tmp_path: Path):
-    r = run("export", DEMO, "-o", tmp_path / "o", "--match-tol", "1e-8", "--method", "rk4")
+    r = run("export", DEMO, "-o", tmp_path / "o", "--initial-weights", "--match-tol", "1e-8", "--method", "rk4")
     assert r.exit_code == 1
     assert "calibration failed" in r.stderr and "hint: " in r.stderr and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import odespec
 from odespec.api import build_all
@@ -118,3 +119,15 @@ def test_a_training_solver_that_fails_on_the_inputs_skips_the_deployment_error(t
     assert set(dep) == {"reference", "inputs", "skipped"} and "max_num_steps=2" in dep["skipped"]
     lines = render_build(r.report, r.export.path, r.report_path).split("\n")
     assert lines[-2] == f"deployment: error against the training solver not measured: {dep['skipped']}"
+
+
+@pytest.mark.parametrize("module", [torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Tanh())],
+                         ids=["Linear", "Sequential"])
+def test_export_onnx_of_a_module_that_is_not_an_odespec_model_says_what_it_accepts(tmp_path: Path, module):
+    # it failed with a raw AttributeError deep inside the export
+    with pytest.raises(ExportError) as e:
+        odespec.export_onnx(module, tmp_path / "m.onnx")
+    assert isinstance(e.value, odespec.OdespecError)
+    text = str(e.value)
+    assert "odespec model" in text and "odespec.build" in text and type(module).__name__ in text
+    assert "torch.onnx.export" in text and not (tmp_path / "m.onnx").exists()
