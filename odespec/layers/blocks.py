@@ -77,12 +77,12 @@ class _Recurrent(LayerType):
     shorthand = "hidden"
 
     def series_inputs(self, options: Mapping[str, Any]) -> Mapping[str, bool]:
-        return {"times": True, "mask": False} if options["time_gaps"] else {}
+        return {"times": True, "mask": False} if options.get("time_gaps", False) else {}
 
     @staticmethod
     def step_features(options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
         """Features of one step's input: with time_gaps, the (masked) values, the mask, and dt."""
-        if not options["time_gaps"]:
+        if not options.get("time_gaps", False):
             return shape[-1]
         return shape[-1] * (2 if ctx.mask else 1) + 1
 
@@ -101,7 +101,7 @@ class _Recurrent(LayerType):
         encoder = RecurrentEncoder(self.torch_name, self.step_features(options, shape, ctx), options["hidden"],
                                    reverse=options["reverse"], sequence=options["output"] == "sequence",
                                    bias=options["bias"])
-        if not options["time_gaps"]:
+        if not options.get("time_gaps", False):
             return encoder
         from odespec.layers.series_modules import GapRecurrentEncoder
 

@@ -391,8 +391,7 @@ def build_schema() -> dict[str, Any]:
                                   "description": "A dimension's size, 1 to 1000000."},
                         "minItems": 1,
                         "maxItems": 4,
-                        "description": "Per-sample shape (without the batch dimension), e.g. [1, 28, 28]; "
-                                       "(T, F) for a series of T observation slots of F features.",
+                        "description": "Per-sample shape (without the batch dimension), e.g. [1, 28, 28].",
                     },
                     "times": {"type": "boolean", "default": False,
                               "description": "The model reads each sample's observation times: input times of "

@@ -127,7 +127,7 @@ class _Checker:
                 continue
             items.append(item)
             shape = item.out_shape
-        if len(items) == len(data["model"]):
+        if not self.issues and len(items) == len(data["model"]):
             self.unread_inputs(data["input"])
         total = sum(it.num_params for it in items)
         if total > MAX_PARAMETERS:
@@ -216,7 +216,7 @@ class _Checker:
         """A series input no layer reads would be a model input that changes nothing: refused."""
         for name, (key, what, _) in _SERIES_WORDS.items():
             if self.has_input(name) and name not in self.read_inputs:
-                self.error(("input", key), f"input.{key} gives each sample's {what}, but no layer of the model "
+                self.error(("input", key), f"each sample's {what} are a model input, but no layer of the model "
                            "reads them", f"read them with {_SERIES_READERS[name]}; or remove {key}"
                            + (" (did you mean t: query in the ODE block?)" if name == "query_times" else ""),
                            key=True)
@@ -248,7 +248,8 @@ class _Checker:
             out = ltype.output_shape(options, shape, layer_ctx)
             n = ltype.num_params(options, shape, layer_ctx)
         except ShapeError as e:
-            shown = f" on input {fmt_shape(shape)}" if shape is not None and "shape" not in e.message else ""
+            shown = (f" on input {fmt_shape(shape)}" if shape is not None and "shape" not in e.message
+                     and e.key is None else "")
             # the path already ends in the layer's name unless it was written bare
             prefix = "" if where[-1] == kind else f"{kind}: "
             at_key = e.key is not None and isinstance(value, dict) and e.key in value
