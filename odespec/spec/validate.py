@@ -252,8 +252,8 @@ class _Checker:
                      and e.key is None else "")
             # the path already ends in the layer's name unless it was written bare
             prefix = "" if where[-1] == kind else f"{kind}: "
-            at_key = e.key is not None and isinstance(value, dict) and e.key in value
-            self.error(where + (e.key,) if at_key else where, f"{prefix}{e.message}{shown}", e.hint, key=at_key)
+            at = where + (e.key,) if e.key is not None and isinstance(value, dict) and e.key in value else where
+            self.error(at, f"{prefix}{e.message}{shown}", e.hint, key=at != where)
             return None
         if math.prod(out) > MAX_ACTIVATION:
             self.error(where, f"{kind}: output {fmt_shape(out)} has {math.prod(out):,} values per sample; the limit is {MAX_ACTIVATION:,}")
