@@ -104,7 +104,9 @@ def summary(spec: Spec) -> dict[str, Any]:
         if isinstance(item, OdeBlockSpec):
             row["solver"] = item.solver.summary()
             row["gradient"] = item.gradient.method
-            row["t"] = [item.t[0], item.t[-1]]
+            row["t"] = "query" if item.query else [item.t[0], item.t[-1]]
+            if item.query:
+                row["start"] = item.start
             row["output"] = item.output
             row["family"] = item.family
             row["nfe_per_forward"] = item.nfe()

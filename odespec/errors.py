@@ -22,6 +22,7 @@ __all__ = [
     "RunError",
     "DataFileError",
     "InputFileError",
+    "SeriesInputError",
 ]
 
 
@@ -157,3 +158,16 @@ class InputFileError(RunError, DataFileError):
     does not fit the model's input (shape or dtype). A usage error, hence exit code 2."""
 
     exit_code = 2
+
+
+class SeriesInputError(OdespecError):
+    """A compiled model that reads irregular series (``times``, ``mask``, ``query_times``) was
+    called without an input it reads, with one it does not read, or with one of the wrong shape
+    or order. A usage error (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f"\n  hint: {hint}" if hint else ""))

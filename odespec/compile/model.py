@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from odespec.compile.ode_block import BlockBase, make_block
-from odespec.errors import BuildError
+from odespec.errors import BuildError, SeriesInputError
 from odespec.layers import LayerContext, LayerUse
+from odespec.layers.series_modules import Series
 from odespec.layers.torch_modules import DiagonalGaussian, GaussianSample
-from odespec.spec.model import LayerSpec, OdeBlockSpec, Spec
+from odespec.spec.model import LayerSpec, OdeBlockSpec, SeriesSpec, Spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,6 +32,11 @@ class ODENet(nn.Sequential):
     :class:`LayerUse` its layer type built it from (None for an ODE block), so that later stages
     ask the layer type about the module. ``model(x)`` is the output alone (inference, export);
     :meth:`forward_with_posterior` keeps q(z0) beside it for the losses.
+
+    A model that reads irregular series (``spec.series``) also takes ``times``, ``mask`` and
+    ``query_times`` (the keywords are the ONNX input names, and the positional order is
+    ``spec.series.input_names``'s): the modules with ``reads_series = True`` are called
+    ``module(x, series)`` with them, every other ``module(x)``.
     """
 
     def __init__(self, spec: Spec, modules: list[nn.Module]):
@@ -38,17 +44,38 @@ class ODENet(nn.Sequential):
         self.spec = spec
         self.uses: tuple[Optional[LayerUse], ...] = _layer_uses(spec)
 
-    def forward_with_posterior(self, x: torch.Tensor) -> ModelOutput:
-        """The forward pass of ``model(x)``, operation for operation, also returning the
+    def forward(self, x: torch.Tensor, times: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                query_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model's output for ``x`` (batch, *input_shape) and, when it reads series, each
+        sample's ``times`` (batch, T), ``mask`` (batch, T, F), ``query_times`` (batch, T')."""
+        series = self._series(x, times, mask, query_times)
+        for module in self:
+            x = module(x, series) if getattr(module, "reads_series", False) else module(x)
+        return x
+
+    def forward_with_posterior(self, x: torch.Tensor, times: Optional[torch.Tensor] = None,
+                               mask: Optional[torch.Tensor] = None,
+                               query_times: Optional[torch.Tensor] = None) -> ModelOutput:
+        """The forward pass of ``model(x, ...)``, operation for operation, also returning the
         distribution the gaussian layer samples from (the last one, should there be more)."""
+        series = self._series(x, times, mask, query_times)
         posterior: Optional[DiagonalGaussian] = None
         for module in self:
             if isinstance(module, GaussianSample):
                 posterior = module.distribution(x)
                 x = module.sample(posterior)
+            elif getattr(module, "reads_series", False):
+                x = module(x, series)
             else:
                 x = module(x)
         return ModelOutput(x, posterior)
+
+    def _series(self, x: torch.Tensor, times: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                query_times: Optional[torch.Tensor]) -> Optional[Series]:
+        """The series inputs, checked against what the spec says the model reads: present exactly
+        when read, with the shapes of the spec (None for a model that reads none)."""
+        given = {"times": times, "mask": mask, "query_times": query_times}
+        return check_series(self.spec, x, given)
 
     @property
     def ode_blocks(self) -> list[BlockBase]:
@@ -97,10 +124,49 @@ def _layer_uses(spec: Spec) -> tuple[Optional[LayerUse], ...]:
     block, which is not a layer type's)."""
     uses: list[Optional[LayerUse]] = []
     shape = spec.input_shape
+    ctx = series_context(spec.series)
     for item in spec.model:
-        uses.append(LayerUse(item, shape, LayerContext()) if isinstance(item, LayerSpec) else None)
+        uses.append(LayerUse(item, shape, ctx) if isinstance(item, LayerSpec) else None)
         shape = item.out_shape
     return tuple(uses)
+
+
+def series_context(series: Optional[SeriesSpec]) -> LayerContext:
+    """The context of a top-level layer: the series inputs the model has."""
+    if series is None:
+        return LayerContext()
+    return LayerContext(times=series.times, mask=series.mask, query=series.query)
+
+
+def check_series(spec: Spec, x: torch.Tensor, given: dict[str, Optional[torch.Tensor]]) -> Optional[Series]:
+    """``given`` (input name -> tensor or None) as a :class:`Series` after checking it against
+    ``spec.series``: every input the model reads is there, none it does not read, each of its
+    shape ((batch, T), (batch, T, F), (batch, T')). Raises :class:`SeriesInputError`."""
+    names = spec.series.input_names[1:] if spec.series is not None else ()
+    for name, value in given.items():
+        if value is None and name in names:
+            raise SeriesInputError(f"the model reads the input '{name}' (spec input: {_reads_words(name)}), "
+                                   "but the call gave none", f"call model(input, {', '.join(f'{n}=...' for n in names)})")
+        if value is not None and name not in names:
+            raise SeriesInputError(f"the model does not read the input '{name}'",
+                                   f"its inputs are {', '.join(('input',) + names)}; leave {name} out")
+    if spec.series is None:
+        return None
+    batch = x.shape[0]
+    expected = {"times": (batch, spec.input_shape[0]), "mask": (batch, *spec.input_shape),
+                "query_times": (batch, spec.series.query)}
+    for name in names:
+        value = given[name]
+        assert value is not None  # checked above
+        if tuple(value.shape) != expected[name]:
+            raise SeriesInputError(f"the input '{name}' has shape {tuple(value.shape)}; this model reads "
+                                   f"{expected[name]}", f"pass {name} of shape (batch, "
+                                   f"{', '.join(str(d) for d in expected[name][1:])}) for an input of batch {batch}")
+    return Series(given["times"], given["mask"], given["query_times"])
+
+
+def _reads_words(name: str) -> str:
+    return {"times": "times: true", "mask": "mask: true", "query_times": "query: N"}[name]
 
 
 def count_parameters(model: nn.Module) -> int:

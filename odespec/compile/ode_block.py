@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from odespec.compile.dynamics import DynamicsNet
+from odespec.errors import SeriesInputError
+from odespec.layers.series_modules import Series
 from odespec.solvers.config import GradientConfig, SolverConfig
 from odespec.solvers.options import SolverOptions
 from odespec.spec.model import OdeBlockSpec
@@ -48,15 +50,27 @@ class BlockBase(nn.Module):
         self.trajectory = spec.output == "trajectory"
         self.nfe_forward = 0
         self.nfe_backward = 0
+        #: a ``t: query`` block is called ``block(x, series)`` (the model's series protocol,
+        #: :mod:`odespec.layers.series_modules`) and solves to each sample's query times
+        self.reads_series = spec.query
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, series: Optional[Series] = None) -> torch.Tensor:
         if self.augmenter is not None:
             x = self.augmenter(x)
-        ys = self.solve(x)  # (len(t), batch, *state)
+        if self.reads_series:
+            query = series.query_times if series is not None else None
+            if query is None:
+                raise SeriesInputError("this ODE block (t: query) solves to each sample's query times, but the "
+                                       "call gave none", "call the model as model(input, ..., query_times=...)")
+            ys = self.solve(x, query.to(x.dtype))  # (query, batch, *state)
+        else:
+            ys = self.solve(x)  # (len(t), batch, *state)
         # batch-first trajectories: (batch, len(t), *state), the layout every other layer expects
         return ys.movedim(0, 1) if self.trajectory else ys[-1]
 
-    def solve(self, y0: torch.Tensor) -> torch.Tensor:
+    def solve(self, y0: torch.Tensor, query_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The states at the block's times, ``(len(t), batch, *state)``; a ``t: query`` block's at
+        each sample's ``query_times`` (batch, K), ``(K, batch, *state)``."""
         raise NotImplementedError
 
 
@@ -129,8 +143,8 @@ class ODEBlock(BlockBase):
         if value:
             raise AttributeError("ODEBlock.nfe_backward is read from the last solve's stats")
 
-    def solve(self, y0: torch.Tensor) -> torch.Tensor:
-        from odespec.solvers import solve
+    def solve(self, y0: torch.Tensor, query_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from odespec.solvers import solve, solve_per_sample
 
         before = self.dynamics.nfe
         grad_on = torch.is_grad_enabled()
@@ -139,15 +153,26 @@ class ODEBlock(BlockBase):
         if hook is not None:
             call = hook.prepare(self, call)
         # without autograd every gradient method's forward is the same plain solve
-        sol = solve(call.func, call.y0, self.t, method=self._tableau, rtol=call.rtol, atol=call.atol,
-                    options=call.options, gradient=self._gradient if grad_on else "backprop")
+        gradient = self._gradient if grad_on else "backprop"
+        sol: Any
+        if query_times is None:
+            sol = solve(call.func, call.y0, self.t, method=self._tableau, rtol=call.rtol, atol=call.atol,
+                        options=call.options, gradient=gradient)
+        else:
+            try:
+                sol = solve_per_sample(call.func, call.y0, query_times, start=self.spec.start, method=self._tableau,
+                                       rtol=call.rtol, atol=call.atol, options=call.options, gradient=gradient)
+            except ValueError as e:  # the caller's times out of order or not finite
+                raise SeriesInputError(f"ODE block (t: query, start {self.spec.start:g}): {e}",
+                                       "each sample's query times must be non-decreasing and at or after the "
+                                       "block's start") from None
         self.last_stats = sol.stats
         self.nfe_forward = self.dynamics.nfe - before
         return sol.ys if hook is None else hook.finish(self, sol)
 
     def extra_repr(self) -> str:
         s = self.spec.solver
-        return (f"family={self.spec.family}, t=[{self.spec.t[0]:g}..{self.spec.t[-1]:g}] ({len(self.spec.t)} times), "
+        return (f"family={self.spec.family}, {self.spec.describe_times()}, "
                 f"method={s.method}, {s.describe_options()}, gradient={self.spec.gradient.method}")
 
 
@@ -168,7 +193,9 @@ class ResNetBlock(BlockBase):
         n = sum(len(interval) for interval in self.grid)
         self.dynamics = nn.ModuleList(DynamicsNet(spec.dynamics, spec.state_shape) for _ in range(n))
 
-    def solve(self, y0: torch.Tensor) -> torch.Tensor:
+    def solve(self, y0: torch.Tensor, query_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # the validator refuses t: query for a ResNet block (its weights are per step of one grid)
+        assert query_times is None
         from odespec.solvers.step import rk_step
         from odespec.solvers.tableaus import get_tableau
 

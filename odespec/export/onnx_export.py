@@ -132,8 +132,18 @@ def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
     return out
 
 
+def refuse_series(model: ODENet) -> None:
+    """The graph builder takes the one input ``input`` so far: a model that reads irregular
+    series (times, masks, query times) is refused here rather than exported without them."""
+    series = model.spec.series
+    if series is not None:
+        raise ExportError(f"this model reads the series inputs {', '.join(series.input_names[1:])}; exporting such a "
+                          "model to ONNX is not supported yet", "train and run it in PyTorch for now (issue #13)")
+
+
 def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     """The fixed-step ONNX model of ``model`` (not yet checked or written)."""
+    refuse_series(model)
     spec = model.spec
     param = next(model.parameters(), None)
     tdtype = param.dtype if param is not None else torch.float32

@@ -142,9 +142,10 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     calibrate the step count if asked, check the graph with ``onnx.checker``, against
     onnxruntime (parity) and the training solver (deployment error), then write it atomically.
     Nothing is written if any check fails."""
-    from odespec.export.onnx_export import add_metadata
+    from odespec.export.onnx_export import add_metadata, refuse_series
     from odespec.fileio import atomic_write_bytes
 
+    refuse_series(model)
     spec = model.spec
     auto = options.calibrates(spec)
     settings = resolve_settings(spec, options, auto)

@@ -20,25 +20,38 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Shape = tuple[int, ...]
 
-__all__ = ["Shape", "ShapeError", "LayerContext", "ExportContext", "LayerEntry", "LayerUse", "LayerType"]
+__all__ = ["Shape", "ShapeError", "SERIES_INPUTS", "LayerContext", "ExportContext", "LayerEntry", "LayerUse", "LayerType"]
 
 
 class ShapeError(ValueError):
     """A layer cannot take the shape (or the dtype) it is given. Caught by the validator and
     located there."""
 
-    def __init__(self, message: str, hint: Optional[str] = None):
+    def __init__(self, message: str, hint: Optional[str] = None, *, key: Optional[str] = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: the option at fault, where the validator points (None: the layer as a whole)
+        self.key = key
+
+
+#: the model inputs beside ``input`` that a layer may read (irregular series), as the ONNX graph
+#: and ``ODENet.forward`` name them
+SERIES_INPUTS = ("times", "mask", "query_times")
 
 
 @dataclass(frozen=True)
 class LayerContext:
-    """Where a layer sits: inside an ODE block's dynamics, and whether t is concatenated."""
+    """Where a layer sits: inside an ODE block's dynamics, and whether t is concatenated; and,
+    for a layer of the model's top-level list, which series inputs the model has (``times``:
+    observation times, ``mask``: observed-value masks, ``query``: the number of query times
+    per sample, None: no query times)."""
 
     in_dynamics: bool = False
     time_concat: bool = False
+    times: bool = False
+    mask: bool = False
+    query: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,8 @@ class LayerType(OptionsComponent):
     #: for container layers: the option holding a list of inner layers, which the validator
     #: checks like any layer list and hands to the methods below as LayerSpecs
     children_key: ClassVar[Optional[str]] = None
+    #: whether the inner layers are an ODE's dynamics (checked as such: no batchnorm, ...)
+    children_in_dynamics: ClassVar[bool] = False
 
     # -- rules ---------------------------------------------------------------------------------
     def check(self, options: Mapping[str, Any], ctx: LayerContext) -> None:
@@ -124,6 +139,18 @@ class LayerType(OptionsComponent):
 
     def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
         """The per-sample output shape for a per-sample input ``shape``; raise ShapeError."""
+        return shape
+
+    def series_inputs(self, options: Mapping[str, Any]) -> Mapping[str, bool]:
+        """The model inputs beside ``input`` this layer reads (names from :data:`SERIES_INPUTS`),
+        each with whether it needs it (True) or reads it when the model has it (False). A layer
+        that reads any is built into a module with ``reads_series = True``, called as
+        ``module(x, series)`` (:class:`odespec.layers.series_modules.Series`); it may only be
+        an item of the model's top-level list. Default: none."""
+        return {}
+
+    def children_shape(self, options: Mapping[str, Any], shape: Shape) -> Shape:
+        """For a container: the per-sample shape its inner layers start from (default: its own input)."""
         return shape
 
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:

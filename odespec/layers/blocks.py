@@ -100,9 +100,22 @@ class _Recurrent(LayerType):
             "description": "last: the final hidden state, shape (hidden,); sequence: every step's, (T, hidden).",
         },
         "bias": bool_schema("Learn biases.", True),
+        "time_gaps": bool_schema("Feed each step the gap to the previous observation time (reverse: to the next): "
+                                 "the step input is cat(x * mask, mask, dt), or cat(x, dt) without input.mask. "
+                                 "Reads input.times.", False),
     }
     required = ("hidden",)
     shorthand = "hidden"
+
+    def series_inputs(self, options: Mapping[str, Any]) -> Mapping[str, bool]:
+        return {"times": True, "mask": False} if options.get("time_gaps", False) else {}
+
+    @staticmethod
+    def step_features(options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
+        """Features of one step's input: with time_gaps, the (masked) values, the mask, and dt."""
+        if not options.get("time_gaps", False):
+            return shape[-1]
+        return shape[-1] * (2 if ctx.mask else 1) + 1
 
     def output_shape(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> Shape:
         self.need_rank(shape, 2, "(time, features)", "recurrent layers read a sequence of feature vectors")
@@ -110,14 +123,20 @@ class _Recurrent(LayerType):
         return (h,) if options["output"] == "last" else (shape[0], h)
 
     def num_params(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> int:
-        d, h = shape[-1], options["hidden"]
+        d, h = self.step_features(options, shape, ctx), options["hidden"]
         return self.gates * (d * h + h * h + (2 * h if options["bias"] else 0))
 
     def build(self, options: Mapping[str, Any], shape: Shape, ctx: LayerContext) -> "nn.Module":
         from odespec.layers.torch_modules import RecurrentEncoder
 
-        return RecurrentEncoder(self.torch_name, shape[-1], options["hidden"], reverse=options["reverse"],
-                                sequence=options["output"] == "sequence", bias=options["bias"])
+        encoder = RecurrentEncoder(self.torch_name, self.step_features(options, shape, ctx), options["hidden"],
+                                   reverse=options["reverse"], sequence=options["output"] == "sequence",
+                                   bias=options["bias"])
+        if not options.get("time_gaps", False):
+            return encoder
+        from odespec.layers.series_modules import GapRecurrentEncoder
+
+        return GapRecurrentEncoder(encoder, reverse=options["reverse"], use_mask=ctx.mask)
 
     def export_form(self, module: "nn.Module", options: Mapping[str, Any], shape: Shape, ctx: LayerContext,
                     export: ExportContext) -> "nn.Module":

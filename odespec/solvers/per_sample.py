@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from odespec.errors import SolverError
-from odespec.solvers.gradient import GradientMethod
 from odespec.solvers.options import AdaptiveOptions, FixedStepOptions, OptionsArg, SolverOptions, parse_options
 from odespec.solvers.solution import BackwardStats, SolveStats
 from odespec.solvers.tableau import ButcherTableau

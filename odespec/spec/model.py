@@ -139,6 +139,8 @@ class OdeBlockSpec:
     #: solved from ``start``
     query: bool = False
     start: float = 0.0
+    #: ``t: query``: how many query times each sample has (the model's ``input.query``); 0 otherwise
+    query_times: int = 0
     kind: str = field(default="ode", init=False)
 
     @property
@@ -151,10 +153,32 @@ class OdeBlockSpec:
         the gradient method is kept unless given."""
         return replace(self, solver=solver, gradient=self.gradient if gradient is None else gradient)
 
+    def count_steps(self) -> Optional[int]:
+        """Steps of one fixed-step forward solve (``None``: adaptive, or ``t: query`` with a
+        ``step_size``, where the count follows each batch's times)."""
+        if not self.query:
+            return self.solver.count_steps(self.t)
+        if self.solver.adaptive or self.solver.steps is None:
+            return None
+        return self.query_times * self.solver.steps
+
     def nfe(self) -> Optional[int]:
         """f-evaluations of one forward solve (``None``: adaptive, it varies). A ResNet block
-        evaluates each of its step functions once."""
-        return self.solver.nfe(self.t)
+        evaluates each of its step functions once. A ``t: query`` block solves each of its
+        ``query_times`` intervals on its own (the per-sample change of time variable), so a
+        first-same-as-last method's last stage is not carried across intervals."""
+        if not self.query:
+            return self.solver.nfe(self.t)
+        if self.solver.adaptive or self.solver.steps is None:
+            return None
+        per_interval = self.solver.nfe((0.0, 1.0))
+        return None if per_interval is None else self.query_times * per_interval
+
+    def describe_times(self) -> str:
+        """The block's times in words: ``t=[0..1] (50 times)`` or ``t=query from 0 (40 per sample)``."""
+        if self.query:
+            return f"t=query from {self.start:g} ({self.query_times} per sample)"
+        return f"t=[{self.t[0]:g}..{self.t[-1]:g}] ({len(self.t)} times)"
 
 
 ModelItem = Union[LayerSpec, OdeBlockSpec]

@@ -291,10 +291,16 @@ def _ode_block() -> dict[str, Any]:
                     "required": ["stop", "num"],
                     "additionalProperties": False,
                 },
-                description="Integration times: [t0, t1], more output times (strictly monotonic), or "
-                            "{start, stop, num} for num evenly spaced times.",
+                {"const": "query", "description": "query: the outputs are at each sample's own query times "
+                 "(the model input query_times, input.query of them), solved from start."},
+                description="Integration times: [t0, t1], more output times (strictly monotonic), "
+                            "{start, stop, num} for num evenly spaced times, or query: each sample's own "
+                            "query times (model input query_times).",
                 default=[0, 1],
             ),
+            "start": {"type": "number", "default": 0,
+                      "description": "t: query only: the time every sample's solve starts at (its query times "
+                                     "must be at or after it)."},
             "family": {
                 "enum": ["ode", "rknet", "resnet"],
                 "default": "ode",
@@ -309,7 +315,8 @@ def _ode_block() -> dict[str, Any]:
                 "enum": ["final", "trajectory"],
                 "default": "final",
                 "description": "final: the state at the last time; trajectory: the states at every time in t, "
-                "as shape (len(t), *state) per sample.",
+                "as shape (len(t), *state) per sample (t: query: (query, *state), at the sample's query times; "
+                "final: the state at its last query time).",
             },
             "dynamics": {"$ref": "#/$defs/dynamics"},
             **solve_properties(),
@@ -385,7 +392,17 @@ def build_schema() -> dict[str, Any]:
                         "minItems": 1,
                         "maxItems": 4,
                         "description": "Per-sample shape (without the batch dimension), e.g. [1, 28, 28].",
-                    }
+                    },
+                    "times": {"type": "boolean", "default": False,
+                              "description": "The model reads each sample's observation times: input times of "
+                                             "shape (batch, T), non-decreasing per sample (needs shape [T, F])."},
+                    "mask": {"type": "boolean", "default": False,
+                             "description": "The model reads which values were observed: input mask of shape "
+                                            "(batch, T, F), 1 = observed, 0 = missing or padding (needs shape [T, F])."},
+                    "query": {"type": "integer", "minimum": 1, "maximum": 10_000,
+                              "description": "The model reads this many query times per sample: input query_times "
+                                             "of shape (batch, query), the times its outputs are at (read by an ODE "
+                                             "block with t: query or an rnn_decoder). Unset (the default): none."},
                 },
                 "required": ["shape"],
                 "additionalProperties": False,

@@ -28,6 +28,7 @@ from odespec.spec.model import (
     ModelItem,
     OdeBlockSpec,
     OnnxExportSpec,
+    SeriesSpec,
     Shape,
     Spec,
 )
@@ -37,6 +38,22 @@ from odespec.spec.model import (
 MAX_PARAMETERS = 100_000_000
 #: per-sample activation size limit, for the same reason
 MAX_ACTIVATION = 100_000_000
+
+#: each series input: the ``input:`` key that gives it, what it holds, and how to write the key
+_SERIES_WORDS = {
+    "times": ("times", "observation times", "add `times: true` under input: (the model then takes times "
+              "(batch, T))"),
+    "mask": ("mask", "masks of observed values", "add `mask: true` under input: (the model then takes mask "
+             "(batch, T, F))"),
+    "query_times": ("query", "query times", "add `query: N` under input: (N query times per sample; the model "
+                    "then takes query_times (batch, N))"),
+}
+#: who reads each series input, for the hint when nothing does
+_SERIES_READERS = {
+    "times": "an ode_rnn encoder, or an rnn/gru with time_gaps: true",
+    "mask": "an ode_rnn encoder, or an rnn/gru with time_gaps: true",
+    "query_times": "an ODE block with t: query, or an rnn_decoder",
+}
 
 
 def _validator(present: frozenset[str]) -> Any:
@@ -83,6 +100,9 @@ class _Checker:
         self.doc = doc
         self.base_dir = base_dir
         self.issues: list[SpecIssue] = []
+        self.series_spec: Optional[SeriesSpec] = None
+        #: the series inputs some layer or ODE block reads
+        self.read_inputs: set[str] = set()
 
     # -- plumbing -----------------------------------------------------------------------------
     def loc(self, path: Path) -> Location:
@@ -97,6 +117,7 @@ class _Checker:
     def run(self) -> Spec:
         data = self.doc.data
         shape: Optional[Shape] = tuple(data["input"]["shape"])
+        self.series_spec = self.series(data["input"])
         items: list[ModelItem] = []
         for i, raw in enumerate(data["model"]):
             path: Path = ("model", i)
@@ -106,6 +127,8 @@ class _Checker:
                 continue
             items.append(item)
             shape = item.out_shape
+        if not self.issues and len(items) == len(data["model"]):
+            self.unread_inputs(data["input"])
         total = sum(it.num_params for it in items)
         if total > MAX_PARAMETERS:
             self.error(
@@ -131,6 +154,7 @@ class _Checker:
             seed=data.get("seed", 0),
             dtype=data.get("dtype", "float32"),
             device=data.get("device", "cpu"),
+            series=self.series_spec,
             num_params=total,
             **checked,
         )
@@ -140,22 +164,83 @@ class _Checker:
         if kind == "ode":
             assert isinstance(value, dict)  # the schema takes an ODE block only with its settings
             return self.ode_block(value, path + ("ode",), shape)
-        return self.layer(kind, value, path, shape, LayerContext())
+        return self.layer(kind, value, path, shape, self.top_context())
+
+    # -- series inputs (irregular time series) ------------------------------------------------------
+    def series(self, raw: dict) -> Optional[SeriesSpec]:
+        """``input: {times, mask, query}`` as a SeriesSpec (None when none is given); times and
+        masks are per observation slot, so they need a (T, F) input."""
+        if not any(k in raw for k in ("times", "mask", "query")):
+            return None
+        series = SeriesSpec(times=raw.get("times", False), mask=raw.get("mask", False), query=raw.get("query"))
+        rank = len(raw["shape"])
+        for key in ("times", "mask"):
+            if raw.get(key) and rank != 2:
+                self.error(("input", key), f"{key}: true needs a series input of shape [T, F] (T observation "
+                           f"slots of F features), but input.shape has rank {rank}",
+                           "write shape: [T, F], or remove " + key, key=True)
+        return series
+
+    def top_context(self) -> LayerContext:
+        """The context of a layer of the model's top-level list: which series inputs there are."""
+        s = self.series_spec
+        if s is None:
+            return LayerContext()
+        return LayerContext(times=s.times, mask=s.mask, query=s.query)
+
+    def has_input(self, name: str) -> bool:
+        s = self.series_spec
+        if s is None:
+            return False
+        return {"times": s.times, "mask": s.mask, "query_times": s.query is not None}[name]
+
+    def series_reads(self, kind: str, needs: Any, where: Path, path: Path) -> bool:
+        """Check what a layer reads of the series inputs: it must be a top-level model item and
+        every input it needs must be given. Records what it reads; False on an error."""
+        if len(path) != 2 or path[0] != "model":
+            self.error(where, f"{kind} reads the model's series inputs ({', '.join(needs)}); it can only be an item "
+                       "of the model's list, not inside another layer", "move it to the model's list")
+            return False
+        ok = True
+        for name, required in needs.items():
+            if self.has_input(name):
+                self.read_inputs.add(name)
+            elif required:
+                key, what, hint = _SERIES_WORDS[name]
+                self.error(where, f"{kind} reads each sample's {what} (model input '{name}'), but the input "
+                           f"section has no {key}", hint)
+                ok = False
+        return ok
+
+    def unread_inputs(self, raw: dict) -> None:
+        """A series input no layer reads would be a model input that changes nothing: refused."""
+        for name, (key, what, _) in _SERIES_WORDS.items():
+            if self.has_input(name) and name not in self.read_inputs:
+                self.error(("input", key), f"each sample's {what} are a model input, but no layer of the model "
+                           "reads them", f"read them with {_SERIES_READERS[name]}; or remove {key}"
+                           + (" (did you mean t: query in the ODE block?)" if name == "query_times" else ""),
+                           key=True)
 
     # -- layers -------------------------------------------------------------------------------
     def layer(self, kind: str, value: Any, path: Path, shape: Optional[Shape], ctx: LayerContext) -> Optional[LayerSpec]:
         ltype = registry.get(kind)
         where = path if value is None and not isinstance(self._at(path), dict) else path + (kind,)
         options = ltype.normalize(value)
-        layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time)
+        layer_ctx = LayerContext(in_dynamics=ctx.in_dynamics, time_concat=ctx.time_concat and ltype.takes_time,
+                                 times=ctx.times, mask=ctx.mask, query=ctx.query)
+        needs = ltype.series_inputs(options)
+        if needs and not self.series_reads(kind, needs, where, path):
+            return None
         if ltype.children_key:
             # inner layers are checked like any layer list (t is not fed inside a container)
-            base = where + (ltype.children_key,) if isinstance(value, dict) else where
-            inner_ctx = LayerContext(in_dynamics=ctx.in_dynamics)
-            children, _ = self.layer_list(options[ltype.children_key], base, shape, inner_ctx)
+            key = ltype.children_key
+            base = where + (key,) if isinstance(value, dict) and key in value else where
+            inner_ctx = LayerContext(in_dynamics=ctx.in_dynamics or ltype.children_in_dynamics)
+            inner = None if shape is None else ltype.children_shape(options, shape)
+            children, _ = self.layer_list(options[key], base, inner, inner_ctx)
             if children is None:
                 return None
-            options[ltype.children_key] = tuple(children)
+            options[key] = tuple(children)
         try:
             ltype.check(options, layer_ctx)
             ltype.check_dtype(options, self.doc.data.get("dtype", "float32"))
@@ -164,10 +249,12 @@ class _Checker:
             out = ltype.output_shape(options, shape, layer_ctx)
             n = ltype.num_params(options, shape, layer_ctx)
         except ShapeError as e:
-            shown = f" on input {fmt_shape(shape)}" if shape is not None and "shape" not in e.message else ""
+            shown = (f" on input {fmt_shape(shape)}" if shape is not None and "shape" not in e.message
+                     and e.key is None else "")
             # the path already ends in the layer's name unless it was written bare
             prefix = "" if where[-1] == kind else f"{kind}: "
-            self.error(where, f"{prefix}{e.message}{shown}", e.hint)
+            at = where + (e.key,) if e.key is not None and isinstance(value, dict) and e.key in value else where
+            self.error(at, f"{prefix}{e.message}{shown}", e.hint, key=at != where)
             return None
         if math.prod(out) > MAX_ACTIVATION:
             self.error(where, f"{kind}: output {fmt_shape(out)} has {math.prod(out):,} values per sample; the limit is {MAX_ACTIVATION:,}")
@@ -175,16 +262,27 @@ class _Checker:
         return LayerSpec(kind=kind, options=options, loc=self.loc(path), out_shape=out, num_params=n)
 
     def _at(self, path: Path) -> Any:
+        """The written value at ``path``; None where nothing is written (a default filled in,
+        such as an ode_rnn's dynamics)."""
         node = self.doc.data
         for p in path:
-            node = node[p]
+            try:
+                node = node[p]
+            except (KeyError, IndexError, TypeError):
+                return None
         return node
 
     # -- ODE blocks ---------------------------------------------------------------------------
     def ode_block(self, raw: dict, path: Path, shape: Optional[Shape]) -> Optional[OdeBlockSpec]:
-        t = _times(raw.get("t", [0, 1]))
-        ok = self.times(t, path + ("t",))
-        solver = self.solver(raw.get("solver", DEFAULT_METHOD), path + ("solver",), t)
+        query = raw.get("t") == "query"
+        t: tuple[float, ...] = () if query else _times(raw.get("t", [0, 1]))
+        ok = self.query_block(raw, path) if query else self.times(t, path + ("t",))
+        if not query and "start" in raw:
+            ok = False
+            self.error(path + ("start",), "start is for t: query; a list of times starts at its first time",
+                       "remove start, or write t: query", key=True)
+        n_query = (self.series_spec.query or 0) if query and self.series_spec is not None else 0
+        solver = self.solver(raw.get("solver", DEFAULT_METHOD), path + ("solver",), t, n_query if query else None)
         gradient = self.gradient(raw.get("gradient", "backprop"), path + ("gradient",))
         output = raw.get("output", "final")
         family = raw.get("family", "ode")
@@ -196,7 +294,7 @@ class _Checker:
         if not ok or solver is None or gradient is None or dyn is None or state is None:
             return None
         copies = solver.count_steps(t) or 1 if family == "resnet" else 1
-        out_shape = (len(t),) + state if output == "trajectory" else state
+        out_shape = ((n_query if query else len(t)),) + state if output == "trajectory" else state
         return OdeBlockSpec(
             t=t,
             output=output,
@@ -208,7 +306,23 @@ class _Checker:
             num_params=copies * sum(layer.num_params for layer in dyn.layers),
             family=family,
             augment=augment,
+            query=query,
+            start=float(raw.get("start", 0.0)),
+            query_times=n_query,
         )
+
+    def query_block(self, raw: dict, path: Path) -> bool:
+        """``t: query``: the block reads the model's query times (``input.query``), from ``start``;
+        a ResNet block's per-step weights need one fixed grid, so it cannot."""
+        ok = self.series_reads("an ODE block with t: query", {"query_times": True}, path + ("t",), path[:2])
+        if raw.get("family") == "resnet":
+            self.error(path + ("family",), "a ResNet block has separate weights for each step of one fixed time grid; "
+                       "t: query gives every sample its own times", "write family: ode or rknet, or a list of times")
+            ok = False
+        if not math.isfinite(raw.get("start", 0.0)):
+            self.error(path + ("start",), "start must be a finite number")
+            ok = False
+        return ok
 
     def family(self, family: str, solver: SolverConfig, gradient: GradientConfig, path: Path) -> bool:
         """RK-Nets need a fixed-step solver; ResNets are Euler steps with their own weights."""
@@ -238,12 +352,15 @@ class _Checker:
                        "sort the times and remove duplicates")
         return False
 
-    def solver(self, raw: Any, path: Path, t: tuple[float, ...]) -> Optional[SolverConfig]:
+    def solver(self, raw: Any, path: Path, t: tuple[float, ...], query: Optional[int] = None) -> Optional[SolverConfig]:
+        """``query``: the number of query times of a ``t: query`` block (steps count per query interval)."""
         config, problems = SolverConfig.from_spec(raw)
         self.option_problems(path, problems)
         if config is None:
             return None
-        total = config.count_steps(t)
+        total = config.count_steps(t) if query is None else (config.steps or 0) * query
+        if query is not None:
+            t = (0.0,) * (query + 1)  # for the message: one interval per query time
         if total is not None and total > MAX_STEPS:
             key = "steps" if config.steps is not None else "step_size"
             self.error(path + (key,), f"this makes {total:,} steps over {len(t) - 1} output interval(s); "
@@ -320,7 +437,9 @@ class _Checker:
         # (calibration keeps within MAX_STEPS itself)
         for i, item in enumerate(data["model"] if steps != "auto" else []):
             if isinstance(item, dict) and "ode" in item:
-                t = _times(item["ode"].get("t", [0, 1]))
+                raw_t = item["ode"].get("t", [0, 1])
+                # a t: query block has one output interval per query time
+                t = (0.0,) * (data["input"].get("query", 0) + 1) if raw_t == "query" else _times(raw_t)
                 if grid_steps(t, steps) > MAX_STEPS:
                     self.error(path + ("steps",), f"{steps:,} steps per output interval over the {len(t) - 1} "
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",

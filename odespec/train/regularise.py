@@ -154,7 +154,8 @@ class TrainingSolveHook:
             return sol.ys
         ys, *channels = sol.ys
         # integrals over the span: a block solved backwards in time integrates with dt < 0
-        sign = 1.0 if block.spec.t[-1] > block.spec.t[0] else -1.0
+        # (a t: query block runs forwards: query times are at or after its start)
+        sign = 1.0 if block.spec.query or block.spec.t[-1] > block.spec.t[0] else -1.0
         names = [n for n, on in zip(REGULARISERS, (self.kinetic, self.jacobian), strict=True) if on]
         self.integrals = {n: ch[-1] * sign for n, ch in zip(names, channels, strict=True)}
         return ys

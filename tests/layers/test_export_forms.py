@@ -18,6 +18,10 @@ from odespec.spec.model import LayerSpec, Location
 #: inside dynamics with ``time: concat`` (only layer types that take time get t)
 DYN = LayerContext(in_dynamics=True, time_concat=True)
 IN_DYN = LayerContext(in_dynamics=True)
+#: a top-level layer of a model that reads times and masks, or query times
+SERIES = LayerContext(times=True, mask=True)
+TIMES = LayerContext(times=True)
+QUERY = LayerContext(query=3)
 _LOC = Location("test.yaml", 1, 1, "model[0]")
 
 
@@ -26,7 +30,7 @@ def _entry(kind: str, value: Any, shape: tuple[int, ...], ctx: LayerContext = La
     ltype = registry.get(kind)
     options = ltype.normalize(value)
     if ltype.children_key:
-        children, inner = [], shape
+        children, inner = [], ltype.children_shape(options, shape)
         for k, v in options[ltype.children_key]:
             children.append(_entry(k, v, inner))
             inner = children[-1].out_shape
@@ -48,10 +52,25 @@ def _assert_same_function(use: LayerUse, dtype: torch.dtype, tol: float) -> torc
         for batch, t in ((1, 0.0), (3, -0.7), (5, 2.5)):
             x = torch.randn(batch, *use.shape, dtype=dtype)
             tt = torch.tensor(t, dtype=dtype)
-            want = module(tt, x.clone()) if use.ctx.time_concat else module(x.clone())
-            got = form(tt, x.clone()) if use.ctx.time_concat else form(x.clone())
+            if getattr(module, "reads_series", False):
+                series = _series(batch, use, dtype)
+                want, got = module(x.clone(), series), form(x.clone(), series)
+            else:
+                want = module(tt, x.clone()) if use.ctx.time_concat else module(x.clone())
+                got = form(tt, x.clone()) if use.ctx.time_concat else form(x.clone())
             torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     return form
+
+
+def _series(batch: int, use: LayerUse, dtype: torch.dtype) -> Any:
+    """Random series inputs for a layer that reads them: sorted times, a random mask, sorted query times."""
+    from odespec.layers.series_modules import Series
+
+    ctx = use.ctx
+    times = torch.sort(torch.rand(batch, use.shape[0], dtype=dtype) * 3, dim=1).values if ctx.times else None
+    mask = (torch.rand(batch, *use.shape) > 0.3).to(dtype) if ctx.mask else None
+    query = torch.sort(torch.rand(batch, ctx.query, dtype=dtype) * 3, dim=1).values if ctx.query else None
+    return Series(times, mask, query)
 
 
 def _randomise(module: torch.nn.Module) -> None:
@@ -93,6 +112,13 @@ CASES: list[tuple[str, Any, tuple[int, ...], LayerContext]] = [
      LayerContext()),
     ("rnn", {"hidden": 5, "reverse": True}, (6, 3), LayerContext()),
     ("gru", {"hidden": 4, "output": "sequence"}, (6, 3), LayerContext()),
+    ("rnn", {"hidden": 5, "time_gaps": True}, (6, 3), SERIES),
+    ("gru", {"hidden": 4, "time_gaps": True, "reverse": True, "output": "sequence"}, (6, 3), TIMES),
+    ("ode_rnn", {"hidden": 4, "dynamics": [("linear", 4), ("tanh", None), ("linear", 4)]}, (5, 2), SERIES),
+    ("ode_rnn", {"hidden": 4, "reverse": False, "output": "sequence", "dynamics": [("groupnorm", 2), ("linear", 4)]},
+     (5, 2), TIMES),
+    ("rnn_decoder", None, (4,), QUERY),
+    ("rnn_decoder", {"cell": "rnn", "hidden": 4}, (4,), QUERY),
     ("gaussian", None, (6,), LayerContext()),
     ("relu", None, (3,), LayerContext()),
     ("tanh", None, (3,), LayerContext()),
