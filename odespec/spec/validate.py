@@ -417,7 +417,7 @@ class _Checker:
         """Each registered section the spec has, checked by its owner: its own rules, and
         (``items`` given) how it fits the model. By name, the Spec field that keeps it."""
         ctx = sections.SectionContext(items=items, input_shape=tuple(data["input"]["shape"]), error=self.error,
-                                      loc=self.loc, base_dir=self.base_dir)
+                                      loc=self.loc, base_dir=self.base_dir, series=self.series_spec)
         return {s.name: s.check(data[s.name], ctx) for s in sections.all_types() if s.name in data}
 
     # -- export -------------------------------------------------------------------------------
