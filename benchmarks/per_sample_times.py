@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from solvers_common import MLP, Counter, interleaved_times, median_ratio  # noqa: E402
 
-from odespec.solvers import odeint, solve, solve_per_sample  # noqa: E402
+from odespec.solvers import solve, solve_per_sample  # noqa: E402
 
 T_END = 5.0
 DOPRI5 = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-6}
@@ -157,9 +157,9 @@ def run(batch: int, k: int, repeat: int, backward_repeat: int, union: bool = Tru
         y0g = y0.clone().requires_grad_()
         bfns = _select(peers(func, y0g, times, shared, solver), union)
 
-        def fwd_bwd(fn: Callable[[], Any]) -> None:
+        def fwd_bwd(fn: Callable[[], Any], inputs: list[torch.Tensor] = [y0g, *params]) -> None:  # noqa: B006
             ys, _ = fn()
-            torch.autograd.grad((ys**2).mean(), [y0g, *params])
+            torch.autograd.grad((ys**2).mean(), inputs)
 
         bwd = interleaved_times({lb: (lambda fn=fn: fwd_bwd(fn)) for lb, fn in bfns.items()}, backward_repeat,
                                 warmup=1)
