@@ -23,7 +23,10 @@ issues #43, #86, #122):
   the batch (as every batched adaptive solve does); the error norm is over the whole batch. Each
   interval is its own solve, because the field is discontinuous in ``s`` where ``d_b`` changes,
   and the next interval's first step is the last one's accepted step, so no step-size search is
-  repeated. ``benchmarks/per_sample_times.py`` measures the cost against the union grid.
+  repeated. The restarts cost evaluations: dopri5 takes about 5x the NFE of one shared grid at
+  30 intervals, where the union grid's dense output takes none extra; in wall time the
+  per-sample solve still wins from batch ~32 on (the union serves thousands of output times).
+  ``benchmarks/per_sample_times.py`` measures it (benchmarks/RESULTS.md).
 
 Time bounds given in ``t`` units (``step_size``, ``first_step``, ``min_step``, ``max_step``)
 become ``s`` units through the batch's longest interval, so no sample's step exceeds them.
@@ -32,7 +35,6 @@ become ``s`` units through the batch's longest interval, so no sample's step exc
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -40,6 +42,10 @@ import torch
 from torch import nn
 
 from odespec.errors import SolverError
+from odespec.solvers.common import solver_error
+from odespec.solvers.config import GradientConfig
+from odespec.solvers.gradient import GradientMethod
+from odespec.solvers.grid import steps_for_interval
 from odespec.solvers.options import AdaptiveOptions, FixedStepOptions, OptionsArg, SolverOptions, parse_options
 from odespec.solvers.solution import BackwardStats, SolveStats
 from odespec.solvers.tableau import ButcherTableau
@@ -152,7 +158,7 @@ def solve_per_sample(
     rtol: Any = 1e-7,
     atol: Any = 1e-9,
     options: OptionsArg = None,
-    gradient: Any = "backprop",
+    gradient: Union[str, GradientConfig, GradientMethod] = "backprop",
 ) -> PerSampleSolution:
     """Solve ``dy/dt = func(t, y)`` for every sample ``b`` from ``y0[b]`` at ``start[b]`` to each
     of its own times ``times[b, :]``, in one batched solve per output interval.
@@ -172,13 +178,17 @@ def solve_per_sample(
     from odespec.solvers._odeint import _resolve_method, solve
 
     tableau = _resolve_method(method)
-    first = y0[0] if isinstance(y0, (tuple, list)) else y0
+    first = y0[0] if isinstance(y0, (tuple, list)) and y0 else y0
     times, prev = _check_times(times, start, first)
+    if isinstance(y0, (tuple, list)):
+        _check_tuple_batch(y0, times.shape[0])
     rank = first.dim() - 1
     parsed = parse_options(tableau, options)
     span = torch.tensor([0.0, 1.0], dtype=times.dtype, device=times.device)
     stats = PerSampleStats(tableau.name)
     outs: list[Any] = []
+    # the adaptive step carried from one interval to the next, in t units: the intervals'
+    # lengths differ, and the dynamics in s are d times faster than in t
     y, carried = y0, None
     for k in range(times.shape[1]):
         delta = times[:, k] - prev
@@ -191,7 +201,8 @@ def solve_per_sample(
             raise _in_interval(e, k, prev, times[:, k]) from None
         stats.parts.append(sol.stats)
         y = sol.y_last
-        carried = abs(sol.stats.final_step_size) or None
+        if longest > 0:  # an interval of padding only (d = 0 everywhere) says nothing of the step
+            carried = abs(sol.stats.final_step_size) * longest or None
         prev = times[:, k]
         outs.append(y)
     return PerSampleSolution(_stack(outs, y0), stats)
@@ -206,14 +217,19 @@ def _stack(outs: list[Any], y0: Any) -> Any:
 def _check_times(times: Any, start: Union[float, torch.Tensor], like: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``times`` as a ``(batch, K)`` tensor of ``like``'s real dtype and device, K >= 1, and
-    ``start`` as ``(batch,)``; finite, each row non-decreasing from its start."""
+    ``start`` as ``(batch,)``; finite, each row non-decreasing from its start. Both detached:
+    time is not differentiable (as in ``odeint``), and a ``times`` requiring grad would otherwise
+    reach the gradients through the ``d`` of the rescaling alone, differently for each gradient
+    method (the adjoint would even take it for a parameter of ``func``)."""
     dtype = like.abs().dtype
-    times = torch.as_tensor(times, dtype=dtype, device=like.device)
-    batch = like.shape[0] if like.dim() else 0
+    times = torch.as_tensor(times, dtype=dtype, device=like.device).detach()
+    if like.dim() == 0:
+        raise ValueError("solve_per_sample needs a state with a batch dimension, shape (batch, ...), got a scalar")
+    batch = like.shape[0]
     if times.dim() != 2 or times.shape[0] != batch or times.shape[1] == 0:
         raise ValueError(f"per-sample times must have shape (batch, K) = ({batch}, K >= 1) for a state of batch "
                          f"{batch}, got shape {tuple(times.shape)}")
-    start_t = torch.as_tensor(start, dtype=dtype, device=like.device)
+    start_t = torch.as_tensor(start, dtype=dtype, device=like.device).detach()
     start_t = start_t.expand(batch) if start_t.dim() == 0 else start_t
     if start_t.shape != (batch,):
         raise ValueError(f"start must be a number or one time per sample, shape ({batch},), got {tuple(start_t.shape)}")
@@ -231,26 +247,44 @@ def _check_times(times: Any, start: Union[float, torch.Tensor], like: torch.Tens
     return times, start_t
 
 
+def _check_tuple_batch(y0: Any, batch: int) -> None:
+    """Every tensor of a tuple state has the batch dimension first (each is scaled by its
+    sample's interval length)."""
+    for i, y in enumerate(y0):
+        if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != batch:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"every tensor of a tuple state must have the batch dimension first, ({batch}, ...): "
+                             f"y0[{i}] has shape {shape}")
+
+
 def _options_in_s(parsed: SolverOptions, longest: float, carried: Optional[float]) -> SolverOptions:
     """The solve's options with its ``t``-unit bounds turned into units of ``s`` for an interval
-    whose longest per-sample length is ``longest``; ``carried``: the last interval's step."""
+    whose longest per-sample length is ``longest``; ``carried``: the last interval's step (in
+    ``t`` units)."""
     if isinstance(parsed, FixedStepOptions):
         if parsed.step_size is None:
             return parsed
-        steps = max(1, math.ceil(longest / parsed.step_size - 1e-9)) if longest > 0 else 1
-        return FixedStepOptions(steps=steps)
+        # the longest interval's count, by the rule a single solve uses (grid.py)
+        return FixedStepOptions(steps=steps_for_interval(longest, parsed))
     assert isinstance(parsed, AdaptiveOptions)
     scale = 1.0 / longest if longest > 0 else 1.0
-    first = carried if carried is not None else (parsed.first_step * scale if parsed.first_step else None)
+    first = carried if carried is not None else parsed.first_step
+    first = first * scale if first is not None else None
     return dataclasses.replace(parsed, first_step=None if first is None else min(first, 1.0),
                                min_step=parsed.min_step * scale, max_step=parsed.max_step * scale)
 
 
 def _in_interval(error: SolverError, k: int, start: torch.Tensor, stop: torch.Tensor) -> SolverError:
-    """``error`` of interval ``k``'s rescaled solve, told in the samples' own times."""
-    a, b = float(start[0]), float(stop[0])
-    t = a + error.t * (b - a)
+    """``error`` of interval ``k``'s rescaled solve, told in the own times of the sample with the
+    longest interval (the one whose time the solve's step sizes follow; a padded sample's
+    interval may have length 0)."""
+    b = int(torch.argmax((stop - start).abs()))
+    t0, t1 = float(start[b]), float(stop[b])
+    t = t0 + error.t * (t1 - t0)
     message = str(error).split(" (t=")[0]
-    return SolverError(error.reason, t, error.h * (b - a),
-                       f"{message}, in output interval {k} (sample 0: t from {a:g} to {b:g}; per-sample times "
-                       f"are solved one interval at a time, rescaled to s in [0, 1])", error.hint)
+    # the standard hint quotes the failure's time: in s, so tell it again in t
+    standard = solver_error(error.reason, error.t, error.h, "").hint
+    hint = None if error.hint == standard else error.hint
+    return solver_error(error.reason, t, error.h * (t1 - t0),
+                        f"{message}, in output interval {k} (sample {b}: t from {t0:g} to {t1:g}; per-sample "
+                        f"times are solved one interval at a time, rescaled to s in [0, 1])", hint)
