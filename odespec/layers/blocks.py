@@ -144,11 +144,16 @@ class _Recurrent(LayerType):
         import torch
 
         from odespec.layers.export_forms import Recurrent64
-
+        from odespec.layers.series_modules import GapRecurrentEncoder
         from odespec.layers.torch_modules import RecurrentEncoder
 
         if export.dtype != torch.float64:
             return module
+        if isinstance(module, GapRecurrentEncoder):  # time_gaps: the same gaps, the recurrence written out
+            inner = module.encoder
+            assert isinstance(inner, RecurrentEncoder)
+            return GapRecurrentEncoder(Recurrent64(inner.rnn, shape[0], reverse=inner.reverse, sequence=inner.sequence),
+                                       reverse=module.reverse, use_mask=module.use_mask)
         assert isinstance(module, RecurrentEncoder)  # as build made it
         return Recurrent64(module.rnn, shape[0], reverse=module.reverse, sequence=module.sequence)
 
