@@ -16,7 +16,7 @@ from odespec.train.loop import train
 from odespec.train.plot import INSTALL_HINT, PlotUnavailable, plot_run
 from odespec.train.plot.curves import XAxis, other_metrics, read_metrics, smooth, x_axis
 
-from train_helpers import circles_spec, demo_spec, latent_spec, write
+from train_helpers import circles_spec, demo_spec, latent_spec, series_spec, write
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +24,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
-    for name, text in (("demo", demo_spec(6)), ("latent", latent_spec(4)), ("circles", circles_spec(4))):
+    for name, text in (("demo", demo_spec(6)), ("latent", latent_spec(4)), ("circles", circles_spec(4)),
+                       ("series", series_spec(4))):
         tmp = tmp_path_factory.mktemp(f"plot-{name}")
         train(write(tmp, text), tmp / "run", progress=False)
         out[name] = tmp / "run"
@@ -33,7 +34,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 EXPECTED = {"demo": ["loss.png", "nfe.png", "metrics.png", "trajectories.png", "vector_field.png"],
             "latent": ["loss.png", "nfe.png", "metrics.png", "latent.png"],
-            "circles": ["loss.png", "nfe.png", "accuracy.png", "metrics.png", "regions.png"]}
+            "circles": ["loss.png", "nfe.png", "accuracy.png", "metrics.png", "regions.png"],
+            "series": ["loss.png", "nfe.png", "metrics.png", "series.png"]}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

@@ -42,6 +42,34 @@ train:
 {extra}"""
 
 
+def series_spec(iterations: int = 4) -> str:
+    """A small latent ODE on irregular oscillators: ode_rnn -> q(z0) -> ODE at each series' query
+    times -> decoder, with missing values and padding."""
+    return f"""\
+odespec: 1
+name: tiny-series
+input: {{shape: [8, 2], times: true, mask: true, query: 8}}
+model:
+  - ode_rnn: {{hidden: 6}}
+  - linear: 4
+  - gaussian
+  - ode:
+      t: query
+      output: trajectory
+      dynamics:
+        layers: [{{linear: 8}}, tanh, {{linear: 2}}]
+      solver: {{method: rk4, steps: 1}}
+  - linear: 2
+train:
+  data: {{oscillators: {{count: 24, eval_count: 8, points: 8, min_points: 5, missing: 0.3}}}}
+  loss: elbo
+  lr: 0.01
+  iterations: {iterations}
+  batch_size: 8
+  eval_every: 2
+"""
+
+
 def latent_spec(iterations: int = 12) -> str:
     """A small latent ODE on spirals: rnn -> q(z0) -> ODE -> decoder, elbo, Adam, cosine."""
     stop = 9 * (6 * math.pi) / 99

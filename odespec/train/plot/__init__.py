@@ -6,7 +6,8 @@ Always: ``loss.png`` and ``nfe.png`` from ``metrics.jsonl``, ``accuracy.png`` fo
 epochs for a run given in epochs). Then, by the kind of model:
 ``trajectories.png`` and ``vector_field.png`` for a 2-D trajectory model (ode_demo: against
 the true system), ``latent.png`` for the spirals latent ODE (reconstruction and extrapolation),
-``regions.png`` for a classifier of points in the plane. Importing this package imports neither
+``regions.png`` for a classifier of points in the plane, ``series.png`` for a model of irregular
+time series (observations, targets and outputs at each series' own times). Importing this package imports neither
 torch nor matplotlib.
 """
 
@@ -68,10 +69,13 @@ def _clip(run: Path) -> Optional[float]:
 def _model_plots(run: Path, info: dict, out: Path) -> list[Path]:
     from odespec.train.plot.latent import latent_block_index, plot_latent
     from odespec.train.plot.regions import is_2d_classifier, plot_regions
+    from odespec.train.plot.series import is_series_model, plot_series
     from odespec.train.plot.trained import load_trained
     from odespec.train.plot.trajectory import is_trajectory_model, plot_trajectories, plot_vector_field
 
     trained = load_trained(run, info)
+    if is_series_model(trained):
+        return [plot_series(trained, out / "series.png")]
     index = latent_block_index(trained)
     if index is not None:
         return [plot_latent(trained, index, out / "latent.png")]
