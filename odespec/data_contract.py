@@ -26,12 +26,17 @@ headers), ``odespec run`` and ``--calibration-data`` (:mod:`odespec.export.run`)
   for class labels, else ``mse``. Targets are class labels when the model outputs C >= 2 scores
   and the targets hold one value per sample, or are one-hot rows of C values.
 
-Extension point: time series (issue #13). An irregularly sampled series adds arrays beside
-``x`` (N, T, F): ``t`` (N, T), the observation times, and ``mask`` (N, T, F), which values were
-observed. Each is an :class:`ArrayInfo` read by the same readers and checked by the same
-functions: :func:`check_samples` against its per-sample shape ((T, F), (T,), (T, F)),
-:func:`check_rows` for equal sample counts, and :func:`check_finite` with ``missing=`` the
-mask's zeros, so that NaN is allowed exactly where a value is masked.
+* **Series** (:func:`check_series`, :func:`conform_series`; issue #13). An irregularly sampled
+  series adds arrays beside ``x`` (N, T, F): ``times`` (N, T), each sample's observation times,
+  finite and non-decreasing (:func:`check_times`; a shorter series is padded by repeating its
+  last time); ``mask`` (N, T, F), 1 where a value was observed and 0 where it is missing or
+  padding, booleans or the numbers 0 and 1 (:func:`check_mask`; absent: every value observed);
+  ``query_times`` (N, T'), the times the model's outputs are at, T' the model's query count, at
+  or after the ODE block's start (:func:`check_query_start`; absent: the observation times, then
+  T' = T); targets ``y`` (N, T', F_out) with ``y_mask`` (N, T', F_out) (absent ``y``: the targets
+  are ``x`` with ``mask``, a reconstruction). NaN is allowed exactly where a value is masked
+  (:func:`check_finite` with ``missing=``); masked values are set to 0 before they reach the
+  model or the loss, so that no NaN can travel through a product with a mask.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Optional, Sequence, Union
+from typing import IO, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -54,7 +59,8 @@ __all__ = [
     "check_samples", "check_finite", "check_castable", "check_range", "cast", "conform_inputs", "target_kind",
     "default_loss", "check_pair",
     "conform_targets", "is_one_hot", "check_batch_size", "read_csv", "peek_csv", "csv_target", "npy_info",
-    "npz_infos", "LABELS", "ONE_HOT", "VALUES", "SCORES",
+    "npz_infos", "LABELS", "ONE_HOT", "VALUES", "SCORES", "SERIES_ARRAYS", "SeriesLayout", "check_times",
+    "check_mask", "check_query_start", "check_series", "conform_series",
 ]
 
 Shape = tuple[int, ...]
@@ -539,3 +545,223 @@ def _npz_reader(path: Path, name: str, where: str, error: ErrorType) -> Callable
             raise error(f"{where}: cannot read it: {e}", None) from None
 
     return read
+
+
+# -- series (irregularly sampled time series) --------------------------------------------------------
+#: the arrays of a series file, in the order messages list them
+SERIES_ARRAYS = ("x", "times", "mask", "query_times", "y", "y_mask")
+_SERIES_SAVE = "save them with numpy.savez(FILE, x=..., times=..., mask=..., query_times=..., y=..., y_mask=...)"
+
+
+@dataclass(frozen=True)
+class SeriesLayout:
+    """Which arrays of a series file feed what, as their headers describe them (values unread):
+    :func:`check_series`'s verdict, which :func:`conform_series` reads by.
+
+    ``times``, ``mask`` and ``query_times`` are the files' arrays (None when absent); ``y`` is
+    None when the targets are ``x`` (with ``mask`` as their mask); ``reads`` names the model
+    inputs beside ``input`` that the model takes (``times``, ``mask``, ``query_times``)."""
+
+    x: ArrayInfo
+    times: Optional[ArrayInfo]
+    mask: Optional[ArrayInfo]
+    query_times: Optional[ArrayInfo]
+    y: Optional[ArrayInfo]
+    y_mask: Optional[ArrayInfo]
+    reads: tuple[str, ...]
+    #: :func:`target_kind` of ``y`` (:data:`VALUES` when the targets are ``x``)
+    kind: str
+
+    @property
+    def targets(self) -> ArrayInfo:
+        """The targets' array: ``y``, or ``x`` for a reconstruction."""
+        return self.y if self.y is not None else self.x
+
+
+def check_times(times: np.ndarray, where: str, error: ErrorType, *, what: str = "times") -> None:
+    """Times (N, K): finite, and non-decreasing within each sample (ties are padding). The
+    message names ``where``, the sample and the index."""
+    check_finite(times, where, error, note=f"every {what} value must be a number")
+    if times.ndim < 2 or times.shape[1] < 2:
+        return
+    t = times.reshape(len(times), -1)
+    down = np.diff(t, axis=1) < 0
+    if down.any():
+        i, j = (int(v) for v in np.argwhere(down)[0])
+        raise error(f"{where}: sample {i} goes back in time at index {j + 1}: {t[i, j + 1].item()!r} after {t[i, j].item()!r}",
+                    f"each sample's {what} must be non-decreasing: sort each sample's values by time (and "
+                    "their mask and values with them); pad a shorter series by repeating its last time, with mask 0")
+
+
+def check_mask(mask: np.ndarray, where: str, error: ErrorType) -> None:
+    """A mask: booleans, or the numbers 0 (missing or padding) and 1 (observed)."""
+    if mask.dtype.kind == "b":
+        return
+    bad = ~((mask == 0) | (mask == 1))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise error(f"{where}: {mask[first].item()!r} at index {_fmt(first)} is not 0 or 1"
+                    + (f" (and {int(bad.sum()) - 1:,} more)" if int(bad.sum()) > 1 else ""),
+                    "a mask holds 1 where a value was observed and 0 where it is missing or padding (booleans "
+                    "work too)")
+
+
+def check_query_start(query: np.ndarray, start: float, where: str, error: ErrorType) -> None:
+    """The query times are where the model's ODE block outputs; it solves forward from
+    ``start``, so none may lie before it."""
+    early = query < start
+    if early.any():
+        i, j = (int(v) for v in np.argwhere(early.reshape(len(query), -1))[0])
+        raise error(f"{where}: sample {i} asks for an output at time {query.reshape(len(query), -1)[i, j].item()!r} (index "
+                    f"{j}), before the ODE block's start {start!r}",
+                    "the ODE block solves forward from its start: write an earlier start: in the ODE block "
+                    f"(at most {query.min().item()!r}), or shift the times")
+
+
+def _need_array(infos: Mapping[str, ArrayInfo], file: str, name: str, why: str, error: ErrorType) -> ArrayInfo:
+    if name not in infos:
+        have = ", ".join(repr(k) for k in infos) or "none"
+        raise error(f"{file} has no array {name!r}, which {why} (it has: {have})", _SERIES_SAVE)
+    return infos[name]
+
+
+def _series_shape(info: ArrayInfo, want: Shape, what: str, error: ErrorType) -> None:
+    """``info``'s samples feed ``want`` by :func:`fits`; else a message saying what ``want`` is."""
+    if not fits(info.sample, want):
+        raise error(f"{info.where}: shape {_fmt(info.shape)}; {what}: expected {expected_shapes(want)}",
+                    info.hint("the first axis counts samples; the others must match the model's input (T, F) or "
+                              "its output (T', F_out)"))
+
+
+def check_series(infos: Mapping[str, ArrayInfo], file: str, error: ErrorType, *, input_shape: Shape,
+                 output_shape: Shape, labels: Optional[bool], times: bool, mask: bool,
+                 query: Optional[int]) -> SeriesLayout:
+    """Everything the headers of a series file can tell, for a model taking ``input_shape`` (T,
+    F) and giving ``output_shape``; ``times``/``mask``/``query`` say what the model reads (the
+    spec's ``input: {times, mask, query}``; ``query`` is T'). Missing-but-needed arrays, dtypes,
+    sample counts and every array's shape. ``labels`` as for :func:`target_kind`."""
+    if len(input_shape) != 2:
+        raise error(f"{file}: a series model's input is (T, F); this one is {_fmt(input_shape)}", None)
+    steps = input_shape[0]
+    x = _need_array(infos, file, "x", "holds the observed values (N, T, F)", error)
+    has = {k: infos.get(k) for k in SERIES_ARRAYS[1:]}
+    if has["query_times"] is not None and query is None:
+        raise error(f"{file}: array 'query_times' gives the output times, but the model reads none",
+                    f"write query: {has['query_times'].sample[0] if has['query_times'].sample else 'T'} in the "
+                    "spec's input (the model then outputs at each sample's query times)")
+    if has["y"] is None and has["y_mask"] is not None:
+        raise error(f"{file}: array 'y_mask' masks targets, but there is no array 'y'",
+                    "save the targets as y, or drop y_mask (without y the targets are x, masked by mask)")
+    if has["y"] is None and has["query_times"] is not None:
+        raise error(f"{file}: array 'query_times' without targets 'y' at those times",
+                    "save y (N, T', F_out), the values at the query times; without query_times and y the model "
+                    "reconstructs x at the observation times")
+    need_times = times or (query is not None and has["query_times"] is None)
+    if need_times:
+        why = ("the model reads (input.times)" if times else
+               "gives the output times when there is no query_times (the model reads query times)")
+        _need_array(infos, file, "times", why, error)
+    reads = tuple(n for n, on in (("times", times), ("mask", mask), ("query_times", query is not None)) if on)
+    used = [x] + [info for info in has.values() if info is not None]
+    for info in used:
+        check_dtype(info, error)
+    check_rows(used, error)
+    _series_shape(x, input_shape, f"x holds the model's input {_fmt(input_shape)} per sample", error)
+    if has["mask"] is not None:
+        _series_shape(has["mask"], input_shape, "mask has one entry per value of x", error)
+    if has["times"] is not None:
+        _series_shape(has["times"], (steps,), f"times holds one time per observation slot of x ({steps})", error)
+    if query is not None:
+        q = has["query_times"]
+        if q is not None:
+            _series_shape(q, (query,), f"query_times holds the model's {query} query times per sample "
+                                       "(input.query)", error)
+        elif query != steps:
+            raise error(f"{file} has no array 'query_times', so the outputs are at the {steps} observation times; "
+                        f"the model reads {query} query times (input.query)",
+                        f"save query_times (N, {query}) and y at those times, or write query: {steps}")
+    y = has["y"]
+    if y is None:
+        if labels:
+            raise error(f"{file}: cross_entropy needs class labels in an array 'y'", _SERIES_SAVE)
+        if not fits(input_shape, output_shape):
+            raise error(f"{file} has no array 'y', so the targets are x {_fmt(input_shape)} per sample; the model "
+                        f"outputs {_fmt(output_shape)}", "save the targets as y, of the model's output shape")
+        return SeriesLayout(x, has["times"], has["mask"], has["query_times"], None, None, reads, VALUES)
+    kind = target_kind(y, output_shape, labels, error)
+    if has["y_mask"] is not None:
+        if kind != VALUES:
+            raise error(f"{has['y_mask'].where}: masks values, but the targets are class labels",
+                        "drop y_mask (cross_entropy takes one label per sample), or use loss mse/l1 for values")
+        _series_shape(has["y_mask"], output_shape, "y_mask has one entry per target value", error)
+    return SeriesLayout(x, has["times"], has["mask"], has["query_times"], y, has["y_mask"], reads, kind)
+
+
+def _masked(array: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+    """``array`` with its masked-out values 0 (NaN there must not reach a model or a loss)."""
+    if mask is None:
+        return array
+    return np.where(mask, array, np.zeros((), dtype=array.dtype)) if array.dtype.kind == "f" else array
+
+
+def conform_series(layout: SeriesLayout, error: ErrorType, *, input_shape: Shape, output_shape: Shape,
+                   labels: bool, query: Optional[int], start: Optional[float] = None) -> dict[str, np.ndarray]:
+    """Read a series file's values by ``layout`` and the contract: masks of 0/1, times finite and
+    non-decreasing per sample, query times at or after ``start``, NaN only where masked (then
+    0). Returns ``x`` (N, T, F) in its own dtype; ``y`` (float64 values (N, *output_shape), or
+    int64 labels); ``y_mask`` (float64, when the targets have one); and the model's other inputs
+    it reads (``times``, ``mask``, ``query_times``; float64)."""
+    def read(info: ArrayInfo) -> np.ndarray:
+        assert info.read is not None
+        return info.read()
+
+    n = layout.x.count or 0
+    mask = None
+    if layout.mask is not None:
+        mask = read(layout.mask)
+        check_mask(mask, layout.mask.where, error)
+        mask = mask.reshape((n, *input_shape)).astype(bool)
+    x = read(layout.x).reshape((n, *input_shape))
+    check_finite(x, layout.x.where, error, missing=None if mask is None else ~mask,
+                 note="NaN marks a missing value only where mask is 0")
+    x = _masked(x, mask)
+    out: dict[str, np.ndarray] = {"x": np.ascontiguousarray(x)}
+    times = None
+    if layout.times is not None:
+        times = read(layout.times).reshape(n, input_shape[0]).astype(np.float64)
+        check_times(times, layout.times.where, error)
+    if query is not None:
+        qinfo = layout.query_times or layout.times
+        assert qinfo is not None  # check_series asked for times
+        q = times if layout.query_times is None else read(layout.query_times).reshape(n, query).astype(np.float64)
+        assert q is not None
+        check_times(q, qinfo.where, error, what="query times")
+        if start is not None:
+            check_query_start(q, start, qinfo.where, error)
+        out["query_times"] = q
+    if "times" in layout.reads:
+        assert times is not None
+        out["times"] = times
+    if "mask" in layout.reads:
+        out["mask"] = (np.ones(x.shape) if mask is None else mask).astype(np.float64)
+    if layout.y is None:
+        out["y"] = x.astype(np.float64).reshape((n, *output_shape))
+        if mask is not None:
+            out["y_mask"] = mask.reshape((n, *output_shape)).astype(np.float64)
+        return out
+    y_mask = None
+    if layout.y_mask is not None:
+        y_mask = read(layout.y_mask)
+        check_mask(y_mask, layout.y_mask.where, error)
+        y_mask = y_mask.reshape((n, *output_shape)).astype(bool)
+    y = read(layout.y)
+    if layout.kind != VALUES:
+        out["y"] = conform_targets(y, layout.y, output_shape, labels, error)
+        return out
+    y = y.reshape((n, *output_shape))
+    check_finite(y, layout.y.where, error, missing=None if y_mask is None else ~y_mask,
+                 note="NaN marks a missing target only where y_mask is 0")
+    out["y"] = _masked(y, y_mask).astype(np.float64)
+    if y_mask is not None:
+        out["y_mask"] = y_mask.astype(np.float64)
+    return out

@@ -32,6 +32,7 @@ from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
 from odespec.export.inputs import InputSet
 from odespec.export.metrics import model_outputs, output_error, reference_outputs
+from odespec.layers.series_modules import ODERNN
 from odespec.solvers.config import SolverConfig
 from odespec.solvers.options import MAX_STEPS
 from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
@@ -50,8 +51,12 @@ def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
     """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``) over
     every ODE block; a ResNet block evaluates its own steps."""
     solver = SolverConfig.fixed(method, steps)
-    return sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
-               for b in model.ode_blocks)
+    blocks = sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
+                 for b in model.ode_blocks)
+    # an ODE-RNN solves T gaps per forward pass (the graph skips the reverse pass's empty first one)
+    per_gap = solver.nfe((0.0, 1.0)) or 0
+    return blocks + sum(per_gap * int(use.shape[0]) for m, use in zip(model, model.uses, strict=True)
+                        if isinstance(m, ODERNN) and use is not None)
 
 
 @dataclass

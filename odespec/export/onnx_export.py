@@ -202,7 +202,7 @@ def graph_inputs(spec: Any) -> list[tuple[str, tuple[int, ...]]]:
 
 def _series_values(spec: Any) -> SeriesValues:
     """The series inputs' values in the graph: the graph inputs of the same names."""
-    return SeriesValues({name: name for name, _ in graph_inputs(spec)[1:]})
+    return {name: name for name, _ in graph_inputs(spec)[1:]}
 
 
 def _check_layout(model: ODENet, settings: ExportSettings) -> None:
@@ -343,7 +343,8 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
     spec = model.spec
     blocks = [
         {
-            "t": list(b.spec.t),
+            "t": "query" if b.spec.query else list(b.spec.t),
+            **({"start": b.spec.start} if b.spec.query else {}),
             "output": b.spec.output,
             "training_solver": b.spec.solver.summary(),
             "gradient": b.spec.gradient.method,
@@ -359,9 +360,22 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "export_layout": "loop" if settings.loop else "unrolled",
         "ode_blocks": json.dumps(blocks),
     }
+    if spec.series is not None:
+        meta["series"] = json.dumps(series_metadata(model))
     onnx_model.doc_string = f"{spec.name}: ODE-Net exported by odespec {odespec.__version__}"
     for k, v in meta.items():
         onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def series_metadata(model: ODENet) -> dict[str, Any]:
+    """The ``series`` metadata entry of a model reading series: its inputs in order, and the
+    earliest time each time input may hold (:attr:`SeriesInputs.starts`), which ``odespec run``
+    checks the inputs against."""
+    from odespec.export.inputs import series_inputs
+
+    series = series_inputs(model)
+    assert series is not None
+    return {"inputs": [INPUT_NAME, *series.names], "starts": series.starts}
 
 
 def check_onnx(onnx_model: onnx.ModelProto) -> onnx.ModelProto:

@@ -36,9 +36,9 @@ PieceExporter = Callable[[nn.Module, tuple, list[str], tuple[str, ...]], onnx.Gr
 Field = Callable[[Optional[str], Value], Value]
 
 
-class SeriesValues(dict):  # type: ignore[type-arg]
-    """The graph's series inputs: input name (``times``, ``mask``, ``query_times``) -> the name of
-    its value in the graph; only those the model reads."""
+#: the graph's series inputs: input name (``times``, ``mask``, ``query_times``) -> the name of its
+#: value in the graph; only those the model reads
+SeriesValues = dict[str, str]
 
 
 def slot(gb: GraphBuilder, value: str, k: int) -> str:
