@@ -219,7 +219,7 @@ def _check_layout(model: ODENet, settings: ExportSettings) -> None:
 def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], cur: str, example: torch.Tensor,
                   series: SeriesValues, settings: ExportSettings, prefix: str, export: ExportContext) -> str:
     """A layer that reads the series inputs, laid into ``gb`` in its export form: the ODE-RNN
-    with the export's fixed-step method and steps per gap; any other (``rnn``/``gru`` with
+    with :func:`~odespec.export.unroll.encoder_solver` per gap; any other (``rnn``/``gru`` with
     ``time_gaps``, ``rnn_decoder``: no solver inside) exported by torch as one piece that takes
     the series inputs beside ``x``. Returns its output's name."""
     from odespec.solvers.tableaus import get_tableau
@@ -227,8 +227,12 @@ def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], 
     module, use = seg
     form = use.export_form(module, export)
     if isinstance(form, ODERNN):
+        from odespec.export.unroll import encoder_solver
+
+        solver = encoder_solver(form, settings.method, settings.steps)
+        assert solver.steps is not None  # encoder_solver gives a fixed step count
         return lay_ode_rnn(gb, form, cur, series, _piece_exporter(settings), prefix, length=int(use.shape[0]),
-                           steps=settings.steps, tableau=get_tableau(settings.method))
+                           steps=solver.steps, tableau=get_tableau(solver.method))
     names = tuple(series)
     args = [example] + [torch.zeros((2, *shape), dtype=example.dtype) for _, shape in graph_inputs(spec)[1:]]
     sub = _export_piece(SeriesPiece(form, names), tuple(args), ["x", *names], settings.opset, settings.dynamic_batch)

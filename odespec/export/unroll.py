@@ -11,17 +11,33 @@ from odespec.layers.series_modules import ODERNN
 from odespec.solvers.config import GradientConfig, SolverConfig
 
 
+def encoder_solver(rnn: ODERNN, method: str, steps: int) -> SolverConfig:
+    """The solver of an ODE-RNN encoder in the exported model: its own when it is fixed-step with
+    ``steps`` per gap (the default, ``rk4`` x 1: the encoder was trained as that very map, and
+    the graph computes it exactly), else ``method`` with ``steps`` per gap (an adaptive solver,
+    or a ``step_size`` whose step count would follow each batch's longest gap)."""
+    return SolverConfig.fixed(method, steps) if takes_export_steps(rnn) else rnn.solver
+
+
+def takes_export_steps(rnn: ODERNN) -> bool:
+    """Whether an ODE-RNN encoder is exported with the export's method and steps
+    (:func:`encoder_solver`): its own solver has no fixed step count per gap."""
+    return rnn.solver.adaptive or rnn.solver.steps is None
+
+
 def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
     """A model whose ODE blocks use ``method`` with ``steps`` steps per output interval (a
     ``t: query`` block: per interval of each sample's own query times), and whose ODE-RNN
-    encoders use them per gap between observations.
+    encoders use :func:`encoder_solver` per gap between observations.
 
     Weights are shared with ``model`` (no copy), so training the original and exporting the
     twin stay in sync. The twin serves inference and parity: plain autograd is enough (and
     exact), so its blocks backpropagate.
     """
     solver = SolverConfig.fixed(method, steps)
-    modules = [m.with_solver(solver, GradientConfig()) if isinstance(m, (ODEBlock, ODERNN)) else m for m in model]
+    modules = [m.with_solver(solver, GradientConfig()) if isinstance(m, ODEBlock)
+               else m.with_solver(encoder_solver(m, method, steps), GradientConfig()) if isinstance(m, ODERNN)
+               else m for m in model]
     out = ODENet(model.spec, modules)
     out.train(model.training)
     return out
