@@ -32,8 +32,7 @@ from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
 from odespec.export.inputs import InputSet
 from odespec.export.metrics import model_outputs, output_error, reference_outputs
-from odespec.export.unroll import encoder_solver, takes_export_steps
-from odespec.layers.series_modules import ODERNN
+from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
 from odespec.solvers.config import SolverConfig
 from odespec.solvers.options import MAX_STEPS
 from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
@@ -56,7 +55,7 @@ def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
                  for b in model.ode_blocks)
     # an ODE-RNN solves T gaps per forward pass (the graph skips the reverse pass's empty first one)
     return blocks + sum((encoder_solver(m, method, steps).nfe((0.0, 1.0)) or 0) * int(use.shape[0])
-                        for m, use in zip(model, model.uses, strict=True) if isinstance(m, ODERNN) and use is not None)
+                        for m, use in zip(model, model.uses, strict=True) if isinstance(m, PerSampleEncoder) and use is not None)
 
 
 @dataclass
@@ -185,7 +184,7 @@ def _step_cap(model: ODENet, max_steps: int) -> int:
     # an ODE-RNN taking the export's steps solves a gap before each of its T slots, and one after
     # them when it runs backwards
     intervals += [int(use.shape[0]) + 1 for m, use in zip(model, model.uses, strict=True)
-                  if isinstance(m, ODERNN) and use is not None and takes_export_steps(m)]
+                  if isinstance(m, PerSampleEncoder) and use is not None and takes_export_steps(m)]
     return max(1, min([max_steps] + [MAX_STEPS // n for n in intervals if n > 0]))
 
 

@@ -17,11 +17,11 @@ def training_solvers(model: "ODENet") -> list[str]:
     """Each ODE-RNN encoder's and ODE block's training solver in words, in model order (a
     ResNet block: its own Euler steps)."""
     from odespec.compile.ode_block import BlockBase, ResNetBlock
-    from odespec.layers.series_modules import ODERNN
+    from odespec.export.unroll import PerSampleEncoder
 
     out = []
     for m in model:
-        if isinstance(m, ODERNN):
+        if isinstance(m, PerSampleEncoder):
             out.append(f"ode_rnn {m.solver.describe()} per gap")
         elif isinstance(m, ResNetBlock):
             out.append(f"resnet ({len(m.dynamics)} Euler steps, own weights)")

@@ -130,13 +130,13 @@ def series_inputs(model: torch.nn.Module) -> Optional[SeriesInputs]:
     Observation times start at the latest ODE-RNN ``start``, query times at the latest
     ``t: query`` block's ``start``."""
     from odespec.compile.ode_block import BlockBase
-    from odespec.layers.series_modules import ODERNN
+    from odespec.export.unroll import PerSampleEncoder
 
     spec = getattr(model, "spec", None)
     series = getattr(spec, "series", None)
     if spec is None or series is None:
         return None
-    rnn = [m.start for m in model.modules() if isinstance(m, ODERNN)]
+    rnn = [m.start for m in model.modules() if isinstance(m, PerSampleEncoder)]
     query = [m.spec.start for m in model.modules() if isinstance(m, BlockBase) and m.spec.query]
     return SeriesInputs(tuple(series.input_names[1:]), int(spec.input_shape[0]), int(spec.input_shape[-1]),
                         series.query, max(rnn) if rnn else None, max(query) if query else None)

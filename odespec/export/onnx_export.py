@@ -33,8 +33,8 @@ from odespec.compile.ode_block import BlockBase, ODEBlock, ResNetBlock
 from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
 from odespec.export.series_graph import SeriesPiece, SeriesValues, lay_ode_rnn, per_sample_interval, slot
+from odespec.export.unroll import PerSampleEncoder, encoder_solver
 from odespec.layers import ExportContext, LayerUse
-from odespec.layers.series_modules import ODERNN
 from odespec.solvers.grid import fixed_grid
 from odespec.spec.schema import EXPORT_DEFAULTS
 
@@ -209,7 +209,7 @@ def _check_layout(model: ODENet, settings: ExportSettings) -> None:
     """The ``loop`` layout lays each interval of a block's one time grid into a ``Loop``; a model
     whose solves follow each sample's own times has no such grid."""
     per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
-        isinstance(m, ODERNN) for m in model)
+        isinstance(m, PerSampleEncoder) for m in model)
     if settings.loop and per_sample:
         raise ExportError("the loop layout is not available for a model that solves at each sample's own times "
                           "(an ode_rnn, or an ODE block with t: query)",
@@ -226,13 +226,11 @@ def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], 
 
     module, use = seg
     form = use.export_form(module, export)
-    if isinstance(form, ODERNN):
-        from odespec.export.unroll import encoder_solver
-
+    if isinstance(form, PerSampleEncoder):
         solver = encoder_solver(form, settings.method, settings.steps)
         assert solver.steps is not None  # encoder_solver gives a fixed step count
         return lay_ode_rnn(gb, form, cur, series, _piece_exporter(settings), prefix, length=int(use.shape[0]),
-                           steps=solver.steps, tableau=get_tableau(solver.method))
+                           features=int(use.shape[-1]), steps=solver.steps, tableau=get_tableau(solver.method))
     names = tuple(series)
     args = [example] + [torch.zeros((2, *shape), dtype=example.dtype) for _, shape in graph_inputs(spec)[1:]]
     sub = _export_piece(SeriesPiece(form, names), tuple(args), ["x", *names], settings.opset, settings.dynamic_batch)

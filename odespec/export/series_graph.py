@@ -12,7 +12,7 @@ A padded slot (a repeated time, ``d_b = 0``) leaves the state as it is.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, cast
 
 import numpy as np
 import onnx
@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from odespec.export.graph import GraphBuilder, Value
-from odespec.layers.series_modules import ODERNN, Series, masked_input
+from odespec.export.unroll import PerSampleEncoder
 from odespec.solvers.grid import fixed_grid
 from odespec.solvers.step import rk_step
 from odespec.solvers.tableau import ButcherTableau
@@ -81,6 +81,14 @@ def per_sample_interval(gb: GraphBuilder, f: Field, y: Value, a: str, b: str, *,
     return y
 
 
+class _Series(NamedTuple):
+    """What a module of the series protocol reads its inputs from (by name)."""
+
+    times: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    query_times: Optional[torch.Tensor] = None
+
+
 class SeriesPiece(nn.Module):
     """A module of the series protocol (``module(x, series)``) as a function of plain tensors
     ``(x, times?, mask?, query_times?)``, for torch's exporter; ``names`` are the series inputs
@@ -92,32 +100,27 @@ class SeriesPiece(nn.Module):
         self.names = names
 
     def forward(self, x: torch.Tensor, *series: torch.Tensor) -> torch.Tensor:
-        return self.module(x, Series(**dict(zip(self.names, series, strict=True))))
+        return self.module(x, _Series(**dict(zip(self.names, series, strict=True))))
 
 
 class _Update(nn.Module):
-    """One ODE-RNN observation update, as :class:`ODERNN` makes it: the GRU cell on the slot's
-    (masked) values, applied only in samples that observed any feature there."""
+    """One ODE-RNN observation update: the encoder's own :meth:`PerSampleEncoder.update`."""
 
-    def __init__(self, rnn: ODERNN):
+    def __init__(self, rnn: PerSampleEncoder):
         super().__init__()
-        self.cell = rnn.cell
-        self.use_mask = rnn.use_mask
+        self.rnn = rnn
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        new = self.cell(masked_input(x, mask), h)
-        if mask is None:
-            return new
-        observed = (mask.to(x.dtype).amax(dim=-1, keepdim=True) > 0).to(x.dtype)
-        return observed * new + (1 - observed) * h
+        return self.rnn.update(x, h, mask)
 
 
 class _Field(nn.Module):
     """The ODE-RNN's autonomous dynamics f(h) (its ``t`` is never read)."""
 
-    def __init__(self, rnn: ODERNN):
+    def __init__(self, rnn: PerSampleEncoder):
         super().__init__()
-        self.layers = rnn.dynamics.layers
+        # f(h) through its layers, not the dynamics' forward, which counts evaluations
+        self.layers = cast(nn.ModuleList, rnn.dynamics.layers)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -135,13 +138,12 @@ def _zeros(gb: GraphBuilder, like: str, size: int) -> str:
     return out
 
 
-def lay_ode_rnn(gb: GraphBuilder, rnn: ODERNN, x: str, series: SeriesValues, export_piece: PieceExporter,
-                prefix: str, *, length: int, steps: int, tableau: ButcherTableau) -> str:
-    """The ODE-RNN encoder (:class:`ODERNN`, in its export form) laid into ``gb``: an unrolled
-    loop over the ``length`` (T) observation slots, each gap solved per sample with ``steps`` fixed steps,
+def lay_ode_rnn(gb: GraphBuilder, rnn: PerSampleEncoder, x: str, series: SeriesValues, export_piece: PieceExporter,
+                prefix: str, *, length: int, features: int, steps: int, tableau: ButcherTableau) -> str:
+    """The ODE-RNN encoder (in its export form) laid into ``gb``: an unrolled
+    loop over the ``length`` (T) observation slots of ``features`` (F) values, each gap solved per sample with ``steps`` fixed steps,
     each update the GRU cell piece exported once. Returns the output value's name."""
     dtype = next(rnn.parameters()).dtype
-    features = rnn.cell.input_size // (2 if rnn.use_mask else 1)
     ex_x, ex_h = torch.zeros(2, features, dtype=dtype), torch.zeros(2, rnn.hidden, dtype=dtype)
     update_args: tuple = (ex_x, ex_h, torch.ones(2, features, dtype=dtype)) if rnn.use_mask else (ex_x, ex_h)
     names = ["x", "h", "mask"][:len(update_args)]
