@@ -285,7 +285,8 @@ def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weig
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="Input array: .npy, .npz (the array named like the model's input, or the only one) or .csv "
-                   "(rows = samples, columns = the flattened per-sample input; a header row is allowed).")
+                   "(rows = samples, columns = the flattened per-sample input; a header row is allowed). A model of "
+                   "irregular series takes an .npz with an array per input: input (or x), times, mask, query_times.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the output to this .npy, .npz or .csv file instead of printing it.")
 @_FORMAT

@@ -11,7 +11,6 @@ from torch import nn
 
 import odespec
 from odespec.compile import count_parameters
-from odespec.errors import ExportError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -67,11 +66,6 @@ def test_shipped_spec_builds_runs_and_exports(path: Path, tmp_path: Path):
         y = model(torch.randn(3, *spec.input_shape), **series_inputs(spec, 3))
     assert tuple(y.shape) == (3, *out_shape) == (3, *spec.output_shape)
     assert torch.isfinite(y).all()
-    if spec.series is not None:
-        # the exporter takes series inputs once issue #13's export lands; until then it refuses
-        with pytest.raises(ExportError, match="series inputs"):
-            odespec.export_onnx(model, tmp_path / spec.export.file)
-        return
     result = odespec.export_onnx(model, tmp_path / spec.export.file)
     assert result.parity["max_abs_error"] <= spec.export.parity_tol
 

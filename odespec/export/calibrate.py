@@ -32,6 +32,7 @@ from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
 from odespec.export.inputs import InputSet
 from odespec.export.metrics import model_outputs, output_error, reference_outputs
+from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
 from odespec.solvers.config import SolverConfig
 from odespec.solvers.options import MAX_STEPS
 from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
@@ -50,8 +51,11 @@ def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
     """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``) over
     every ODE block; a ResNet block evaluates its own steps."""
     solver = SolverConfig.fixed(method, steps)
-    return sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
-               for b in model.ode_blocks)
+    blocks = sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
+                 for b in model.ode_blocks)
+    # an ODE-RNN solves T gaps per forward pass (the graph skips the reverse pass's empty first one)
+    return blocks + sum((encoder_solver(m, method, steps).nfe((0.0, 1.0)) or 0) * int(use.shape[0])
+                        for m, use in zip(model, model.uses, strict=True) if isinstance(m, PerSampleEncoder) and use is not None)
 
 
 @dataclass
@@ -175,8 +179,13 @@ def _refuse_adaptive(methods: Sequence[str]) -> None:
 def _step_cap(model: ODENet, max_steps: int) -> int:
     """Steps per interval calibration may try: ``max_steps``, less where a block has so many
     output intervals that more would exceed the solver's MAX_STEPS."""
-    intervals = [len(b.spec.t) - 1 for b in model.ode_blocks if isinstance(b, ODEBlock)]
-    return max(1, min([max_steps] + [MAX_STEPS // n for n in intervals]))
+    intervals = [b.spec.query_times if b.spec.query else len(b.spec.t) - 1
+                 for b in model.ode_blocks if isinstance(b, ODEBlock)]
+    # an ODE-RNN taking the export's steps solves a gap before each of its T slots, and one after
+    # them when it runs backwards
+    intervals += [int(use.shape[0]) + 1 for m, use in zip(model, model.uses, strict=True)
+                  if isinstance(m, PerSampleEncoder) and use is not None and takes_export_steps(m)]
+    return max(1, min([max_steps] + [MAX_STEPS // n for n in intervals if n > 0]))
 
 
 def _method_order(methods: Sequence[str]) -> list[str]:

@@ -14,8 +14,17 @@ __all__ = ["training_solvers"]
 
 
 def training_solvers(model: "ODENet") -> list[str]:
-    """Each ODE block's training solver in words (a ResNet block: its own Euler steps)."""
-    from odespec.compile.ode_block import ResNetBlock
+    """Each ODE-RNN encoder's and ODE block's training solver in words, in model order (a
+    ResNet block: its own Euler steps)."""
+    from odespec.compile.ode_block import BlockBase, ResNetBlock
+    from odespec.export.unroll import PerSampleEncoder
 
-    return [f"resnet ({len(b.dynamics)} Euler steps, own weights)" if isinstance(b, ResNetBlock)
-            else b.spec.solver.describe() for b in model.ode_blocks]
+    out = []
+    for m in model:
+        if isinstance(m, PerSampleEncoder):
+            out.append(f"ode_rnn {m.solver.describe()} per gap")
+        elif isinstance(m, ResNetBlock):
+            out.append(f"resnet ({len(m.dynamics)} Euler steps, own weights)")
+        elif isinstance(m, BlockBase):
+            out.append(m.spec.solver.describe())
+    return out

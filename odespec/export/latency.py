@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 import torch
 
 from odespec.compile.model import ODENet
-from odespec.export.inputs import model_dtype
+from odespec.export.inputs import INPUT, model_dtype, numpy_feeds, seeded_series, series_inputs
 from odespec.export.session import ort_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,13 +28,12 @@ def latency_description() -> str:
     return f"onnxruntime, batch 1, {LATENCY_THREADS} thread(s), median"
 
 
-def ort_latencies(sessions: dict[str, Any], x: np.ndarray, *, budget_s: float = 1.0,
+def ort_latencies(sessions: dict[str, Any], x: Union[np.ndarray, dict[str, np.ndarray]], *, budget_s: float = 1.0,
                   max_repeats: int = 50) -> dict[str, float]:
-    """Median milliseconds per run of each session on ``x``, runs interleaved across the
-    sessions so that machine noise hits them alike; about ``budget_s`` seconds in all."""
-    from odespec.export.onnx_export import INPUT_NAME
-
-    feeds = {INPUT_NAME: x}
+    """Median milliseconds per run of each session on ``x`` (the ``input`` array, or every
+    input by name), runs interleaved across the sessions so that machine noise hits them alike;
+    about ``budget_s`` seconds in all."""
+    feeds = x if isinstance(x, dict) else {INPUT: x}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for sess in sessions.values():  # warm up: first runs allocate
         sess.run(None, feeds)
@@ -58,5 +57,11 @@ def export_latencies(model: ODENet, choices: Sequence[tuple[str, int]], settings
     for method, steps in choices:
         graph = build_onnx(model, dataclasses.replace(settings, method=method, steps=steps))
         sessions[method] = ort_session(graph.SerializeToString(), threads=LATENCY_THREADS)
-    x = torch.zeros((1, *model.spec.input_shape), dtype=model_dtype(model)).numpy()
-    return ort_latencies(sessions, x)
+    dtype = model_dtype(model)
+    x = torch.zeros((1, *model.spec.input_shape), dtype=dtype)
+    series = series_inputs(model)
+    if series is None:
+        return ort_latencies(sessions, x.numpy())
+    # a model of series runs on one seeded random grid: its cost does not depend on the values
+    (grid,) = seeded_series(series, [1], dtype=dtype, seed=model.spec.seed)
+    return ort_latencies(sessions, numpy_feeds({INPUT: x, **grid}))

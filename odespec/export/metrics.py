@@ -21,7 +21,7 @@ import torch
 from odespec.compile.model import ODENet
 from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
-from odespec.export.inputs import InputSet
+from odespec.export.inputs import InputSet, call_model, numpy_feeds
 
 __all__ = ["OutputError", "DeploymentError", "model_outputs", "reference_outputs", "output_error", "ort_outputs",
            "deployment_error", "deployment_skipped"]
@@ -60,7 +60,7 @@ def model_outputs(model: torch.nn.Module, inputs: InputSet) -> list[np.ndarray]:
     model.eval()
     try:
         with torch.no_grad():
-            return [model(x).detach().cpu().to(torch.float64).numpy() for x in inputs.batches]
+            return [call_model(model, f).detach().cpu().to(torch.float64).numpy() for f in inputs.feeds()]
     finally:
         model.train(was_training)
 
@@ -98,16 +98,17 @@ def output_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> Outpu
 
 
 def ort_outputs(sess: Any, inputs: InputSet, *, static_batch: bool) -> list[np.ndarray]:
-    """onnxruntime's outputs per batch; a graph with a fixed batch of 1 is fed sample by sample."""
-    from odespec.export.onnx_export import INPUT_NAME
-
+    """onnxruntime's outputs per batch (every input of the graph fed by name); a graph with a
+    fixed batch of 1 is fed sample by sample."""
     outs = []
-    for x in inputs.batches:
-        xs = x.numpy()
+    for f in inputs.feeds():
+        feeds = numpy_feeds(f)
         if static_batch:
-            outs.append(np.concatenate([sess.run(None, {INPUT_NAME: xs[i:i + 1]})[0] for i in range(xs.shape[0])]))
+            n = next(iter(feeds.values())).shape[0]
+            outs.append(np.concatenate([sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
+                                        for i in range(n)]))
         else:
-            outs.append(sess.run(None, {INPUT_NAME: xs})[0])
+            outs.append(sess.run(None, feeds)[0])
     return outs
 
 

@@ -32,6 +32,8 @@ from odespec.compile.dynamics import DynamicsNet
 from odespec.compile.ode_block import BlockBase, ODEBlock, ResNetBlock
 from odespec.errors import ExportError
 from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
+from odespec.export.series_graph import SeriesPiece, SeriesValues, lay_ode_rnn, per_sample_interval, slot
+from odespec.export.unroll import PerSampleEncoder, encoder_solver
 from odespec.layers import ExportContext, LayerUse
 from odespec.solvers.grid import fixed_grid
 from odespec.spec.schema import EXPORT_DEFAULTS
@@ -87,9 +89,11 @@ def _export_sequence(run: list[_Placed], export: ExportContext) -> nn.Sequential
     return nn.Sequential(*(m if use is None else use.export_form(m, export) for m, use in run)).eval()
 
 
-def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, dynamic_batch: bool) -> onnx.GraphProto:
-    """Export one module with torch's exporter and return its graph."""
-    dyn = {n: {0: "batch"} for n in names if n != "t"}
+def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, dynamic_batch: bool,
+                  batched: Optional[tuple[str, ...]] = None) -> onnx.GraphProto:
+    """Export one module with torch's exporter and return its graph. ``batched``: the inputs
+    with a batch axis 0 (default: all but ``t``, a dynamics' shared time)."""
+    dyn = {n: {0: "batch"} for n in names if (n in batched if batched is not None else n != "t")}
     dyn["out"] = {0: "batch"}
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -112,10 +116,15 @@ def _export_piece(module: nn.Module, args: tuple, names: list[str], opset: int, 
     return onnx.load_from_string(buf.getvalue()).graph
 
 
-def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
-    """Group consecutive plain layers into one run; ODE blocks stand alone. A block's
-    augmentation (zero padding) joins the plain layers before it: it is an ordinary layer."""
-    out: list[Union[BlockBase, list[_Placed]]] = []
+#: a layer that reads the model's series inputs, with its LayerUse: laid into the graph on its own
+_SeriesLayer = tuple[nn.Module, LayerUse]
+
+
+def _segments(model: ODENet) -> list[Union[BlockBase, _SeriesLayer, list[_Placed]]]:
+    """Group consecutive plain layers into one run; ODE blocks and layers that read the series
+    inputs stand alone. A block's augmentation (zero padding) joins the plain layers before it:
+    it is an ordinary layer."""
+    out: list[Union[BlockBase, _SeriesLayer, list[_Placed]]] = []
     run: list[_Placed] = []
     for m, use in zip(model, model.uses, strict=True):
         if isinstance(m, BlockBase):
@@ -125,6 +134,11 @@ def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
                 out.append(run)
                 run = []
             out.append(m)
+        elif getattr(m, "reads_series", False) and use is not None:
+            if run:
+                out.append(run)
+                run = []
+            out.append((m, use))
         else:
             run.append((m, use))
     if run:
@@ -132,18 +146,8 @@ def _segments(model: ODENet) -> list[Union[BlockBase, list[_Placed]]]:
     return out
 
 
-def refuse_series(model: ODENet) -> None:
-    """The graph builder takes the one input ``input`` so far: a model that reads irregular
-    series (times, masks, query times) is refused here rather than exported without them."""
-    series = model.spec.series
-    if series is not None:
-        raise ExportError(f"this model reads the series inputs {', '.join(series.input_names[1:])}; exporting such a "
-                          "model to ONNX is not supported yet", "train and run it in PyTorch for now (issue #13)")
-
-
 def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     """The fixed-step ONNX model of ``model`` (not yet checked or written)."""
-    refuse_series(model)
     spec = model.spec
     param = next(model.parameters(), None)
     tdtype = param.dtype if param is not None else torch.float32
@@ -153,13 +157,19 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     elem = ONNX_DTYPES[dtype_name]
     was_training = model.training
     model.eval()
+    series = _series_values(spec)
+    _check_layout(model, settings)
     try:
         cur = INPUT_NAME
         example = torch.zeros((2,) + tuple(spec.input_shape), dtype=tdtype, device="cpu")
         export = ExportContext(dtype=tdtype)
         for j, seg in enumerate(_segments(model)):  # the caller passes a CPU model
-            if isinstance(seg, BlockBase):
-                outs = _solve_block(gb, seg, Value(cur), example, settings, f"ode{j}/", elem, batch)
+            if isinstance(seg, tuple):
+                cur = _series_layer(gb, spec, seg, cur, example, series, settings, f"series{j}/", export)
+                example = torch.zeros((2,) + tuple(seg[1].layer_type.output_shape(
+                    seg[1].layer.options, seg[1].shape, seg[1].ctx)), dtype=tdtype)
+            elif isinstance(seg, BlockBase):
+                outs = _solve_block(gb, seg, Value(cur), example, settings, f"ode{j}/", elem, batch, series)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
                     cur = gb.node("Concat", [gb.node("Unsqueeze", [v.name, axes]) for v in outs], axis=1)
@@ -176,16 +186,75 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     finally:
         model.train(was_training)
 
-    inp = helper.make_tensor_value_info(INPUT_NAME, elem, [batch, *spec.input_shape])
+    inputs = [helper.make_tensor_value_info(name, elem, [batch, *shape]) for name, shape in graph_inputs(spec)]
     out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [batch, *spec.output_shape])
-    onnx_model = gb.make_model(spec.name, [inp], [out], settings.opset)
+    onnx_model = gb.make_model(spec.name, inputs, [out], settings.opset)
     _set_metadata(onnx_model, model, settings)
     return onnx_model
 
 
+def graph_inputs(spec: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """The graph's inputs after the batch axis, in order: ``input`` (the spec's input shape) and,
+    for a model reading series (``spec.series``), ``times`` (T,), ``mask`` (T, F) and
+    ``query_times`` (T',) as far as it reads them (:attr:`SeriesSpec.input_names`)."""
+    series = spec.series
+    if series is None:
+        return [(INPUT_NAME, tuple(spec.input_shape))]
+    shapes = {INPUT_NAME: tuple(spec.input_shape), "times": (spec.input_shape[0],), "mask": tuple(spec.input_shape),
+              "query_times": (series.query,)}
+    return [(name, shapes[name]) for name in series.input_names]
+
+
+def _series_values(spec: Any) -> SeriesValues:
+    """The series inputs' values in the graph: the graph inputs of the same names."""
+    return {name: name for name, _ in graph_inputs(spec)[1:]}
+
+
+def _check_layout(model: ODENet, settings: ExportSettings) -> None:
+    """The ``loop`` layout lays each interval of a block's one time grid into a ``Loop``; a model
+    whose solves follow each sample's own times has no such grid."""
+    per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
+        isinstance(m, PerSampleEncoder) for m in model)
+    if settings.loop and per_sample:
+        raise ExportError("the loop layout is not available for a model that solves at each sample's own times "
+                          "(an ode_rnn, or an ODE block with t: query)",
+                          "export it unrolled: leave out loop (export.onnx.loop: false, or no --loop)")
+
+
+def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], cur: str, example: torch.Tensor,
+                  series: SeriesValues, settings: ExportSettings, prefix: str, export: ExportContext) -> str:
+    """A layer that reads the series inputs, laid into ``gb`` in its export form: the ODE-RNN
+    with :func:`~odespec.export.unroll.encoder_solver` per gap; any other (``rnn``/``gru`` with
+    ``time_gaps``, ``rnn_decoder``: no solver inside) exported by torch as one piece that takes
+    the series inputs beside ``x``. Returns its output's name."""
+    from odespec.solvers.tableaus import get_tableau
+
+    module, use = seg
+    form = use.export_form(module, export)
+    if isinstance(form, PerSampleEncoder):
+        solver = encoder_solver(form, settings.method, settings.steps)
+        assert solver.steps is not None  # encoder_solver gives a fixed step count
+        return lay_ode_rnn(gb, form, cur, series, _piece_exporter(settings), prefix, length=int(use.shape[0]),
+                           features=int(use.shape[-1]), steps=solver.steps, tableau=get_tableau(solver.method))
+    names = tuple(series)
+    args = [example] + [torch.zeros((2, *shape), dtype=example.dtype) for _, shape in graph_inputs(spec)[1:]]
+    sub = _export_piece(SeriesPiece(form, names), tuple(args), ["x", *names], settings.opset, settings.dynamic_batch)
+    (out,) = gb.splice(sub, {"x": cur, **series}, prefix)
+    return out
+
+
+def _piece_exporter(settings: ExportSettings) -> Callable[[nn.Module, tuple, list[str], tuple[str, ...]],
+                                                           onnx.GraphProto]:
+    def export(module: nn.Module, args: tuple, names: list[str], batched: tuple[str, ...]) -> onnx.GraphProto:
+        return _export_piece(module, args, names, settings.opset, settings.dynamic_batch, batched)
+
+    return export
+
+
 def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Tensor, settings: ExportSettings,
-                 prefix: str, elem: int, batch: Any) -> list[Value]:
-    """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times.
+                 prefix: str, elem: int, batch: Any, series: Optional[SeriesValues] = None) -> list[Value]:
+    """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times
+    (a ``t: query`` block's: at each sample's query times, from the graph input ``query_times``).
 
     Continuous blocks and RK-Nets use the export method and step count (unrolled, or one ONNX
     Loop per output interval); a ResNet block is its own Euler steps, each with its own weights.
@@ -228,6 +297,9 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     if not isinstance(block, ODEBlock):
         raise ExportError(f"internal error: no ONNX form for the ODE block family {type(block).__name__}")
     tableau = get_tableau(settings.method)
+    if block.spec.query:
+        assert series is not None  # validate: a t: query block needs the model's query times
+        return _solve_query_block(gb, block, y, example.dtype, settings, prefix, series["query_times"], tableau)
     sub = export_dynamics(block.dynamics)
     grid = fixed_grid(block.spec.t, settings.steps)
     if settings.loop:
@@ -245,11 +317,41 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     return outs
 
 
+def _solve_query_block(gb: GraphBuilder, block: ODEBlock, y: Value, dtype: torch.dtype, settings: ExportSettings,
+                       prefix: str, query: str, tableau: Any) -> list[Value]:
+    """A ``t: query`` block: from its start through each sample's query times, ``steps`` steps
+    per interval of each sample's own length (:func:`per_sample_interval`); returns the states
+    at the T' query times (the initial state is not an output of such a block)."""
+    rank = len(block.spec.state_shape)
+    # the dynamics see one time per sample, shaped (batch, 1, ..., 1) as in the PyTorch solve
+    t_example = torch.zeros((2,) + (1,) * rank, dtype=dtype)
+    state_example = torch.zeros((2,) + tuple(block.spec.state_shape), dtype=dtype)
+    dyn = _Dynamics(block.dynamics, ExportContext(dtype=dtype))
+    sub = _export_piece(dyn, (t_example, state_example), ["t", "y"], settings.opset, settings.dynamic_batch,
+                        batched=("t", "y"))
+    takes_t = any(i.name == "t" for i in sub.input)
+
+    def f(t: Optional[str], y_: Value) -> Value:
+        (out,) = gb.splice(sub, {"t": t or "", "y": y_.name}, prefix)
+        return Value(out)
+
+    prev = gb.const(float(block.spec.start))
+    outs = []
+    for k in range(block.spec.query_times):
+        now = slot(gb, query, k)
+        y = per_sample_interval(gb, f, y, prev, now, steps=settings.steps, tableau=tableau, rank=rank,
+                                takes_t=takes_t)
+        outs.append(y)
+        prev = now
+    return outs
+
+
 def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSettings) -> None:
     spec = model.spec
     blocks = [
         {
-            "t": list(b.spec.t),
+            "t": "query" if b.spec.query else list(b.spec.t),
+            **({"start": b.spec.start} if b.spec.query else {}),
             "output": b.spec.output,
             "training_solver": b.spec.solver.summary(),
             "gradient": b.spec.gradient.method,
@@ -265,9 +367,22 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "export_layout": "loop" if settings.loop else "unrolled",
         "ode_blocks": json.dumps(blocks),
     }
+    if spec.series is not None:
+        meta["series"] = json.dumps(series_metadata(model))
     onnx_model.doc_string = f"{spec.name}: ODE-Net exported by odespec {odespec.__version__}"
     for k, v in meta.items():
         onnx_model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def series_metadata(model: ODENet) -> dict[str, Any]:
+    """The ``series`` metadata entry of a model reading series: its inputs in order, and the
+    earliest time each time input may hold (:attr:`SeriesInputs.starts`), which ``odespec run``
+    checks the inputs against."""
+    from odespec.export.inputs import series_inputs
+
+    series = series_inputs(model)
+    assert series is not None
+    return {"inputs": [INPUT_NAME, *series.names], "starts": series.starts}
 
 
 def check_onnx(onnx_model: onnx.ModelProto) -> onnx.ModelProto:

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from odespec.errors import ParityError
-from odespec.export.inputs import SEEDED_BATCHES, seeded_inputs
-from odespec.export.onnx_export import INPUT_NAME
+from odespec.export.inputs import SEEDED_BATCHES, SeriesInputs, call_model, numpy_feeds, seeded_input_set
 from odespec.export.session import ort_session
 
 __all__ = ["ParityResult", "parity_batches", "check_parity"]
@@ -61,18 +60,21 @@ def check_parity(
     batch_sizes: Sequence[int] = SEEDED_BATCHES,
     seed: int = 0,
     session: Optional[Any] = None,
+    series: Optional[SeriesInputs] = None,
 ) -> ParityResult:
     """Compare onnxruntime with ``reference`` (the PyTorch fixed-step model) on seeded random
     inputs at several batch sizes; raise :class:`ParityError` above ``tolerance``.
-    ``session``: an onnxruntime session of ``model_bytes`` already open."""
+    ``session``: an onnxruntime session of ``model_bytes`` already open. ``series``: the model
+    reads irregular series; each batch then has random per-sample grids as well."""
     sess = session if session is not None else ort_session(model_bytes)
     max_abs = 0.0
     max_rel = 0.0
     reference.eval()
-    for x in seeded_inputs(input_shape, dtype=dtype, batch_sizes=batch_sizes, seed=seed):
+    inputs = seeded_input_set(input_shape, dtype=dtype, batch_sizes=batch_sizes, seed=seed, series=series)
+    for feeds in inputs.feeds():
         with torch.no_grad():
-            want = reference(x).cpu().to(torch.float64).numpy()
-        (got,) = sess.run(None, {INPUT_NAME: x.numpy()})
+            want = call_model(reference, feeds).cpu().to(torch.float64).numpy()
+        (got,) = sess.run(None, numpy_feeds(feeds))
         got = got.astype(np.float64)
         if got.shape != want.shape:
             raise ParityError(f"onnxruntime output shape {got.shape} != PyTorch output shape {want.shape}")

@@ -27,7 +27,7 @@ import numpy as np
 from odespec.compile.model import ODENet
 from odespec.errors import BuildError, ExportError
 from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
-from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set
+from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
 from odespec.export.session import ort_session
 from odespec.export.unroll import fixed_step_model
@@ -142,10 +142,9 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     calibrate the step count if asked, check the graph with ``onnx.checker``, against
     onnxruntime (parity) and the training solver (deployment error), then write it atomically.
     Nothing is written if any check fails."""
-    from odespec.export.onnx_export import add_metadata, refuse_series
+    from odespec.export.onnx_export import add_metadata
     from odespec.fileio import atomic_write_bytes
 
-    refuse_series(model)
     spec = model.spec
     auto = options.calibrates(spec)
     settings = resolve_settings(spec, options, auto)
@@ -201,9 +200,10 @@ def accuracy_inputs(model: ODENet, options: ExportOptions) -> InputSet:
     """The inputs of calibration and the deployment error: the file ``options.calibration_data``,
     or the parity check's seeded random batches."""
     spec = model.spec
+    series = series_inputs(model)
     if options.calibration_data is not None:
-        return data_input_set(options.calibration_data, spec.input_shape, dtype=model_dtype(model))
-    return seeded_input_set(spec.input_shape, dtype=model_dtype(model), seed=spec.seed)
+        return data_input_set(options.calibration_data, spec.input_shape, dtype=model_dtype(model), series=series)
+    return seeded_input_set(spec.input_shape, dtype=model_dtype(model), seed=spec.seed, series=series)
 
 
 def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings", inputs: InputSet,
@@ -235,7 +235,8 @@ def _parity(model: ODENet, data: bytes, settings: "ExportSettings", options: Exp
     twin = fixed_step_model(model, settings.method, settings.steps)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
     return check_parity(data, twin, spec.input_shape, dtype=model_dtype(model), tolerance=tol,
-                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed, session=sess).to_dict()
+                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed, session=sess,
+                        series=series_inputs(model)).to_dict()
 
 
 def _deployment(sess: Any, model: ODENet, inputs: InputSet, settings: "ExportSettings",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from odespec.errors import InputFileError, RunError
 from odespec.export.inspect import format_shape
 from odespec.export.session import ort_session
 
-__all__ = ["ModelInput", "RunResult", "open_model", "load_input", "run_onnx", "check_output_path", "save_outputs",
+__all__ = ["ModelInput", "RunResult", "open_model", "open_model_inputs", "load_input", "load_series_inputs",
+           "series_starts", "run_onnx", "check_output_path", "save_outputs",
            "render_outputs", "OUTPUT_FORMATS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -55,6 +56,8 @@ class RunResult:
     input_shape: tuple[int, ...]
     names: list[str]
     arrays: list[np.ndarray]
+    #: every input of the model with the shape fed to it (a series model's ``input``, ``times``, ...)
+    inputs: list[tuple[ModelInput, tuple[int, ...]]] = field(default_factory=list)
 
     def to_dict(self, *, with_data: bool) -> dict[str, Any]:
         """JSON-ready; ``with_data`` includes the output values (non-finite ones as ``null``)."""
@@ -62,6 +65,8 @@ class RunResult:
         return {
             "input": {"name": mi.name, "model_shape": list(mi.shape), "dtype": str(mi.dtype),
                       "shape": list(self.input_shape)},
+            "inputs": [{"name": m.name, "model_shape": list(m.shape), "dtype": str(m.dtype), "shape": list(shape)}
+                       for m, shape in (self.inputs or [(mi, self.input_shape)])],
             "outputs": [
                 {"name": n, "shape": list(y.shape), "dtype": str(y.dtype),
                  **({"data": _json_values(y)} if with_data else {})}
@@ -72,6 +77,17 @@ class RunResult:
 
 def open_model(path: PathLike) -> tuple[Any, ModelInput]:
     """An onnxruntime CPU session for the model at ``path`` and its single input."""
+    sess, inputs = open_model_inputs(path)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise RunError(f"{path}: the model takes {len(inputs)} inputs ({names}); feed them from one .npz with "
+                       "arrays of those names")
+    return sess, inputs[0]
+
+
+def open_model_inputs(path: PathLike) -> tuple[Any, list[ModelInput]]:
+    """An onnxruntime CPU session for the model at ``path`` and its inputs, in the graph's order
+    (a model of irregular series takes ``input``, ``times``, ``mask``, ``query_times``)."""
     p = Path(path)
     if not p.is_file():
         raise RunError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
@@ -82,13 +98,14 @@ def open_model(path: PathLike) -> tuple[Any, ModelInput]:
 
     sess = ort_session(p, load_error=not_loadable)
     inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs) or "none"
-        raise RunError(f"{p}: the model takes {len(inputs)} inputs ({names}); odespec run feeds exactly one")
-    inp = inputs[0]
-    if inp.type not in _ORT_DTYPES:
-        raise RunError(f"{p}: input {inp.name!r} has type {inp.type}; odespec run feeds numeric tensors")
-    return sess, ModelInput(inp.name, tuple(inp.shape), np.dtype(_ORT_DTYPES[inp.type]))
+    if not inputs:
+        raise RunError(f"{p}: the model takes no inputs; odespec run feeds arrays to a model's inputs")
+    out = []
+    for inp in inputs:
+        if inp.type not in _ORT_DTYPES:
+            raise RunError(f"{p}: input {inp.name!r} has type {inp.type}; odespec run feeds numeric tensors")
+        out.append(ModelInput(inp.name, tuple(inp.shape), np.dtype(_ORT_DTYPES[inp.type])))
+    return sess, out
 
 
 def _first_line(e: BaseException) -> str:
@@ -159,15 +176,145 @@ def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:
 
 
 def run_onnx(model_path: PathLike, input_path: PathLike) -> RunResult:
-    """Run the model at ``model_path`` on the array in ``input_path``."""
-    sess, model_input = open_model(model_path)
-    x = load_input(input_path, model_input)
+    """Run the model at ``model_path`` on the array(s) in ``input_path``: one array for a model
+    with one input; for a model of irregular series, a ``.npz`` with an array per input
+    (:func:`load_series_inputs`)."""
+    sess, model_inputs = open_model_inputs(model_path)
+    if len(model_inputs) == 1:
+        feeds = {model_inputs[0].name: load_input(input_path, model_inputs[0])}
+    else:
+        feeds = load_series_inputs(input_path, model_inputs, series_starts(sess))
     try:
-        arrays = sess.run(None, {model_input.name: x})
+        arrays = sess.run(None, feeds)
     except Exception as e:  # onnxruntime raises its own untyped errors
         raise RunError(f"{model_path}: onnxruntime failed to run the model: {_first_line(e)}") from e
     names = [o.name for o in sess.get_outputs()]
-    return RunResult(model_input, tuple(x.shape), names, [np.asarray(a) for a in arrays])
+    first = model_inputs[0]
+    return RunResult(first, tuple(feeds[first.name].shape), names, [np.asarray(a) for a in arrays],
+                     [(mi, tuple(feeds[mi.name].shape)) for mi in model_inputs])
+
+
+#: the series inputs' names beside ``input``, and the npz name ``x`` also read for ``input``
+#: (training data files name their inputs so)
+SERIES_INPUTS = ("times", "mask", "query_times")
+_ALIASES = {"input": ("input", "x")}
+SERIES_METADATA = "series"
+
+
+def series_starts(sess: Any) -> dict[str, float]:
+    """The earliest time each series input may hold, as the export recorded it in the model's
+    metadata (``series``: ``times``: the ODE-RNN's start; ``query_times``: the ``t: query``
+    block's start); empty for a file without it."""
+    import json
+
+    meta = sess.get_modelmeta().custom_metadata_map
+    if SERIES_METADATA not in meta:
+        return {}
+    try:
+        starts = json.loads(meta[SERIES_METADATA]).get("starts", {})
+    except (ValueError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in starts.items() if isinstance(v, (int, float))}
+
+
+def load_series_inputs(path: PathLike, model_inputs: list[ModelInput],
+                       starts: Optional[dict[str, float]] = None) -> dict[str, np.ndarray]:
+    """The model's inputs from the ``.npz`` at ``path``, one array per input named like it
+    (``x`` is read for ``input`` too), checked by the data contract's series rules: every
+    array of the model's per-sample shape with the same sample count; times and query times
+    finite and non-decreasing per sample, at or after ``starts`` (input name -> earliest time);
+    a mask of 0/1; NaN in ``input`` only where the mask is 0 (those values are fed as 0).
+    :class:`InputFileError` naming the file and the array."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        names = ", ".join(mi.name for mi in model_inputs)
+        raise InputFileError(f"{p}: the model takes {len(model_inputs)} inputs ({names}); they are read from one "
+                             ".npz file", f"save them with numpy.savez(FILE, {', '.join(f'{n}=...' for n in names.split(', '))})")
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    infos = dc.npz_infos(p, InputFileError)
+    arrays: dict[str, np.ndarray] = {}
+    for mi in model_inputs:
+        info = _named_array(p, infos, mi, model_inputs)
+        dc.check_dtype(info, InputFileError)
+        assert info.read is not None
+        arrays[mi.name] = _check_series_shape(info.where, info.read(), mi)
+    counts = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise InputFileError(f"{p}: the arrays hold different numbers of samples ("
+                             + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")",
+                             "every array's first axis counts the same samples")
+    return _conform_series(p, infos, arrays, {mi.name: mi for mi in model_inputs}, starts or {})
+
+
+def _named_array(p: Path, infos: dict[str, dc.ArrayInfo], mi: ModelInput, model_inputs: list[ModelInput]) -> dc.ArrayInfo:
+    for key in _ALIASES.get(mi.name, (mi.name,)):
+        if key in infos:
+            return infos[key]
+    names = ", ".join(m.name for m in model_inputs)
+    also = " (or 'x')" if mi.name == "input" else ""
+    raise InputFileError(f"{p}: no array {mi.name!r}{also}; the model takes {names} (it has: "
+                         f"{', '.join(repr(k) for k in infos) or 'none'})",
+                         f"save the model's inputs with numpy.savez(FILE, {', '.join(f'{m.name}=...' for m in model_inputs)})")
+
+
+def _check_series_shape(where: str, array: np.ndarray, mi: ModelInput) -> np.ndarray:
+    """``array`` as the model input ``mi`` takes it: its rank and fixed dimensions after the batch
+    (nothing is reshaped: a times array (N, T) must not be read as (N*T,) samples)."""
+    want = mi.shape
+    fits = array.ndim == len(want) and all(not isinstance(d, int) or d == n
+                                           for d, n in zip(want[1:], array.shape[1:], strict=True))
+    if not fits:
+        raise InputFileError(f"{where}: shape {format_shape(array.shape)}; the model's input {mi.name!r} takes "
+                             f"{format_shape(want)}",
+                             _SERIES_SHAPES.get(mi.name, "the first axis counts samples"))
+    if isinstance(want[0], int) and array.shape[0] != want[0]:
+        raise InputFileError(f"{where}: the model takes batches of exactly {want[0]} samples; the array holds "
+                             f"{array.shape[0]}", f"save {want[0]} samples")
+    return array
+
+
+_SERIES_SHAPES = {
+    "input": "input (N, T, F): T observation slots of F values per sample; pad a shorter series with mask 0",
+    "times": "times (N, T): each sample's observation time per slot; pad by repeating the last time",
+    "mask": "mask (N, T, F): 1 where a value was observed, 0 where it is missing or padding",
+    "query_times": "query_times (N, T'): the times the outputs are at, T' fixed by the model",
+}
+
+
+def _conform_series(p: Path, infos: dict[str, dc.ArrayInfo], arrays: dict[str, np.ndarray],
+                    inputs: dict[str, ModelInput], starts: dict[str, float]) -> dict[str, np.ndarray]:
+    """The data contract's series rules on the arrays, then each cast to its input's dtype."""
+    def where(name: str) -> str:
+        key = next(k for k in _ALIASES.get(name, (name,)) if k in infos)
+        return infos[key].where
+
+    missing = None
+    if "mask" in arrays:
+        dc.check_mask(arrays["mask"], where("mask"), InputFileError)
+        missing = arrays["mask"] == 0
+    for name in ("times", "query_times"):
+        if name in arrays:
+            dc.check_times(arrays[name], where(name), InputFileError, what=name.replace("_", " "))
+            if name in starts:
+                _check_start(arrays[name], starts[name], where(name), name)
+    x = arrays["input"]
+    dc.check_finite(x, where("input"), InputFileError, missing=missing,
+                    note="NaN marks a missing value only where mask is 0" if missing is not None else None)
+    if missing is not None and x.dtype.kind == "f":
+        arrays["input"] = np.where(missing, np.zeros((), dtype=x.dtype), x)
+    return {name: dc.cast(a, inputs[name].dtype, where(name), InputFileError) for name, a in arrays.items()}
+
+
+def _check_start(times: np.ndarray, start: float, where: str, name: str) -> None:
+    early = times < start
+    if early.any():
+        i, j = (int(v) for v in np.argwhere(early)[0])
+        layer = "ODE-RNN encoder" if name == "times" else "t: query ODE block"
+        raise InputFileError(f"{where}: sample {i} has {times[i, j].item()!r} at index {j}, before {start!r}, the "
+                             f"{layer}'s start", f"every {name.replace('_', ' ')} value must be at or after "
+                             f"{start!r}: shift the times, or export with the {layer}'s start: at most "
+                             f"{times.min().item()!r}")
 
 
 def check_output_path(path: PathLike) -> None:

@@ -128,6 +128,17 @@ class ODERNN(nn.Module):
         twin.train(self.training)
         return twin
 
+    def update(self, x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One observation slot's update of ``h`` (batch, hidden) from the slot's values ``x``
+        (batch, F) and, with a mask, its ``mask`` (batch, F): the GRU cell on ``cat(x * mask,
+        mask)``, kept only in the samples that observed any feature there. The exporter lays
+        this very function into the graph once per slot."""
+        new = self.cell(masked_input(x, mask), h)
+        if mask is None:
+            return new
+        observed = observed_any(mask[:, None], x[:, None])[:, 0]
+        return observed * new + (1 - observed) * h
+
     def _evolve(self, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``h`` carried from each sample's time ``a`` to its ``b`` (both (batch,); ``b >= a``
         forwards, ``b <= a`` when reversed)."""
@@ -147,8 +158,6 @@ class ODERNN(nn.Module):
     def forward(self, x: torch.Tensor, series: Series) -> torch.Tensor:
         times = _need(series, "times", "ode_rnn").to(x.dtype)
         mask = _need(series, "mask", "ode_rnn") if self.use_mask else None
-        inputs = masked_input(x, mask)
-        observed = None if mask is None else observed_any(mask, x)
         steps = x.shape[1]
         h = x.new_zeros((x.shape[0], self.hidden))
         start = torch.full_like(times[:, 0], self.start)
@@ -157,8 +166,7 @@ class ODERNN(nn.Module):
         outs: list[torch.Tensor] = [h] * steps
         for k in order:
             h = self._evolve(h, prev, times[:, k])
-            new = self.cell(inputs[:, k], h)
-            h = new if observed is None else observed[:, k] * new + (1 - observed[:, k]) * h
+            h = self.update(x[:, k], h, None if mask is None else mask[:, k])
             outs[k] = h
             prev = times[:, k]
         if self.reverse:

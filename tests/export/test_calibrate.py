@@ -17,7 +17,8 @@ from odespec.errors import ExportError, SpecError
 from odespec.export import calibrate as cal
 from odespec.export.inputs import InputSet, seeded_input_set
 from odespec.export.metrics import model_outputs, output_error, reference_outputs
-from odespec.export.parity import ort_session, seeded_inputs
+from odespec.export.inputs import seeded_inputs
+from odespec.export.parity import ort_session
 from odespec.export.unroll import fixed_step_model
 from odespec.report import render_accuracy
 from odespec.spec import parse_spec
