@@ -98,6 +98,44 @@ model:
 """
 
 
+# The layers that read irregular series (times, mask, query times), in float64: a model can hold
+# only one reader of the observations' mask per sequence, so they come in two specs.
+SERIES_SPECS = ["""
+odespec: 1
+name: series_encoders_float64
+dtype: float64
+input: {shape: [5, 2], times: true, mask: true, query: 4}
+model:
+  - ode_rnn: {hidden: 6, dynamics: [{linear: 6}, softplus, {linear: 6}], solver: {method: rk4, steps: 2}}
+  - rnn_decoder: {cell: rnn, hidden: 6}
+  - linear: 2
+""", """
+odespec: 1
+name: series_gaps_float64
+dtype: float64
+input: {shape: [5, 2], times: true, mask: true, query: 4}
+model:
+  - gru: {hidden: 4, time_gaps: true}
+  - linear: 4
+  - ode:
+      t: query
+      start: 0
+      output: trajectory
+      solver: {method: rk4, steps: 2}
+      dynamics: {time: concat, layers: [{linear: 8}, elu, {linear: 4}]}
+  - linear: 2
+""", """
+odespec: 1
+name: series_rnn_gaps_float64
+dtype: float64
+input: {shape: [5, 2], times: true, query: 3}
+model:
+  - rnn: {hidden: 4, time_gaps: true, reverse: true}
+  - rnn_decoder: {cell: gru, hidden: 4}
+  - linear: 2
+"""]
+
+
 def _model() -> odespec.ODENet:
     model = odespec.build(parse_spec(SPEC))
     gen = torch.Generator().manual_seed(0)
@@ -122,6 +160,8 @@ def test_the_spec_holds_every_registered_layer_type_inside_and_outside_the_dynam
                 walk(layer.options[registry.get(layer.kind).children_key], into)
 
     walk([i for i in spec.model if isinstance(i, LayerSpec)], outside)
+    for text in SERIES_SPECS:
+        walk([i for i in parse_spec(text).model if isinstance(i, LayerSpec)], outside)
     for block in spec.ode_blocks:
         walk(block.dynamics.layers, inside)
     names = set(registry.names())
@@ -198,3 +238,10 @@ def test_exporting_a_model_leaves_its_batchnorm_statistics_alone():
     assert not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("text", SERIES_SPECS, ids=["ode_rnn+rnn_decoder", "gru_gaps+query_ode", "rnn_gaps"])
+def test_the_series_layers_export_in_float64_and_match_pytorch(text: str, tmp_path):
+    model = odespec.build(parse_spec(text)).eval()
+    result = odespec.export_onnx(model, tmp_path / "s.onnx", deployment=False, latency=False)
+    assert result.parity["max_abs_error"] < 1e-10
