@@ -4,8 +4,8 @@
 How gradients flow is the ``gradient`` argument (see :mod:`odespec.solvers.gradient`):
 ``"backprop"`` (default) differentiates the solver's operations (discretise-then-optimise, step
 sizes are constants), ``"adjoint"`` solves the continuous adjoint backwards, ``"checkpoint"``
-recomputes backprop's graph segment by segment. Time is not differentiable (it is handled as
-Python floats).
+recomputes backprop's graph segment by segment. Gradients reach the output times ``t`` too,
+by the same closed form for every method (:mod:`odespec.solvers.time_grad`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from odespec.solvers.options import InvalidOptionError, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
+from odespec.solvers.time_grad import TimeGradient
 
 __all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
 
@@ -130,7 +131,10 @@ def solve(
     params=...)``, ``Checkpoint(checkpoints=8)``); an unknown name raises
     :class:`~odespec.solvers.config.UnknownGradientMethodError` with a did-you-mean. The backward
     pass's work is readable in ``stats.backward`` after ``.backward()``. Gradients reach the
-    outputs ``ys`` (and, on success, ``y_last``, which is ``ys[-1]``).
+    outputs ``ys`` (and, on success, ``y_last``, which is ``ys[-1]``), and, when ``t`` requires
+    grad, the times: ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` for ``i >= 1`` and ``dL/dt_0 =
+    -<a_0, f(t_0, y0)>`` with ``a_0`` the gradient reaching ``y0`` through the solve, for every
+    gradient method (one more evaluation of ``func`` per output in the backward pass).
     """
     grad = make_gradient(gradient).for_function(func)
     tableau = _resolve_method(method)
@@ -151,11 +155,15 @@ def solve(
         check_tolerance("rtol", rtol, y0)
         check_tolerance("atol", atol, y0)
     backward = BackwardStats()
-    solved = grad.solve(Problem(func, y0, t, times, setup, options), backward)
+    # the integrators see time as floats: the gradient to t is added around the solve
+    timegrad = TimeGradient(func, t, backward) if TimeGradient.wanted(t) else None
+    y0_in = y0 if timegrad is None else timegrad.input(y0)
+    solved = grad.solve(Problem(func, y0_in, t.detach(), times, setup, options), backward)
     outcome = solved.outcome
     if outcome.error is not None and not return_on_failure:
         raise outcome.error
-    return _solution(outcome, solved.ys, tableau, t, solved.nfe, grad.name, backward)
+    ys = solved.ys if timegrad is None else timegrad.output(solved.ys, y0)
+    return _solution(outcome, ys, tableau, t, solved.nfe, grad.name, backward)
 
 
 def _tracer() -> Optional[str]:
