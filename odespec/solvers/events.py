@@ -327,7 +327,9 @@ class _EventTime(torch.autograd.Function):
             t_ = t.clone().requires_grad_(True)
             y_ = y.detach().requires_grad_(True)
             c = ev.g(t_, y_)
-            got = torch.autograd.grad(c, (t_, y_, *ev.params), allow_unused=True)
+            # retain_graph: the event function may hold tensors with a graph of their own (a
+            # target computed from parameters), which later backward passes still need
+            got = torch.autograd.grad(c, (t_, y_, *ev.params), allow_unused=True, retain_graph=True)
         dg_dt, dg_dy = (torch.zeros_like(x) if d is None else d for d, x in zip(got[:2], (t_, y_), strict=True))
         # d g(t, y(t)) / dt along the solution; zero when the solution only touches the surface
         dcdt = dg_dt + _dot(dg_dy, fy)
