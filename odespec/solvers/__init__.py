@@ -22,6 +22,7 @@ _LAZY = {
     "solve_per_sample": "odespec.solvers.per_sample",
     "PerSampleSolution": "odespec.solvers.per_sample",
     "odeint_adjoint": "odespec.solvers._odeint",
+    "odeint_event": "odespec.solvers.events",
     "BackwardStats": "odespec.solvers.solution",
     "GradientMethod": "odespec.solvers.gradient",
     "Backprop": "odespec.solvers.gradient",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
         odeint_adjoint as odeint_adjoint,
         solve as solve,
     )
+    from odespec.solvers.events import odeint_event as odeint_event
     from odespec.solvers.config import (
         GradientConfig as GradientConfig,
         GradientDecl as GradientDecl,

@@ -4,14 +4,14 @@
 How gradients flow is the ``gradient`` argument (see :mod:`odespec.solvers.gradient`):
 ``"backprop"`` (default) differentiates the solver's operations (discretise-then-optimise, step
 sizes are constants), ``"adjoint"`` solves the continuous adjoint backwards, ``"checkpoint"``
-recomputes backprop's graph segment by segment. Time is not differentiable (it is handled as
-Python floats).
+recomputes backprop's graph segment by segment. Gradients reach the output times ``t`` too,
+by the same closed form for every method (:mod:`odespec.solvers.time_grad`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union, overload
 
 import torch
 
@@ -25,12 +25,23 @@ from odespec.solvers.options import InvalidOptionError, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
+from odespec.solvers.time_grad import TimeGradient
 
 __all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EventFn = Callable[[torch.Tensor, Any], torch.Tensor]
 Tol = Union[float, torch.Tensor]
 Method = Union[str, ButcherTableau, None]
+Times = Union[torch.Tensor, Sequence[float]]
+
+
+@overload
+def odeint(func: Func, y0: torch.Tensor, t: Times, *, rtol: Tol = ..., atol: Tol = ..., method: Method = ...,
+           options: Optional[Mapping[str, Any]] = ..., event_fn: None = ...) -> torch.Tensor: ...
+@overload
+def odeint(func: Func, y0: torch.Tensor, t: Times, *, rtol: Tol = ..., atol: Tol = ..., method: Method = ...,
+           options: Optional[Mapping[str, Any]] = ..., event_fn: EventFn) -> tuple[torch.Tensor, Any]: ...
 
 
 def odeint(
@@ -42,7 +53,8 @@ def odeint(
     atol: Tol = 1e-9,
     method: Method = None,
     options: Optional[Mapping[str, Any]] = None,
-) -> torch.Tensor:
+    event_fn: Optional[EventFn] = None,
+) -> Any:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return ``y`` at every time in ``t``.
 
     Same semantics as ``torchdiffeq.odeint``: ``t`` is 1-D and strictly increasing or
@@ -53,8 +65,31 @@ def odeint(
     ``ifactor``, ``dfactor`` for adaptive methods. Raises :class:`~odespec.errors.SolverError`
     when the solve fails. ``y0`` may also be a tuple of tensors (solved as one flat state; the
     result is then a tuple, and ``rtol``/``atol`` may be tuples with one entry per tensor).
+
+    With ``event_fn``, as in torchdiffeq, ``t = [t0, t1]`` and the solve runs from ``t0`` towards
+    ``t1`` (whose value is otherwise ignored) until ``event_fn(t, y)`` crosses zero, and
+    returns ``(event_t, [y0, y(event_t)])``, both with gradients (see
+    :mod:`odespec.solvers.events`).
     """
+    if event_fn is not None:
+        return _until_event(func, y0, t, event_fn, method=method, rtol=rtol, atol=atol, options=options,
+                            gradient="backprop")
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
+
+
+@overload
+def odeint_adjoint(func: Func, y0: torch.Tensor, t: Times, *, rtol: Tol = ..., atol: Tol = ..., method: Method = ...,
+                   options: Optional[Mapping[str, Any]] = ..., adjoint_rtol: Optional[Tol] = ...,
+                   adjoint_atol: Optional[Tol] = ..., adjoint_method: Method = ...,
+                   adjoint_options: Optional[Mapping[str, Any]] = ...,
+                   adjoint_params: Optional[Iterable[torch.Tensor]] = ..., event_fn: None = ...) -> torch.Tensor: ...
+@overload
+def odeint_adjoint(func: Func, y0: torch.Tensor, t: Times, *, rtol: Tol = ..., atol: Tol = ..., method: Method = ...,
+                   options: Optional[Mapping[str, Any]] = ..., adjoint_rtol: Optional[Tol] = ...,
+                   adjoint_atol: Optional[Tol] = ..., adjoint_method: Method = ...,
+                   adjoint_options: Optional[Mapping[str, Any]] = ...,
+                   adjoint_params: Optional[Iterable[torch.Tensor]] = ...,
+                   event_fn: EventFn) -> tuple[torch.Tensor, Any]: ...
 
 
 def odeint_adjoint(
@@ -71,14 +106,15 @@ def odeint_adjoint(
     adjoint_method: Method = None,
     adjoint_options: Optional[Mapping[str, Any]] = None,
     adjoint_params: Optional[Iterable[torch.Tensor]] = None,
-) -> torch.Tensor:
+    event_fn: Optional[EventFn] = None,
+) -> Any:
     """torchdiffeq's ``odeint_adjoint``: :func:`odeint` with gradients by the continuous adjoint.
 
     As in torchdiffeq, ``func`` must be an ``nn.Module`` (whose parameters get gradients) unless
     ``adjoint_params`` names the tensors to differentiate (``()`` for none); the adjoint
     tolerances and method default to the forward ones, and ``adjoint_options`` to ``options``
     when the method is the same. ``adjoint_options={"norm": "seminorm"}`` (torchdiffeq's
-    spelling) is ``solve(..., seminorm=True)``.
+    spelling) is ``solve(..., seminorm=True)``. ``event_fn``: as in :func:`odeint`.
     """
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(
@@ -98,6 +134,9 @@ def odeint_adjoint(
         seminorm = True
     adjoint = Adjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adjoint_options,
                       params=adjoint_params, seminorm=seminorm)
+    if event_fn is not None:
+        return _until_event(func, y0, t, event_fn, method=method, rtol=rtol, atol=atol, options=options,
+                            gradient=adjoint)
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient=adjoint).ys
 
 
@@ -130,7 +169,10 @@ def solve(
     params=...)``, ``Checkpoint(checkpoints=8)``); an unknown name raises
     :class:`~odespec.solvers.config.UnknownGradientMethodError` with a did-you-mean. The backward
     pass's work is readable in ``stats.backward`` after ``.backward()``. Gradients reach the
-    outputs ``ys`` (and, on success, ``y_last``, which is ``ys[-1]``).
+    outputs ``ys`` (and, on success, ``y_last``, which is ``ys[-1]``), and, when ``t`` requires
+    grad, the times: ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` for ``i >= 1`` and ``dL/dt_0 =
+    -<a_0, f(t_0, y0)>`` with ``a_0`` the gradient reaching ``y0`` through the solve, for every
+    gradient method (one more evaluation of ``func`` per output in the backward pass).
     """
     grad = make_gradient(gradient).for_function(func)
     tableau = _resolve_method(method)
@@ -151,11 +193,15 @@ def solve(
         check_tolerance("rtol", rtol, y0)
         check_tolerance("atol", atol, y0)
     backward = BackwardStats()
-    solved = grad.solve(Problem(func, y0, t, times, setup, options), backward)
+    # the integrators see time as floats: the gradient to t is added around the solve
+    timegrad = TimeGradient(func, t, backward) if TimeGradient.wanted(t) else None
+    y0_in = y0 if timegrad is None else timegrad.input(y0)
+    solved = grad.solve(Problem(func, y0_in, t.detach(), times, setup, options), backward)
     outcome = solved.outcome
     if outcome.error is not None and not return_on_failure:
         raise outcome.error
-    return _solution(outcome, solved.ys, tableau, t, solved.nfe, grad.name, backward)
+    ys = solved.ys if timegrad is None else timegrad.output(solved.ys, y0)
+    return _solution(outcome, ys, tableau, t, solved.nfe, grad.name, backward)
 
 
 def _tracer() -> Optional[str]:
@@ -265,3 +311,10 @@ def _resolve_method(method: Method) -> ButcherTableau:
     if isinstance(method, str):
         return get_tableau(method)
     raise TypeError(f"method must be a name or a ButcherTableau, got {type(method).__name__}")
+
+
+def _until_event(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    # imported on use: the events module builds on solve
+    from odespec.solvers.events import solve_until_event
+
+    return solve_until_event(*args, **kwargs)

@@ -218,7 +218,7 @@ def _check_times(times: Any, start: Union[float, torch.Tensor], like: torch.Tens
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``times`` as a ``(batch, K)`` tensor of ``like``'s real dtype and device, K >= 1, and
     ``start`` as ``(batch,)``; finite, each row non-decreasing from its start. Both detached:
-    time is not differentiable (as in ``odeint``), and a ``times`` requiring grad would otherwise
+    per-sample times are not differentiable (unlike ``odeint``'s ``t``), and a ``times`` requiring grad would otherwise
     reach the gradients through the ``d`` of the rescaling alone, differently for each gradient
     method (the adjoint would even take it for a parameter of ``func``)."""
     dtype = like.abs().dtype
