@@ -240,7 +240,8 @@ class _TupleState:
 
     def _split(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         lead = flat.shape[:-1]
-        return tuple(p.reshape(*lead, *s) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes, strict=True))
+        # reshape((...)), not reshape(...): a 0-d part of an unbatched state has no sizes at all
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes, strict=True))
 
     def _tol(self, tol: Any) -> Any:
         if not isinstance(tol, (tuple, list)):

@@ -203,7 +203,7 @@ class _AdjointRun(SolveRun):
         if self.quadrature and (setup.fixed or self.seminorm):
             quad = _ParamQuadrature(setup.tableau, self.params, ys)
         aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
-        f = TimedFunc(aug, p.t.dtype, p.y0.device)
+        f = TimedFunc(aug, p.y0.dtype.to_real(), p.y0.device)
         sizes = [n, n] + ([] if quad is not None else [q.numel() for q in self.params])
         norm = None
         if not setup.fixed:

@@ -55,7 +55,9 @@ class Problem:
 
     def timed(self, func: Optional[Callable] = None) -> TimedFunc:
         """``func`` (default: the problem's) wrapped for the integrators, counting calls."""
-        return TimedFunc(self.func if func is None else func, self.t.dtype, self.y0.device)
+        # func sees t in the state's real dtype, as torchdiffeq's: a float32 state with float64 output
+        # times must not have its derivative promoted to float64
+        return TimedFunc(self.func if func is None else func, self.y0.dtype.to_real(), self.y0.device)
 
 
 @dataclass(frozen=True)
