@@ -96,7 +96,9 @@ def odeint_adjoint(
         norm = adjoint_options.pop("norm")
         if norm != "seminorm":
             raise InvalidOptionError(
-                f"adjoint_options['norm'] must be 'seminorm' (odespec has no custom norms), got {norm!r}",
+                f"adjoint_options['norm'] must be 'seminorm', got {norm!r}: torchdiffeq gives a callable adjoint norm "
+                "the tuple (t, y, adj_y, *adj_params), and odespec's backward state has no channel for t's adjoint; "
+                "leave it out for the default mixed norm (the largest RMS norm of y, adj_y and each parameter's)",
                 key="norm",
             )
         seminorm = True
@@ -264,7 +266,7 @@ class _TupleState:
         """``options`` with a ``norm`` made to take the flat state (it is given the tuple)."""
         if isinstance(options, AdaptiveOptions):
             return options if options.norm is None else dataclasses.replace(options, norm=self._tupled(options.norm))
-        if options is None or not callable(options.get("norm")):
+        if not isinstance(options, Mapping) or not callable(options.get("norm")):
             return options
         return {**options, "norm": self._tupled(options["norm"])}
 
