@@ -295,7 +295,7 @@ class _AdaptiveRun:
             Callbacks.call(callbacks.step, self.t, self.y, h_step)
         jump = t_new in self.jumps
         f = _BeforeJump(self.f, self.t, t_new) if jump else self.f
-        res = self.step(f, self.t, self.y, h_step, self.k1)  # type: ignore[arg-type]
+        res = self.step(f, self.t, self.y, h_step, self.k1)
         ratio, y1_abs = _error_ratio(self.tableau, self.norm, h_step, res, self.y_abs)
         self.outcome.n_steps += 1
         if not math.isfinite(ratio):

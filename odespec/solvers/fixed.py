@@ -59,7 +59,7 @@ def _take_step(step: Stepper, f: TimedFunc, t0: float, y: torch.Tensor, h: float
     callbacks = f.callbacks
     if callbacks is not None:
         Callbacks.call(callbacks.step, t0, y, h)
-    res = step(_Perturbed(f, t0, t0 + h) if perturb else f, t0, y, h, k1)  # type: ignore[arg-type]
+    res = step(_Perturbed(f, t0, t0 + h) if perturb else f, t0, y, h, k1)
     if quad is not None:
         quad.accept(h, res.ks)
     return res
@@ -125,7 +125,7 @@ def _grid(f: TimedFunc, y0: torch.Tensor, times: list[float], opts: FixedStepOpt
     direction = 1.0 if times[-1] > times[0] else -1.0
     t_first, t_last = float(t[0]), float(t[-1])
     ok = (len(values) >= 2 and values[0] == t_first and values[-1] == t_last
-          and all(direction * (b - a) > 0 for a, b in zip(values, values[1:])))
+          and all(direction * (b - a) > 0 for a, b in zip(values, values[1:], strict=False)))
     if not ok:
         raise InvalidOptionError(f"grid_constructor must return a 1-D grid from t[0]={times[0]:g} to t[-1]={times[-1]:g}, "
                                  "strictly monotonic in the direction of t", key="grid_constructor")
@@ -142,7 +142,7 @@ def _integrate_grid(f: TimedFunc, y0: torch.Tensor, times: list[float], tableau:
     step = stepper(tableau, y0, with_error=False)
     fsal = tableau.fsal and not opts.perturb
     y, k1, h, j = y0, None, 0.0, 1
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
         h = t1 - t0
         res = _take_step(step, f, t0, y, h, k1, opts.perturb, quad)
         y1 = res.y_next

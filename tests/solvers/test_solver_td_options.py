@@ -187,9 +187,9 @@ def test_min_step_accepts_steps_at_the_floor():
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
 def test_perturb_keeps_func_off_the_grid_times(method):
     for perturb in (True, False):
-        ts = []
+        ts: list = []
 
-        def f(t, y):
+        def f(t, y, ts=ts):
             ts.append(t.item())
             return -y
 
