@@ -16,12 +16,13 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union, 
 import torch
 
 from odespec.errors import TracedAdaptiveSolveError
+from odespec.solvers.callbacks import CALLBACK_NAMES, warn_unsupported
 from odespec.solvers.checks import check_monotonic, check_state, check_times, check_tolerance
 from odespec.solvers.common import Outcome
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig
 from odespec.solvers.gradient import Adjoint, GradientMethod, Problem, make_gradient
 from odespec.solvers.integrate import make_setup
-from odespec.solvers.options import InvalidOptionError, SolverOptions
+from odespec.solvers.options import AdaptiveOptions, InvalidOptionError, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import get_tableau
@@ -60,9 +61,12 @@ def odeint(
     Same semantics as ``torchdiffeq.odeint``: ``t`` is 1-D and strictly increasing or
     decreasing, the result has shape ``(len(t), *y0.shape)`` and ``result[0] == y0``. ``method``
     is a registered name or a :class:`ButcherTableau` (default ``"dopri5"``). ``options``:
-    ``step_size`` or ``steps`` for fixed steps; ``first_step``, ``min_step``, ``max_step``,
-    ``max_num_steps``, ``controller`` ("pi"/"i"), ``force_output_steps``, ``safety``,
-    ``ifactor``, ``dfactor`` for adaptive methods. Raises :class:`~odespec.errors.SolverError`
+    ``step_size``, ``steps`` or ``grid_constructor`` (with ``interp``), and ``perturb``, for fixed
+    steps; ``first_step``, ``min_step``, ``max_step``, ``max_num_steps``, ``controller``
+    ("pi"/"i"), ``norm``, ``step_t``, ``jump_t``, ``force_output_steps``, ``safety``,
+    ``ifactor``, ``dfactor`` for adaptive methods (each described in
+    :data:`~odespec.solvers.options.SOLVER_OPTIONS`). ``func`` may carry torchdiffeq's solver
+    callbacks (:mod:`odespec.solvers.callbacks`). Raises :class:`~odespec.errors.SolverError`
     when the solve fails. ``y0`` may also be a tuple of tensors (solved as one flat state; the
     result is then a tuple, and ``rtol``/``atol`` may be tuples with one entry per tensor).
 
@@ -128,7 +132,9 @@ def odeint_adjoint(
         norm = adjoint_options.pop("norm")
         if norm != "seminorm":
             raise InvalidOptionError(
-                f"adjoint_options['norm'] must be 'seminorm' (odespec has no custom norms), got {norm!r}",
+                f"adjoint_options['norm'] must be 'seminorm', got {norm!r}: torchdiffeq gives a callable adjoint norm "
+                "the tuple (t, y, adj_y, *adj_params), and odespec's backward state has no channel for t's adjoint; "
+                "leave it out for the default mixed norm (the largest RMS norm of y, adj_y and each parameter's)",
                 key="norm",
             )
         seminorm = True
@@ -179,9 +185,10 @@ def solve(
     if isinstance(y0, (tuple, list)):
         packed = _TupleState(func, y0, rtol, atol)
         sol = solve(packed.func, packed.y0, t, method=tableau, rtol=packed.rtol, atol=packed.atol,
-                    options=options, return_on_failure=return_on_failure, gradient=grad)
+                    options=packed.options(options), return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
     setup = make_setup(tableau, options, rtol, atol)
+    warn_unsupported(func, tableau.name, setup.fixed)
     if not setup.fixed:
         _refuse_tracing(tableau)  # first: the checks below read tensor values, which torch.export cannot
     y0 = check_state(y0)
@@ -282,11 +289,37 @@ class _TupleState:
             out = func(t, self._split(y))
             return torch.cat([o.reshape(-1) for o in out])
 
+        # the solver callbacks see the state as the user does (a tuple); the adjoint's see the
+        # augmented state, as torchdiffeq's do
+        for name in CALLBACK_NAMES:
+            callback = getattr(func, name, None)
+            if callable(callback):
+                setattr(flat_func, name, self._tupled(callback))
+            adjoint_callback = getattr(func, name + "_adjoint", None)
+            if callable(adjoint_callback):
+                setattr(flat_func, name + "_adjoint", adjoint_callback)
         self.func = flat_func
+
+    def _tupled(self, fn: Callable) -> Callable:
+        """``fn`` (a norm, a callback) given the flat state's parts as the tuple of tensors."""
+        def tupled(*args: Any) -> Any:
+            return fn(*args[:-2], self._split(args[-2]), args[-1]) if len(args) == 3 else fn(self._split(args[0]))
+
+        return tupled
+
+    def options(self, options: Union[Mapping[str, Any], SolverOptions, None]) -> Union[Mapping[str, Any],
+                                                                                        SolverOptions, None]:
+        """``options`` with a ``norm`` made to take the flat state (it is given the tuple)."""
+        if isinstance(options, AdaptiveOptions):
+            return options if options.norm is None else dataclasses.replace(options, norm=self._tupled(options.norm))
+        if not isinstance(options, Mapping) or not callable(options.get("norm")):
+            return options
+        return {**options, "norm": self._tupled(options["norm"])}
 
     def _split(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         lead = flat.shape[:-1]
-        return tuple(p.reshape(*lead, *s) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes, strict=True))
+        # reshape((...)), not reshape(...): a 0-d part of an unbatched state has no sizes at all
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes, strict=True))
 
     def _tol(self, tol: Any) -> Any:
         if not isinstance(tol, (tuple, list)):

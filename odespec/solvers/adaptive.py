@@ -18,6 +18,13 @@ estimators as in Hairer's code. The next step's size comes from a step-size cont
 :func:`integrate_adaptive` runs the loop; an :class:`_AdaptiveRun` holds the solve between its
 steps, with one method per decision: may a step be taken, where does it end (clipped onto a
 target), and what follows an accepted, a rejected or a non-finite step.
+
+torchdiffeq's options: ``step_t`` times are targets too (a step that would pass one ends on it);
+a ``jump_t`` time is a target whose step evaluates its end stages one float before the jump,
+after which the next step starts from a fresh evaluation one float after it (the FSAL stage
+would be ``func`` from the wrong side). ``norm`` replaces the error norm. A step no longer
+than ``min_step`` is accepted whatever its error (as torchdiffeq: ``min_step`` is a floor on
+the work, not a failure). The callbacks on ``func`` are called around every attempt.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from typing import NoReturn, Optional
 
 import torch
 
+from odespec.solvers.callbacks import Callbacks, nudge
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc, nonfinite_start, solver_error
 from odespec.solvers.controller import make_controller
-from odespec.solvers.norms import ErrorNorm, Tol
+from odespec.solvers.norms import CallableNorm, ErrorNorm, Tol
 from odespec.solvers.options import AdaptiveOptions
 from odespec.solvers.replay import StepRecorder, step_outputs
 from odespec.solvers.step import StepResult, const_tensor, error_estimates, stepper
@@ -196,7 +204,7 @@ def integrate_adaptive(
     if len(times) == 1:
         return outcome
     if norm is None:
-        norm = ErrorNorm(y0, rtol, atol)
+        norm = ErrorNorm(y0, rtol, atol) if opts.norm is None else CallableNorm(y0, rtol, atol, opts.norm)
     k1 = f(times[0], y0)
     if k1.shape != y0.shape:
         raise ValueError(f"func returned shape {tuple(k1.shape)} for a state of shape {tuple(y0.shape)}")
@@ -209,6 +217,21 @@ def integrate_adaptive(
         return outcome
     run.stop(h)
     return outcome
+
+
+class _BeforeJump:
+    """``f`` for a step ending on a jump of ``func`` at ``t1``: stages at ``t1`` are evaluated
+    one float before it, on the step's side of the discontinuity (torchdiffeq's ``jump_t``)."""
+
+    __slots__ = ("f", "t1", "before", "tol")
+
+    def __init__(self, f: TimedFunc, t0: float, t1: float):
+        self.f, self.t1 = f, t1
+        self.before = nudge(t1, t0, f.dtype)
+        self.tol = 1e-9 * abs(t1 - t0)
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        return self.f(self.before if abs(t - self.t1) <= self.tol else t, y)
 
 
 class _Failed(Exception):
@@ -227,7 +250,7 @@ class _AdaptiveRun:
 
     __slots__ = ("f", "times", "tableau", "opts", "norm", "outcome", "recorder", "quad",
                  "controller", "direction", "step", "t", "y", "y_abs", "k1", "out_idx",
-                 "n_nonfinite", "last_nonfinite")
+                 "n_nonfinite", "last_nonfinite", "stops", "jumps")
 
     def __init__(self, f: TimedFunc, y0: torch.Tensor, k1: torch.Tensor, times: list[float],
                  tableau: ButcherTableau, opts: AdaptiveOptions, norm: ErrorNorm, outcome: Outcome,
@@ -244,6 +267,12 @@ class _AdaptiveRun:
         self.out_idx = 1
         self.n_nonfinite = 0  # consecutive non-finite error estimates
         self.last_nonfinite = False  # the last rejection was for a non-finite estimate
+        # step_t and jump_t strictly inside the span, in the order the solve meets them (popped
+        # from the end as they are passed)
+        d = self.direction
+        inside = [x for x in opts.step_t + opts.jump_t if d * (x - times[0]) > 0.0 and d * (times[-1] - x) > 0.0]
+        self.stops = sorted(inside, key=lambda x: -d * x)
+        self.jumps = frozenset(opts.jump_t)
 
     def first_step(self, k1: torch.Tensor) -> float:
         """The first step's signed size (``k1``: the derivative at the start)."""
@@ -261,16 +290,30 @@ class _AdaptiveRun:
         reaches, or nearly reaches, it) and decide on it."""
         self._check_may_step(h)
         h_step, t_new, clipped = self._aim(h)
-        res = self.step(self.f, self.t, self.y, h_step, self.k1)
+        callbacks = self.f.callbacks
+        if callbacks is not None:
+            Callbacks.call(callbacks.step, self.t, self.y, h_step)
+        jump = t_new in self.jumps
+        f = _BeforeJump(self.f, self.t, t_new) if jump else self.f
+        res = self.step(f, self.t, self.y, h_step, self.k1)
         ratio, y1_abs = _error_ratio(self.tableau, self.norm, h_step, res, self.y_abs)
         self.outcome.n_steps += 1
         if not math.isfinite(ratio):
             return self._nonfinite(h_step, res.ks[0])
         self.n_nonfinite = 0
         controller = self.controller
-        if controller.accepts(ratio):
+        if controller.accepts(ratio) or abs(h_step) <= self.opts.min_step:
+            if callbacks is not None:
+                Callbacks.call(callbacks.accept, self.t, self.y, h_step)
             self._accept(h_step, t_new, res, y1_abs)
+            if self.stops and t_new == self.stops[-1]:
+                self.stops.pop()
+                if jump:
+                    # past a discontinuity: the next step starts from func on its far side
+                    self.k1 = self.f(nudge(t_new, t_new + self.direction, self.f.dtype), self.y)
             return self.direction * controller.accepted(ratio, abs(h_step), abs(h), clipped)
+        if callbacks is not None:
+            Callbacks.call(callbacks.reject, self.t, self.y, h_step)
         self.outcome.n_rejected += 1
         self.last_nonfinite = False
         h_next = controller.rejected(ratio, abs(h_step))
@@ -297,6 +340,8 @@ class _AdaptiveRun:
         when ``h`` would reach it or stop within ``_STRETCH`` of it."""
         t = self.t
         target = self.times[self.out_idx] if self.opts.force_output_steps else self.times[-1]
+        if self.stops and self.direction * (self.stops[-1] - target) < 0.0:
+            target = self.stops[-1]  # a step_t or jump_t before the target
         remaining = target - t
         if self.direction * (t + _STRETCH * h - target) >= 0.0 and abs(remaining) <= self.opts.max_step:
             return remaining, target, True

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Protocol, Sequence, Union, cast
 import torch
 
 from odespec.errors import SolverError
+from odespec.solvers.callbacks import Callbacks
 
 __all__ = ["TimedFunc", "Outcome", "Quadrature", "solver_error", "nonfinite_start"]
 
@@ -26,12 +27,15 @@ class Quadrature(Protocol):
 class TimedFunc:
     """Wraps the user's ``func(t, y)``: the integrators keep time as Python floats (exact
     bookkeeping, no device syncs), the user's function gets a 0-d tensor ``t`` as in
-    torchdiffeq. Also counts evaluations."""
+    torchdiffeq. Also counts evaluations, and carries the solver callbacks found on the user's
+    function (``callbacks``, ``None`` when it has none; see :mod:`odespec.solvers.callbacks`)."""
 
-    __slots__ = ("func", "dtype", "device", "nfe", "_t_float", "_t_tensor")
+    __slots__ = ("func", "dtype", "device", "nfe", "callbacks", "_t_float", "_t_tensor")
 
-    def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device):
+    def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device,
+                 callbacks: Optional[Callbacks] = None):
         self.func = func
+        self.callbacks = callbacks
         self.dtype = dtype
         self.device = device
         self.nfe = 0

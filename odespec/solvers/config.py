@@ -26,6 +26,7 @@ from odespec.solvers.options import (
     ADAPTIVE_KEYS,
     FIXED_STEP_KEYS,
     SOLVER_OPTIONS,
+    STEP_COUNT_KEYS,
     TOLERANCE_KEYS,
     AdaptiveOptions,
     FixedStepOptions,
@@ -94,7 +95,7 @@ class SolverConfig:
     controller: str = _default("controller")
 
     def __post_init__(self) -> None:
-        problems = _combination_problems(self.method, {k: getattr(self, k) for k in FIXED_STEP_KEYS
+        problems = _combination_problems(self.method, {k: getattr(self, k) for k in STEP_COUNT_KEYS
                                                        if getattr(self, k) is not None})
         if problems:
             p = problems[0]
@@ -156,7 +157,7 @@ class SolverConfig:
     def summary(self) -> dict[str, Any]:
         """Method and the options that decide the steps: tolerances (adaptive) or
         ``steps``/``step_size`` (fixed); the form reports and metadata use."""
-        keys = ("rtol", "atol") if self.adaptive else FIXED_STEP_KEYS[::-1]
+        keys = ("rtol", "atol") if self.adaptive else STEP_COUNT_KEYS[::-1]
         return {"method": self.method, **{k: getattr(self, k) for k in keys}}
 
     @staticmethod

@@ -10,13 +10,13 @@ altogether.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from odespec.solvers.step import const_tensor
 
-__all__ = ["ErrorNorm", "MixedNorm", "Tol"]
+__all__ = ["ErrorNorm", "MixedNorm", "CallableNorm", "Tol"]
 
 Tol = Union[float, torch.Tensor]
 
@@ -115,3 +115,28 @@ def _head(tol: Tol, end: int) -> Tol:
     if isinstance(tol, torch.Tensor) and tol.ndim > 0:
         return tol.reshape(-1)[:end]
     return tol
+
+
+class CallableNorm(ErrorNorm):
+    """A norm the caller gives (torchdiffeq's ``norm`` option): ``norm(x / scale)`` with the
+    scaled estimate shaped as the state. Being a norm, it is taken to be homogeneous: some
+    estimates reach it without their factor ``|h|``, which multiplies its value instead."""
+
+    def __init__(self, y0: torch.Tensor, rtol: Tol, atol: Tol, norm: Callable[[Any], Any]):
+        super().__init__(y0, rtol, atol)
+        self.norm = norm
+        self.shape = y0.shape
+        self.inv_sqrt_n = 1.0  # the callable's value is the norm itself
+
+    def _apply(self, q: torch.Tensor) -> torch.Tensor:
+        value = self.norm(q.reshape(self.shape))
+        return torch.as_tensor(value, dtype=q.dtype.to_real(), device=q.device).reshape(())
+
+    def rms(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self._apply(x / scale)
+
+    def rows(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._apply(row / scale.reshape(-1)) for row in x])
+
+    def channels(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.rms(x, scale).reshape(1)

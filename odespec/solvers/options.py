@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 from odespec.errors import OdespecError
 from odespec.solvers.controller import CONTROLLER_NAMES
@@ -23,6 +23,7 @@ __all__ = [
     "FixedStepOptions",
     "AdaptiveOptions",
     "FIXED_STEP_KEYS",
+    "STEP_COUNT_KEYS",
     "ADAPTIVE_KEYS",
     "TOLERANCE_KEYS",
     "DEFAULT_MAX_NUM_STEPS",
@@ -56,7 +57,9 @@ class OptionSpec:
     """One option of a solve or of a gradient method.
 
     ``schema``: its JSON-Schema fragment (type and bounds; the description and default are
-    added from the fields here); ``kind``: ``fixed`` or ``adaptive`` for solver options (the
+    added from the fields here); an option only the Python API takes (``in_spec=False``) may
+    instead name a Python value kind, ``{"x-python": "callable"}`` or ``{"x-python": "times"}``
+    (a 1-D tensor or sequence of times), which no spec can hold; ``kind``: ``fixed`` or ``adaptive`` for solver options (the
     methods it applies to), ``tolerance`` for rtol/atol (adaptive methods; ``odeint`` takes
     them as arguments, not options), or the gradient method's name; ``in_spec``: whether the
     spec language exposes it (the rest are ``odeint``'s fine controls).
@@ -90,6 +93,15 @@ SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
                "into the fewest equal steps no larger (alternative to steps).", kind="fixed"),
     OptionSpec("steps", {"type": "integer", "minimum": 1}, "Fixed-step methods: number of equal steps per "
                "output interval (over the whole span when t is [t0, t1]).", kind="fixed", budget=MAX_STEPS),
+    OptionSpec("grid_constructor", {"x-python": "callable"}, "Fixed-step methods: grid_constructor(func, y0, t) "
+               "returns the 1-D tensor of step times, from t[0] to t[-1] (instead of steps/step_size); outputs "
+               "inside a step are interpolated (interp).", kind="fixed", in_spec=False),
+    OptionSpec("interp", {"enum": ["linear", "cubic"]}, "Fixed-step methods with a grid_constructor: how an "
+               "output inside a step is interpolated (cubic: Hermite, one more evaluation of func).", "linear",
+               kind="fixed", in_spec=False),
+    OptionSpec("perturb", {"type": "boolean"}, "Fixed-step methods: evaluate func one float just inside each "
+               "step at its ends, so a discontinuity at a grid point is seen from the step's own side.", False,
+               kind="fixed", in_spec=False),
     OptionSpec("rtol", _TOL, "Adaptive methods: relative tolerance.", 1e-7, kind="tolerance"),
     OptionSpec("atol", _TOL, "Adaptive methods: absolute tolerance.", 1e-9, kind="tolerance"),
     OptionSpec("first_step", _POSITIVE, "Adaptive methods: initial step size (default: chosen automatically)."),
@@ -102,6 +114,14 @@ SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("controller", {"enum": list(CONTROLLERS)}, "Adaptive methods: step-size controller; pi "
                "(proportional-integral, smoother step sequences) or i (the plain controller torchdiffeq uses; "
                "often fewer steps).", "pi"),
+    OptionSpec("norm", {"x-python": "callable"}, "Adaptive methods: the error norm, a callable taking the "
+               "error estimate divided by atol + rtol * |y| (shaped as the state; a tuple for a tuple state) "
+               "and returning a number; default Hairer's RMS norm over all elements.", in_spec=False),
+    OptionSpec("step_t", {"x-python": "times"}, "Adaptive methods: times every solve steps onto (the step "
+               "ending there is shortened; the integration carries on).", in_spec=False),
+    OptionSpec("jump_t", {"x-python": "times"}, "Adaptive methods: times where func is discontinuous: a step "
+               "ends on each, its last stages see func from before the jump, and the next step starts from a "
+               "fresh evaluation of func just after it.", in_spec=False),
     OptionSpec("force_output_steps", {"type": "boolean"}, "Adaptive methods: end a step at every output time "
                "instead of interpolating.", False, in_spec=False),
     OptionSpec("safety", {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
@@ -114,6 +134,8 @@ SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
 _BY_KEY = {o.key: o for o in SOLVER_OPTIONS}
 
 FIXED_STEP_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "fixed")
+#: the options that set a fixed-step solve's step count (mutually exclusive; specs need one)
+STEP_COUNT_KEYS = ("step_size", "steps")
 ADAPTIVE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "adaptive")
 TOLERANCE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "tolerance")
 
@@ -124,11 +146,16 @@ class FixedStepOptions:
 
     ``step_size``: the largest step allowed (the interval is divided into the fewest equal steps
     not larger than it); ``steps``: the number of steps per output interval. Neither: one step
-    per output interval.
+    per output interval. ``grid_constructor`` (torchdiffeq's): the step times come from
+    ``grid_constructor(func, y0, t)``, outputs inside a step by ``interp``. ``perturb``: see
+    :data:`SOLVER_OPTIONS`.
     """
 
     step_size: Optional[float] = None
     steps: Optional[int] = None
+    grid_constructor: Optional[Callable[..., Any]] = None
+    interp: str = _BY_KEY["interp"].default
+    perturb: bool = _BY_KEY["perturb"].default
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,11 @@ class AdaptiveOptions:
     max_step: float = math.inf  # the table's None: no limit
     max_num_steps: int = _BY_KEY["max_num_steps"].default
     controller: str = _BY_KEY["controller"].default
+    #: a callable error norm (None: Hairer's RMS norm)
+    norm: Optional[Callable[..., Any]] = None
+    #: sorted, as Python floats
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
     force_output_steps: bool = _BY_KEY["force_output_steps"].default
     safety: float = _BY_KEY["safety"].default
     ifactor: float = _BY_KEY["ifactor"].default
@@ -168,6 +200,8 @@ def check_option_value(opt: OptionSpec, value: Any) -> Any:
     """``value`` checked against ``opt``'s schema fragment (type, bounds, enum); numbers are
     returned as floats (integers as ints). :class:`InvalidOptionError` names the option."""
     s = opt.schema
+    if "x-python" in s:
+        return _python_value(opt, value)
     if "enum" in s:
         if value not in s["enum"]:
             raise InvalidOptionError(f"option {opt.key!r} must be one of {tuple(s['enum'])}, got {value!r}",
@@ -190,6 +224,25 @@ def check_option_value(opt: OptionSpec, value: Any) -> Any:
         raise InvalidOptionError(f"option {opt.key!r} must be {_bounds_text(s) or 'finite'}, got {value!r}",
                                  key=opt.key)
     return v
+
+
+def _python_value(opt: OptionSpec, value: Any) -> Any:
+    """An option of the Python API only: a callable, or times (a 1-D tensor or a sequence of
+    numbers, returned as sorted Python floats)."""
+    if opt.schema["x-python"] == "callable":
+        if not callable(value):
+            raise InvalidOptionError(f"option {opt.key!r} must be a callable, got {value!r}", key=opt.key)
+        return value
+    tolist = getattr(value, "tolist", None)
+    raw = tolist() if tolist is not None else value
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    ok = isinstance(raw, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                and math.isfinite(x) for x in raw)
+    if not ok:
+        raise InvalidOptionError(f"option {opt.key!r} must be a 1-D tensor or a sequence of finite times, "
+                                 f"got {value!r}", key=opt.key)
+    return tuple(sorted(float(x) for x in raw))
 
 
 def _unknown(key: Any, tableau: ButcherTableau, allowed: tuple[str, ...]) -> InvalidOptionError:
@@ -221,8 +274,11 @@ def parse_options(tableau: ButcherTableau, options: OptionsArg) -> SolverOptions
     for key in given:
         if key not in allowed:
             raise _unknown(key, tableau, allowed)
-    if all(k in given for k in FIXED_STEP_KEYS):
+    if all(k in given for k in STEP_COUNT_KEYS):
         raise InvalidOptionError("options 'step_size' and 'steps' are mutually exclusive", key="steps")
+    if "grid_constructor" in given and any(k in given for k in STEP_COUNT_KEYS):
+        raise InvalidOptionError("option 'grid_constructor' sets the steps itself: give it without "
+                                 "'steps'/'step_size'", key="grid_constructor")
     values = {k: check_option_value(_BY_KEY[k], v) for k, v in given.items()}
     if not tableau.adaptive:
         return FixedStepOptions(**values)
@@ -230,6 +286,10 @@ def parse_options(tableau: ButcherTableau, options: OptionsArg) -> SolverOptions
     if opts.min_step > opts.max_step:
         raise InvalidOptionError(f"min_step ({opts.min_step}) is larger than max_step ({opts.max_step})",
                                  key="min_step")
+    shared = set(opts.step_t) & set(opts.jump_t)
+    if shared:
+        raise InvalidOptionError(f"step_t and jump_t share the time(s) {sorted(shared)}: a time is either a "
+                                 "step boundary or a jump", key="jump_t")
     return opts
 
 

@@ -327,6 +327,10 @@ def _eager_rk_step(
         (acc if first is None else acc[first:]).addcmul_(col, k, value=h)
     for c, src, push in plan.schedule:
         k = func(t + c * h, rows[src])
+        if k._base is acc:
+            # func returned its input (or a view of it), a row of the buffer that the push below
+            # writes into: copy it out first
+            k = k.clone()
         ks.append(k)
         if push is not None:
             col, first = push

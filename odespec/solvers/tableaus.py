@@ -53,6 +53,11 @@ HEUN = ButcherTableau(
     name="heun", order=2, a=((), (1,)), b=(Fr(1, 2), Fr(1, 2)), c=(0, 1), aliases=("heun2",)
 )
 
+# Heun's third-order method (Heun 1900; torchdiffeq's "heun3"): three stages at 0, 1/3, 2/3
+HEUN3 = ButcherTableau(
+    name="heun3", order=3, a=((), (Fr(1, 3),), (0, Fr(2, 3))), b=(Fr(1, 4), 0, Fr(3, 4)), c=(0, Fr(1, 3), Fr(2, 3))
+)
+
 # Heun-Euler 2(1): Heun's method with Euler's as the embedded estimate (torchdiffeq's
 # "adaptive_heun")
 ADAPTIVE_HEUN = ButcherTableau(
@@ -515,6 +520,6 @@ def is_adaptive(name: str) -> bool:
     return get_tableau(name).adaptive
 
 
-for _t in (EULER, MIDPOINT, HEUN, RALSTON, RK4, RK4_38, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8):
+for _t in (EULER, MIDPOINT, HEUN, HEUN3, RALSTON, RK4, RK4_38, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8):
     register_tableau(_t)
 del _t

@@ -25,6 +25,7 @@ BUILTINS = {
     "euler": (1, False, False, 1),
     "midpoint": (2, False, False, 2),
     "heun": (2, False, False, 2),
+    "heun3": (3, False, False, 3),
     "ralston": (2, False, False, 2),
     "rk4": (4, False, False, 4),
     "rk4_38": (4, False, False, 4),

@@ -28,6 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from odespec.errors import SolverError
+from odespec.solvers.callbacks import Callbacks
 from odespec.solvers.checks import check_tolerance
 from odespec.solvers.common import TimedFunc
 from odespec.solvers.config import ADJOINT
@@ -172,6 +173,8 @@ class _ParamQuadrature:
         self.g = [torch.zeros(q.shape, dtype=like.dtype, device=like.device) for q in params]
 
     def accept(self, h: float, ks: Sequence[torch.Tensor]) -> None:
+        if not self.g:
+            return  # no parameters (adjoint_params=()): torch's foreach ops refuse empty lists
         for j, b in self.b_terms:
             torch._foreach_add_(self.g, getattr(ks[j], _QUAD), alpha=h * b)
 
@@ -203,7 +206,7 @@ class _AdjointRun(SolveRun):
         if self.quadrature and (setup.fixed or self.seminorm):
             quad = _ParamQuadrature(setup.tableau, self.params, ys)
         aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
-        f = TimedFunc(aug, p.t.dtype, p.y0.device)
+        f = TimedFunc(aug, p.y0.dtype.to_real(), p.y0.device, Callbacks.of(p.func, "_adjoint"))
         sizes = [n, n] + ([] if quad is not None else [q.numel() for q in self.params])
         norm = None
         if not setup.fixed:

@@ -11,6 +11,7 @@ from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import torch
 
+from odespec.solvers.callbacks import Callbacks
 from odespec.solvers.common import Outcome, TimedFunc
 from odespec.solvers.integrate import Setup
 from odespec.solvers.options import OptionsArg
@@ -54,8 +55,12 @@ class Problem:
     options: OptionsArg
 
     def timed(self, func: Optional[Callable] = None) -> TimedFunc:
-        """``func`` (default: the problem's) wrapped for the integrators, counting calls."""
-        return TimedFunc(self.func if func is None else func, self.t.dtype, self.y0.device)
+        """``func`` (default: the problem's) wrapped for the integrators, counting calls, with
+        the callbacks the problem's ``func`` carries."""
+        # func sees t in the state's real dtype, as torchdiffeq's: a float32 state with float64 output
+        # times must not have its derivative promoted to float64
+        return TimedFunc(self.func if func is None else func, self.y0.dtype.to_real(), self.y0.device,
+                         Callbacks.of(self.func))
 
 
 @dataclass(frozen=True)
