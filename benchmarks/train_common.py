@@ -78,8 +78,9 @@ def model_and_batches(spec_path: Path) -> tuple[Any, Any, Any]:
     ts = spec.train
     model = compile_spec(spec)
     apply_init(model, ts.init, spec.seed)
-    loaded = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=spec_path.parent,
-                                              need=Need(spec.input_shape, spec.output_shape, False))
+    labels = ts.loss.kind == "cross_entropy"
+    need = Need.of(spec.input_shape, spec.output_shape, labels, spec.series, spec.model)  # as the loop does
+    loaded = sources.get(ts.data.source).load(ts.data.options, seed=ts.seed, base_dir=spec_path.parent, need=need)
     batches = Batches(loaded, ts.batch_size, seed=ts.seed, device=torch.device("cpu"), dtype=torch.float32,
-                      labels=ts.loss.kind == "cross_entropy")
+                      labels=labels)
     return spec, model, batches

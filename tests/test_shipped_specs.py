@@ -11,6 +11,7 @@ from torch import nn
 
 import odespec
 from odespec.compile import count_parameters
+from odespec.spec.model import OdeBlockSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -30,12 +31,15 @@ EXPECTED = {
     "circles-rknet": (1_224, (2,)),
     "circles-resnet": (4_878, (2,)),
     "irregular-latent-ode": (3_314, (30, 2)),
+    "irregular-latent-ode-extrap": (3_314, (30, 2)),
+    "irregular-rnn-decoder": (3_344, (30, 2)),
+    "irregular-gru-dt": (3_248, (30, 2)),
 }
 
 
 def series_inputs(spec, batch: int) -> dict:
     """Random inputs beside ``input`` for a spec that reads series: sorted times from 0, a mask
-    with missing values, sorted query times."""
+    with missing values, sorted query times from the query ODE block's start (0 without one)."""
     s = spec.series
     if s is None:
         return {}
@@ -46,7 +50,8 @@ def series_inputs(spec, batch: int) -> dict:
     if s.mask:
         out["mask"] = (torch.rand(batch, *spec.input_shape) > 0.3).float()
     if s.query is not None:
-        out["query_times"] = torch.sort(torch.rand(batch, s.query) * 5, dim=1).values
+        start = next((it.start for it in spec.model if isinstance(it, OdeBlockSpec) and it.query), 0.0)
+        out["query_times"] = start + torch.sort(torch.rand(batch, s.query) * 5, dim=1).values
     return out
 
 
