@@ -86,7 +86,8 @@ def _deployment_lines(dep: Optional[dict[str, Any]]) -> list[str]:
         return []
     if dep.get("skipped"):
         return [f"deployment: error against the training solver not measured: {dep['skipped']}"]
-    return [f"deployment: onnxruntime vs training solver ({'; '.join(dep['reference'])}): max abs error "
+    solvers = "; ".join(dep["reference"]) or "no ODE solves: the same function"
+    return [f"deployment: onnxruntime vs training solver ({solvers}): max abs error "
             f"{_fmt_err(dep['max_abs_error'])}, relative {_fmt_err(dep['max_scaled_error'])} "
             f"(of the output's largest magnitude) on {dep['inputs']}"]
 

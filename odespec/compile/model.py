@@ -84,8 +84,14 @@ class ODENet(nn.Sequential):
 
     @property
     def nfe_forward(self) -> int:
-        """Function evaluations of the last forward pass, over all ODE blocks."""
-        return sum(b.nfe_forward for b in self.ode_blocks)
+        """Function evaluations of the last forward pass, over all ODE blocks and ODE-RNN encoders."""
+        return sum(m.nfe_forward for m in self.solved)
+
+    @property
+    def solved(self) -> list[nn.Module]:
+        """The modules that solve ODEs: the ODE blocks and the layers with an ODE inside (the
+        ODE-RNN encoder), each reporting ``nfe_forward`` and counting on its ``dynamics.nfe``."""
+        return [m for m in self if isinstance(m, BlockBase) or getattr(m, "nfe_forward", None) is not None]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from odespec.errors import RunError
 
@@ -36,12 +36,19 @@ def load_onnx(path: Union[str, "os.PathLike[str]"]) -> Any:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends for non-ONNX bytes
-        raise RunError(f"{p}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from e
+        raise RunError(f"{p}: not an ONNX model ({type(e).__name__}: {_first_line(e)})", _spec_hint(p)) from e
     # Protobuf decodes many arbitrary byte strings (an empty file, some text) without error;
     # a real model has an IR version and a graph.
     if model.ir_version == 0 or not model.HasField("graph"):
-        raise RunError(f"{p}: not an ONNX model (no IR version or graph)")
+        raise RunError(f"{p}: not an ONNX model (no IR version or graph)", _spec_hint(p))
     return model
+
+
+def _spec_hint(path: Path) -> Optional[str]:
+    """For a spec given where an ONNX file belongs: the commands that take a spec."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return "this looks like a spec: odespec validate checks it, odespec build makes the ONNX file to inspect"
+    return None
 
 
 def _first_line(e: BaseException) -> str:

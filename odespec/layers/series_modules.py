@@ -118,6 +118,8 @@ class ODERNN(nn.Module):
         self._tableau = solver.tableau
         self._options = solver.integration_options()
         self._gradient = gradient.for_solver(solver).make()
+        #: function evaluations of the last forward pass (all gaps), as an ODE block reports them
+        self.nfe_forward = 0
 
     def with_solver(self, solver: SolverConfig, gradient: Optional[GradientConfig] = None) -> "ODERNN":
         """This encoder solved with ``solver`` (and ``gradient``, else its own): a new module that
@@ -158,6 +160,7 @@ class ODERNN(nn.Module):
     def forward(self, x: torch.Tensor, series: Series) -> torch.Tensor:
         times = _need(series, "times", "ode_rnn").to(x.dtype)
         mask = _need(series, "mask", "ode_rnn") if self.use_mask else None
+        before = self.dynamics.nfe
         steps = x.shape[1]
         h = x.new_zeros((x.shape[0], self.hidden))
         start = torch.full_like(times[:, 0], self.start)
@@ -171,6 +174,7 @@ class ODERNN(nn.Module):
             prev = times[:, k]
         if self.reverse:
             h = self._evolve(h, prev, start)
+        self.nfe_forward = self.dynamics.nfe - before
         return torch.stack(outs, dim=1) if self.sequence else h
 
     def extra_repr(self) -> str:

@@ -326,7 +326,7 @@ class _Trainer:
     # -- one iteration ------------------------------------------------------------------------------------
     def _nfe_count(self) -> int:
         """Evaluations of every solved block's dynamics so far (the NFE of a failed forward)."""
-        return sum(getattr(b.dynamics, "nfe", 0) for b in self.model.ode_blocks)
+        return sum(getattr(m.dynamics, "nfe", 0) for m in self.model.solved)
 
     def _forward(self, batch: Batch) -> tuple[Optional[ModelOutput], int, bool]:
         """(output, forward NFE, whether the NFE budget was exceeded). A solve stopped by the

@@ -79,7 +79,7 @@ def test_a_full_series_spec_validates_compiles_and_counts_its_parameters():
     assert block.nfe() == Q * 3 * 4 and block.count_steps() == Q * 3
     y = call(model, random_inputs(4))
     assert y.shape == (4, Q, 2) and torch.isfinite(y).all()
-    assert model.nfe_forward == block.nfe()
+    assert model.ode_blocks[0].nfe_forward == block.nfe()  # the model adds its encoder's (below)
 
 
 def test_output_final_is_the_state_at_the_last_query_time():
@@ -315,3 +315,14 @@ def test_the_training_solve_hook_works_on_a_query_block():
     assert y.shape == (3, Q, 2) and loss is not None and loss.item() > 0
     assert set(metrics) == {"reg_kinetic", "reg_jacobian"}
     (y.sum() + loss).backward()
+
+
+def test_the_forward_nfe_counts_the_ode_rnn_encoder_and_the_query_block():
+    # ode_rnn (default rk4 x 1 per gap), reversed: T gaps (the first from the last time to itself)
+    # and one more back to start, 4 evaluations each; the query block: Q intervals x 3 rk4 steps
+    model = build(series_spec())
+    call(model, random_inputs(3))
+    encoder, block = model[0], model.ode_blocks[0]
+    assert encoder.nfe_forward == 4 * (T + 1)
+    assert block.nfe_forward == 4 * 3 * Q
+    assert model.nfe_forward == 4 * (T + 1) + 4 * 3 * Q

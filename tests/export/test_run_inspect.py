@@ -246,6 +246,14 @@ def test_inspect_non_onnx_files_exit_1(tmp_path: Path):
     assert r.exit_code == 1 and "no such file" in r.stderr
 
 
+def test_inspect_of_a_spec_points_at_the_commands_that_take_one(tmp_path: Path):
+    spec = tmp_path / "model.yaml"
+    spec.write_text("odespec: 1\nname: m\ninput: {shape: [2]}\nmodel: [linear: 2]\n")
+    r = invoke("inspect", spec)
+    assert r.exit_code == 1 and "not an ONNX model" in r.stderr
+    assert "odespec validate" in r.stderr and "odespec build" in r.stderr
+
+
 def test_format_shape():
     assert format_shape(["batch", 2]) == "(batch, 2)"
     assert format_shape([3]) == "(3,)"
