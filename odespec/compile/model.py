@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, cast
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class ODENet(nn.Sequential):
     @property
     def nfe_forward(self) -> int:
         """Function evaluations of the last forward pass, over all ODE blocks and ODE-RNN encoders."""
-        return sum(m.nfe_forward for m in self.solved)
+        return sum(cast(int, m.nfe_forward) for m in self.solved)
 
     @property
     def solved(self) -> list[nn.Module]:
