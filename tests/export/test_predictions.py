@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import odespec
+from odespec.api import build_all
 from odespec.errors import ExportError, SpecError
 from odespec.export import calibrate as cal
 from odespec.export.metrics import Match, agreement, model_outputs, reference_outputs
@@ -35,7 +36,7 @@ def _spec(block: str, export: str = "", *, classifier: bool = True, out: int = 2
         f"  - linear: {out}\n{export}\n" + (train if classifier else ""))
 
 
-def _stiff(spec) -> odespec.api.ODENet:
+def _stiff(spec) -> "odespec.api.ODENet":
     """The spec's model with its dynamics' weights tripled: the step count then matters."""
     model = odespec.build(spec)
     with torch.no_grad():
@@ -114,7 +115,7 @@ def test_the_warning_is_printed_last_by_build(tmp_path: Path):
                          "train:\n  data: {circles: {count: 100}}\n  loss: cross_entropy\n  iterations: 1\n")
     weights = _stiff(parse_spec(spec_file.read_text())).state_dict()
     torch.save(weights, tmp_path / "w.pt")
-    res = odespec.api.build_all(spec_file, tmp_path / "out", weights=tmp_path / "w.pt")
+    res = build_all(spec_file, tmp_path / "out", weights=tmp_path / "w.pt")
     assert res.report["warnings"] and list(res.report)[-1] == "warnings"
     text = render_build(res.report, res.export.path, res.report_path).splitlines()
     assert text[-2].startswith("warning: ") and text[-1].startswith("  fix: ")
