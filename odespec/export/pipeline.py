@@ -186,7 +186,9 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     warnings = deployment_warnings(spec, settings.method, settings.steps, deployment, calibrated=auto)
     if options.strict and warnings:
         raise ExportError(f"{warnings[0]['warning']} (--strict: nothing written)", warnings[0]["fix"])
-    add_metadata(onnx_model, export_metadata(calibration, deployment))
+    # method and steps are the spec's default from its fixed-step training solver (not overridden)
+    from_training = spec.export.from_training and options.method is None and options.steps is None
+    add_metadata(onnx_model, export_metadata(calibration, deployment, from_training=from_training))
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
@@ -196,7 +198,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
-        from_training=spec.export.from_training and options.method is None and options.steps is None,
+        from_training=from_training,
     )
 
 
@@ -287,10 +289,12 @@ def _deployment(sess: Any, model: ODENet, inputs: InputSet, settings: "ExportSet
         return deployment_skipped(model, inputs, e)
 
 
-def export_metadata(calibration: Optional[Calibration], deployment: Optional[DeploymentError]) -> dict[str, str]:
-    """The ONNX metadata entries the checks add: where the step count came from, the
-    calibration's choice and the deployment error."""
-    meta = {"export_steps_source": "calibrated" if calibration else "given"}
+def export_metadata(calibration: Optional[Calibration], deployment: Optional[DeploymentError], *,
+                    from_training: bool = False) -> dict[str, str]:
+    """The ONNX metadata entries the checks add: where the step count came from (calibrated,
+    the spec's fixed-step training solver, or given), the calibration's choice and the
+    deployment error."""
+    meta = {"export_steps_source": "calibrated" if calibration else "training" if from_training else "given"}
     if calibration is not None:
         agreement = calibration.match is not None and calibration.match.kind == "agreement"
         meta["calibration"] = json.dumps({

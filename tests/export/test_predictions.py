@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -142,6 +143,8 @@ def test_fixed_step_training_is_the_export_default_when_the_spec_writes_no_metho
     assert (spec.export.method, spec.export.steps, spec.export.from_training) == ("midpoint", 3, True)
     r = export_model(_stiff(spec), tmp_path / "m.onnx", FAST)
     assert (r.method, r.steps, r.to_dict()["steps_source"]) == ("midpoint", 3, "training")
+    meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
+    assert meta["export_steps_source"] == "training"
     assert r.warnings == [] and r.deployment_error is not None and r.deployment_error["max_scaled_error"] < 1e-5
     # an override is "given"; a written method or steps, or an adaptive block, keeps the old default
     assert export_model(_stiff(spec), tmp_path / "o.onnx",
@@ -221,3 +224,20 @@ def test_export_options_refuse_two_criteria_or_a_criterion_with_a_step_count():
     with pytest.raises(ExportError, match="match_agreement is for steps='auto'"):
         ExportOptions(steps=4, match_agreement=0.99)
     assert ExportOptions(match_agreement=0.99).calibrates(_spec(DOPRI))
+
+
+def test_a_series_model_trained_fixed_step_without_export_section_exports_as_trained():
+    """The newcomer's case: a latent ODE trained with rk4 steps: 2 and no export section was
+    exported at rk4 x 8 (relative deployment error 1.5e-2); it now defaults to rk4 x 2."""
+    spec = parse_spec("""
+odespec: 1
+name: series
+input: {shape: [6, 2], times: true, mask: true, query: 5}
+model:
+  - ode_rnn: {hidden: 6}
+  - linear: 4
+  - ode: {t: query, output: trajectory, dynamics: {layers: [{linear: 8}, tanh, {linear: 4}]},
+          solver: {method: rk4, steps: 2}}
+  - linear: 2
+""")
+    assert (spec.export.method, spec.export.steps, spec.export.from_training) == ("rk4", 2, True)
