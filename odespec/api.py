@@ -128,13 +128,15 @@ def build_all(
     weights: Union[str, "os.PathLike[str]", None] = None,
     calibration_data: Union[str, "os.PathLike[str]", None] = None,
     options: Optional[ExportOptions] = None,
+    triton_repo: Union[str, "os.PathLike[str]", None] = None,
 ) -> BuildResult:
     """The whole chain: validate, compile, (load ``weights``), export, check parity, measure
     the deployment error, write ``NAME.onnx`` and ``NAME.build.json`` into ``out_dir``.
     ``weights`` as in :func:`load_weights`. The export follows ``options``; ``method``,
     ``steps``, ``loop``, ``match_tol`` and ``calibration_data`` are shorthands for those fields
     of :class:`~odespec.export.pipeline.ExportOptions` (as in :func:`export_onnx`), for use
-    without ``options``."""
+    without ``options``. ``triton_repo``: also write a Triton Inference Server model repository
+    there (:func:`odespec.export.triton.write_triton_repository`)."""
     import json
 
     from odespec.fileio import atomic_write_text
@@ -151,6 +153,11 @@ def build_all(
     shorthands = {"method": method, "steps": steps, "loop": loop, "match_tol": match_tol,
                   "calibration_data": calibration_data}
     result = export_model(model, out / spec.export.file, _export_options(options, shorthands))
+    triton = None
+    if triton_repo is not None:
+        from odespec.export.triton import write_triton_repository
+
+        triton = write_triton_repository(triton_repo, spec.name, result.path.read_bytes())
     report: dict[str, Any] = {
         "odespec_version": odespec.__version__,
         "spec": {"file": os.path.basename(str(spec_path)), "name": spec.name, "sha256": spec.source_sha256},
@@ -165,6 +172,10 @@ def build_all(
     }
     if result.calibration is not None:
         report["timings_seconds"]["calibration"] = result.calibration["seconds"]
+    if triton is not None:
+        report["triton"] = triton
+    # last: a large deployment error's cause and fix (odespec.export.verdict)
+    report["warnings"] = result.warnings
     report_path = atomic_write_text(out / f"{spec.name}.build.json", json.dumps(report, indent=2) + "\n")
     return BuildResult(spec=spec, model=model, export=result, report_path=report_path, report=report)
 

@@ -172,20 +172,36 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                                                             "steps (default: the spec's export.onnx.loop)."),
         click.option("--match-tol", type=click.FloatRange(min=0, min_open=True, max=1),
                      help="Calibrate the step count: the cheapest fixed method and steps within this max abs error "
-                          "of the model solved with its training solver (implies --steps auto)."),
+                          "of the model solved with its training solver (implies --steps auto; without it or "
+                          "--match-agreement, calibration derives the tolerance from the training solver's "
+                          "rtol/atol)."),
+        click.option("--match-agreement", type=click.FloatRange(min=0, min_open=True, max=1),
+                     help="Calibrate a classifier's step count on its predictions instead: the cheapest fixed "
+                          "method and steps whose predicted classes (argmax) agree with the training-solver "
+                          "model's on at least this fraction of the inputs, e.g. 0.999 (implies --steps auto)."),
         click.option("--calibration-data", type=click.Path(dir_okay=False),
                      help="Inputs for calibration and the deployment error: .npy, .npz or .csv, as odespec run reads "
-                          "them (default: seeded random inputs)."),
+                          "them (default: seeded random inputs); a classifier's .npz with labels y also gives the "
+                          "accuracy."),
+        click.option("--strict", is_flag=True,
+                     help="A large deployment error (see the warning at the end of the output) is an error: exit "
+                          "non-zero and write nothing."),
+        click.option("--triton-repo", type=click.Path(file_okay=False),
+                     help="Also write a Triton Inference Server model repository here: DIR/NAME/1/model.onnx and "
+                          "DIR/NAME/config.pbtxt (onnxruntime backend, dynamic batching)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _check_steps_options(steps: Any, match_tol: Optional[float]) -> None:
-    if match_tol is not None and isinstance(steps, int):
-        raise click.UsageError("--match-tol calibrates the step count; it cannot be combined with --steps N "
-                               "(use --steps auto, or leave --steps out)")
+def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None) -> None:
+    for flag, value in (("--match-tol", match_tol), ("--match-agreement", match_agreement)):
+        if value is not None and isinstance(steps, int):
+            raise click.UsageError(f"{flag} calibrates the step count; it cannot be combined with --steps N "
+                                   "(use --steps auto, or leave --steps out)")
+    if match_tol is not None and match_agreement is not None:
+        raise click.UsageError("--match-tol and --match-agreement are two criteria for calibration; give one")
 
 
 def _check_weights_options(weights: Optional[str], initial_weights: bool) -> None:
@@ -204,24 +220,28 @@ def _check_weights_options(weights: Optional[str], initial_weights: bool) -> Non
 
 
 def _echo_build(result: Any, fmt: str) -> None:
-    from odespec.report import render_build
+    from odespec.report import render_build, render_warnings
 
     if fmt == "json":
         click.echo(json.dumps(result.report, indent=2))
+        for line in render_warnings(result.report["warnings"]):  # the report has them; a person reads stderr
+            click.echo(line, err=True)
     else:
         click.echo(render_build(result.report, result.export.path, result.report_path))
 
 
 def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: Optional[bool],
            match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
-           device: Optional[str] = None, dtype: Optional[str] = None) -> Any:
+           device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
+           strict: bool = False, triton_repo: Optional[str] = None) -> Any:
     """``build_all`` with the export flags gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
     options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
-                            calibration_data=calibration_data)
-    return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options)
+                            match_agreement=match_agreement, calibration_data=calibration_data, strict=strict)
+    return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
+                     triton_repo=triton_repo)
 
 
 @cli.command()
@@ -237,15 +257,17 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
                    "spec's initial weights.")
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
-          match_tol: Optional[float], calibration_data: Optional[str], device: Optional[str], dtype: Optional[str],
-          weights: Optional[str], fmt: str) -> None:
+          match_tol: Optional[float], match_agreement: Optional[float], calibration_data: Optional[str], strict: bool,
+          triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
+          fmt: str) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
     onnxruntime, measure its error against the training solver and write a build report."""
-    _check_steps_options(steps, match_tol)
+    _check_steps_options(steps, match_tol, match_agreement)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                        calibration_data=calibration_data, device=device, dtype=dtype, weights=weights)
+                        calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
+                        match_agreement=match_agreement, strict=strict, triton_repo=triton_repo)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -265,16 +287,17 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 @_export_options
 @_FORMAT
 def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
-                   steps: Any, loop: Optional[bool], match_tol: Optional[float], calibration_data: Optional[str],
-                   fmt: str) -> None:
+                   steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
+                   calibration_data: Optional[str], strict: bool, triton_repo: Optional[str], fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
-    _check_steps_options(steps, match_tol)
+    _check_steps_options(steps, match_tol, match_agreement)
     _check_weights_options(weights, initial_weights)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                        calibration_data=calibration_data, weights=weights)
+                        calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
+                        strict=strict, triton_repo=triton_repo)
         _echo_build(result, fmt)
         return EXIT_OK
 

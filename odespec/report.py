@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 from odespec.solvers.config import SolverConfig
 
-__all__ = ["render_summary", "render_accuracy", "render_build"]
+__all__ = ["render_summary", "render_accuracy", "render_warnings", "render_build"]
 
 
 def _shape(s: list[int]) -> str:
@@ -42,7 +42,8 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 
 def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
-    return (f"onnx:   {onnx_path} ({onnx['size_bytes']:,} bytes, {onnx['method']} x {onnx['steps']} steps, "
+    source = " (the training solver's)" if onnx.get("steps_source") == "training" else ""
+    return (f"onnx:   {onnx_path} ({onnx['size_bytes']:,} bytes, {onnx['method']} x {onnx['steps']} steps{source}, "
             f"{onnx['nfe_per_forward']} f-evaluations per forward, opset {onnx['opset']}, "
             f"exported in {onnx['export_seconds']:.2f} s)")
 
@@ -68,9 +69,15 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     """The calibration's settings, then its table of candidates."""
     if not cal:
         return []
-    head = (f"calibration: steps chosen within match_tol {cal['match_tol']:g} of the training solver "
+    match = cal.get("match") or {"criterion": "max_abs", "value": cal["match_tol"], "source": "given"}
+    agreement = match["criterion"] == "agreement"
+    within = (f"with at least {match['value']:g} of predictions agreeing with" if agreement
+              else f"within match_tol {match['value']:g} of")
+    source = f" ({match['source']})" if match["source"] != "given" else ""
+    head = (f"calibration: steps chosen {within} the training solver{source} "
             f"({'; '.join(cal['reference'])}) on {cal['inputs']}; latency: {cal['latency']}")
-    rows = [("method", "steps", "f-evals", "max abs error", "error at steps-1", "latency", "status")]
+    error = "1 - agreement" if agreement else "max abs error"
+    rows = [("method", "steps", "f-evals", error, "error at steps-1", "latency", "status")]
     for c in cal["candidates"]:
         rows.append((
             c["method"], str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
@@ -87,9 +94,28 @@ def _deployment_lines(dep: Optional[dict[str, Any]]) -> list[str]:
     if dep.get("skipped"):
         return [f"deployment: error against the training solver not measured: {dep['skipped']}"]
     solvers = "; ".join(dep["reference"]) or "no ODE solves: the same function"
-    return [f"deployment: onnxruntime vs training solver ({solvers}): max abs error "
+    line = (f"deployment: onnxruntime vs training solver ({solvers}): max abs error "
             f"{_fmt_err(dep['max_abs_error'])}, relative {_fmt_err(dep['max_scaled_error'])} "
-            f"(of the output's largest magnitude) on {dep['inputs']}"]
+            f"(of the output's largest magnitude)")
+    if "agreement" in dep:
+        line += (f"; predictions: {dep['agreement']:.2%} agree ({dep['disagreements']} differ)")
+    if "accuracy" in dep:
+        acc = dep["accuracy"]
+        line += (f"; accuracy {acc['onnx']:.2%} (training solver {acc['reference']:.2%}) on {acc['labels']} labels")
+    return [f"{line} on {dep['inputs']}"]
+
+
+def _triton_lines(triton: Optional[dict[str, Any]]) -> list[str]:
+    if not triton:
+        return []
+    batching = ", dynamic batching" if triton["dynamic_batching"] else ""
+    return [f"triton: model {triton['model']!r} ({', '.join(triton['files'])}; backend {triton['backend']}, "
+            f"max_batch_size {triton['max_batch_size']}{batching})"]
+
+
+def render_warnings(warnings: Sequence[dict[str, str]]) -> list[str]:
+    """Each warning of a build (:mod:`odespec.export.verdict`), and its fix."""
+    return [f"warning: {w['warning']}\n  fix: {w['fix']}" for w in warnings]
 
 
 def render_accuracy(onnx_report: dict[str, Any]) -> list[str]:
@@ -109,5 +135,8 @@ def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> 
         _parity_line(onnx["parity"]),
         *_weights_lines(report.get("weights")),
         *render_accuracy(onnx),
+        *_triton_lines(report.get("triton")),
         f"report: {report_path}",
+        # last, where a user reads them
+        *render_warnings(report.get("warnings") or []),
     ])

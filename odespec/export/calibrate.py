@@ -4,7 +4,13 @@ A spec's ODE blocks are trained with their own solver (often adaptive: dopri5 at
 the exported graph takes a fixed number of steps of a fixed method. :func:`calibrate` finds the
 cheapest fixed method and step count (fewest f-evaluations, steps x stages) whose output stays
 within ``match_tol`` of the training-solver model, measured as :attr:`OutputError.max_abs
-<odespec.export.metrics.OutputError.max_abs>` on an :class:`~odespec.export.inputs.InputSet`.
+<odespec.export.metrics.OutputError.max_abs>` on an :class:`~odespec.export.inputs.InputSet`, or,
+for a classifier, whose predictions agree with it on at least a given fraction of the inputs
+(:class:`~odespec.export.metrics.Match`).
+
+Without a ``match_tol``, :func:`default_match_tol` derives one from the training solvers'
+tolerances: a fixed-step solve converges to the exact solution, not to the training solver's
+approximation, so a tolerance below the training solver's own error fails by construction.
 
 Calibration evaluates candidates with the PyTorch fixed-step twin (the function the graph
 computes; parity bounds the difference) rather than exporting each one: an unrolled rk4 x 4096
@@ -25,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock, ResNetBlock
 from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
-from odespec.export.inputs import InputSet
-from odespec.export.metrics import model_outputs, output_error, reference_outputs
+from odespec.export.inputs import InputSet, model_dtype
+from odespec.export.metrics import Match, model_outputs, reference_outputs
 from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
 from odespec.solvers.config import SolverConfig
 from odespec.solvers.options import MAX_STEPS
@@ -40,11 +47,23 @@ from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
 if TYPE_CHECKING:  # pragma: no cover
     from odespec.export.onnx_export import ExportSettings
 
-__all__ = ["Candidate", "Calibration", "calibrate", "nfe_per_forward", "LATENCY_NFE_FACTOR"]
+__all__ = ["Candidate", "Calibration", "calibrate", "default_match_tol", "nfe_per_forward", "LATENCY_NFE_FACTOR",
+           "TRAINING_TOL_FACTOR", "ROUNDING_ULPS"]
 
 #: latency is measured only for candidates within this factor of the chosen one's f-evaluations
 #: (the others cannot be competitive, and exporting, say, euler x 4096 unrolled takes long)
 LATENCY_NFE_FACTOR = 4
+
+#: the default ``match_tol`` of an adaptive training solver is this many times its error scale,
+#: ``rtol * max |output| + atol``: the solver keeps each step's local error about that small, and
+#: its distance from the exact solution (to which every fixed-step solve converges) stays of that
+#: order (measured: the MNIST small ODE-Net's dopri5 at rtol = atol = 1e-3 lies 2.5e-4 from it,
+#: 0.16 of the scale), so a default below it would fail by construction
+TRAINING_TOL_FACTOR = 4.0
+#: the smallest default ``match_tol``: float rounding, this many ulps (of the dtype) of the
+#: output's largest magnitude (at least 1); the whole default when every ODE block trains
+#: fixed-step (the graph then computes that very discrete map)
+ROUNDING_ULPS = 1000
 
 
 def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
@@ -66,7 +85,7 @@ class Candidate:
     steps: int
     nfe: int
     #: max abs error against the training-solver model (:attr:`OutputError.max_abs
-    #: <odespec.export.metrics.OutputError.max_abs>`)
+    #: <odespec.export.metrics.OutputError.max_abs>`); calibrating on agreement, 1 - agreement
     error: float
     passed: bool
     #: ``chosen``, ``ok``, or why the method stopped without passing
@@ -90,7 +109,8 @@ class Calibration:
     chosen: Candidate
     candidates: list[Candidate]
     evaluations: list[tuple[str, int, float]]
-    match_tol: float
+    #: the largest max abs error accepted; ``None`` when calibrating on agreement
+    match_tol: Optional[float]
     inputs: str
     reference: list[str]
     max_steps: int
@@ -98,11 +118,15 @@ class Calibration:
     latency: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: the criterion (max abs error or agreement), its value and where the value came from
+    match: Optional[Match] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``calibration`` entry."""
+        match = self.match or Match("max_abs", self.match_tol or 0.0)
         return {
             "match_tol": self.match_tol,
+            "match": {"criterion": match.kind, "value": match.value, "source": match.source},
             "method": self.chosen.method,
             "steps": self.chosen.steps,
             "error": _finite(self.chosen.error),
@@ -127,14 +151,17 @@ def calibrate(
     model: ODENet,
     inputs: InputSet,
     *,
-    match_tol: float,
+    match_tol: Optional[float] = None,
+    agreement: Optional[float] = None,
     methods: Sequence[str] = CALIBRATION_METHODS,
     max_steps: int = MAX_CALIBRATION_STEPS,
     latency: bool = True,
     latency_settings: Optional["ExportSettings"] = None,
     reference: Optional[list[np.ndarray]] = None,
 ) -> Calibration:
-    """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver.
+    """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver
+    (``None``: :func:`default_match_tol`), or, with ``agreement``, whose predicted classes agree
+    with the training-solver model's on at least that fraction of ``inputs``.
 
     For each method, the step count doubles from 1 until the fixed-step model's max abs error
     against the training-solver model on ``inputs`` is at most ``match_tol``, then bisection
@@ -154,17 +181,48 @@ def calibrate(
     start = time.perf_counter()
     _refuse_adaptive(methods)
     want = reference if reference is not None else reference_outputs(model, inputs)
-    search = _Search(model, inputs, want, match_tol, _step_cap(model, max_steps))
+    if agreement is not None and match_tol is not None:
+        raise ExportError("calibrate on match_tol or on agreement, not both")
+    match = (Match("agreement", agreement) if agreement is not None
+             else Match("max_abs", match_tol) if match_tol is not None else default_match_tol(model, want))
+    search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match)
     rows = _search_methods(search, methods)
     passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
     chosen = _choose(search, rows)
-    cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations, match_tol=match_tol,
+    cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
+                      match_tol=match.value if match.kind == "max_abs" else None,
                       inputs=inputs.description, reference=training_solvers(model), max_steps=search.cap,
-                      latency=latency_description())
+                      latency=latency_description(), match=match)
     if latency and latency_settings is not None:
         _add_latencies(cal, passing, model, latency_settings)
     cal.seconds = time.perf_counter() - start
     return cal
+
+
+def default_match_tol(model: ODENet, reference: Sequence[np.ndarray]) -> Match:
+    """The ``match_tol`` when none is given, from the training solvers (ODE blocks and ODE-RNN
+    encoders) and the reference outputs' largest magnitude ``scale``: the largest of
+    :data:`TRAINING_TOL_FACTOR` x ``(rtol * scale + atol)`` over the adaptive solvers, and
+    :data:`ROUNDING_ULPS` ulps of ``max(scale, 1)`` (a fixed-step trained block is reproduced
+    exactly, up to float rounding)."""
+    scale = max((float(np.abs(y).max(initial=0.0)) for y in reference), default=0.0)
+    eps = float(torch.finfo(model_dtype(model)).eps)
+    tol, why = ROUNDING_ULPS * eps * max(scale, 1.0), f"float rounding, {ROUNDING_ULPS} ulps of max |output| {scale:.3g}"
+    for solver in _training_solver_configs(model):
+        if solver.adaptive and TRAINING_TOL_FACTOR * (solver.rtol * scale + solver.atol) > tol:
+            tol = TRAINING_TOL_FACTOR * (solver.rtol * scale + solver.atol)
+            why = (f"{TRAINING_TOL_FACTOR:g} x (rtol {solver.rtol:g} x max |output| {scale:.3g} + atol "
+                   f"{solver.atol:g}) of the training solver {solver.method}")
+    return Match("max_abs", float(f"{tol:.2g}"), f"derived: {why}")
+
+
+def _training_solver_configs(model: ODENet) -> list[SolverConfig]:
+    """The solvers the model trains with: each ODE block's and ODE-RNN encoder's (a ResNet
+    block has none)."""
+    from odespec.compile.ode_block import BlockBase
+
+    return [m.solver if isinstance(m, PerSampleEncoder) else m.spec.solver for m in model
+            if isinstance(m, PerSampleEncoder) or (isinstance(m, BlockBase) and not isinstance(m, ResNetBlock))]
 
 
 def _refuse_adaptive(methods: Sequence[str]) -> None:
@@ -204,9 +262,12 @@ class _Search:
     model: ODENet
     inputs: InputSet
     want: list[np.ndarray]
+    #: the largest error that passes (:attr:`Match.tolerance <odespec.export.metrics.Match.tolerance>`)
     match_tol: float
     #: steps per output interval the search may try
     cap: int
+    #: what the error measures (max abs error, or 1 - agreement)
+    match: Match = Match("max_abs", 0.0)
     evaluations: list[tuple[str, int, float]] = field(default_factory=list)
     errors: dict[tuple[str, int], float] = field(default_factory=dict)
     best: Optional[Candidate] = None
@@ -214,13 +275,14 @@ class _Search:
     floor: Optional[tuple[str, float]] = None
 
     def error(self, method: str, steps: int) -> float:
-        """The fixed-step twin's max abs error; a solve that produced non-finite values: inf."""
+        """The fixed-step twin's error (:meth:`Match.error <odespec.export.metrics.Match.error>`);
+        a solve that produced non-finite values: inf."""
         from odespec.export.unroll import fixed_step_model
 
         if (method, steps) not in self.errors:
             try:
                 got = model_outputs(fixed_step_model(self.model, method, steps), self.inputs)
-                self.errors[method, steps] = output_error(got, self.want).max_abs
+                self.errors[method, steps] = self.match.error(got, self.want)
             except SolverError:
                 self.errors[method, steps] = math.inf
             self.evaluations.append((method, steps, self.errors[method, steps]))
@@ -235,6 +297,14 @@ def _search_methods(search: _Search, methods: Sequence[str]) -> list[Candidate]:
     """One candidate row per method, highest order first (:func:`_method_order`)."""
     rows: list[Candidate] = []
     continuous = any(isinstance(b, ODEBlock) for b in search.model.ode_blocks)
+    trained = search.model.spec.training_steps
+    if continuous and trained is not None and trained[0] in methods and trained[1] <= search.cap:
+        # a model trained fixed-step is that discrete map: its own method and step count is the
+        # first candidate (doubling from 1 would never try a count such as 3), and the other
+        # methods stop where they would cost more
+        m, n = trained
+        if search.error(m, n) <= search.match_tol:
+            search.best = Candidate(m, n, search.nfe(m, n), search.error(m, n), True)
     for method in _method_order(methods):
         if search.floor is not None:
             # Every convergent method tends to the same exact solution, so once one levels off
@@ -338,12 +408,15 @@ def _no_candidate_error(search: _Search) -> ExportError:
     solvers = "; ".join(training_solvers(search.model))
     why = (f"the error levels off at about {search.floor[1]:.3g} ({search.floor[0]})" if search.floor is not None
            else f"none passed with at most {search.cap} steps per output interval")
+    criterion = (f"match_tol={search.match_tol:g}" if search.match.kind == "max_abs"
+                 else f"agreement {search.match.value:g}")
+    closest = (f"max abs error {e:.3g}" if search.match.kind == "max_abs" else f"agreement {1 - e:.4g}")
     return ExportError(
-        f"calibration failed: no fixed-step method is within match_tol={search.match_tol:g} of the training solver "
-        f"({solvers}): {why}; the closest was {m} x {n} steps, max abs error {e:.3g}",
+        f"calibration failed: no fixed-step method is within {criterion} of the training solver "
+        f"({solvers}): {why}; the closest was {m} x {n} steps, {closest}",
         "a fixed-step solve converges to the exact solution, not to the training solver's approximation: "
-        "raise match_tol to about the training solver's own error (set by its rtol/atol), tighten the "
-        "training tolerances, or use dtype float64 where float32 rounding is the limit",
+        "raise match_tol (or lower the agreement) to about the training solver's own error (set by its "
+        "rtol/atol), tighten the training tolerances, or use dtype float64 where float32 rounding is the limit",
     )
 
 

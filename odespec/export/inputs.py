@@ -40,6 +40,8 @@ class InputSet:
     batches: tuple[torch.Tensor, ...]
     description: str
     series: tuple[Feeds, ...] = ()
+    #: each batch's class labels (int64, one per sample), when a classifier's data file has them
+    labels: tuple[np.ndarray, ...] = ()
 
     def __post_init__(self) -> None:
         if self.series and len(self.series) != len(self.batches):
@@ -168,11 +170,13 @@ def seeded_series(series: SeriesInputs, batch_sizes: Sequence[int], *, dtype: to
 
 
 def data_input_set(path: Union[str, "os.PathLike[str]"], input_shape: Sequence[int], *, dtype: torch.dtype,
-                   batch_size: int = 256, series: Optional[SeriesInputs] = None) -> InputSet:
+                   batch_size: int = 256, series: Optional[SeriesInputs] = None,
+                   classes: Optional[Sequence[int]] = None) -> InputSet:
     """Inputs read from a ``.npy``, ``.npz`` or ``.csv`` file by ``odespec run``'s readers
     (rows = samples), split into batches of ``batch_size``. With ``series``: a ``.npz`` holding
     an array per model input (``input`` or ``x``, ``times``, ``mask``, ``query_times``), checked
-    as ``odespec run`` checks them."""
+    as ``odespec run`` checks them. ``classes``: the output shape of a classifier; a ``.npz``
+    with an array ``y`` then gives the samples' class labels (as training reads them)."""
     from odespec.export.run import ModelInput, load_input, load_series_inputs
 
     np_dtype = np.dtype(np.float64 if dtype == torch.float64 else np.float32)
@@ -190,5 +194,24 @@ def data_input_set(path: Union[str, "os.PathLike[str]"], input_shape: Sequence[i
     cuts = range(0, count, batch_size)
     batches = tuple(tensors[INPUT][i:i + batch_size] for i in cuts)
     grids = tuple({k: v[i:i + batch_size] for k, v in tensors.items() if k != INPUT} for i in cuts) if series else ()
+    y = _labels(path, classes, count) if classes is not None and series is None else None
+    labelled = tuple(y[i:i + batch_size] for i in cuts) if y is not None else ()
     # the file's name only: reports and ONNX metadata must not carry machine paths
-    return InputSet(batches, f"{Path(path).name} ({count} samples)", grids)
+    return InputSet(batches, f"{Path(path).name} ({count} samples{', labelled' if labelled else ''})", grids,
+                    labelled)
+
+
+def _labels(path: Union[str, "os.PathLike[str]"], out: Sequence[int], count: int) -> Optional[np.ndarray]:
+    """The class labels in the ``.npz`` file's array ``y`` (labels or one-hot rows, by the data
+    contract), or ``None`` when the file has no ``y``."""
+    from odespec import data_contract as dc
+
+    if Path(path).suffix.lower() != ".npz":
+        return None
+    info = dc.npz_infos(Path(path), InputFileError).get("y")
+    if info is None or info.read is None:
+        return None
+    y = dc.conform_targets(info.read(), info, tuple(out), True, InputFileError)
+    if len(y) != count:
+        raise InputFileError(f"{info.where}: {len(y)} labels for {count} samples", "save one label per sample")
+    return y

@@ -23,8 +23,8 @@ from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
 from odespec.export.inputs import InputSet, call_model, numpy_feeds
 
-__all__ = ["OutputError", "DeploymentError", "model_outputs", "reference_outputs", "output_error", "ort_outputs",
-           "deployment_error", "deployment_skipped"]
+__all__ = ["OutputError", "DeploymentError", "Match", "model_outputs", "reference_outputs", "output_error",
+           "agreement", "accuracy", "ort_outputs", "deployment_error", "deployment_skipped"]
 
 
 class OutputError(NamedTuple):
@@ -50,6 +50,13 @@ class DeploymentError(TypedDict, total=False):
     #: :attr:`OutputError.max_scaled` of the same: relative to the output's largest magnitude
     max_scaled_error: float
     seconds: float
+    #: a classifier (:attr:`odespec.spec.model.Spec.classifier`): :func:`agreement` of onnxruntime's
+    #: predicted classes with the training-solver model's, and how many predictions differ
+    agreement: float
+    disagreements: int
+    #: a classifier on calibration data with labels ``y``: the fraction of correct predictions,
+    #: ``{"onnx": ..., "reference": ..., "labels": N}``
+    accuracy: dict[str, float]
     #: instead of the errors: why they were not measured (the training solver failed on the inputs)
     skipped: str
 
@@ -97,6 +104,53 @@ def output_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> Outpu
     return OutputError(max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf))
 
 
+def _predictions(outs: Sequence[np.ndarray]) -> np.ndarray:
+    """The predicted classes: the argmax of each output's last axis (the class scores), flat."""
+    return np.concatenate([np.argmax(np.asarray(o), axis=-1).reshape(-1) for o in outs])
+
+
+def agreement(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    """The fraction of predictions (argmax over the output's last axis: one per sample, or per
+    sample and time) that ``got`` and ``want`` share; non-finite outputs agree nowhere."""
+    if not all(np.all(np.isfinite(g)) for g in got):
+        return 0.0
+    a, b = _predictions(got), _predictions(want)
+    return float(np.mean(a == b)) if a.size else 1.0
+
+
+def accuracy(outs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
+    """The fraction of samples whose predicted class is their label."""
+    predicted, y = _predictions(outs), np.concatenate([np.asarray(l).reshape(-1) for l in labels])
+    return float(np.mean(predicted == y)) if y.size else 0.0
+
+
+class Match(NamedTuple):
+    """What calibration must reach against the training-solver model: a largest absolute error
+    (``max_abs``, the spec's ``match_tol``) or, for a classifier, a smallest fraction of
+    predictions that agree (``agreement``, the spec's ``match: {agreement}``). Both are searched
+    as an error that falls with the step count: max abs error, or 1 - agreement."""
+
+    kind: str
+    value: float
+    #: where ``value`` comes from: ``given``, or how it was derived
+    source: str = "given"
+
+    @property
+    def tolerance(self) -> float:
+        """The largest :meth:`error` that passes (a sliver above 1 - agreement: float rounding of
+        a fraction such as 999/1000 must not fail an agreement of 0.999)."""
+        return self.value if self.kind == "max_abs" else (1.0 - self.value) * (1 + 1e-9) + 1e-15
+
+    def error(self, got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+        """The measure the search drives down: max abs error, or 1 - agreement."""
+        return output_error(got, want).max_abs if self.kind == "max_abs" else 1.0 - agreement(got, want)
+
+    def describe(self) -> str:
+        """``match_tol 0.001`` or ``agreement 0.999``, with a derived value's reason."""
+        head = f"match_tol {self.value:.3g}" if self.kind == "max_abs" else f"agreement {self.value:g}"
+        return head if self.source == "given" else f"{head} ({self.source})"
+
+
 def ort_outputs(sess: Any, inputs: InputSet, *, static_batch: bool) -> list[np.ndarray]:
     """onnxruntime's outputs per batch (every input of the graph fed by name); a graph with a
     fixed batch of 1 is fed sample by sample."""
@@ -113,20 +167,30 @@ def ort_outputs(sess: Any, inputs: InputSet, *, static_batch: bool) -> list[np.n
 
 
 def deployment_error(sess: Any, model: ODENet, inputs: InputSet, *, static_batch: bool = False,
-                     reference: Optional[list[np.ndarray]] = None) -> DeploymentError:
+                     reference: Optional[list[np.ndarray]] = None, classifier: Optional[bool] = None) -> DeploymentError:
     """onnxruntime's output of the exported graph (``sess``) against ``model`` solved with its
-    training solver (``reference``: those outputs, if already computed), on ``inputs``."""
+    training solver (``reference``: those outputs, if already computed), on ``inputs``. For a
+    ``classifier`` (``None``: :attr:`Spec.classifier <odespec.spec.model.Spec.classifier>`), also
+    the predictions' agreement, and the accuracy of both when ``inputs`` have labels."""
     start = time.perf_counter()
     want = reference if reference is not None else reference_outputs(model, inputs)
-    err = output_error(ort_outputs(sess, inputs, static_batch=static_batch), want)
-    return {
+    got = ort_outputs(sess, inputs, static_batch=static_batch)
+    err = output_error(got, want)
+    out: DeploymentError = {
         "reference": training_solvers(model),
         "inputs": inputs.description,
         "samples": inputs.samples,
         "max_abs_error": err.max_abs,
         "max_scaled_error": err.max_scaled,
-        "seconds": round(time.perf_counter() - start, 4),
     }
+    if model.spec.classifier if classifier is None else classifier:
+        out["agreement"] = agreement(got, want)
+        out["disagreements"] = int(np.sum(_predictions(got) != _predictions(want)))
+        if inputs.labels:
+            out["accuracy"] = {"onnx": accuracy(got, inputs.labels), "reference": accuracy(want, inputs.labels),
+                               "labels": int(sum(len(y) for y in inputs.labels))}
+    out["seconds"] = round(time.perf_counter() - start, 4)
+    return out
 
 
 def deployment_skipped(model: ODENet, inputs: InputSet, error: ExportError) -> DeploymentError:

@@ -31,6 +31,7 @@ from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
 from odespec.export.session import ort_session
 from odespec.export.unroll import fixed_step_model
+from odespec.export.verdict import DeploymentWarning, deployment_warnings
 from odespec.spec.model import Spec
 from odespec.spec.schema import CALIBRATION_METHODS
 
@@ -44,7 +45,7 @@ __all__ = ["ExportOptions", "ExportResult", "export_model", "resolve_settings", 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: the deployment error's fields the ONNX metadata keeps
-_DEPLOYMENT_METADATA = ("max_abs_error", "max_scaled_error", "reference", "inputs", "skipped")
+_DEPLOYMENT_METADATA = ("max_abs_error", "max_scaled_error", "agreement", "accuracy", "reference", "inputs", "skipped")
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class ExportOptions:
     """What :func:`export_model` does beyond the spec's ``export.onnx`` settings; ``None``
     fields take the spec's.
 
-    ``steps="auto"`` (or the spec's ``steps: auto``, or a ``match_tol`` without ``steps``)
-    calibrates the step count (:mod:`odespec.export.calibrate`). :class:`ExportError` at
-    construction for a ``steps`` that is neither a count nor ``"auto"``, or a ``match_tol``
-    beside a step count.
+    ``steps="auto"`` (or the spec's ``steps: auto``, or a ``match_tol`` or ``match_agreement``
+    without ``steps``) calibrates the step count (:mod:`odespec.export.calibrate`).
+    :class:`ExportError` at construction for a ``steps`` that is neither a count nor ``"auto"``,
+    a ``match_tol`` or ``match_agreement`` beside a step count, or both of them.
     """
 
     #: fixed-step method of the graph; with calibration, the only method searched
@@ -69,8 +70,12 @@ class ExportOptions:
     parity: bool = True
     #: largest max abs difference the parity check accepts
     parity_tol: Optional[float] = None
-    #: calibration: largest max abs error against the training-solver model
+    #: calibration: largest max abs error against the training-solver model (neither this nor
+    #: ``match_agreement``, here or in the spec: derived from the training solvers' tolerances)
     match_tol: Optional[float] = None
+    #: calibration of a classifier: smallest fraction of predictions (argmax) that agree with the
+    #: training-solver model's, instead of ``match_tol``
+    match_agreement: Optional[float] = None
     #: inputs of calibration and the deployment error (``.npy``, ``.npz``, ``.csv``) instead of
     #: the seeded random ones
     calibration_data: Optional[PathLike] = None
@@ -78,20 +83,26 @@ class ExportOptions:
     deployment: bool = True
     #: time the calibration candidates in onnxruntime
     latency: bool = True
+    #: a large deployment error (:mod:`odespec.export.verdict`) is an :class:`ExportError`, and
+    #: nothing is written, instead of a warning
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
             raise ExportError(f"steps must be a positive integer or 'auto', got {self.steps!r}")
-        if self.steps is not None and not isinstance(self.steps, str) and self.match_tol is not None:
-            raise ExportError("match_tol is for steps='auto' (calibration); the step count is given",
-                              "leave out steps to calibrate, or leave out match_tol")
+        for name in ("match_tol", "match_agreement"):
+            if self.steps is not None and not isinstance(self.steps, str) and getattr(self, name) is not None:
+                raise ExportError(f"{name} is for steps='auto' (calibration); the step count is given",
+                                  f"leave out steps to calibrate, or leave out {name}")
+        if self.match_tol is not None and self.match_agreement is not None:
+            raise ExportError("match_tol and match_agreement are two criteria for calibration; give one")
 
     def calibrates(self, spec: Spec) -> bool:
         """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` and either
-        the spec's ``steps: auto`` or a ``match_tol``."""
+        the spec's ``steps: auto``, a ``match_tol`` or a ``match_agreement``."""
         if self.steps is not None:
             return self.steps == "auto"
-        return spec.export.auto or self.match_tol is not None
+        return spec.export.auto or self.match_tol is not None or self.match_agreement is not None
 
 
 @dataclass
@@ -117,6 +128,10 @@ class ExportResult:
     #: ``steps: auto``: the chosen method and steps, the table of candidates, the evaluations
     calibration: Optional[dict[str, Any]] = None
     layout: str = "unrolled"
+    #: a large deployment error's likely cause and fix (:mod:`odespec.export.verdict`)
+    warnings: list[DeploymentWarning] = dataclasses.field(default_factory=list)
+    #: method and steps are the spec's default from its fixed-step training solver
+    from_training: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -126,7 +141,7 @@ class ExportResult:
             "size_bytes": self.size_bytes,
             "method": self.method,
             "steps": self.steps,
-            "steps_source": "calibrated" if self.calibration else "given",
+            "steps_source": "calibrated" if self.calibration else self._given(),
             "layout": self.layout,
             "opset": self.opset,
             "nfe_per_forward": self.nfe_per_forward,
@@ -134,7 +149,14 @@ class ExportResult:
             "parity": self.parity,
             "deployment_error": self.deployment_error,
             "calibration": self.calibration,
+            "warnings": self.warnings,
         }
+
+    def _given(self) -> str:
+        """``training`` when the spec writes no method and steps and they are the ODE blocks'
+        fixed-step training solver's (:attr:`OnnxExportSpec.from_training
+        <odespec.spec.model.OnnxExportSpec.from_training>`), else ``given``."""
+        return "training" if self.from_training else "given"
 
 
 def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportOptions()) -> ExportResult:
@@ -149,7 +171,8 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     auto = options.calibrates(spec)
     settings = resolve_settings(spec, options, auto)
     cpu = _on_cpu(model)
-    inputs = accuracy_inputs(cpu, options)
+    classifier = spec.classifier or options.match_agreement is not None
+    inputs = accuracy_inputs(cpu, options, classifier)
     reference: Optional[list[np.ndarray]] = None
     calibration: Optional[Calibration] = None
     if auto:
@@ -159,8 +182,13 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     onnx_model, data, seconds = _build_checked(cpu, settings)
     sess = ort_session(data) if options.parity or options.deployment else None
     parity = _parity(cpu, data, settings, options, sess) if options.parity else None
-    deployment = _deployment(sess, cpu, inputs, settings, reference) if options.deployment else None
-    add_metadata(onnx_model, export_metadata(calibration, deployment))
+    deployment = _deployment(sess, cpu, inputs, settings, reference, classifier) if options.deployment else None
+    warnings = deployment_warnings(spec, settings.method, settings.steps, deployment, calibrated=auto)
+    if options.strict and warnings:
+        raise ExportError(f"{warnings[0]['warning']} (--strict: nothing written)", warnings[0]["fix"])
+    # method and steps are the spec's default from its fixed-step training solver (not overridden)
+    from_training = spec.export.from_training and options.method is None and options.steps is None
+    add_metadata(onnx_model, export_metadata(calibration, deployment, from_training=from_training))
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
@@ -169,7 +197,8 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps), export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
-        layout="loop" if settings.loop else "unrolled",
+        layout="loop" if settings.loop else "unrolled", warnings=warnings,
+        from_training=from_training,
     )
 
 
@@ -196,22 +225,32 @@ def resolve_settings(spec: Spec, options: ExportOptions, auto: bool) -> "ExportS
     return settings
 
 
-def accuracy_inputs(model: ODENet, options: ExportOptions) -> InputSet:
-    """The inputs of calibration and the deployment error: the file ``options.calibration_data``,
-    or the parity check's seeded random batches."""
+def accuracy_inputs(model: ODENet, options: ExportOptions, classifier: bool = False) -> InputSet:
+    """The inputs of calibration and the deployment error: the file ``options.calibration_data``
+    (with a ``classifier``'s labels, when a ``.npz`` has them as ``y``), or the parity check's
+    seeded random batches."""
     spec = model.spec
     series = series_inputs(model)
     if options.calibration_data is not None:
-        return data_input_set(options.calibration_data, spec.input_shape, dtype=model_dtype(model), series=series)
+        return data_input_set(options.calibration_data, spec.input_shape, dtype=model_dtype(model), series=series,
+                              classes=spec.output_shape if classifier else None)
     return seeded_input_set(spec.input_shape, dtype=model_dtype(model), seed=spec.seed, series=series)
 
 
 def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings", inputs: InputSet,
                reference: list[np.ndarray]) -> Calibration:
     export = model.spec.export
-    tol = options.match_tol if options.match_tol is not None else export.match_tol
+    # the options' criterion wins over the spec's; with neither, calibrate derives match_tol
+    given = options.match_tol is not None or options.match_agreement is not None
+    tol = options.match_tol if given else export.match_tol
+    agreement = options.match_agreement if given else export.match_agreement
+    out = model.spec.output_shape
+    if agreement is not None and (not out or out[-1] < 2):
+        raise ExportError(f"calibrating on agreement compares predicted classes (the argmax of the output's last "
+                          f"axis); the model's output {out} has no class axis of 2 or more scores",
+                          "use match_tol for a model that outputs values")
     methods = (options.method,) if options.method else (export.calibration_methods or CALIBRATION_METHODS)
-    return calibrate(model, inputs, match_tol=tol, methods=methods, latency=options.latency,
+    return calibrate(model, inputs, match_tol=tol, agreement=agreement, methods=methods, latency=options.latency,
                      latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
 
 
@@ -240,23 +279,28 @@ def _parity(model: ODENet, data: bytes, settings: "ExportSettings", options: Exp
 
 
 def _deployment(sess: Any, model: ODENet, inputs: InputSet, settings: "ExportSettings",
-                reference: Optional[list[np.ndarray]]) -> DeploymentError:
+                reference: Optional[list[np.ndarray]], classifier: bool) -> DeploymentError:
     """The report's ``deployment_error`` entry; if the training solver fails on the inputs, the
     entry says so and the export goes ahead."""
     try:
-        return deployment_error(sess, model, inputs, static_batch=not settings.dynamic_batch, reference=reference)
+        return deployment_error(sess, model, inputs, static_batch=not settings.dynamic_batch, reference=reference,
+                                classifier=classifier)
     except ExportError as e:
         return deployment_skipped(model, inputs, e)
 
 
-def export_metadata(calibration: Optional[Calibration], deployment: Optional[DeploymentError]) -> dict[str, str]:
-    """The ONNX metadata entries the checks add: where the step count came from, the
-    calibration's choice and the deployment error."""
-    meta = {"export_steps_source": "calibrated" if calibration else "given"}
+def export_metadata(calibration: Optional[Calibration], deployment: Optional[DeploymentError], *,
+                    from_training: bool = False) -> dict[str, str]:
+    """The ONNX metadata entries the checks add: where the step count came from (calibrated,
+    the spec's fixed-step training solver, or given), the calibration's choice and the
+    deployment error."""
+    meta = {"export_steps_source": "calibrated" if calibration else "training" if from_training else "given"}
     if calibration is not None:
+        agreement = calibration.match is not None and calibration.match.kind == "agreement"
         meta["calibration"] = json.dumps({
             "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
             "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
+            **({"agreement": calibration.match.value} if agreement and calibration.match else {}),
         })
     if deployment is not None:
         meta["deployment_error"] = json.dumps({k: v for k, v in deployment.items() if k in _DEPLOYMENT_METADATA})

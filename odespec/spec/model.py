@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from odespec.solvers.config import GradientConfig, SolverConfig
 
@@ -32,6 +32,7 @@ __all__ = [
     "TrainSpec",
     "Spec",
     "ModelItem",
+    "fixed_training_steps",
 ]
 
 
@@ -184,6 +185,18 @@ class OdeBlockSpec:
 ModelItem = Union[LayerSpec, OdeBlockSpec]
 
 
+def fixed_training_steps(items: Optional[Sequence[ModelItem]]) -> Optional[tuple[str, int]]:
+    """The one fixed-step method and step count every ODE block trains with, or ``None``: an
+    adaptive or ``step_size`` solver, blocks that differ, no ODE block (``items`` ``None``: a
+    model that is not valid). A ResNet block, with its own weights per step, exports as it is
+    and does not count."""
+    blocks = [b for b in items or () if isinstance(b, OdeBlockSpec) and b.family != "resnet"]
+    if not blocks or any(b.solver.adaptive or b.solver.steps is None for b in blocks):
+        return None
+    solvers = {(b.solver.method, b.solver.steps) for b in blocks}
+    return next(iter(solvers)) if len(solvers) == 1 else None  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class OnnxExportSpec:
     """How the model is unrolled and written to ONNX."""
@@ -196,11 +209,22 @@ class OnnxExportSpec:
     dynamic_batch: bool = True
     parity_tol: float = 1e-5
     loop: bool = False
-    #: ``steps: auto`` only: largest max abs error against the training-solver model
-    match_tol: float = 1e-4
+    #: ``steps: auto`` only: largest max abs error against the training-solver model; ``None``:
+    #: derived from the training solvers' tolerances when calibrating
+    #: (:func:`odespec.export.calibrate.default_match_tol`)
+    match_tol: Optional[float] = None
+    #: ``steps: auto`` only (``match: {agreement: A}``): instead of ``match_tol``, the smallest
+    #: fraction of samples whose predicted class (argmax of the output's last axis) must be the
+    #: training-solver model's
+    match_agreement: Optional[float] = None
     #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
     #: or every built-in fixed-step method when none is written); empty otherwise
     calibration_methods: tuple[str, ...] = ()
+
+    #: ``method`` and ``steps`` are the ODE blocks' fixed-step training solver's: the spec writes
+    #: neither, and every ODE block trains with that method and step count (a discrete model
+    #: trained at one step count is a different function at another)
+    from_training: bool = False
 
     @property
     def auto(self) -> bool:
@@ -338,6 +362,18 @@ class Spec:
     def output_shape(self) -> Shape:
         """Per-sample output shape of the whole model."""
         return self.model[-1].out_shape
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the model's output is class scores, judged by its predictions (argmax
+        agreement): trained with ``cross_entropy``, or calibrated on ``match: {agreement}``."""
+        trained = self.train is not None and self.train.loss.kind == "cross_entropy"
+        return trained or self.export.match_agreement is not None
+
+    @property
+    def training_steps(self) -> Optional[tuple[str, int]]:
+        """:func:`fixed_training_steps` of the model: the discrete map it was trained as."""
+        return fixed_training_steps(self.model)
 
     @property
     def ode_blocks(self) -> tuple[OdeBlockSpec, ...]:

@@ -223,7 +223,9 @@ def export_method_property() -> dict[str, Any]:
     words = dict(zip(every["enum"], every["enumDescriptions"], strict=True))
     fixed = [m for m in every["enum"] if not tableaus.is_adaptive(m)]
     return {"enum": fixed, "enumDescriptions": [words[m] for m in fixed], NAMES_KEY: FIXED_STEP_NAMES,
-            "description": "Fixed-step method of the unrolled graph.", "default": EXPORT_DEFAULTS["method"]}
+            "description": "Fixed-step method of the unrolled graph (when neither method nor steps is written "
+                           "and every ODE block trains with one fixed-step method and step count: those).",
+            "default": EXPORT_DEFAULTS["method"]}
 
 
 def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -341,11 +343,26 @@ def _onnx_export() -> dict[str, Any]:
                 {"const": "auto", "description": "Write a step count (an integer), or auto to calibrate."},
                 description="Steps per output interval of each ODE block, or auto: calibrate, choosing the "
                             "cheapest fixed-step method and step count whose output stays within match_tol "
-                            "of the model solved with its training solver.",
+                            "(or match) of the model solved with its training solver. When neither method nor "
+                            "steps is written and every ODE block trains with one fixed-step method and step "
+                            "count, the default is those: a discrete model is exported as it was trained.",
                 default=EXPORT_DEFAULTS["steps"],
             ),
-            "match_tol": _num("steps: auto only: the largest max |export - training-solver model| accepted on "
-                              "the calibration inputs.", EXPORT_DEFAULTS["match_tol"], exclusiveMinimum=0, maximum=1),
+            "match_tol": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                          "description": "steps: auto only: the largest max |export - training-solver model| "
+                                         "accepted on the calibration inputs (default: derived from the training "
+                                         "solvers' rtol/atol, or float rounding for fixed-step training)."},
+            "match": {
+                "type": "object",
+                "description": "steps: auto only, instead of match_tol: calibrate a classifier on its predictions "
+                               "(default: none, calibrate on match_tol).",
+                "properties": {"agreement": {
+                    "type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                    "description": "The smallest fraction of calibration samples whose predicted class (argmax "
+                                   "of the output's last axis) is the training-solver model's, e.g. 0.999."}},
+                "required": ["agreement"],
+                "additionalProperties": False,
+            },
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": EXPORT_DEFAULTS["opset"],
                       "description": "ONNX opset version."},
             "dynamic_batch": {"type": "boolean", "default": EXPORT_DEFAULTS["dynamic_batch"],

@@ -27,6 +27,7 @@ from odespec.spec.model import (
     Location,
     ModelItem,
     OdeBlockSpec,
+    fixed_training_steps,
     OnnxExportSpec,
     SeriesSpec,
     Shape,
@@ -138,7 +139,7 @@ class _Checker:
             )
         # the sections (train) are compared with the model only when the model itself is valid
         model_ok = not self.issues and len(items) == len(data["model"])
-        export = self.export(data)
+        export = self.export(data, items if model_ok else None)
         checked = self.check_sections(data, items if model_ok else None)
         if self.issues:
             raise SpecError(self.issues)
@@ -421,19 +422,27 @@ class _Checker:
         return {s.name: s.check(data[s.name], ctx) for s in sections.all_types() if s.name in data}
 
     # -- export -------------------------------------------------------------------------------
-    def export(self, data: dict) -> OnnxExportSpec:
+    def export(self, data: dict, items: Optional[list[ModelItem]]) -> OnnxExportSpec:
+        """``export.onnx``; ``items``: the model's items when they are valid (else ``None``)."""
         # the method is fixed-step: the schema takes no other (an adaptive one has its message there)
         raw = dict(data.get("export", {}).get("onnx", {}))
         path: Path = ("export", "onnx")
+        training = fixed_training_steps(items) if "method" not in raw and "steps" not in raw else None
+        if training is not None:
+            raw["method"], raw["steps"], raw["from_training"] = *training, True
         method = raw.get("method", EXPORT_DEFAULTS["method"])
         steps = raw.get("steps", EXPORT_DEFAULTS["steps"])
         if steps == "auto":
             # calibration searches the written method alone, else every built-in fixed-step one
             raw["calibration_methods"] = (method,) if "method" in raw else CALIBRATION_METHODS
-        elif "match_tol" in raw:
-            self.error(path + ("match_tol",), "'match_tol' is for steps: auto (calibration); the step count "
-                       f"here is fixed ({steps})", "write steps: auto to choose the step count by calibration, or "
-                       "remove match_tol", key=True)
+        else:
+            for key in ("match_tol", "match"):
+                if key in raw:
+                    self.error(path + (key,), f"{key!r} is for steps: auto (calibration); the step count here is "
+                               f"fixed ({steps})", "write steps: auto to choose the step count by calibration, "
+                               f"or remove {key}", key=True)
+        if "match" in raw:
+            raw["match_agreement"] = self.match(raw.pop("match"), path + ("match",), raw, items)
         # (calibration keeps within MAX_STEPS itself)
         for i, item in enumerate(data["model"] if steps != "auto" else []):
             if isinstance(item, dict) and "ode" in item:
@@ -446,6 +455,20 @@ class _Checker:
                                "use fewer steps, or fewer output times")
         raw.setdefault("file", f"{data['name']}.onnx")
         return OnnxExportSpec(**raw)
+
+    def match(self, raw: dict, path: Path, export: dict, items: Optional[list[ModelItem]]) -> Optional[float]:
+        """``match: {agreement: A}``: calibrate on predicted classes; the model must output class
+        scores (C >= 2 on the last axis), and ``match_tol`` says the other criterion."""
+        if "match_tol" in export:
+            self.error(path, "match and match_tol are two criteria for calibration; give one",
+                       "match: {agreement: A} for a classifier, match_tol for an absolute error", key=True)
+        out = items[-1].out_shape if items else None
+        if out is not None and (not out or out[-1] < 2):
+            self.error(path, f"agreement compares predicted classes (the argmax of the output's last axis); the "
+                       f"model's output {fmt_shape(out)} has no class axis of 2 or more scores",
+                       "use match_tol (a largest absolute error) for a model that outputs values", key=True)
+        return float(raw["agreement"])
+
 
 
 def _times(raw: Any) -> tuple[float, ...]:

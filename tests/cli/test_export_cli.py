@@ -198,3 +198,71 @@ def test_bad_calibration_data_exits_2(tmp_path: Path):
     np.save(tmp_path / "x.npy", np.zeros((3, 5), np.float32))
     r = run("build", DEMO, "-o", tmp_path / "o", "--match-tol", "1e-3", "--calibration-data", tmp_path / "x.npy")
     assert r.exit_code == 2 and "expected shape (batch, 2)" in r.stderr
+
+
+# -- judged by predictions, --strict, --triton-repo (issue #14) --------------------------------------
+
+RKNET_1 = """odespec: 1
+name: clf
+input: {shape: [2]}
+model:
+  - ode: {t: [0, 1], dynamics: {layers: [{linear: 16}, tanh, {linear: 2}]}, family: rknet,
+          solver: {method: rk4, steps: 1}}
+  - linear: 2
+export: {onnx: {method: rk4, steps: 4}}
+train: {data: {circles: {count: 100}}, loss: cross_entropy, iterations: 1}
+"""
+
+
+@pytest.fixture
+def rknet(tmp_path: Path) -> tuple[Path, Path]:
+    """A classifier trained (here: weights scaled so the step count matters) as rk4 x 1 whose
+    spec exports it at rk4 x 4, and its weights."""
+    spec = tmp_path / "clf.yaml"
+    spec.write_text(RKNET_1)
+    sd = odespec.build(spec).state_dict()
+    torch.save({k: 3 * v if k.startswith("0.") else v for k, v in sd.items()}, tmp_path / "w.pt")
+    return spec, tmp_path / "w.pt"
+
+
+def test_build_warns_last_about_a_large_deployment_error_and_strict_fails(tmp_path: Path, rknet):
+    spec, weights = rknet
+    r = run("build", spec, "-o", tmp_path / "out", "--weights", weights)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.rstrip().splitlines()
+    assert lines[-2].startswith("warning: ") and "trained as rk4 x 1" in lines[-2]
+    assert "--method rk4 --steps 1" in lines[-1] and "predictions:" in r.stdout
+    r = run("build", spec, "-o", tmp_path / "out", "--weights", weights, "--format", "json")
+    assert json.loads(r.stdout)["warnings"][0]["fix"].startswith("export it as it was trained")
+    assert "warning: " in r.stderr
+    r = run("build", spec, "-o", tmp_path / "strict", "--weights", weights, "--strict",
+            "--triton-repo", tmp_path / "models")
+    assert r.exit_code == 1 and "Ott et al" in r.stderr and "nothing written" in r.stderr
+    assert not (tmp_path / "strict").exists() and not (tmp_path / "models").exists()
+    # exported as trained, --strict passes
+    r = run("build", spec, "-o", tmp_path / "ok", "--weights", weights, "--strict", "--steps", "1")
+    assert r.exit_code == 0 and "warning" not in r.output
+
+
+def test_build_match_agreement_and_triton_repo(tmp_path: Path, rknet):
+    spec, weights = rknet
+    r = run("build", spec, "-o", tmp_path / "out", "--weights", weights, "--match-agreement", "0.999",
+            "--triton-repo", tmp_path / "models", "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["onnx"]["calibration"]["match"]["criterion"] == "agreement"
+    assert doc["onnx"]["deployment_error"]["agreement"] >= 0.999
+    assert doc["triton"]["model"] == "clf"
+    assert (tmp_path / "models" / "clf" / "1" / "model.onnx").read_bytes() == (tmp_path / "out" / "clf.onnx").read_bytes()
+    assert 'backend: "onnxruntime"' in (tmp_path / "models" / "clf" / "config.pbtxt").read_text()
+    r = run("build", spec, "-o", tmp_path / "t", "--weights", weights, "--triton-repo", tmp_path / "models")
+    assert "triton: model 'clf'" in r.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--steps", "4", "--match-agreement", "0.99"], "--match-agreement calibrates the step count"),
+    (["--match-tol", "1e-3", "--match-agreement", "0.99"], "two criteria"),
+])
+def test_build_match_agreement_usage_errors(tmp_path: Path, args: list[str], words: str):
+    r = run("build", DEMO, "-o", tmp_path, *args)
+    assert r.exit_code == 2 and words in r.output
