@@ -30,7 +30,7 @@ class TimedFunc:
     torchdiffeq. Also counts evaluations, and carries the solver callbacks found on the user's
     function (``callbacks``, ``None`` when it has none; see :mod:`odespec.solvers.callbacks`)."""
 
-    __slots__ = ("func", "dtype", "device", "nfe", "callbacks", "_t_float", "_t_tensor")
+    __slots__ = ("func", "dtype", "device", "nfe", "callbacks", "jac_hook", "_t_float", "_t_tensor")
 
     def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device,
                  callbacks: Optional[Callbacks] = None):
@@ -39,6 +39,9 @@ class TimedFunc:
         self.dtype = dtype
         self.device = device
         self.nfe = 0
+        # an odespec vector field that knows its Newton Jacobian (the adjoint's augmented dynamics,
+        # whose output autograd cannot connect to its input): see odespec.solvers.implicit
+        self.jac_hook = getattr(func, "odespec_newton_jacobian", None)
         self._t_float: Optional[float] = None
         self._t_tensor: Optional[torch.Tensor] = None
 

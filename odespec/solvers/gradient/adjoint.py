@@ -162,6 +162,24 @@ class _Augmented:
         return torch.cat([fy.reshape(-1)] + [g.reshape(-1) for g in dense])
 
 
+    def odespec_newton_jacobian(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The Newton matrix's Jacobian for an implicit method's backward steps (``(N, N)`` over
+        the flat state): ``[[J, 0], [0, -J^T]]`` on ``[y, a]`` with ``J = df/dy``, zero for the
+        parameter channels. The second-order block ``d(-a^T J)/dy`` is left out: it only slows
+        the iteration (which measures its own convergence), and leaving it out spares
+        differentiating through the vector-Jacobian product."""
+        from odespec.solvers.implicit import state_jacobian  # the implicit step imports this module's users
+
+        n = self.n
+        y = z[:n].view(self.shape)
+        _, jac = state_jacobian(self.func, t, y, batch=False)
+        j = jac[0]
+        out = torch.zeros(z.numel(), z.numel(), dtype=z.dtype, device=z.device)
+        out[:n, :n] = j
+        out[n:2 * n, n:2 * n] = -j.t()
+        return out
+
+
 class _ParamQuadrature:
     """``dL/dtheta = int -a^T df/dtheta dt``, summed with the method's weights ``b`` over the
     accepted steps of the backward solves (a quadrature: nothing depends on it, so keeping it

@@ -119,7 +119,8 @@ class _CheckpointRun(SolveRun):
         for start, end in reversed(self.segments(n_out)):
             y = states[start].detach().requires_grad_(True)
             with torch.enable_grad():
-                y_end, outs = replay(f, tableau, steps[start:end], y, p.times, n_out)
+                y_end, outs = replay(f, tableau, steps[start:end], y, p.times, n_out,
+                                     p.setup.opts if isinstance(p.setup.opts, FixedStepOptions) else None)
             outputs, seeds = [], []
             if adj is not None:
                 outputs.append(y_end)
