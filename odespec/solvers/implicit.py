@@ -64,7 +64,8 @@ def state_jacobian(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any, y:
     # seed p picks output p of every sample; row p of sample b is then sum_b' df_b'p/dy_b, which
     # is df_bp/dy_b for independent samples
     try:
-        fy, pullback = torch.func.vjp(lambda x: func(t, x), y)
+        got = torch.func.vjp(lambda x: func(t, x), y)
+        fy, pullback = got[0], got[1]
         (rows,) = torch.func.vmap(pullback)(seeds)
     except RuntimeError:
         fy, rows = _autograd_rows(func, t, y, seeds)

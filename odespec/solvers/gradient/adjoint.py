@@ -43,10 +43,10 @@ from odespec.solvers.gradient.base import (
 from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.integrate import Setup, make_setup
 from odespec.solvers.norms import MixedNorm, Tol
-from odespec.solvers.options import AdaptiveOptions, InvalidOptionError, OptionsArg
+from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, OptionsArg
 from odespec.solvers.solution import BackwardStats
 from odespec.solvers.tableau import ButcherTableau
-from odespec.solvers.tableaus import get_tableau
+from odespec.solvers.tableaus import OtherMethod, get_tableau, other_method
 
 __all__ = ["Adjoint"]
 
@@ -70,7 +70,7 @@ class Adjoint(ParamsGradientMethod):
         *,
         rtol: Optional[Tol] = None,
         atol: Optional[Tol] = None,
-        method: Union[str, ButcherTableau, None] = None,
+        method: Union[str, ButcherTableau, OtherMethod, None] = None,
         options: Optional[Mapping[str, Any]] = None,
         params: Optional[Iterable[torch.Tensor]] = None,
         seminorm: bool = False,
@@ -115,8 +115,10 @@ class Adjoint(ParamsGradientMethod):
         return setup
 
 
-def _tableau(method: Union[str, ButcherTableau]) -> ButcherTableau:
-    return method if isinstance(method, ButcherTableau) else get_tableau(method)
+def _tableau(method: Union[str, ButcherTableau, OtherMethod]) -> AnyMethod:
+    if isinstance(method, (ButcherTableau, OtherMethod)):
+        return method
+    return other_method(method) or get_tableau(method)
 
 
 # the attribute by which a derivative of the augmented dynamics carries its quadrature integrand
@@ -221,7 +223,8 @@ class _AdjointRun(SolveRun):
         shape, n = p.y0.shape, p.y0.numel()
         setup = self.setup
         quad = None
-        if self.quadrature and (setup.fixed or self.seminorm):
+        # the quadrature sums a Runge-Kutta step's stages with its weights b
+        if self.quadrature and (setup.fixed or self.seminorm) and isinstance(setup.tableau, ButcherTableau):
             quad = _ParamQuadrature(setup.tableau, self.params, ys)
         aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
         f = TimedFunc(aug, p.y0.dtype.to_real(), p.y0.device, Callbacks.of(p.func, "_adjoint"))
