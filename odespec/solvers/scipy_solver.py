@@ -50,7 +50,7 @@ def integrate_scipy(f: TimedFunc, y0: torch.Tensor, times: list[float], opts: Sc
     SciPy's comes back in the outcome."""
     solve_ivp = _solve_ivp()
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
-    if len(times) < 2:
+    if len(times) < 2:  # nothing to solve: y0 itself, as every method returns it
         return outcome
     if y0.is_complex():
         raise OdespecError("method='scipy_solver' takes real states only (SciPy's Radau and LSODA refuse complex "
@@ -68,7 +68,9 @@ def integrate_scipy(f: TimedFunc, y0: torch.Tensor, times: list[float], opts: Sc
                     method=opts.solver, t_eval=times, rtol=_tol(rtol), atol=_tol(atol), max_step=opts.max_step,
                     **extra)
     outs = torch.as_tensor(sol.y.T, dtype=dtype, device=device).reshape(-1, *shape)
-    outcome.outs = [y0] + list(outs[1:])
+    # every output SciPy's, y0's row too (its value): as in torchdiffeq no output carries autograd
+    # history, so a loss on them fails loudly in backward() instead of getting zero gradients
+    outcome.outs = [y0.detach()] + list(outs[1:])
     outcome.n_steps = outcome.n_accepted = int(sol.t.shape[0])
     outcome.t_last, outcome.y_last = times[len(outcome.outs) - 1], outcome.outs[-1]
     if not sol.success or len(outcome.outs) < len(times):

@@ -109,7 +109,7 @@ def test_scipy_solver_gradients_only_by_the_adjoint():
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     y = odeint(lambda t, y: a * y, y0, t, method="scipy_solver")
-    assert not y[-1].requires_grad  # as torchdiffeq: the forward solve is SciPy's, outside autograd
+    assert not y.requires_grad  # as torchdiffeq: the forward solve is SciPy's, outside autograd
     y = odeint_adjoint(lambda t, y: a * y, y0, t, method="scipy_solver", options={"solver": "RK45"},
                        adjoint_params=(a,), rtol=1e-9, atol=1e-11)
     g = torch.autograd.grad(y[-1].sum(), (y0, a))
