@@ -22,7 +22,7 @@ from odespec.solvers.common import Outcome
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig
 from odespec.solvers.gradient import Adjoint, GradientMethod, Problem, make_gradient
 from odespec.solvers.integrate import make_setup
-from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, SolverOptions
+from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, ScipyOptions, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
 from odespec.solvers.tableaus import OtherMethod, get_tableau, other_method
@@ -188,7 +188,8 @@ def solve(
                     options=packed.options(options), return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
     setup = make_setup(tableau, options, rtol, atol)
-    warn_unsupported(func, tableau.name, setup.fixed)
+    # SciPy's solver calls none of func's callbacks
+    warn_unsupported(func, tableau.name, setup.fixed, () if isinstance(setup.opts, ScipyOptions) else None)
     if not setup.fixed:
         _refuse_tracing(tableau)  # first: the checks below read tensor values, which torch.export cannot
     y0 = check_state(y0)

@@ -43,15 +43,20 @@ class _Perturbed:
 
     def __init__(self, f: TimedFunc, t0: float, t1: float):
         self.f, self.t0, self.t1 = f, t0, t1
-        self.jac_hook = f.jac_hook
         self.tol = _END_TOL * abs(t1 - t0)
+        hook = f.jac_hook
+        # an implicit step's Jacobian is taken at the step's start: nudged as well
+        self.jac_hook = None if hook is None else (lambda t, y: hook(self._time(t), y))
+
+    def _time(self, t: Any) -> Any:
+        if abs(t - self.t0) <= self.tol:
+            return nudge(self.t0, self.t1, self.f.dtype)
+        if abs(t - self.t1) <= self.tol:
+            return nudge(self.t1, self.t0, self.f.dtype)
+        return t
 
     def __call__(self, t: Any, y: torch.Tensor) -> torch.Tensor:
-        if abs(t - self.t0) <= self.tol:
-            t = nudge(self.t0, self.t1, self.f.dtype)
-        elif abs(t - self.t1) <= self.tol:
-            t = nudge(self.t1, self.t0, self.f.dtype)
-        return self.f(t, y)
+        return self.f(self._time(t), y)
 
 
 def _take_step(step: Stepper, f: TimedFunc, t0: float, y: torch.Tensor, h: float, k1: Optional[torch.Tensor],

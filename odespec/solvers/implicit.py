@@ -143,7 +143,8 @@ def implicit_step(
             evals.append(func(t + c[i] * h, torch_combine(y, h, terms)))
         residual = torch.stack([ks[i] - f for i, f in zip(unknown, evals, strict=True)])
         # (s', B, m) -> (B, s' m, 1): each block's unknowns together
-        rhs = residual.reshape(n_u, n_batch, m).permute(1, 0, 2).reshape(n_batch, n_u * m, 1)
+        # (in the Jacobian's dtype: a func that promotes, e.g. a float32 state with float64 times)
+        rhs = residual.reshape(n_u, n_batch, m).permute(1, 0, 2).reshape(n_batch, n_u * m, 1).to(lu.dtype)
         delta = torch.linalg.lu_solve(lu, pivots, rhs).reshape(n_batch, n_u, m).permute(1, 0, 2)
         delta = delta.reshape((n_u, *y.shape))
         for idx, i in enumerate(unknown):
