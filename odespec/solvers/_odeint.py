@@ -22,10 +22,10 @@ from odespec.solvers.common import Outcome
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig
 from odespec.solvers.gradient import Adjoint, GradientMethod, Problem, make_gradient
 from odespec.solvers.integrate import make_setup
-from odespec.solvers.options import AdaptiveOptions, InvalidOptionError, SolverOptions
+from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, ScipyOptions, SolverOptions
 from odespec.solvers.solution import BackwardStats, Solution, SolveStats
 from odespec.solvers.tableau import ButcherTableau
-from odespec.solvers.tableaus import get_tableau
+from odespec.solvers.tableaus import OtherMethod, get_tableau, other_method
 from odespec.solvers.time_grad import TimeGradient
 
 __all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
@@ -33,7 +33,7 @@ __all__ = ["odeint", "odeint_adjoint", "solve", "DEFAULT_METHOD"]
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EventFn = Callable[[torch.Tensor, Any], torch.Tensor]
 Tol = Union[float, torch.Tensor]
-Method = Union[str, ButcherTableau, None]
+Method = Union[str, ButcherTableau, OtherMethod, None]
 Times = Union[torch.Tensor, Sequence[float]]
 
 
@@ -188,7 +188,8 @@ def solve(
                     options=packed.options(options), return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
     setup = make_setup(tableau, options, rtol, atol)
-    warn_unsupported(func, tableau.name, setup.fixed)
+    # SciPy's solver calls none of func's callbacks
+    warn_unsupported(func, tableau.name, setup.fixed, () if isinstance(setup.opts, ScipyOptions) else None)
     if not setup.fixed:
         _refuse_tracing(tableau)  # first: the checks below read tensor values, which torch.export cannot
     y0 = check_state(y0)
@@ -222,7 +223,7 @@ def _tracer() -> Optional[str]:
     return None
 
 
-def _refuse_tracing(tableau: ButcherTableau) -> None:
+def _refuse_tracing(tableau: AnyMethod) -> None:
     """Raise :class:`TracedAdaptiveSolveError` for an adaptive solve under a tracer.
 
     Why: the tracer records the steps the example input took (the step-size control runs in
@@ -242,7 +243,7 @@ def _refuse_tracing(tableau: ButcherTableau) -> None:
     )
 
 
-def _solution(outcome: Outcome, ys: torch.Tensor, tableau: ButcherTableau, t: torch.Tensor, nfe: int,
+def _solution(outcome: Outcome, ys: torch.Tensor, tableau: AnyMethod, t: torch.Tensor, nfe: int,
               gradient: str, backward: BackwardStats) -> Solution:
     n = ys.shape[0]
     stats = SolveStats(
@@ -336,13 +337,13 @@ class _TupleState:
         return dataclasses.replace(sol, ys=ys, y_last=y_last)  # type: ignore[arg-type]
 
 
-def _resolve_method(method: Method) -> ButcherTableau:
+def _resolve_method(method: Method) -> AnyMethod:
     if method is None:
         return get_tableau(DEFAULT_METHOD)
-    if isinstance(method, ButcherTableau):
+    if isinstance(method, (ButcherTableau, OtherMethod)):
         return method
     if isinstance(method, str):
-        return get_tableau(method)
+        return other_method(method) or get_tableau(method)
     raise TypeError(f"method must be a name or a ButcherTableau, got {type(method).__name__}")
 
 

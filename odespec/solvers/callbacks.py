@@ -53,15 +53,19 @@ class Callbacks:
                  torch.scalar_tensor(h, dtype=real, device=y.device))
 
 
-def warn_unsupported(func: Any, method: str, fixed: bool) -> None:
+def warn_unsupported(func: Any, method: str, fixed: bool, supported: Optional[tuple[str, ...]] = None) -> None:
     """Warn when ``func`` carries callbacks the solve never calls (a fixed-step method's
-    accept/reject callbacks)."""
-    if not fixed:
-        return
-    unused = sorted(n for n in CALLBACK_NAMES if n not in FIXED_CALLBACKS and callable(getattr(func, n, None)))
+    accept/reject callbacks; ``supported``: the callbacks a method calls, where that is neither
+    rule, e.g. none for SciPy's solvers)."""
+    if supported is None:
+        if not fixed:
+            return
+        supported = FIXED_CALLBACKS
+    unused = sorted(n for n in CALLBACK_NAMES if n not in supported and callable(getattr(func, n, None)))
     if unused:
-        warnings.warn(f"solver {method!r} does not support callbacks {unused}: a fixed-step solve accepts every "
-                      "step, so they would never be called", stacklevel=3)
+        why = "a fixed-step solve accepts every step" if fixed else "its steps are taken outside odespec"
+        warnings.warn(f"solver {method!r} does not support callbacks {unused}: {why}, so they would never be called",
+                      stacklevel=3)
 
 
 def nudge(t: float, toward: float, dtype: torch.dtype) -> float:

@@ -30,7 +30,7 @@ class TimedFunc:
     torchdiffeq. Also counts evaluations, and carries the solver callbacks found on the user's
     function (``callbacks``, ``None`` when it has none; see :mod:`odespec.solvers.callbacks`)."""
 
-    __slots__ = ("func", "dtype", "device", "nfe", "callbacks", "_t_float", "_t_tensor")
+    __slots__ = ("func", "dtype", "device", "nfe", "callbacks", "jac_hook", "_t_float", "_t_tensor")
 
     def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device,
                  callbacks: Optional[Callbacks] = None):
@@ -39,11 +39,19 @@ class TimedFunc:
         self.dtype = dtype
         self.device = device
         self.nfe = 0
+        # an odespec vector field that knows its Newton Jacobian (the adjoint's augmented dynamics,
+        # whose output autograd cannot connect to its input): see odespec.solvers.implicit
+        hook = getattr(func, "odespec_newton_jacobian", None)
+        self.jac_hook: Optional[Callable[[float, torch.Tensor], torch.Tensor]] = None
+        if hook is not None:
+            # the hook gets the time as func does, a 0-d tensor
+            self.jac_hook = lambda t, y: hook(self._tensor(t), y)
         self._t_float: Optional[float] = None
         self._t_tensor: Optional[torch.Tensor] = None
 
     def __call__(self, t: Union[float, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        # _tensor inlined: this call is the hot path of every solve
         if not isinstance(t, torch.Tensor):
             if t != self._t_float:
                 # scalar_tensor is the cheapest way to a 0-d tensor and, on a GPU, a fill kernel
@@ -53,6 +61,12 @@ class TimedFunc:
                 self._t_tensor = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
             t = cast(torch.Tensor, self._t_tensor)  # made above, or by an earlier call at this time
         return self.func(t, y)
+
+    def _tensor(self, t: Union[float, torch.Tensor]) -> torch.Tensor:
+        """``t`` as the 0-d tensor ``func`` gets."""
+        if isinstance(t, torch.Tensor):
+            return t
+        return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
 
 
 @dataclass

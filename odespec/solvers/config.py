@@ -183,8 +183,8 @@ class SolverConfig:
     # -- the spec language --------------------------------------------------------------------------
     @staticmethod
     def method_schema() -> dict[str, Any]:
-        """The JSON-Schema fragment of a method name (every registered method)."""
-        methods = list(tableaus.method_names())
+        """The JSON-Schema fragment of a method name (every registered method a spec may name)."""
+        methods = list(tableaus.spec_method_names())
         fixed = [m for m in methods if not tableaus.is_adaptive(m)]
         adaptive = [m for m in methods if tableaus.is_adaptive(m)]
         return {"enum": methods, "enumDescriptions": [_method_words(tableaus.get_tableau(m)) for m in methods],
@@ -210,7 +210,10 @@ def _method_words(tableau: ButcherTableau) -> str:
 
 def _combination_problems(method: str, given: Mapping[str, Any]) -> list[OptionProblem]:
     """The rules of which options go with which method, for the options ``given``."""
-    adaptive = tableaus.get_tableau(method).adaptive
+    tableau = tableaus.get_tableau(method)
+    if tableau.implicit:
+        return [OptionProblem("method", tableaus.not_runge_kutta(method) or f"{method!r} is implicit")]
+    adaptive = tableau.adaptive
     problems = []
     if adaptive:
         problems += [OptionProblem(k, f"{k!r} is for fixed-step methods; {method!r} is adaptive",

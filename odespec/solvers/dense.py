@@ -34,7 +34,8 @@ def dense_weights(tableau: ButcherTableau, theta: float) -> tuple[float, ...]:
 
     The k's are: the method's stages; then, for a tableau interpolant, its extra stages (see
     :func:`odespec.solvers.step.dense_stages`); or, for the Hermite fallback of a non-FSAL
-    method, ``f(t + h, y_next)`` appended as index ``s``.
+    method, ``f(t + h, y_next)`` appended as index ``s`` (an implicit method: ``f(t, y)`` at
+    index ``s``, ``f(t + h, y_next)`` at ``s + 1``).
     """
     if tableau.interpolant is not None:
         return tableau.interpolant.weights(theta)
@@ -44,6 +45,9 @@ def dense_weights(tableau: ButcherTableau, theta: float) -> tuple[float, ...]:
     #                              + h (th^3 - th^2) f1,   with y1 - y0 = h sum b_i k_i
     w_delta = 3.0 * th2 - 2.0 * th3
     s = tableau.stages
+    if tableau.implicit:
+        # an implicit step's k's are its stages, then f(t, y), then f(t + h, y_next)
+        return (*[w_delta * bi for bi in tableau.b], th3 - 2.0 * th2 + theta, th3 - th2)
     weights = [w_delta * bi for bi in tableau.b]
     if not tableau.fsal:
         weights.append(0.0)

@@ -95,6 +95,10 @@ def solve_until_event(
     t0, t1 = (float(x) for x in t.tolist())
     if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
         raise ValueError("t = [t0, t1] must be finite and t1 != t0 (t1 - t0 gives the direction of the solve)")
+    if not isinstance(tableau, ButcherTableau):
+        raise InvalidOptionError(f"events need a Runge-Kutta method (the event is located on a step's dense "
+                                 f"output); {tableau.name!r} has none: use e.g. dopri5, rk4 or radauIIA5",
+                                 key="method")
     setup = make_setup(tableau, options, rtol, atol)
     if not setup.fixed:
         check_tolerance("rtol", rtol, flat_y0)
@@ -200,7 +204,9 @@ def _locate(func: Callable, y0: torch.Tensor, t0: float, direction: float, g: Ev
         _search(f, y0, t0, direction, setup, watcher)
         assert watcher.step is not None
         t_a, h, t_b, y_a = watcher.step
-        return _root(f, setup.tableau, t_a, h, t_b, y_a, g_at)
+        assert isinstance(setup.tableau, ButcherTableau)  # checked by solve_until_event
+        return _root(f, setup.tableau, t_a, h, t_b, y_a, g_at,
+                     setup.opts if isinstance(setup.opts, FixedStepOptions) else None)
 
 
 def _search(f: TimedFunc, y0: torch.Tensor, t0: float, direction: float, setup: Setup, watcher: _Watcher) -> None:
@@ -253,11 +259,11 @@ def _integrate(setup: Setup, f: TimedFunc, y: torch.Tensor, times: list[float], 
 
 
 def _root(f: TimedFunc, tableau: ButcherTableau, t_a: float, h: float, t_b: float, y_a: torch.Tensor,
-          g_at: Callable[[float, torch.Tensor], float]) -> float:
+          g_at: Callable[[float, torch.Tensor], float], options: Optional[FixedStepOptions] = None) -> float:
     """The event time inside the step ``[t_a, t_b]`` (size ``h``, from ``y_a``), where the event
     function goes from positive to <= 0: the Illinois method on the step's dense output, to the
     resolution of the time. (The integrator's step is taken again for its stages.)"""
-    res = stepper(tableau, y_a, with_error=False)(f, t_a, y_a, h, None)
+    res = stepper(tableau, y_a, with_error=False, options=options)(f, t_a, y_a, h, None)
     ks = dense_stages(f, t_a, y_a, h, tableau, res.ks)
     if needs_end_derivative(tableau):
         ks.append(f(t_b, res.y_next))

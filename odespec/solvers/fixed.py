@@ -39,18 +39,24 @@ class _Perturbed:
     float of the state's dtype inside the step (torchdiffeq's ``perturb``): a discontinuity of
     ``func`` at a grid time is then seen from the step's side on both of its ends."""
 
-    __slots__ = ("f", "t0", "t1", "tol")
+    __slots__ = ("f", "t0", "t1", "tol", "jac_hook")
 
     def __init__(self, f: TimedFunc, t0: float, t1: float):
         self.f, self.t0, self.t1 = f, t0, t1
         self.tol = _END_TOL * abs(t1 - t0)
+        hook = f.jac_hook
+        # an implicit step's Jacobian is taken at the step's start: nudged as well
+        self.jac_hook = None if hook is None else (lambda t, y: hook(self._time(t), y))
+
+    def _time(self, t: Any) -> Any:
+        if abs(t - self.t0) <= self.tol:
+            return nudge(self.t0, self.t1, self.f.dtype)
+        if abs(t - self.t1) <= self.tol:
+            return nudge(self.t1, self.t0, self.f.dtype)
+        return t
 
     def __call__(self, t: Any, y: torch.Tensor) -> torch.Tensor:
-        if abs(t - self.t0) <= self.tol:
-            t = nudge(self.t0, self.t1, self.f.dtype)
-        elif abs(t - self.t1) <= self.tol:
-            t = nudge(self.t1, self.t0, self.f.dtype)
-        return self.f(t, y)
+        return self.f(self._time(t), y)
 
 
 def _take_step(step: Stepper, f: TimedFunc, t0: float, y: torch.Tensor, h: float, k1: Optional[torch.Tensor],
@@ -91,7 +97,7 @@ def integrate_fixed(
     y = y0
     k1 = None
     h = 0.0
-    step = stepper(tableau, y0, with_error=False)
+    step = stepper(tableau, y0, with_error=False, options=opts)
     # a perturbed step's last stage is not f at the next step's start: no FSAL reuse
     fsal = tableau.fsal and not opts.perturb
     for i, (t0, t1) in enumerate(zip(times[:-1], times[1:], strict=True)):
@@ -139,7 +145,7 @@ def _integrate_grid(f: TimedFunc, y0: torch.Tensor, times: list[float], tableau:
     grid = _grid(f, y0, times, opts)
     direction = 1.0 if times[-1] > times[0] else -1.0
     outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
-    step = stepper(tableau, y0, with_error=False)
+    step = stepper(tableau, y0, with_error=False, options=opts)
     fsal = tableau.fsal and not opts.perturb
     y, k1, h, j = y0, None, 0.0, 1
     for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
@@ -155,7 +161,9 @@ def _integrate_grid(f: TimedFunc, y0: torch.Tensor, times: list[float], tableau:
             else:
                 if f1 is None:
                     f1 = res.ks[-1] if tableau.fsal else f(t1, y1)
-                outcome.outs.append(_hermite(t0, y, res.ks[0], t1, y1, f1, times[j]))
+                # an implicit step's stages hold f(t0, y) last
+                f0 = res.ks[-1] if tableau.implicit else res.ks[0]
+                outcome.outs.append(_hermite(t0, y, f0, t1, y1, f1, times[j]))
             j += 1
         y = y1
         k1 = res.ks[-1] if fsal else None

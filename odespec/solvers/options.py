@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from odespec.errors import OdespecError
 from odespec.solvers.controller import CONTROLLER_NAMES
 from odespec.solvers.tableau import ButcherTableau
+from odespec.solvers.tableaus import OtherMethod
 
 __all__ = [
     "InvalidOptionError",
@@ -29,6 +30,11 @@ __all__ = [
     "DEFAULT_MAX_NUM_STEPS",
     "MAX_STEPS",
     "MAX_NUM_STEPS",
+    "IMPLICIT_KEYS",
+    "ScipyOptions",
+    "SCIPY_SOLVERS",
+    "DEFAULT_NEWTON_ITERS",
+    "DEFAULT_ADAMS_ITERS",
     "allowed_options",
     "check_option_value",
     "parse_options",
@@ -41,6 +47,12 @@ MAX_NUM_STEPS = 10_000_000
 # Finite by default so a stiff or blown-up model fails with a clear error instead of spinning.
 DEFAULT_MAX_NUM_STEPS = 100_000
 CONTROLLERS = CONTROLLER_NAMES
+#: the most Newton iterations per step of an implicit Runge-Kutta method, and corrector iterations
+#: per step of implicit_adams (torchdiffeq's), when ``max_iters`` is not given
+DEFAULT_NEWTON_ITERS = 25
+DEFAULT_ADAMS_ITERS = 4
+#: the methods of scipy.integrate.solve_ivp
+SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
 class InvalidOptionError(OdespecError, ValueError):
@@ -60,7 +72,8 @@ class OptionSpec:
     added from the fields here); an option only the Python API takes (``in_spec=False``) may
     instead name a Python value kind, ``{"x-python": "callable"}`` or ``{"x-python": "times"}``
     (a 1-D tensor or sequence of times), which no spec can hold; ``kind``: ``fixed`` or ``adaptive`` for solver options (the
-    methods it applies to), ``tolerance`` for rtol/atol (adaptive methods; ``odeint`` takes
+    methods it applies to), ``implicit`` (the Newton/corrector iteration of implicit fixed-step
+    methods), ``adams`` (the Adams methods), ``scipy`` (``scipy_solver``), ``tolerance`` for rtol/atol (adaptive methods; ``odeint`` takes
     them as arguments, not options), or the gradient method's name; ``in_spec``: whether the
     spec language exposes it (the rest are ``odeint``'s fine controls).
     """
@@ -102,6 +115,24 @@ SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("perturb", {"type": "boolean"}, "Fixed-step methods: evaluate func one float just inside each "
                "step at its ends, so a discontinuity at a grid point is seen from the step's own side.", False,
                kind="fixed", in_spec=False),
+    OptionSpec("max_iters", {"type": "integer", "minimum": 1}, "Implicit fixed-step methods: the most Newton "
+               f"iterations per step (default {DEFAULT_NEWTON_ITERS}); implicit_adams: the most corrector iterations "
+               f"per step (default {DEFAULT_ADAMS_ITERS}).", kind="implicit", in_spec=False),
+    OptionSpec("newton_tol", {"type": "number", "minimum": 0}, "Implicit Runge-Kutta methods: the Newton "
+               "iteration stops once its estimated remaining error in h*k is below newton_tol * (1 + max|y|) "
+               "(default 100 machine epsilons of the state's dtype); 0: always max_iters iterations, with no "
+               "host synchronisation (the form that unrolls into a graph).", kind="implicit", in_spec=False),
+    OptionSpec("jacobian", {"enum": ["auto", "dense", "batch"]}, "Implicit Runge-Kutta methods: the Jacobian "
+               "of the Newton iteration; dense: of the whole state as one vector; batch: the first dimension "
+               "indexes independent samples, so the Jacobian is block diagonal and each sample's block is "
+               "solved alone (a batched solve, not one of batch*n unknowns); auto: batch for a state of two or "
+               "more dimensions. The solution is the same either way once the iteration converges.", "auto",
+               kind="implicit", in_spec=False),
+    OptionSpec("max_order", {"type": "integer", "minimum": 1, "maximum": 12}, "explicit_adams/implicit_adams: "
+               "the largest order (as torchdiffeq's: Adams-Bashforth up to max_order - 1, the corrector one "
+               "more; below 4 the method is RK4).", 12, kind="adams", in_spec=False),
+    OptionSpec("solver", {"enum": list(SCIPY_SOLVERS)}, "scipy_solver: the method of scipy.integrate.solve_ivp.",
+               "LSODA", kind="scipy", in_spec=False),
     OptionSpec("rtol", _TOL, "Adaptive methods: relative tolerance.", 1e-7, kind="tolerance"),
     OptionSpec("atol", _TOL, "Adaptive methods: absolute tolerance.", 1e-9, kind="tolerance"),
     OptionSpec("first_step", _POSITIVE, "Adaptive methods: initial step size (default: chosen automatically)."),
@@ -138,6 +169,7 @@ FIXED_STEP_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "fixed")
 STEP_COUNT_KEYS = ("step_size", "steps")
 ADAPTIVE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "adaptive")
 TOLERANCE_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "tolerance")
+IMPLICIT_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.kind == "implicit")
 
 
 @dataclass(frozen=True)
@@ -156,6 +188,12 @@ class FixedStepOptions:
     grid_constructor: Optional[Callable[..., Any]] = None
     interp: str = _BY_KEY["interp"].default
     perturb: bool = _BY_KEY["perturb"].default
+    #: implicit methods (None: the method's default); see :data:`SOLVER_OPTIONS`
+    max_iters: Optional[int] = None
+    newton_tol: Optional[float] = None
+    jacobian: str = _BY_KEY["jacobian"].default
+    #: the Adams methods
+    max_order: int = _BY_KEY["max_order"].default
 
 
 @dataclass(frozen=True)
@@ -178,15 +216,33 @@ class AdaptiveOptions:
     dfactor: float = _BY_KEY["dfactor"].default
 
 
-SolverOptions = Union[FixedStepOptions, AdaptiveOptions]
+@dataclass(frozen=True)
+class ScipyOptions:
+    """``scipy_solver``: the method of ``scipy.integrate.solve_ivp`` and its step limits."""
+
+    solver: str = _BY_KEY["solver"].default
+    min_step: float = _BY_KEY["min_step"].default
+    max_step: float = math.inf
+
+
+SolverOptions = Union[FixedStepOptions, AdaptiveOptions, ScipyOptions]
+#: what a solve runs: a Runge-Kutta tableau, or one of odeint's other methods
+AnyMethod = Union[ButcherTableau, OtherMethod]
 #: the options a solve is given: a mapping to parse, options parsed already, or none
 OptionsArg = Union[Mapping[str, Any], SolverOptions, None]
 
 
-def allowed_options(tableau: ButcherTableau) -> tuple[str, ...]:
+def allowed_options(tableau: AnyMethod) -> tuple[str, ...]:
     """Option keys ``odeint`` accepts for a method: the same rule as the spec language's (an
     adaptive method takes no ``steps``/``step_size``: ``tableau.fixed_step()`` is its fixed-step
-    form)."""
+    form); implicit methods add their iteration's options, the Adams methods ``max_order``,
+    ``scipy_solver`` takes ``solver`` and the step limits."""
+    if isinstance(tableau, OtherMethod):
+        if tableau.kind == "scipy":
+            return ("solver", "min_step", "max_step")
+        return FIXED_STEP_KEYS + ("max_order",) + (("max_iters",) if tableau.implicit else ())
+    if tableau.implicit:
+        return FIXED_STEP_KEYS + IMPLICIT_KEYS
     return ADAPTIVE_KEYS if tableau.adaptive else FIXED_STEP_KEYS
 
 
@@ -245,28 +301,30 @@ def _python_value(opt: OptionSpec, value: Any) -> Any:
     return tuple(sorted(float(x) for x in raw))
 
 
-def _unknown(key: Any, tableau: ButcherTableau, allowed: tuple[str, ...]) -> InvalidOptionError:
+def _unknown(key: Any, tableau: AnyMethod, allowed: tuple[str, ...]) -> InvalidOptionError:
     close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     extra = ""
     if key in ADAPTIVE_KEYS and not tableau.adaptive:
         extra = f" ({tableau.name!r} is a fixed-step method; {key!r} is for adaptive methods)"
-    if key in FIXED_STEP_KEYS and tableau.adaptive:
+    if key in FIXED_STEP_KEYS and tableau.adaptive and isinstance(tableau, ButcherTableau):
         extra = (f" ({tableau.name!r} is adaptive; {key!r} is for fixed-step methods: give rtol/atol, or "
                  f"take fixed steps with get_tableau({tableau.name!r}).fixed_step())")
+    if key in IMPLICIT_KEYS and key not in allowed:
+        extra = f" ({key!r} is for implicit methods)"
     return InvalidOptionError(
         f"unknown solver option {key!r} for method {tableau.name!r}{hint}{extra}; allowed: {', '.join(allowed)}",
         key=str(key), allowed=allowed)
 
 
-def parse_options(tableau: ButcherTableau, options: OptionsArg) -> SolverOptions:
+def parse_options(tableau: AnyMethod, options: OptionsArg) -> SolverOptions:
     """Validate ``odeint``'s ``options`` for ``tableau`` and fill in defaults (an already parsed
     :class:`FixedStepOptions`/:class:`AdaptiveOptions` is returned as it is).
 
     Raises :class:`InvalidOptionError` naming the allowed keys (with a did-you-mean) for an
     unknown key, and for values out of range.
     """
-    if isinstance(options, (FixedStepOptions, AdaptiveOptions)):
+    if isinstance(options, (FixedStepOptions, AdaptiveOptions, ScipyOptions)):
         return options
     # a key given as None means "not given" (spec objects fill unset fields with None)
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
@@ -280,6 +338,12 @@ def parse_options(tableau: ButcherTableau, options: OptionsArg) -> SolverOptions
         raise InvalidOptionError("option 'grid_constructor' sets the steps itself: give it without "
                                  "'steps'/'step_size'", key="grid_constructor")
     values = {k: check_option_value(_BY_KEY[k], v) for k, v in given.items()}
+    if isinstance(tableau, OtherMethod) and tableau.kind == "scipy":
+        scipy_opts = ScipyOptions(**values)
+        if scipy_opts.min_step > scipy_opts.max_step:
+            raise InvalidOptionError(f"min_step ({scipy_opts.min_step}) is larger than max_step "
+                                     f"({scipy_opts.max_step})", key="min_step")
+        return scipy_opts
     if not tableau.adaptive:
         return FixedStepOptions(**values)
     opts = AdaptiveOptions(**values)

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.dense import dense_weights, needs_end_derivative
 from odespec.solvers.step import dense_stages, interpolate, own, stepper
 from odespec.solvers.tableau import ButcherTableau
@@ -113,18 +114,19 @@ def replay(
     y: torch.Tensor,
     times: Sequence[float],
     n_out: int,
+    options: Optional[FixedStepOptions] = None,
 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Take the recorded ``steps`` again from state ``y``; returns the final state and the
     ``(index, value)`` of every output (index below ``n_out``) the steps produce.
 
     Mirrors the integrators: FSAL reuse within the replayed steps, first stage recomputed at the
     start (mathematically the same value the integrator carried over), outputs through
-    :func:`step_outputs`.
+    :func:`step_outputs`. ``options``: a fixed-step solve's (an implicit method's iteration).
     """
     outs: list[tuple[int, torch.Tensor]] = []
     k1 = None
     fsal = tableau.fsal
-    step = stepper(tableau, y, with_error=False)
+    step = stepper(tableau, y, with_error=False, options=options)
     for rec in steps:
         res = step(f, rec.t, y, rec.h, k1)
         y_next = res.y_next

@@ -17,6 +17,7 @@ from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, c
 
 import torch
 
+from odespec.solvers.options import FixedStepOptions
 from odespec.solvers.tableau import ButcherTableau
 
 __all__ = [
@@ -154,6 +155,10 @@ def rk_step(
     adaptive solver can compute it outside autograd. All state arithmetic goes through
     ``combine``; zero coefficients are never passed to it.
     """
+    if tableau.implicit and not (combine is torch_combine and type(h) is float):
+        raise ValueError(f"{tableau.name!r} is an implicit method: its step solves the stage equations by "
+                         "Newton's method on torch tensors with a float step; it has no form for another combiner "
+                         "(the ONNX export of implicit methods is not implemented yet)")
     if combine is torch_combine and type(h) is float:
         # torch_combine combines tensors: here y and k1 are tensors
         y_t, k1_t = cast(torch.Tensor, y), cast(Optional[torch.Tensor], k1)
@@ -165,14 +170,23 @@ def rk_step(
 Stepper = Callable[[StageFunc, float, torch.Tensor, float, Optional[torch.Tensor]], StepResult]
 
 
-def stepper(tableau: ButcherTableau, y: torch.Tensor, with_error: bool = True) -> Stepper:
+def stepper(tableau: ButcherTableau, y: torch.Tensor, with_error: bool = True,
+            options: Optional[FixedStepOptions] = None) -> Stepper:
     """:func:`rk_step` for torch tensors and float step sizes, with its code path chosen once.
 
     The integrators call this once per solve (autograd mode, state size and tableau do not
     change during one) instead of letting every step choose again: the choice reads the grad
     mode and looks up a plan keyed on tableau, dtype, device and rank, about 4 us a step under
     a line profiler, beside ~60 us of a tiny state's whole step.
+
+    An implicit tableau gets :func:`odespec.solvers.implicit.implicit_step`, its Newton iteration
+    set by ``options`` (``max_iters``, ``newton_tol``, ``jacobian``; defaults where None).
     """
+    if tableau.implicit:
+        # imported on use: the implicit step builds on this module's combiner
+        from odespec.solvers.implicit import implicit_stepper
+
+        return implicit_stepper(tableau, options)
     if not torch.is_grad_enabled() and y.numel() <= _EAGER_MAX_NUMEL:
         plan = _eager_plan(tableau, with_error and tableau.adaptive, y)
         if plan is not None:

@@ -1,4 +1,4 @@
-"""The Butcher tableau: pure data describing one explicit Runge-Kutta method.
+"""The Butcher tableau: pure data describing one Runge-Kutta method, explicit or implicit.
 
 This module must stay free of torch and numpy: the spec validator imports it (through
 ``odespec.solvers.tableaus``) only to learn method names, orders and whether a method is
@@ -12,6 +12,10 @@ local error estimate is ``h * sum_i b_err_i k_i``. Dense output is written in th
 in the k's" form: ``y(t + theta h) = y + h * sum_i w_i(theta) k_i``. Keeping every formula in
 that form is what lets a single generic step (``step.py``) and a single pluggable combiner
 serve torch, ONNX export and anything else.
+
+An *implicit* method (``implicit=True``) has a full stage matrix: ``k_i`` appears on both sides of
+its stage equation, so a step solves the stage equations by Newton's method
+(:mod:`odespec.solvers.implicit`). Implicit methods are fixed-step here (no error estimator).
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class Interpolant:
 
 @dataclass(frozen=True, init=False)
 class ButcherTableau:
-    """An explicit Runge-Kutta method as data. Immutable; invariants checked on construction.
+    """A Runge-Kutta method as data (explicit, or implicit with ``implicit=True``). Immutable; invariants checked on construction.
 
     Parameters
     ----------
@@ -125,8 +129,9 @@ class ButcherTableau:
     order:
         Order of the propagated solution (``b``).
     a:
-        Strictly lower-triangular stage matrix. Either square ``s x s`` (zeros on and above the
-        diagonal) or ragged, row ``i`` holding its ``i`` entries below the diagonal. Stored square.
+        Stage matrix. Explicit methods: strictly lower triangular, either square ``s x s`` (zeros
+        on and above the diagonal) or ragged, row ``i`` holding its ``i`` entries below the
+        diagonal. Implicit methods: square, with some entry on or above the diagonal. Stored square.
     b, c:
         Solution weights and stage nodes, ``s`` entries each.
     b_err:
@@ -143,6 +148,9 @@ class ButcherTableau:
         Hermite interpolation.
     aliases:
         Other names under which the registry finds this method.
+    implicit:
+        The stage equations are implicit (``a`` is not strictly lower triangular): a step solves
+        them by Newton's method. No error estimator, FSAL or interpolant (fixed steps only).
     """
 
     name: str
@@ -156,6 +164,7 @@ class ButcherTableau:
     fsal: bool = False
     interpolant: Optional[Interpolant] = None
     aliases: tuple[str, ...] = ()
+    implicit: bool = False
     # Sparse views (index, coefficient) with exact zeros dropped, computed once here so that a
     # step does not re-scan the matrix: the combiner is only ever handed non-zero terms.
     a_terms: tuple[tuple[tuple[int, float], ...], ...] = field(
@@ -184,6 +193,7 @@ class ButcherTableau:
         fsal: bool = False,
         interpolant: Optional[Interpolant] = None,
         aliases: Sequence[str] = (),
+        implicit: bool = False,
     ) -> None:
         set_ = object.__setattr__
         if not isinstance(name, str) or not name:
@@ -191,7 +201,10 @@ class ButcherTableau:
         where = f"tableau {name!r}"
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
             raise ValueError(f"{where}: order must be a positive int, got {order!r}")
-        for attr, value in (("name", name), ("order", order), ("fsal", fsal), ("interpolant", interpolant)):
+        if not isinstance(implicit, bool):
+            raise ValueError(f"{where}: implicit must be a bool, got {implicit!r}")
+        for attr, value in (("name", name), ("order", order), ("fsal", fsal), ("interpolant", interpolant),
+                            ("implicit", implicit)):
             set_(self, attr, value)
 
         b_ = _vec(b)
@@ -201,7 +214,7 @@ class ButcherTableau:
             raise ValueError(f"{where}: b is empty")
         if len(c_) != s:
             raise ValueError(f"{where}: c has {len(c_)} entries but b has {s}")
-        set_(self, "a", self._square(a, s, where))
+        set_(self, "a", self._square(a, s, where, implicit))
         set_(self, "b", b_)
         set_(self, "c", c_)
         set_(self, "aliases", tuple(aliases))
@@ -222,7 +235,7 @@ class ButcherTableau:
             if not _close(total, c[i], scale):
                 raise ValueError(
                     f"{where}: row {i} of a sums to {total!r} but c[{i}] = {c[i]!r} "
-                    "(explicit RK needs sum_j a_ij == c_i)"
+                    "(a Runge-Kutta method needs sum_j a_ij == c_i)"
                 )
 
         for attr, given in (("b_err", b_err), ("b_err_aux", b_err_aux)):
@@ -243,26 +256,35 @@ class ButcherTableau:
             if any(not _close(a[-1][j], b[j], abs(b[j])) for j in range(s)):
                 raise ValueError(f"{where}: fsal needs the last row of a to equal b")
 
+        if self.implicit and (self.b_err is not None or self.fsal or self.interpolant is not None):
+            raise ValueError(f"{where}: an implicit method takes fixed steps here: no b_err, fsal or interpolant")
         if self.interpolant is not None:
             self._check_interpolant(self.interpolant, a, b, where)
 
-        set_(self, "a_terms", tuple(_terms(row[:i]) for i, row in enumerate(a)))
+        # an implicit method's stage i sums over every stage
+        set_(self, "a_terms", tuple(_terms(row if self.implicit else row[:i]) for i, row in enumerate(a)))
         set_(self, "b_terms", _terms(b))
         set_(self, "err_terms", None if self.b_err is None else _terms(self.b_err))
         set_(self, "err_aux_terms", None if self.b_err_aux is None else _terms(self.b_err_aux))
 
     @staticmethod
-    def _square(rows: Sequence[Sequence[Number]], s: int, where: str) -> tuple[tuple[float, ...], ...]:
+    def _square(rows: Sequence[Sequence[Number]], s: int, where: str,
+                implicit: bool) -> tuple[tuple[float, ...], ...]:
         if len(rows) != s:
             raise ValueError(f"{where}: a has {len(rows)} rows but b has {s} entries")
         out = []
         for i, row in enumerate(rows):
             vals = _vec(row)
-            if len(vals) == s:
+            if implicit:
+                if len(vals) != s:
+                    raise ValueError(f"{where}: row {i} of a has {len(vals)} entries; an implicit method's "
+                                     f"stage matrix is square ({s} entries a row)")
+            elif len(vals) == s:
                 if any(v != 0.0 for v in vals[i:]):
                     raise ValueError(
                         f"{where}: a must be strictly lower triangular (explicit method); "
-                        f"row {i} has a nonzero entry on or above the diagonal"
+                        f"row {i} has a nonzero entry on or above the diagonal (an implicit method "
+                        "says implicit=True)"
                     )
             elif len(vals) <= i:
                 # ragged form: the entries below the diagonal, missing trailing ones are zero
@@ -273,6 +295,9 @@ class ButcherTableau:
                     f"(below the diagonal) or exactly {s} (square form)"
                 )
             out.append(vals)
+        if implicit and all(v == 0.0 for i, row in enumerate(out) for v in row[i:]):
+            raise ValueError(f"{where}: implicit=True, but a is strictly lower triangular: the method is "
+                             "explicit (leave implicit False)")
         return tuple(out)
 
     @staticmethod
@@ -321,6 +346,18 @@ class ButcherTableau:
     def evals_per_step(self) -> int:
         """Function evaluations per step once running (FSAL saves one)."""
         return self.stages - 1 if self.fsal else self.stages
+
+    @property
+    def diagonally_implicit(self) -> bool:
+        """An implicit method whose stage matrix is lower triangular (DIRK: each stage's equation
+        involves only itself and earlier stages)."""
+        return self.implicit and all(v == 0.0 for i, row in enumerate(self.a) for v in row[i + 1:])
+
+    @property
+    def explicit_stages(self) -> tuple[int, ...]:
+        """The stages whose row of ``a`` is all zero: ``k_i = f(t + c_i h, y)``, no equation to solve
+        (trapezoid's and TR-BDF2's first stage)."""
+        return tuple(i for i, row in enumerate(self.a) if all(v == 0.0 for v in row))
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -13,6 +13,8 @@ coefficients MATLAB's ode45 and SciPy's RK45 use); Tsitouras (2011) for Tsit5 an
 from __future__ import annotations
 
 import difflib
+import math
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional, Sequence
 
@@ -25,6 +27,7 @@ __all__ = [
     "unregister_tableau",
     "get_tableau",
     "method_names",
+    "spec_method_names",
     "is_adaptive",
     "EULER",
     "MIDPOINT",
@@ -36,6 +39,10 @@ __all__ = [
     "DOPRI5",
     "TSIT5",
     "DOPRI8",
+    "IMPLICIT_METHODS",
+    "OtherMethod",
+    "OTHER_METHODS",
+    "other_method",
 ]
 
 Fr = Fraction
@@ -409,28 +416,129 @@ def _dop853() -> ButcherTableau:
 
 DOPRI8 = _dop853()
 
+# --------------------------------------------------------------------------- implicit methods
+#
+# Hairer & Wanner, *Solving ODEs II*, sections IV.5 (Gauss and Radau IIA collocation methods) and
+# IV.6 (SDIRK); Hosea & Shampine (1996) for TR-BDF2 as a three-stage DIRK. The names are
+# torchdiffeq's. (torchdiffeq's gl4 lists c = (1/2 - sqrt(3)/6) twice; the nodes of the Gauss
+# method are 1/2 -+ sqrt(3)/6, as the row sums of its own a say.)
+
+_S2, _S3, _S6, _S15 = math.sqrt(2.0), math.sqrt(3.0), math.sqrt(6.0), math.sqrt(15.0)
+
+IMPLICIT_EULER = ButcherTableau(name="implicit_euler", order=1, a=((1,),), b=(1,), c=(1,), implicit=True)
+
+IMPLICIT_MIDPOINT = ButcherTableau(
+    name="implicit_midpoint", order=2, a=((Fr(1, 2),),), b=(1,), c=(Fr(1, 2),), implicit=True
+)
+
+# the implicit trapezoidal rule (Crank-Nicolson): its first stage is f(t, y), explicit
+TRAPEZOID = ButcherTableau(
+    name="trapezoid", order=2, a=((0, 0), (Fr(1, 2), Fr(1, 2))), b=(Fr(1, 2), Fr(1, 2)), c=(0, 1), implicit=True
+)
+
+RADAU_IIA3 = ButcherTableau(
+    name="radauIIA3", order=3, a=((Fr(5, 12), Fr(-1, 12)), (Fr(3, 4), Fr(1, 4))), b=(Fr(3, 4), Fr(1, 4)),
+    c=(Fr(1, 3), 1), implicit=True,
+)
+
+RADAU_IIA5 = ButcherTableau(
+    name="radauIIA5", order=5,
+    a=(
+        (11 / 45 - 7 * _S6 / 360, 37 / 225 - 169 * _S6 / 1800, -2 / 225 + _S6 / 75),
+        (37 / 225 + 169 * _S6 / 1800, 11 / 45 + 7 * _S6 / 360, -2 / 225 - _S6 / 75),
+        (4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, Fr(1, 9)),
+    ),
+    b=(4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, Fr(1, 9)),
+    c=(2 / 5 - _S6 / 10, 2 / 5 + _S6 / 10, 1),
+    implicit=True,
+)
+
+GL4 = ButcherTableau(
+    name="gl4", order=4, a=((Fr(1, 4), 1 / 4 - _S3 / 6), (1 / 4 + _S3 / 6, Fr(1, 4))), b=(Fr(1, 2), Fr(1, 2)),
+    c=(1 / 2 - _S3 / 6, 1 / 2 + _S3 / 6), implicit=True,
+)
+
+GL6 = ButcherTableau(
+    name="gl6", order=6,
+    a=(
+        (Fr(5, 36), 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
+        (5 / 36 + _S15 / 24, Fr(2, 9), 5 / 36 - _S15 / 24),
+        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, Fr(5, 36)),
+    ),
+    b=(Fr(5, 18), Fr(4, 9), Fr(5, 18)),
+    c=(1 / 2 - _S15 / 10, Fr(1, 2), 1 / 2 + _S15 / 10),
+    implicit=True,
+)
+
+# the two-stage, L-stable SDIRK of order 2, gamma = 1 - 1/sqrt(2)
+_GAMMA = (2 - _S2) / 2
+SDIRK2 = ButcherTableau(
+    name="sdirk2", order=2, a=((_GAMMA, 0), (1 - _GAMMA, _GAMMA)), b=(1 - _GAMMA, _GAMMA), c=(_GAMMA, 1),
+    implicit=True,
+)
+
+# TR-BDF2: a trapezoidal stage to t + 2*gamma*h, then BDF2 to t + h (L-stable, stiffly accurate)
+_TR_G, _TR_B = 1 - _S2 / 2, _S2 / 4
+TRBDF2 = ButcherTableau(
+    name="trbdf2", order=2, a=((0, 0, 0), (_TR_G, _TR_G, 0), (_TR_B, _TR_B, _TR_G)), b=(_TR_B, _TR_B, _TR_G),
+    c=(0, 2 * _TR_G, 1), implicit=True,
+)
+
+IMPLICIT_METHODS = (IMPLICIT_EULER, IMPLICIT_MIDPOINT, TRAPEZOID, RADAU_IIA3, RADAU_IIA5, GL4, GL6, SDIRK2, TRBDF2)
+
 # --------------------------------------------------------------------------- registry
 
 
-#: torchdiffeq's method names that are not Runge-Kutta methods, so not tableaus here: what each is,
-#: and the odespec methods to use instead
-NOT_RUNGE_KUTTA: dict[str, tuple[str, tuple[str, ...]]] = {
-    "explicit_adams": ("a multistep Adams-Bashforth method", ("dopri5", "tsit5")),
-    "implicit_adams": ("a multistep Adams-Moulton predictor-corrector", ("dopri5", "tsit5")),
-    "fixed_adams": ("a fixed-step multistep Adams method", ("rk4",)),
-    "scipy_solver": ("a wrapper of SciPy's solve_ivp", ("dopri5", "dopri8")),
-}
+@dataclass(frozen=True)
+class OtherMethod:
+    """A method of ``odeint`` that is no Runge-Kutta method, so no tableau: torchdiffeq's multistep
+    Adams methods and its SciPy wrapper. ``kind``: ``"adams"`` or ``"scipy"``; ``implicit``: an
+    Adams-Bashforth-Moulton predictor-corrector (else Adams-Bashforth alone). Specs do not name
+    these (their methods are Runge-Kutta methods, which export to ONNX)."""
+
+    name: str
+    kind: str
+    description: str
+    implicit: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        """SciPy's solvers choose their own steps; the Adams methods take fixed steps."""
+        return self.kind == "scipy"
+
+
+#: torchdiffeq's method names that are not Runge-Kutta methods (:mod:`odespec.solvers.multistep`,
+#: :mod:`odespec.solvers.scipy_solver`)
+OTHER_METHODS: dict[str, OtherMethod] = {m.name: m for m in (
+    OtherMethod("explicit_adams", "adams", "fixed-step Adams-Bashforth of growing order (up to max_order - 1) "
+                "after two RK4 steps"),
+    OtherMethod("implicit_adams", "adams", "fixed-step Adams-Bashforth-Moulton predictor-corrector (up to "
+                "max_iters corrections) after two RK4 steps", implicit=True),
+    OtherMethod("fixed_adams", "adams", "torchdiffeq's alias of implicit_adams", implicit=True),
+    OtherMethod("scipy_solver", "scipy", "SciPy's solve_ivp (options['solver']: RK45, RK23, DOP853, Radau, BDF, "
+                "LSODA); no gradients through the forward solve"),
+)}
+
+
+def other_method(name: object) -> Optional[OtherMethod]:
+    """The non-Runge-Kutta method ``odeint`` knows by ``name``, or None."""
+    return OTHER_METHODS.get(name) if isinstance(name, str) else None
 
 
 def not_runge_kutta(name: str) -> Optional[str]:
-    """Why ``name`` (a torchdiffeq method that is no Runge-Kutta method) is not here, and what to
-    use instead; None for any other name."""
-    known = NOT_RUNGE_KUTTA.get(name)
+    """Why ``name`` (a method of ``odeint`` that is no Runge-Kutta method) is no tableau and no
+    method of specs, and what to use there instead; None for any other name."""
+    implicit = _METHODS.get(name) if isinstance(name, str) else None
+    if implicit is not None and implicit.implicit:
+        return (f"{name!r} is an implicit Runge-Kutta method: odeint(method={name!r}) runs it, but specs cannot name "
+                "it yet (a spec's method must export to ONNX, and the Newton iteration of implicit methods is not "
+                "unrolled into the graph yet): use an explicit method such as rk4 or dopri5")
+    known = OTHER_METHODS.get(name)
     if known is None:
         return None
-    what, instead = known
-    return (f"{name!r} is {what}; odespec's solvers are Runge-Kutta methods: use "
-            f"{' or '.join(repr(m) for m in instead)}")
+    instead = "'dopri5' or 'dopri8'" if known.kind == "scipy" else "'rk4' or 'dopri5'"
+    return (f"{name!r} is {known.description}: odeint(method={name!r}) runs it, but it is no Runge-Kutta "
+            f"method, so it has no tableau and specs cannot name it (a spec's method exports to ONNX): use {instead}")
 
 
 class UnknownMethodError(OdespecError, KeyError):
@@ -515,11 +623,19 @@ def method_names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
+def spec_method_names() -> tuple[str, ...]:
+    """The registered methods a spec may name: the explicit ones. Implicit methods run in
+    ``odeint`` and the gradient methods; a spec's method must also export to ONNX, which implicit
+    methods do not yet (their Newton iteration is not unrolled into the graph)."""
+    return tuple(name for name, tab in _METHODS.items() if not tab.implicit)
+
+
 def is_adaptive(name: str) -> bool:
     """Whether the method has an error estimator (and so supports adaptive step sizes)."""
     return get_tableau(name).adaptive
 
 
-for _t in (EULER, MIDPOINT, HEUN, HEUN3, RALSTON, RK4, RK4_38, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8):
+for _t in (EULER, MIDPOINT, HEUN, HEUN3, RALSTON, RK4, RK4_38, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8,
+           *IMPLICIT_METHODS):
     register_tableau(_t)
 del _t

@@ -173,7 +173,7 @@ class _Formatter:
                 if e.instance in registry.names() or e.instance == "ode":
                     yield self.issue(path, *self._needs_options(e.instance))
                     return
-            if kind == FIXED_STEP_NAMES and isinstance(e.instance, str) and e.instance in tableaus.method_names():
+            if kind == FIXED_STEP_NAMES and isinstance(e.instance, str) and e.instance in tableaus.spec_method_names():
                 yield self.issue(path, f"{e.instance!r} is adaptive; an exported graph is fixed-step",
                                  f"use one of: {', '.join(options)}")
                 return

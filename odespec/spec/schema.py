@@ -231,7 +231,7 @@ def export_method_property() -> dict[str, Any]:
 def registry_key() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What the solver vocabulary of the active schema depends on: the registered methods and
     gradient methods (a public ``register_tableau``/``register_gradient`` changes it)."""
-    return tableaus.method_names(), tuple(d.name for d in declared_gradients())
+    return tableaus.spec_method_names(), tuple(d.name for d in declared_gradients())
 
 
 def _with_solve_vocabulary(schema: dict[str, Any]) -> dict[str, Any]:

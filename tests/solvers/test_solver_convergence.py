@@ -19,7 +19,7 @@ from odespec.solvers.tableaus import get_tableau, method_names
 
 T_END = 8.0
 STEPS = {1: [100, 200, 400, 800], 2: [50, 100, 200, 400], 3: [40, 80, 160, 320],
-         4: [20, 40, 80, 160], 5: [40, 80, 120, 160], 8: [8, 12, 16, 24]}
+         4: [20, 40, 80, 160], 5: [40, 80, 120, 160], 6: [16, 24, 32, 48], 8: [8, 12, 16, 24]}
 
 
 def _observed_order(method: str) -> float:

@@ -190,7 +190,7 @@ def _dynamics_layers() -> set[str]:
 
 def _positions() -> dict[str, tuple[str, set[str], set[str]]]:
     """name -> (document with the cursor, names that must be offered, names that must not)."""
-    methods, gradients = set(tableaus.method_names()), {d.name for d in declared_gradients()}
+    methods, gradients = set(tableaus.spec_method_names()), {d.name for d in declared_gradients()}
     adaptive = {m for m in methods if tableaus.is_adaptive(m)}
     every_layer = set(registry.names())
     kept_out = every_layer - _dynamics_layers()

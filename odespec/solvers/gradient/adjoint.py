@@ -43,10 +43,10 @@ from odespec.solvers.gradient.base import (
 from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.integrate import Setup, make_setup
 from odespec.solvers.norms import MixedNorm, Tol
-from odespec.solvers.options import AdaptiveOptions, InvalidOptionError, OptionsArg
+from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, OptionsArg
 from odespec.solvers.solution import BackwardStats
 from odespec.solvers.tableau import ButcherTableau
-from odespec.solvers.tableaus import get_tableau
+from odespec.solvers.tableaus import OtherMethod, get_tableau, other_method
 
 __all__ = ["Adjoint"]
 
@@ -70,7 +70,7 @@ class Adjoint(ParamsGradientMethod):
         *,
         rtol: Optional[Tol] = None,
         atol: Optional[Tol] = None,
-        method: Union[str, ButcherTableau, None] = None,
+        method: Union[str, ButcherTableau, OtherMethod, None] = None,
         options: Optional[Mapping[str, Any]] = None,
         params: Optional[Iterable[torch.Tensor]] = None,
         seminorm: bool = False,
@@ -115,8 +115,10 @@ class Adjoint(ParamsGradientMethod):
         return setup
 
 
-def _tableau(method: Union[str, ButcherTableau]) -> ButcherTableau:
-    return method if isinstance(method, ButcherTableau) else get_tableau(method)
+def _tableau(method: Union[str, ButcherTableau, OtherMethod]) -> AnyMethod:
+    if isinstance(method, (ButcherTableau, OtherMethod)):
+        return method
+    return other_method(method) or get_tableau(method)
 
 
 # the attribute by which a derivative of the augmented dynamics carries its quadrature integrand
@@ -162,6 +164,24 @@ class _Augmented:
         return torch.cat([fy.reshape(-1)] + [g.reshape(-1) for g in dense])
 
 
+    def odespec_newton_jacobian(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The Newton matrix's Jacobian for an implicit method's backward steps (``(N, N)`` over
+        the flat state): ``[[J, 0], [0, -J^T]]`` on ``[y, a]`` with ``J = df/dy``, zero for the
+        parameter channels. The second-order block ``d(-a^T J)/dy`` is left out: it only slows
+        the iteration (which measures its own convergence), and leaving it out spares
+        differentiating through the vector-Jacobian product."""
+        from odespec.solvers.implicit import state_jacobian  # the implicit step imports this module's users
+
+        n = self.n
+        y = z[:n].view(self.shape)
+        _, jac = state_jacobian(self.func, t, y, batch=False)
+        j = jac[0]
+        out = torch.zeros(z.numel(), z.numel(), dtype=z.dtype, device=z.device)
+        out[:n, :n] = j
+        out[n:2 * n, n:2 * n] = -j.t()
+        return out
+
+
 class _ParamQuadrature:
     """``dL/dtheta = int -a^T df/dtheta dt``, summed with the method's weights ``b`` over the
     accepted steps of the backward solves (a quadrature: nothing depends on it, so keeping it
@@ -203,7 +223,8 @@ class _AdjointRun(SolveRun):
         shape, n = p.y0.shape, p.y0.numel()
         setup = self.setup
         quad = None
-        if self.quadrature and (setup.fixed or self.seminorm):
+        # the quadrature sums a Runge-Kutta step's stages with its weights b
+        if self.quadrature and (setup.fixed or self.seminorm) and isinstance(setup.tableau, ButcherTableau):
             quad = _ParamQuadrature(setup.tableau, self.params, ys)
         aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
         f = TimedFunc(aug, p.y0.dtype.to_real(), p.y0.device, Callbacks.of(p.func, "_adjoint"))

@@ -38,6 +38,7 @@ from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.options import FixedStepOptions, InvalidOptionError
 from odespec.solvers.replay import StepRecorder, replay, sqrt_cap
 from odespec.solvers.solution import BackwardStats
+from odespec.solvers.tableau import ButcherTableau
 
 __all__ = ["Checkpoint"]
 
@@ -68,6 +69,9 @@ class Checkpoint(ParamsGradientMethod):
         params = self.grad_params(problem)
         if params is None:
             return plain_solve(problem)
+        if not isinstance(problem.setup.tableau, ButcherTableau):
+            raise InvalidOptionError(f"gradient='checkpoint' replays Runge-Kutta steps; {problem.setup.tableau.name!r} "
+                                     "is no Runge-Kutta method: use gradient='backprop' or 'adjoint'", key="gradient")
         run = _CheckpointRun(problem, self.recorder(problem), params, stats)
         ys = _CheckpointFunction.apply(run, problem.y0, *params)
         return Solved(ys, run.outcome, run.nfe)
@@ -109,6 +113,7 @@ class _CheckpointRun(SolveRun):
     def backward(self, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
         p = self.problem
         tableau = p.setup.tableau
+        assert isinstance(tableau, ButcherTableau)  # checked by Checkpoint.solve
         f = p.timed()
         n_out = grad_ys.shape[0]
         adj: Optional[torch.Tensor] = None
@@ -119,7 +124,8 @@ class _CheckpointRun(SolveRun):
         for start, end in reversed(self.segments(n_out)):
             y = states[start].detach().requires_grad_(True)
             with torch.enable_grad():
-                y_end, outs = replay(f, tableau, steps[start:end], y, p.times, n_out)
+                y_end, outs = replay(f, tableau, steps[start:end], y, p.times, n_out,
+                                     p.setup.opts if isinstance(p.setup.opts, FixedStepOptions) else None)
             outputs, seeds = [], []
             if adj is not None:
                 outputs.append(y_end)

@@ -1,0 +1,182 @@
+"""One step of an implicit Runge-Kutta method: the stage equations solved by simplified Newton.
+
+A method with ``s`` stages defines its stage derivatives implicitly::
+
+    k_i = f(t + c_i h, y + h * sum_j a_ij k_j),        y_next = y + h * sum_i b_i k_i.
+
+Stages whose row of ``a`` is all zero (trapezoid's and TR-BDF2's first) are plain evaluations;
+the others, ``K``, solve ``G(K) = K - F(K) = 0``. The iteration is *simplified* Newton (Hairer &
+Wanner, *Solving ODEs II*, IV.8): one Jacobian ``J = df/dy`` at ``(t, y)`` per step, the matrix
+``I - h (A (x) J)`` factorised once, then each iteration evaluates every unknown stage once and
+takes one solve. For a linear problem the first iteration is exact; the cost of a step is one
+Jacobian, one factorisation and ``iterations * stages`` evaluations of ``f``.
+
+Batched states: the samples of a batch ``(B, ...)`` are independent for the vector fields odespec
+builds, so ``J`` is block diagonal. ``jacobian="batch"`` computes only the blocks (one batched
+vector-Jacobian product with ``m`` seeds, ``m`` the size of one sample) and solves ``B`` systems of
+``s*m`` unknowns in one batched call, instead of one of ``s*B*m``: memory ``B*(s*m)**2`` instead
+of ``(s*B*m)**2``. The matrix only steers the iteration: convergence is measured on the
+iteration's own updates, so a vector field that does couple samples still gets its solution
+(with slower convergence), never a different one.
+
+Gradients: the Jacobian is a constant to autograd (the Newton matrix changes how fast the
+iteration converges, not where to), so backprop differentiates the iterations through ``f``
+alone; at convergence that is the implicit function's gradient. ``newton_tol=0`` takes exactly
+``max_iters`` iterations without reading any value back to the host: the form a graph unrolls.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Any, Callable, Optional
+
+import torch
+
+from odespec.solvers.options import DEFAULT_NEWTON_ITERS, FixedStepOptions
+from odespec.solvers.step import StageFunc, StepResult, torch_combine
+from odespec.solvers.tableau import ButcherTableau
+
+__all__ = ["implicit_step", "implicit_stepper", "state_jacobian", "NEWTON_TOL_EPS", "JACOBIAN_HOOK"]
+
+#: the default ``newton_tol``, in machine epsilons of the state's dtype
+NEWTON_TOL_EPS = 100.0
+#: the attribute of an integrator's wrapped ``func`` holding a Jacobian hook ``(t, y) -> (N, N)``,
+#: for a vector field whose output autograd cannot connect to its input (the adjoint's augmented
+#: dynamics take their own vector-Jacobian products inside)
+JACOBIAN_HOOK = "jac_hook"
+
+
+def state_jacobian(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any, y: torch.Tensor,
+                   batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(t, y), J)``: ``J`` of shape ``(B, m, m)``, the blocks ``d f_b / d y_b`` of the samples
+    along ``y``'s first dimension (``batch``), or ``(1, N, N)`` over the whole state.
+
+    ``f(t, y)`` keeps its ordinary autograd history (it is a stage of the step and the
+    iteration's first guess); ``J`` is detached. One evaluation of ``func`` and one batched
+    vector-Jacobian product with ``m`` seeds (``torch.func``, which leaves the ordinary autograd
+    graph as it is; a ``func`` that ``torch.func`` cannot transform gets plain autograd).
+    """
+    n_batch = y.shape[0] if batch and y.dim() >= 2 else 1
+    m = y.numel() // max(n_batch, 1)
+    eye = torch.eye(m, dtype=y.dtype, device=y.device)
+    seeds = eye[:, None, :].expand(m, n_batch, m).reshape((m, *y.shape))
+    # seed p picks output p of every sample; row p of sample b is then sum_b' df_b'p/dy_b, which
+    # is df_bp/dy_b for independent samples
+    try:
+        got = torch.func.vjp(lambda x: func(t, x), y)
+        fy, pullback = got[0], got[1]
+        (rows,) = torch.func.vmap(pullback)(seeds)
+    except RuntimeError:
+        fy, rows = _autograd_rows(func, t, y, seeds)
+    jac = rows.detach().reshape(m, n_batch, m).permute(1, 0, 2)
+    return fy, jac
+
+
+def _autograd_rows(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any, y: torch.Tensor,
+                   seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`state_jacobian`'s products by plain autograd, one seed at a time."""
+    grad_on = torch.is_grad_enabled()
+    with torch.enable_grad():
+        y_in = y.detach().requires_grad_(True)
+        fy = func(t, y_in)
+    if fy.requires_grad:
+        got = [torch.autograd.grad(fy, y_in, seed, retain_graph=True, allow_unused=True)[0] for seed in seeds]
+        rows = torch.stack([torch.zeros_like(y) if g is None else g for g in got])
+    else:
+        rows = torch.zeros_like(seeds)
+    # fy hangs off the detached copy; the stage needs f(t, y) on y's own history
+    f0 = func(t, y) if grad_on else fy.detach()
+    return f0, rows
+
+
+def _newton_matrix(tableau: ButcherTableau, unknown: list[int], h: float, jac: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The LU factors of ``I - h (A_UU (x) J)`` per block, ``A_UU`` the stage matrix among the
+    unknown stages."""
+    n_batch, m, _ = jac.shape
+    s = len(unknown)
+    a_uu = torch.tensor([[tableau.a[i][j] for j in unknown] for i in unknown], dtype=jac.dtype, device=jac.device)
+    kron = torch.einsum("ij,bpq->bipjq", a_uu, jac).reshape(n_batch, s * m, s * m)
+    eye = torch.eye(s * m, dtype=jac.dtype, device=jac.device)
+    lu, pivots = torch.linalg.lu_factor(eye - h * kron)
+    return lu, pivots
+
+
+def implicit_step(
+    func: StageFunc, t: Any, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *,
+    tableau: ButcherTableau, max_iters: int, newton_tol: Optional[float], jacobian: str,
+) -> StepResult[torch.Tensor]:
+    """One step of the implicit ``tableau`` (see the module docstring).
+
+    ``StepResult.ks`` holds the ``s`` stage derivatives (the converged iterates, so that
+    ``y_next == y + h * sum b_i ks[i]`` exactly, as the dense output assumes) followed by
+    ``f(t, y)``; whatever the vector field attached to the derivatives it returned (the adjoint's
+    quadrature integrand) is carried over to the stage it belongs to. ``k1`` is unused (no FSAL).
+    """
+    s = tableau.stages
+    explicit = tableau.explicit_stages
+    unknown = [i for i in range(s) if i not in explicit]
+    hook = getattr(func, JACOBIAN_HOOK, None)
+    if hook is not None:
+        f0 = func(t, y)
+        jac = hook(t, y).detach()[None]
+    else:
+        batch = jacobian == "batch" or (jacobian == "auto" and y.dim() >= 2)
+        f0, jac = state_jacobian(func, t, y, batch)
+    c = tableau.c
+    ks: list[torch.Tensor] = [f0] * s
+    for i in explicit:
+        if c[i] != 0.0:
+            ks[i] = func(t + c[i] * h, y)
+    lu, pivots = _newton_matrix(tableau, unknown, h, jac)
+    n_batch, m = jac.shape[0], jac.shape[1]
+    n_u = len(unknown)
+    tol = newton_tol if newton_tol is not None else NEWTON_TOL_EPS * torch.finfo(y.dtype).eps
+    scale = None
+    d_prev: Optional[float] = None
+    converged = tol == 0.0
+    evals: list[torch.Tensor] = []
+    for _ in range(max_iters):
+        evals = []
+        for i in unknown:
+            terms = [(coef, ks[j]) for j, coef in tableau.a_terms[i]]
+            evals.append(func(t + c[i] * h, torch_combine(y, h, terms)))
+        residual = torch.stack([ks[i] - f for i, f in zip(unknown, evals, strict=True)])
+        # (s', B, m) -> (B, s' m, 1): each block's unknowns together
+        # (in the Jacobian's dtype: a func that promotes, e.g. a float32 state with float64 times)
+        rhs = residual.reshape(n_u, n_batch, m).permute(1, 0, 2).reshape(n_batch, n_u * m, 1).to(lu.dtype)
+        delta = torch.linalg.lu_solve(lu, pivots, rhs).reshape(n_batch, n_u, m).permute(1, 0, 2)
+        delta = delta.reshape((n_u, *y.shape))
+        for idx, i in enumerate(unknown):
+            ks[i] = ks[i] - delta[idx]
+        if tol == 0.0:
+            continue
+        if scale is None:
+            scale = 1.0 + float(y.detach().abs().max()) if y.numel() else 1.0
+        d = abs(h) * float(delta.detach().abs().max()) / scale
+        if not d == d or d == float("inf"):
+            break  # non-finite: the integrator reports it
+        if d <= tol or (d_prev is not None and d < d_prev and d * d / (d_prev - d) <= tol):
+            # the second: the remaining error of a linearly converging iteration, theta/(1-theta)*d
+            converged = True
+            break
+        d_prev = d
+    if not converged:
+        warnings.warn(f"{tableau.name}: the Newton iteration did not converge in {max_iters} iterations; the "
+                      "step may be too large for the stiffness or nonlinearity of the problem: take more steps "
+                      "(steps/step_size) or raise options['max_iters']", RuntimeWarning, stacklevel=2)
+    for i, f in zip(unknown, evals, strict=True):
+        # the stage's integrand (the adjoint's quadrature) rides on the derivative func returned
+        if f.__dict__:
+            ks[i].__dict__.update(f.__dict__)
+    y_next = torch_combine(y, h, [(coef, ks[j]) for j, coef in tableau.b_terms])
+    return StepResult(y_next=y_next, error=None, ks=ks + [f0])
+
+
+def implicit_stepper(tableau: ButcherTableau, options: Optional[FixedStepOptions] = None) -> Callable[..., StepResult]:
+    """:func:`implicit_step` with the iteration's options (defaults where ``options`` is None or
+    leaves them unset), in the integrators' ``step(func, t, y, h, k1)`` form."""
+    opts = options if options is not None else FixedStepOptions()
+    iters = opts.max_iters if opts.max_iters is not None else DEFAULT_NEWTON_ITERS
+    return partial(implicit_step, tableau=tableau, max_iters=iters, newton_tol=opts.newton_tol,
+                   jacobian=opts.jacobian)

@@ -1,0 +1,177 @@
+"""torchdiffeq's fixed-step Adams methods: ``explicit_adams`` (Adams-Bashforth) and
+``implicit_adams``/``fixed_adams`` (Adams-Bashforth-Moulton, predictor-corrector).
+
+Semantics as torchdiffeq's: every step evaluates ``f`` at its start and keeps it in a history of
+at most ``max_order - 1`` derivatives; while the history holds fewer than three, the step is one
+RK4 step (the 3/8 rule, from the derivative just taken); then it is Adams-Bashforth of the order
+the history allows (3 up to ``max_order - 1``), and for the implicit method the Adams-Moulton
+corrector of one order more is iterated (a functional iteration, at most ``max_iters`` times,
+until two successive increments agree within ``rtol``/``atol``; without agreement the oldest
+derivative leaves the history and a warning says so).
+
+One difference on purpose: the coefficients are those of equal steps, so the history starts
+again (with RK4) wherever the step size changes: torchdiffeq's keeps it across output intervals
+of different lengths, which is a formula for equal steps applied to unequal ones.
+
+The coefficients are computed here, exactly, by integrating the Lagrange basis polynomials of
+the nodes (rational arithmetic, at import).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from fractions import Fraction
+from typing import Optional
+
+import torch
+
+from odespec.solvers.callbacks import Callbacks
+from odespec.solvers.common import Outcome, TimedFunc
+from odespec.solvers.fixed import _grid, _hermite, _Perturbed, _check_finite
+from odespec.solvers.grid import steps_for_interval
+from odespec.solvers.norms import Tol
+from odespec.solvers.options import DEFAULT_ADAMS_ITERS, FixedStepOptions
+from odespec.solvers.step import own, stepper
+from odespec.solvers.tableaus import RK4_38, OtherMethod
+
+__all__ = ["integrate_adams", "bashforth", "moulton", "MAX_ORDER"]
+
+MAX_ORDER = 12
+# the history restarts where the step size changes by more than this, relatively
+_SAME_STEP = 1e-9
+
+
+def _adams(nodes: list[int]) -> tuple[Fraction, ...]:
+    """``int_0^1 l_j(s) ds`` for the Lagrange basis ``l_j`` of ``nodes`` (in steps, relative to
+    the step's start): the weights of ``f`` at those nodes."""
+    out = []
+    for j, xj in enumerate(nodes):
+        poly = [Fraction(1)]  # coefficients, lowest degree first
+        denom = Fraction(1)
+        for k, xk in enumerate(nodes):
+            if k == j:
+                continue
+            poly = [Fraction(0)] + poly  # * s
+            for i in range(len(poly) - 1):
+                poly[i] -= xk * poly[i + 1]  # - xk
+            denom *= xj - xk
+        out.append(sum((c / (i + 1) for i, c in enumerate(poly)), Fraction(0)) / denom)
+    return tuple(out)
+
+
+def bashforth(order: int) -> tuple[Fraction, ...]:
+    """Adams-Bashforth weights of ``f_n, f_{n-1}, ...`` (``order`` of them)."""
+    return _adams([-j for j in range(order)])
+
+
+def moulton(order: int) -> tuple[Fraction, ...]:
+    """Adams-Moulton weights of ``f_{n+1}, f_n, f_{n-1}, ...`` (``order`` of them)."""
+    return _adams([1 - j for j in range(order)])
+
+
+_AB = [tuple(float(c) for c in bashforth(k)) if k else () for k in range(MAX_ORDER + 1)]
+_AM = [tuple(float(c) for c in moulton(k)) if k else () for k in range(MAX_ORDER + 1)]
+# fewer than this many derivatives in the history: the step is RK4
+_MIN_HISTORY = 3
+
+
+class _Adams:
+    """The state of one Adams solve: the history of derivatives and the step it was taken with."""
+
+    def __init__(self, f: TimedFunc, method: OtherMethod, opts: FixedStepOptions, rtol: Tol, atol: Tol,
+                 y0: torch.Tensor):
+        self.f, self.opts = f, opts
+        self.implicit = method.implicit
+        self.max_order = opts.max_order
+        self.max_iters = opts.max_iters if opts.max_iters is not None else DEFAULT_ADAMS_ITERS
+        self.rtol, self.atol = rtol, atol
+        self.history: deque = deque(maxlen=max(1, self.max_order - 1))
+        self.h: Optional[float] = None
+        self.rk4 = stepper(RK4_38, y0, with_error=False)
+        self.warned = False
+
+    def step(self, t0: float, y: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y_next, f(t0, y))`` of one step."""
+        f = self.f
+        if f.callbacks is not None:
+            Callbacks.call(f.callbacks.step, t0, y, h)
+        g = _Perturbed(f, t0, t0 + h) if self.opts.perturb else f
+        if self.h is None or abs(h - self.h) > _SAME_STEP * abs(h):
+            self.history.clear()
+            self.h = h
+        f0 = g(t0, y)
+        self.history.appendleft(f0)
+        order = min(len(self.history), self.max_order - 1)
+        if order < _MIN_HISTORY:
+            return self.rk4(g, t0, y, h, f0).y_next, f0
+        dy = _dot(_AB[order], self.history) * h
+        if self.implicit:
+            dy = self._correct(g, t0 + h, y, h, dy, order + 1)
+        return y + dy, f0
+
+    def _correct(self, g: object, t1: float, y: torch.Tensor, h: float, dy: torch.Tensor, order: int) -> torch.Tensor:
+        coeffs = _AM[order]
+        known = _dot(coeffs[1:], self.history) * h
+        converged = False
+        for _ in range(self.max_iters):
+            previous = dy
+            dy = g(t1, y + dy) * (h * coeffs[0]) + known  # type: ignore[operator]
+            bound = self.atol + self.rtol * torch.maximum(previous.abs(), dy.abs())
+            converged = bool(((previous - dy).abs() <= bound).all())
+            if converged:
+                break
+        if not converged:
+            if not self.warned:
+                warnings.warn("implicit_adams: the corrector did not converge in max_iters iterations; the solution "
+                              "may be inaccurate (take smaller steps or raise options['max_iters'])", RuntimeWarning,
+                              stacklevel=4)
+                self.warned = True
+            self.history.pop()
+        return dy
+
+
+def _dot(coeffs: tuple[float, ...], history: deque) -> torch.Tensor:
+    acc = history[0] * coeffs[0]
+    for c, k in zip(coeffs[1:], list(history)[1:], strict=False):
+        acc = acc + c * k
+    return acc
+
+
+def integrate_adams(f: TimedFunc, y0: torch.Tensor, times: list[float], method: OtherMethod,
+                    opts: FixedStepOptions, rtol: Tol, atol: Tol) -> Outcome:
+    """Integrate through ``times`` with the Adams ``method``: each output interval in equal steps
+    (``steps``/``step_size``, one step without either), or ``grid_constructor``'s grid with the
+    outputs inside a step interpolated (``interp``)."""
+    adams = _Adams(f, method, opts, rtol, atol, y0)
+    outcome = Outcome(outs=[y0], t_last=times[0], y_last=y0)
+    y, h = y0, 0.0
+    if opts.grid_constructor is not None:
+        grid = _grid(f, y0, times, opts)
+        direction = 1.0 if times[-1] > times[0] else -1.0
+        j = 1
+        for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
+            h = t1 - t0
+            y1, f0 = adams.step(t0, y, h)
+            while j < len(times) and direction * (times[j] - t1) <= 0.0:
+                if times[j] == t1:
+                    outcome.outs.append(y1)
+                elif opts.interp == "linear":
+                    outcome.outs.append(torch.lerp(y, y1, (times[j] - t0) / h))
+                else:
+                    outcome.outs.append(_hermite(t0, y, f0, t1, y1, f(t1, y1), times[j]))
+                j += 1
+            y = y1
+            outcome.n_steps += 1
+    else:
+        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+            n = steps_for_interval(t1 - t0, opts)
+            h = (t1 - t0) / n
+            for k in range(n):
+                y, _ = adams.step(t0 + k * h, y, h)
+            outcome.n_steps += n
+            outcome.outs.append(own(y))
+    outcome.n_accepted = outcome.n_steps
+    outcome.step_size = h
+    outcome.t_last, outcome.y_last = times[-1], y
+    return _check_finite(f, y0, times, outcome)
