@@ -201,6 +201,10 @@ class OnnxExportSpec:
     #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
     #: or every built-in fixed-step method when none is written); empty otherwise
     calibration_methods: tuple[str, ...] = ()
+    #: the graph's element types (``float32``, ``float16``, ``mixed``); None: the model's dtype
+    precision: Optional[str] = None
+    #: the runtimes the graph is checked on (parity and latency), by name
+    verify: tuple[str, ...] = ("onnxruntime",)
 
     @property
     def auto(self) -> bool:

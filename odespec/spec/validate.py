@@ -445,6 +445,8 @@ class _Checker:
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
                                "use fewer steps, or fewer output times")
         raw.setdefault("file", f"{data['name']}.onnx")
+        if "verify" in raw:
+            raw["verify"] = tuple(raw["verify"])
         return OnnxExportSpec(**raw)
 
 
