@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,10 +31,10 @@ from odespec.errors import BuildError, ExportError
 from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
 from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
-from odespec.export.session import ort_session
+from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.spec.model import Spec
-from odespec.spec.schema import CALIBRATION_METHODS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -76,8 +78,13 @@ class ExportOptions:
     calibration_data: Optional[PathLike] = None
     #: measure onnxruntime's output against the training-solver model
     deployment: bool = True
-    #: time the calibration candidates in onnxruntime
+    #: time the calibration candidates in onnxruntime, and each verified runtime
     latency: bool = True
+    #: the graph's precision (``float32``, ``float16``, ``mixed``; None: the spec's
+    #: ``export.onnx.precision``, else the model's dtype)
+    precision: Optional[str] = None
+    #: the runtimes the graph is checked on, by name (None: the spec's ``export.onnx.verify``)
+    verify: Optional[tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -85,6 +92,19 @@ class ExportOptions:
         if self.steps is not None and not isinstance(self.steps, str) and self.match_tol is not None:
             raise ExportError("match_tol is for steps='auto' (calibration); the step count is given",
                               "leave out steps to calibrate, or leave out match_tol")
+        if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
+            close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
+            raise ExportError(f"unknown precision {self.precision!r}",
+                              f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(EXPORT_PRECISIONS)}")
+        if self.verify is not None:
+            from odespec.export.runtimes import get_runtime
+
+            if not self.verify:
+                raise ExportError("verify names no runtime", "name at least one, such as onnxruntime")
+            for name in self.verify:
+                get_runtime(name)  # ExportError with a did-you-mean for an unknown name
+            if len(set(self.verify)) != len(self.verify):
+                raise ExportError(f"verify names a runtime twice: {', '.join(self.verify)}")
 
     def calibrates(self, spec: Spec) -> bool:
         """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` and either
@@ -117,6 +137,10 @@ class ExportResult:
     #: ``steps: auto``: the chosen method and steps, the table of candidates, the evaluations
     calibration: Optional[dict[str, Any]] = None
     layout: str = "unrolled"
+    #: the graph's precision (None: the model's dtype)
+    precision: Optional[str] = None
+    #: each verified runtime: what it is, parity, latency by batch size (or why it was skipped)
+    runtimes: Optional[list[dict[str, Any]]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -134,6 +158,8 @@ class ExportResult:
             "parity": self.parity,
             "deployment_error": self.deployment_error,
             "calibration": self.calibration,
+            "precision": self.precision,
+            "runtimes": self.runtimes,
         }
 
 
@@ -157,10 +183,12 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         calibration = _calibrate(cpu, options, settings, inputs, reference)
         settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
     onnx_model, data, seconds = _build_checked(cpu, settings)
-    sess = ort_session(data) if options.parity or options.deployment else None
-    parity = _parity(cpu, data, settings, options, sess) if options.parity else None
+    sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
+    check = _parity_check(cpu, settings, options) if options.parity else None
+    parity = check.run(data, sess) if check is not None else None
     deployment = _deployment(sess, cpu, inputs, settings, reference) if options.deployment else None
-    add_metadata(onnx_model, export_metadata(calibration, deployment))
+    runtimes = verify_runtimes(cpu, data, settings, options, check, parity) if check is not None else None
+    add_metadata(onnx_model, {**export_metadata(calibration, deployment), **runtime_metadata(runtimes)})
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
@@ -169,7 +197,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps), export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
-        layout="loop" if settings.loop else "unrolled",
+        layout="loop" if settings.loop else "unrolled", precision=settings.precision, runtimes=runtimes,
     )
 
 
@@ -188,7 +216,7 @@ def resolve_settings(spec: Spec, options: ExportOptions, auto: bool) -> "ExportS
     steps = None if auto else options.steps
     assert not isinstance(steps, str)  # ExportOptions allows no other text than "auto"
     settings = export_settings_from_spec(spec, method=options.method, steps=steps, opset=options.opset,
-                                         loop=options.loop)
+                                         loop=options.loop, precision=options.precision)
     # calibration without a method searches the fixed-step methods, whatever the spec's method
     if is_adaptive(settings.method) and not (auto and options.method is None):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
@@ -226,17 +254,108 @@ def _build_checked(model: ODENet, settings: "ExportSettings") -> tuple["onnx.Mod
     return onnx_model, data, time.perf_counter() - start
 
 
-def _parity(model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
-            sess: Any) -> dict[str, Any]:
-    """onnxruntime against the PyTorch fixed-step twin: the report's ``parity`` entry."""
-    from odespec.export.parity import check_parity, parity_batches
+#: the least tolerance of a graph computing in float16, relative to the output's largest
+#: magnitude: each operation rounds to 11 significant bits (~5e-4), and the rounding adds up
+#: over the steps of a solve
+HALF_PARITY_TOL = 1e-2
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """What a graph is compared with on every runtime: the PyTorch fixed-step ``twin`` in the
+    graph's precision (float16: the model cast to float16; mixed: the float32 model, which no
+    PyTorch model computes like the graph's float16 dynamics), fed ``dtype``; ``scaled``: the
+    tolerance is relative to the output's largest magnitude (float16 compute)."""
+
+    twin: Any
+    dtype: Any
+    tolerance: float
+    scaled: bool
+    batch_sizes: tuple[int, ...]
+    seed: int
+    series: Any
+
+    def run(self, data: bytes, session: Any, runtime: str = "onnxruntime", *,
+            tolerance: Optional[float] = None) -> dict[str, Any]:
+        """Parity of ``session`` (``data`` opened in ``runtime``): the report's ``parity`` entry;
+        :class:`ParityError` above the tolerance (``tolerance``: another, for a measurement)."""
+        from odespec.export.parity import check_parity
+
+        return check_parity(data, self.twin, self.twin.spec.input_shape, dtype=self.dtype,
+                            tolerance=self.tolerance if tolerance is None else tolerance,
+                            batch_sizes=self.batch_sizes, seed=self.seed, session=session, series=self.series,
+                            scaled=self.scaled, runtime=runtime).to_dict()
+
+
+def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOptions) -> ParityCheck:
+    """The parity check of the graph ``settings`` describe."""
+    import torch
+
+    from odespec.export.onnx_export import graph_precision, precision_model
+    from odespec.export.parity import parity_batches
 
     spec = model.spec
-    twin = fixed_step_model(model, settings.method, settings.steps)
+    prec = graph_precision(model_dtype(model), settings.precision)
+    dtype = prec.state if prec.mixed else prec.compute
+    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
-    return check_parity(data, twin, spec.input_shape, dtype=model_dtype(model), tolerance=tol,
-                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed, session=sess,
-                        series=series_inputs(model)).to_dict()
+    half = prec.compute == torch.float16
+    return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
+                       batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,
+                       series=series_inputs(model))
+
+
+def verify_runtimes(model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
+                    check: ParityCheck, parity: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's ``runtimes``: each runtime of ``options.verify`` (or the spec's
+    ``export.onnx.verify``) with what it is, its parity (onnxruntime's: ``parity``, the
+    build's own check), its latency at batch 1 and 256 (``options.latency``) and, for
+    OpenVINO, the error at its default precision. A GPU runtime this machine cannot run is
+    skipped with the reason; any other unavailable runtime is a :class:`BuildError`."""
+    from odespec.export.runtimes import get_runtime
+
+    entries = []
+    for name in options.verify or model.spec.export.verify:
+        runtime = get_runtime(name)
+        reason = runtime.unavailable()
+        if reason is not None:
+            if not runtime.needs_device:
+                raise BuildError(f"cannot verify on {name}: {reason}", runtime.install_hint or None)
+            entries.append({"runtime": name, "skipped": reason})
+            continue
+        entries.append(_verify_one(runtime, model, data, settings, options, check,
+                                   parity if name == "onnxruntime" else None))
+    return entries
+
+
+def _verify_one(runtime: Any, model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
+                check: ParityCheck, parity: Optional[dict[str, Any]]) -> dict[str, Any]:
+    from odespec.export.latency import LATENCY_THREADS, RUNTIME_BATCHES, runtime_latencies
+    from odespec.export.runtimes import OpenVinoRuntime
+
+    entry = runtime.describe()
+    entry["parity"] = parity if parity is not None else check.run(data, runtime.load(data), runtime.name)
+    if isinstance(runtime, OpenVinoRuntime):
+        # what a user gets without the hint: measured and shown, never a failure
+        unhinted = check.run(data, runtime.load(data, default_precision=True), runtime.name, tolerance=math.inf)
+        entry["default_precision"] = {"precision": runtime.default_precision(),
+                                      "max_abs_error": unhinted["max_abs_error"],
+                                      "max_scaled_error": unhinted["max_scaled_error"]}
+    if options.latency:
+        batches = RUNTIME_BATCHES if settings.dynamic_batch else (1,)
+        entry["latency_ms"] = runtime_latencies(runtime.load(data, threads=LATENCY_THREADS), model, batches)
+        entry["latency_threads"] = LATENCY_THREADS
+    return entry
+
+
+def runtime_metadata(runtimes: Optional[list[dict[str, Any]]]) -> dict[str, str]:
+    """The metadata entries of the verified runtimes: OpenVINO's configuration, which a user must
+    compile the file with to get the verified precision."""
+    from odespec.export.runtimes import METADATA_KEY_OPENVINO, OPENVINO_CONFIG
+
+    if any(r["runtime"] == "openvino" and "skipped" not in r for r in runtimes or []):
+        return {METADATA_KEY_OPENVINO: json.dumps(OPENVINO_CONFIG)}
+    return {}
 
 
 def _deployment(sess: Any, model: ODENet, inputs: InputSet, settings: "ExportSettings",
