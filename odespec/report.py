@@ -48,7 +48,7 @@ def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
 
 
 def _parity_line(parity: Optional[dict[str, Any]]) -> str:
-    scaled = bool(parity) and parity.get("measure") == "scaled"
+    scaled = parity is not None and parity.get("measure") == "scaled"
     error = (f"error {parity['max_scaled_error']:.2e} relative to the output's largest magnitude"
              if scaled else f"max abs error {parity['max_abs_error']:.2e}") if parity else ""
     checked = (f"{error} (tolerance {parity['tolerance']:g}) on batches "

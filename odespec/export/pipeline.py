@@ -263,9 +263,12 @@ HALF_PARITY_TOL = 1e-2
 @dataclass(frozen=True)
 class ParityCheck:
     """What a graph is compared with on every runtime: the PyTorch fixed-step ``twin`` in the
-    graph's precision (float16: the model cast to float16; mixed: the float32 model, which no
-    PyTorch model computes like the graph's float16 dynamics), fed ``dtype``; ``scaled``: the
-    tolerance is relative to the output's largest magnitude (float16 compute)."""
+    graph's precision, fed ``dtype``. A graph computing in float16 (``float16``, ``mixed``) is
+    compared with the float32 twin (the graph rounds its inputs on the way in): PyTorch's own float16
+    arithmetic on the CPU is no reference (on a 2-8-16-8-2 model with rk4 x 32 it drifts 2.6 %
+    of the output's magnitude from float32, the float16 graph in onnxruntime 0.06 %), so there
+    ``scaled`` is set and the tolerance is relative to the output's largest magnitude.
+    """
 
     twin: Any
     dtype: Any
@@ -296,10 +299,10 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
 
     spec = model.spec
     prec = graph_precision(model_dtype(model), settings.precision)
-    dtype = prec.state if prec.mixed else prec.compute
+    half = prec.compute == torch.float16
+    dtype = torch.float32 if half else prec.compute
     twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
-    half = prec.compute == torch.float16
     return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,
                        series=series_inputs(model))
