@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from odespec.export.onnx_export import ExportSettings
+    from odespec.export.parity import ParityResult
 
 __all__ = ["ExportOptions", "ExportResult", "export_model", "resolve_settings", "accuracy_inputs", "export_metadata"]
 
@@ -185,7 +186,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     onnx_model, data, seconds = _build_checked(cpu, settings)
     sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
     check = _parity_check(cpu, settings, options) if options.parity else None
-    parity = check.run(data, sess) if check is not None else None
+    parity = check.run(data, sess).to_dict() if check is not None else None
     deployment = _deployment(sess, cpu, inputs, settings, reference) if options.deployment else None
     runtimes = verify_runtimes(cpu, data, settings, options, check, parity) if check is not None else None
     add_metadata(onnx_model, {**export_metadata(calibration, deployment), **runtime_metadata(runtimes)})
@@ -279,15 +280,15 @@ class ParityCheck:
     series: Any
 
     def run(self, data: bytes, session: Any, runtime: str = "onnxruntime", *,
-            tolerance: Optional[float] = None) -> dict[str, Any]:
-        """Parity of ``session`` (``data`` opened in ``runtime``): the report's ``parity`` entry;
-        :class:`ParityError` above the tolerance (``tolerance``: another, for a measurement)."""
+            tolerance: Optional[float] = None) -> "ParityResult":
+        """Parity of ``session`` (``data`` opened in ``runtime``); :class:`ParityError` above the
+        tolerance (``tolerance``: another, for a measurement)."""
         from odespec.export.parity import check_parity
 
         return check_parity(data, self.twin, self.twin.spec.input_shape, dtype=self.dtype,
                             tolerance=self.tolerance if tolerance is None else tolerance,
                             batch_sizes=self.batch_sizes, seed=self.seed, session=session, series=self.series,
-                            scaled=self.scaled, runtime=runtime).to_dict()
+                            scaled=self.scaled, runtime=runtime)
 
 
 def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOptions) -> ParityCheck:
@@ -337,13 +338,13 @@ def _verify_one(runtime: Any, model: ODENet, data: bytes, settings: "ExportSetti
     from odespec.export.runtimes import OpenVinoRuntime
 
     entry = runtime.describe()
-    entry["parity"] = parity if parity is not None else check.run(data, runtime.load(data), runtime.name)
+    entry["parity"] = parity if parity is not None else check.run(data, runtime.load(data), runtime.name).to_dict()
     if isinstance(runtime, OpenVinoRuntime):
         # what a user gets without the hint: measured and shown, never a failure
         unhinted = check.run(data, runtime.load(data, default_precision=True), runtime.name, tolerance=math.inf)
         entry["default_precision"] = {"precision": runtime.default_precision(),
-                                      "max_abs_error": unhinted["max_abs_error"],
-                                      "max_scaled_error": unhinted["max_scaled_error"]}
+                                      "max_abs_error": unhinted.max_abs_error,
+                                      "max_scaled_error": unhinted.max_scaled_error}
     if options.latency:
         batches = RUNTIME_BATCHES if settings.dynamic_batch else (1,)
         entry["latency_ms"] = runtime_latencies(runtime.load(data, threads=LATENCY_THREADS), model, batches)
