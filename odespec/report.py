@@ -135,8 +135,8 @@ def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> 
         render_summary(report["summary"]),
         _onnx_line(onnx, onnx_path),
         _parity_line(onnx["parity"]),
+        *_runtime_lines(onnx),
         *_weights_lines(report.get("weights")),
         *render_accuracy(onnx),
-        *_runtime_lines(onnx),
         f"report: {report_path}",
     ])
