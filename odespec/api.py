@@ -49,6 +49,8 @@ def export_onnx(
     calibration_data: Union[str, "os.PathLike[str]", None] = None,
     deployment: bool = True,
     latency: bool = True,
+    precision: Optional[str] = None,
+    verify: Optional[tuple[str, ...]] = None,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
@@ -66,6 +68,11 @@ def export_onnx(
     the parity check's seeded inputs, or the samples in ``calibration_data`` (``.npy``,
     ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs).
 
+    ``precision`` (``float32``, ``float16``, ``mixed``; None: the spec's, else the model's
+    dtype) sets the graph's element types; ``verify`` names the runtimes it is checked on
+    (parity, and latency at batch 1 and 256; None: the spec's ``export.onnx.verify``), see
+    :mod:`odespec.export.runtimes`.
+
     The keywords are the fields of :class:`~odespec.export.pipeline.ExportOptions`;
     :func:`~odespec.export.pipeline.export_model` takes that object. ``model`` must be an odespec
     model (:func:`build`); any other module raises :class:`~odespec.errors.ExportError`.
@@ -80,7 +87,7 @@ def export_onnx(
         )
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
                             match_tol=match_tol, calibration_data=calibration_data, deployment=deployment,
-                            latency=latency)
+                            latency=latency, precision=precision, verify=verify)
     return export_model(model, path, options)
 
 

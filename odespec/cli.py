@@ -161,6 +161,20 @@ class _StepsType(click.ParamType):
         return n
 
 
+class _RuntimesType(click.ParamType):
+    """``--verify``: runtime names separated by commas."""
+
+    name = "RUNTIME[,RUNTIME...]"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        if not names:
+            self.fail("name at least one runtime, such as onnxruntime", param, ctx)
+        return names
+
+
 def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
     """The options ``build`` and ``export`` share: how the graph is laid out and how many steps."""
     options = [
@@ -179,6 +193,14 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Calibrate a classifier's step count on its predictions instead: the cheapest fixed "
                           "method and steps whose predicted classes (argmax) agree with the training-solver "
                           "model's on at least this fraction of the inputs, e.g. 0.999 (implies --steps auto)."),
+        click.option("--precision", type=click.Choice(["float32", "float16", "mixed"]),
+                     help="Element types of the graph: float16 (weights, inputs, outputs, compute), mixed (float32 "
+                          "inputs, outputs and ODE state accumulation, float16 layers and dynamics), float32 "
+                          "(default: the spec's export.onnx.precision, else the model's dtype)."),
+        click.option("--verify", type=_RuntimesType(),
+                     help="Comma-separated runtimes to check the graph on, with parity and latency at batch 1 and 256: "
+                          "onnxruntime, openvino, onnxruntime-cuda, onnxruntime-tensorrt (default: the spec's "
+                          "export.onnx.verify, onnxruntime). GPU runtimes this machine lacks are skipped, with why."),
         click.option("--calibration-data", type=click.Path(dir_okay=False),
                      help="Inputs for calibration and the deployment error: .npy, .npz or .csv, as odespec run reads "
                           "them (default: seeded random inputs); a classifier's .npz with labels y also gives the "
@@ -233,13 +255,15 @@ def _echo_build(result: Any, fmt: str) -> None:
 def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: Optional[bool],
            match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
            device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
-           strict: bool = False, triton_repo: Optional[str] = None) -> Any:
+           strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
+           verify: Optional[tuple[str, ...]] = None) -> Any:
     """``build_all`` with the export flags gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
     options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
-                            match_agreement=match_agreement, calibration_data=calibration_data, strict=strict)
+                            match_agreement=match_agreement, calibration_data=calibration_data, strict=strict,
+                            precision=precision, verify=verify)
     return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
                      triton_repo=triton_repo)
 
@@ -257,7 +281,8 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
                    "spec's initial weights.")
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
-          match_tol: Optional[float], match_agreement: Optional[float], calibration_data: Optional[str], strict: bool,
+          match_tol: Optional[float], match_agreement: Optional[float], precision: Optional[str],
+          verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
           triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
           fmt: str) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
@@ -267,7 +292,8 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
-                        match_agreement=match_agreement, strict=strict, triton_repo=triton_repo)
+                        match_agreement=match_agreement, strict=strict, triton_repo=triton_repo,
+                        precision=precision, verify=verify)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -288,7 +314,8 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 @_FORMAT
 def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
                    steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
-                   calibration_data: Optional[str], strict: bool, triton_repo: Optional[str], fmt: str) -> None:
+                   precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
+                   strict: bool, triton_repo: Optional[str], fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
     _check_steps_options(steps, match_tol, match_agreement)
@@ -297,7 +324,7 @@ def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weig
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
-                        strict=strict, triton_repo=triton_repo)
+                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -312,16 +339,19 @@ def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weig
                    "irregular series takes an .npz with an array per input: input (or x), times, mask, query_times.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the output to this .npy, .npz or .csv file instead of printing it.")
+@click.option("--runtime", default="onnxruntime", show_default=True,
+              help="The runtime to run it in: onnxruntime (CPU), openvino (CPU, float32: pip install "
+                   "'odespec[openvino]'), onnxruntime-cuda or onnxruntime-tensorrt (a GPU and onnxruntime-gpu).")
 @_FORMAT
-def run_command(model: str, input_path: str, output: Optional[str], fmt: str) -> None:
-    """Run the ONNX MODEL in onnxruntime on an input array; print or write the output."""
+def run_command(model: str, input_path: str, output: Optional[str], runtime: str, fmt: str) -> None:
+    """Run the ONNX MODEL in onnxruntime (or --runtime) on an input array; print or write the output."""
 
     def body() -> int:
         from odespec.export.run import check_output_path, render_outputs, run_onnx, save_outputs
 
         if output:
             check_output_path(output)  # refuse an unknown format before running anything
-        result = run_onnx(model, input_path)
+        result = run_onnx(model, input_path, runtime=runtime)
         written = save_outputs(output, result) if output else None
         if fmt == "json":
             doc = {"ok": True, "model": model, **result.to_dict(with_data=written is None)}

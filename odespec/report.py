@@ -49,7 +49,10 @@ def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
 
 
 def _parity_line(parity: Optional[dict[str, Any]]) -> str:
-    checked = (f"max abs error {parity['max_abs_error']:.2e} (tolerance {parity['tolerance']:g}) on batches "
+    scaled = parity is not None and parity.get("measure") == "scaled"
+    error = (f"error {parity['max_scaled_error']:.2e} relative to the output's largest magnitude"
+             if scaled else f"max abs error {parity['max_abs_error']:.2e}") if parity else ""
+    checked = (f"{error} (tolerance {parity['tolerance']:g}) on batches "
                f"{', '.join(map(str, parity['batch_sizes']))}") if parity else "not checked"
     return f"parity: onnxruntime vs PyTorch {checked}"
 
@@ -118,6 +121,32 @@ def render_warnings(warnings: Sequence[dict[str, str]]) -> list[str]:
     return [f"warning: {w['warning']}\n  fix: {w['fix']}" for w in warnings]
 
 
+def _runtime_lines(onnx: dict[str, Any]) -> list[str]:
+    """The graph's precision, then a table of the verified runtimes: parity, latency at each
+    batch size, OpenVINO's error at its default precision; a skipped runtime with why."""
+    runtimes = onnx.get("runtimes")
+    if not runtimes:
+        return []
+    head = f"runtimes (graph precision {onnx.get('precision') or 'the model dtype'}; parity against PyTorch, " \
+           "latency median, 1 thread):"
+    rows = [("runtime", "computes in", "parity error", "tolerance", "latency b=1", "latency b=256", "note")]
+    skipped = []
+    for r in runtimes:
+        if "skipped" in r:
+            skipped.append(f"  {r['runtime']}: skipped: {r['skipped']}")
+            continue
+        p, lat = r["parity"], r.get("latency_ms") or {}
+        scaled = p.get("measure") == "scaled"
+        err = p["max_scaled_error"] if scaled else p["max_abs_error"]
+        dp = r.get("default_precision")
+        note = (f"at its default {dp['precision']}: max abs error {_fmt_err(dp['max_abs_error'])}"
+                if dp else "")
+        rows.append((r["runtime"], r.get("precision", ""), f"{_fmt_err(err)}{' rel' if scaled else ''}",
+                     f"{p['tolerance']:g}", f"{lat['1']:.3f} ms" if "1" in lat else "-",
+                     f"{lat['256']:.3f} ms" if "256" in lat else "-", note))
+    return [head, *_table(rows, indent="  "), *skipped]
+
+
 def render_accuracy(onnx_report: dict[str, Any]) -> list[str]:
     """Text lines for the report's ``onnx`` entry: the calibration table, if any, then the
     deployment error (or why it was not measured)."""
@@ -133,6 +162,7 @@ def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> 
         render_summary(report["summary"]),
         _onnx_line(onnx, onnx_path),
         _parity_line(onnx["parity"]),
+        *_runtime_lines(onnx),
         *_weights_lines(report.get("weights")),
         *render_accuracy(onnx),
         *_triton_lines(report.get("triton")),

@@ -17,10 +17,15 @@ from odespec.export.session import ort_session
 if TYPE_CHECKING:  # pragma: no cover
     from odespec.export.onnx_export import ExportSettings
 
-__all__ = ["LATENCY_THREADS", "latency_description", "ort_latencies", "export_latencies"]
+__all__ = ["LATENCY_THREADS", "RUNTIME_BATCHES", "latency_description", "ort_latencies", "export_latencies",
+           "runtime_latencies"]
 
 #: intra-op threads of the timed sessions: a fixed count makes the candidates' latencies comparable
 LATENCY_THREADS = 1
+
+
+#: the batch sizes each verified runtime is timed at (``odespec build --verify``)
+RUNTIME_BATCHES = (1, 256)
 
 
 def latency_description() -> str:
@@ -65,3 +70,24 @@ def export_latencies(model: ODENet, choices: Sequence[tuple[str, int]], settings
     # a model of series runs on one seeded random grid: its cost does not depend on the values
     (grid,) = seeded_series(series, [1], dtype=dtype, seed=model.spec.seed)
     return ort_latencies(sessions, numpy_feeds({INPUT: x, **grid}))
+
+
+def runtime_latencies(session: Any, model: ODENet, batches: Sequence[int] = RUNTIME_BATCHES, *,
+                      budget_s: float = 0.3) -> dict[str, float]:
+    """Median milliseconds per run of ``session`` (a :class:`~odespec.export.runtimes.Session`
+    of ``model``'s graph, opened with :data:`LATENCY_THREADS` threads) at each batch size, on
+    zero inputs (and one seeded random grid per sample for a model of series: the cost does not
+    depend on the values), cast beforehand to the graph's input types so that only the runtime
+    is timed. By batch size, as text (the report's JSON keys)."""
+    dtype = model_dtype(model)
+    series = series_inputs(model)
+    out = {}
+    for b in batches:
+        feeds = {INPUT: torch.zeros((b, *model.spec.input_shape), dtype=dtype)}
+        if series is not None:
+            (grid,) = seeded_series(series, [b], dtype=dtype, seed=model.spec.seed)
+            feeds.update(grid)
+        (ms,) = ort_latencies({"x": session}, session.cast(numpy_feeds(feeds)), budget_s=budget_s,
+                              max_repeats=20).values()
+        out[str(b)] = ms
+    return out

@@ -15,6 +15,7 @@ future torch drops it, :func:`_export_piece` falls back to the dynamo exporter.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -53,6 +54,63 @@ class ExportSettings:
     #: one ONNX ``Loop`` per output interval (file size independent of ``steps``) instead of
     #: unrolling every step (see :mod:`odespec.export.loop`)
     loop: bool = EXPORT_DEFAULTS["loop"]
+    #: the graph's precision (:data:`~odespec.spec.schema.EXPORT_PRECISIONS`): ``float16``
+    #: computes and stores everything in half precision; ``mixed`` keeps the graph's inputs and
+    #: outputs and each ODE block's state and Runge-Kutta combination in float32 and runs the
+    #: layers and dynamics in float16; ``float32`` a float32 graph (of a float64 model, too);
+    #: ``None``: the model's own dtype
+    precision: Optional[str] = EXPORT_DEFAULTS["precision"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The element types of a graph: ``compute`` (the weights and every traced piece: layers and
+    dynamics), ``state`` (ODE states and the solver's combination ``y + h * sum b_i k_i``) and
+    ``io`` (the graph's inputs and outputs)."""
+
+    compute: torch.dtype
+    state: torch.dtype
+    io: torch.dtype
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the dynamics compute in another type than the state is kept in."""
+        return self.compute != self.state
+
+
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float16``, ``float32`` or ``float64``."""
+    return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
+
+
+def graph_precision(model_dtype: torch.dtype, precision: Optional[str]) -> Precision:
+    """The element types of the graph of a model whose parameters are ``model_dtype`` exported at
+    ``precision`` (None: the model's own)."""
+    if precision is None:
+        return Precision(model_dtype, model_dtype, model_dtype)
+    if precision == "mixed":
+        return Precision(torch.float16, torch.float32, torch.float32)
+    if precision not in _TORCH_DTYPES or precision == "float64":
+        raise ExportError(f"unknown export precision {precision!r}", "use float32, float16 or mixed")
+    dtype = _TORCH_DTYPES[precision]
+    return Precision(dtype, dtype, dtype)
+
+
+def precision_model(model: ODENet, dtype: torch.dtype) -> ODENet:
+    """``model`` itself when its parameters are ``dtype``, else a copy cast to ``dtype`` (the
+    model the graph's pieces are traced from, and parity's reference for a float16 graph)."""
+    param = next(model.parameters(), None)
+    if param is None or param.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
+
+
+def _cast(gb: GraphBuilder, value: str, src: torch.dtype, dst: torch.dtype) -> str:
+    """``value`` as ``dst``: itself when it already is, else through a Cast node."""
+    return value if src == dst else gb.node("Cast", [value], to=ONNX_DTYPES[dtype_name(dst)])
 
 
 class _Dynamics(nn.Module):
@@ -147,45 +205,52 @@ def _segments(model: ODENet) -> list[Union[BlockBase, _SeriesLayer, list[_Placed
 
 
 def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
-    """The fixed-step ONNX model of ``model`` (not yet checked or written)."""
+    """The fixed-step ONNX model of ``model`` (not yet checked or written), at
+    ``settings.precision`` (:func:`graph_precision`)."""
     spec = model.spec
     param = next(model.parameters(), None)
-    tdtype = param.dtype if param is not None else torch.float32
-    dtype_name = "float64" if tdtype == torch.float64 else "float32"
-    gb = GraphBuilder(NUMPY_DTYPES[dtype_name])
+    prec = graph_precision(param.dtype if param is not None else torch.float32, settings.precision)
+    tdtype = prec.compute
+    gb = GraphBuilder(NUMPY_DTYPES[dtype_name(prec.state)])
     batch: Any = "batch" if settings.dynamic_batch else 1
-    elem = ONNX_DTYPES[dtype_name]
     was_training = model.training
     model.eval()
     series = _series_values(spec)
-    _check_layout(model, settings)
+    _check_layout(model, settings, prec)
+    traced = precision_model(model, tdtype).eval()
     try:
-        cur = INPUT_NAME
+        cur, cur_dtype = INPUT_NAME, prec.io
         example = torch.zeros((2,) + tuple(spec.input_shape), dtype=tdtype, device="cpu")
         export = ExportContext(dtype=tdtype)
-        for j, seg in enumerate(_segments(model)):  # the caller passes a CPU model
+        for j, seg in enumerate(_segments(traced)):  # the caller passes a CPU model
             if isinstance(seg, tuple):
                 cur = _series_layer(gb, spec, seg, cur, example, series, settings, f"series{j}/", export)
                 example = torch.zeros((2,) + tuple(seg[1].layer_type.output_shape(
                     seg[1].layer.options, seg[1].shape, seg[1].ctx)), dtype=tdtype)
             elif isinstance(seg, BlockBase):
-                outs = _solve_block(gb, seg, Value(cur), example, settings, f"ode{j}/", elem, batch, series)
+                y0 = Value(_cast(gb, cur, cur_dtype, prec.state))
+                outs = _solve_block(gb, seg, y0, example, settings, f"ode{j}/", prec, batch, series)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
                     cur = gb.node("Concat", [gb.node("Unsqueeze", [v.name, axes]) for v in outs], axis=1)
                 else:
                     cur = outs[-1].name
+                cur_dtype = prec.state
                 example = torch.zeros((2,) + tuple(seg.spec.out_shape), dtype=tdtype)
             else:
                 forms = _export_sequence(seg, export)
                 sub = _export_piece(forms, (example,), ["x"], settings.opset, settings.dynamic_batch)
-                (cur,) = gb.splice(sub, {"x": cur}, f"seg{j}/")
+                (cur,) = gb.splice(sub, {"x": _cast(gb, cur, cur_dtype, prec.compute)}, f"seg{j}/")
+                cur_dtype = prec.compute
                 with torch.no_grad():
                     example = forms(example)
+        cur = _cast(gb, cur, cur_dtype, prec.io)
         gb.nodes.append(helper.make_node("Identity", [cur], [OUTPUT_NAME], name="output"))
     finally:
         model.train(was_training)
+        traced.train(was_training)
 
+    elem = ONNX_DTYPES[dtype_name(prec.io)]
     inputs = [helper.make_tensor_value_info(name, elem, [batch, *shape]) for name, shape in graph_inputs(spec)]
     out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [batch, *spec.output_shape])
     onnx_model = gb.make_model(spec.name, inputs, [out], settings.opset)
@@ -210,9 +275,16 @@ def _series_values(spec: Any) -> SeriesValues:
     return {name: name for name, _ in graph_inputs(spec)[1:]}
 
 
-def _check_layout(model: ODENet, settings: ExportSettings) -> None:
+def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> None:
     """The ``loop`` layout lays each interval of a block's one time grid into a ``Loop``; a model
-    whose solves follow each sample's own times has no such grid."""
+    whose solves follow each sample's own times has no such grid. Mixed precision casts around
+    each stage of the unrolled solve; the loop body and the series layers (whose time inputs
+    would need their own casts) are not written for it."""
+    if prec.mixed and (settings.loop or model.spec.series is not None):
+        what = "the loop layout" if settings.loop else "a model that reads irregular series"
+        raise ExportError(f"mixed precision is not available for {what}",
+                          "export it at precision float16 (or float32)"
+                          + ("" if not settings.loop else ", or unrolled: leave out loop"))
     per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
         isinstance(m, PerSampleEncoder) for m in model)
     if settings.loop and per_sample:
@@ -252,12 +324,14 @@ def _piece_exporter(settings: ExportSettings) -> Callable[[nn.Module, tuple, lis
 
 
 def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Tensor, settings: ExportSettings,
-                 prefix: str, elem: int, batch: Any, series: Optional[SeriesValues] = None) -> list[Value]:
+                 prefix: str, prec: Precision, batch: Any, series: Optional[SeriesValues] = None) -> list[Value]:
     """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times
     (a ``t: query`` block's: at each sample's query times, from the graph input ``query_times``).
 
     Continuous blocks and RK-Nets use the export method and step count (unrolled, or one ONNX
     Loop per output interval); a ResNet block is its own Euler steps, each with its own weights.
+    The states and the combinations are ``prec.state``; with mixed precision each stage casts
+    its state to ``prec.compute`` and its slope back.
     """
     from odespec.solvers.step import rk_step
     from odespec.solvers.tableaus import get_tableau
@@ -265,6 +339,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     t_example = torch.tensor(0.0, dtype=example.dtype)
     state_example = torch.zeros((2,) + tuple(block.spec.state_shape), dtype=example.dtype)
     export = ExportContext(dtype=example.dtype)
+    compute = NUMPY_DTYPES[dtype_name(prec.compute)]
 
     def stage_func(sub: onnx.GraphProto, weights: str) -> Callable[[float, Value], Value]:
         # the exporter drops an unused t input (autonomous dynamics): then no time constant is
@@ -272,8 +347,9 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
         takes_t = any(i.name == "t" for i in sub.input)
 
         def f(t: float, y_: Value) -> Value:
-            (out,) = gb.splice(sub, {"t": gb.const(float(t)) if takes_t else "", "y": y_.name}, weights)
-            return Value(out)
+            t_value = gb.const(float(t), dtype=compute) if takes_t else ""
+            (out,) = gb.splice(sub, {"t": t_value, "y": _cast(gb, y_.name, prec.state, prec.compute)}, weights)
+            return Value(_cast(gb, out, prec.compute, prec.state))
 
         return f
 
@@ -305,6 +381,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     if settings.loop:
         from odespec.export.loop import loop_solve
 
+        elem = ONNX_DTYPES[dtype_name(prec.state)]
         return loop_solve(gb, sub, prefix, y, grid, tableau, elem, [batch, *block.spec.state_shape])
     f = stage_func(sub, prefix)
     for interval in grid:
@@ -365,6 +442,7 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "export_method": settings.method,
         "export_steps": str(settings.steps),
         "export_layout": "loop" if settings.loop else "unrolled",
+        **({"export_precision": settings.precision} if settings.precision is not None else {}),
         "ode_blocks": json.dumps(blocks),
     }
     if spec.series is not None:
@@ -395,7 +473,8 @@ def check_onnx(onnx_model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_settings_from_spec(spec: Any, *, method: Optional[str] = None, steps: Optional[int] = None,
-                              opset: Optional[int] = None, loop: Optional[bool] = None) -> ExportSettings:
+                              opset: Optional[int] = None, loop: Optional[bool] = None,
+                              precision: Optional[str] = None) -> ExportSettings:
     """The spec's ``export.onnx`` settings, with the arguments that are not ``None`` overriding them.
 
     A spec with ``steps: auto`` gives ``steps=1`` here unless ``steps`` is passed: the caller
@@ -404,7 +483,8 @@ def export_settings_from_spec(spec: Any, *, method: Optional[str] = None, steps:
     o = spec.export
     spec_steps = 1 if o.steps == "auto" else o.steps
     return ExportSettings(method=method or o.method, steps=steps or spec_steps, opset=opset or o.opset,
-                          dynamic_batch=o.dynamic_batch, loop=o.loop if loop is None else loop)
+                          dynamic_batch=o.dynamic_batch, loop=o.loop if loop is None else loop,
+                          precision=precision or o.precision)
 
 
 def add_metadata(onnx_model: onnx.ModelProto, entries: dict[str, str]) -> None:

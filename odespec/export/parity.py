@@ -1,4 +1,5 @@
-"""Parity: run the ONNX file in onnxruntime and compare with the PyTorch fixed-step model."""
+"""Parity: run the ONNX file in a runtime (onnxruntime by default) and compare with the PyTorch
+fixed-step model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ __all__ = ["ParityResult", "parity_batches", "check_parity"]
 
 @dataclass(frozen=True)
 class ParityResult:
-    """Largest differences between onnxruntime and PyTorch over all checked batches."""
+    """Largest differences between a runtime and PyTorch over all checked batches."""
 
     batch_sizes: tuple[int, ...]
     #: ``max |onnxruntime - pytorch|`` over every element: what :attr:`tolerance` bounds
@@ -27,11 +28,23 @@ class ParityResult:
     #: output's largest magnitude)
     max_rel_error: float
     tolerance: float
+    #: ``max_abs_error`` divided by PyTorch's largest output magnitude (the deployment error's
+    #: ``max_scaled_error``)
+    max_scaled_error: float = 0.0
+    #: what :attr:`tolerance` bounds: ``abs`` (:attr:`max_abs_error`) or ``scaled``
+    #: (:attr:`max_scaled_error`: a float16 graph's rounding is relative to the output's size)
+    measure: str = "abs"
+    runtime: str = "onnxruntime"
+
+    @property
+    def error(self) -> float:
+        """The error :attr:`tolerance` bounds."""
+        return self.max_scaled_error if self.measure == "scaled" else self.max_abs_error
 
     @property
     def ok(self) -> bool:
-        """Whether :attr:`max_abs_error` is within :attr:`tolerance`."""
-        return self.max_abs_error <= self.tolerance
+        """Whether :attr:`error` is within :attr:`tolerance`."""
+        return self.error <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx.parity`` entry."""
@@ -41,6 +54,9 @@ class ParityResult:
             "max_rel_error": self.max_rel_error,
             "tolerance": self.tolerance,
             "ok": self.ok,
+            # the output-scaled error is the measure only of a graph computing in float16; elsewhere
+            # parity's relative error is max_rel_error (element-wise) and no other
+            **({"max_scaled_error": self.max_scaled_error, "measure": self.measure} if self.measure != "abs" else {}),
         }
 
 
@@ -61,14 +77,20 @@ def check_parity(
     seed: int = 0,
     session: Optional[Any] = None,
     series: Optional[SeriesInputs] = None,
+    scaled: bool = False,
+    runtime: str = "onnxruntime",
 ) -> ParityResult:
-    """Compare onnxruntime with ``reference`` (the PyTorch fixed-step model) on seeded random
+    """Compare ``runtime`` with ``reference`` (the PyTorch fixed-step model) on seeded random
     inputs at several batch sizes; raise :class:`ParityError` above ``tolerance``.
-    ``session``: an onnxruntime session of ``model_bytes`` already open. ``series``: the model
-    reads irregular series; each batch then has random per-sample grids as well."""
+    ``session``: a session of ``model_bytes`` already open in ``runtime`` (anything with
+    onnxruntime's ``run(None, feeds)``; default: an onnxruntime CPU session). ``series``: the
+    model reads irregular series; each batch then has random per-sample grids as well.
+    ``scaled``: ``tolerance`` bounds the error relative to the output's largest magnitude (a
+    float16 graph) instead of the absolute error."""
     sess = session if session is not None else ort_session(model_bytes)
     max_abs = 0.0
     max_rel = 0.0
+    scale = 0.0
     reference.eval()
     inputs = seeded_input_set(input_shape, dtype=dtype, batch_sizes=batch_sizes, seed=seed, series=series)
     for feeds in inputs.feeds():
@@ -77,16 +99,24 @@ def check_parity(
         (got,) = sess.run(None, numpy_feeds(feeds))
         got = got.astype(np.float64)
         if got.shape != want.shape:
-            raise ParityError(f"onnxruntime output shape {got.shape} != PyTorch output shape {want.shape}")
+            raise ParityError(f"{runtime} output shape {got.shape} != PyTorch output shape {want.shape}")
         diff = np.abs(got - want)
         if not np.all(np.isfinite(got)):
-            raise ParityError("onnxruntime produced non-finite values where PyTorch did not")
+            raise ParityError(f"{runtime} produced non-finite values where PyTorch did not",
+                              "float16 overflows above 65504: export at precision mixed or float32"
+                              if scaled else None)
         max_abs = max(max_abs, float(diff.max(initial=0.0)))
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(want), 1e-12)).max(initial=0.0)))
-    result = ParityResult(tuple(batch_sizes), max_abs, max_rel, tolerance)
+        scale = max(scale, float(np.abs(want).max(initial=0.0)))
+    max_scaled = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    result = ParityResult(tuple(batch_sizes), max_abs, max_rel, tolerance, max_scaled,
+                          "scaled" if scaled else "abs", runtime)
     if not result.ok:
+        what = "relative to the output's largest magnitude " if scaled else ""
         raise ParityError(
-            f"onnxruntime differs from PyTorch by up to {max_abs:.3g} (tolerance {tolerance:g})",
+            f"{runtime} differs from PyTorch by up to {result.error:.3g} {what}(tolerance {tolerance:g})",
+            "half precision rounds every operation: raise export.onnx.parity_tol, or export at precision mixed"
+            if scaled else
             "float32 error grows with the step count; raise export.onnx.parity_tol or use dtype: float64",
         )
     return result

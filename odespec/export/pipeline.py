@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,16 +31,17 @@ from odespec.errors import BuildError, ExportError
 from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
 from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
-from odespec.export.session import ort_session
+from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.export.verdict import DeploymentWarning, deployment_warnings
 from odespec.spec.model import Spec
-from odespec.spec.schema import CALIBRATION_METHODS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from odespec.export.onnx_export import ExportSettings
+    from odespec.export.parity import ParityResult
 
 __all__ = ["ExportOptions", "ExportResult", "export_model", "resolve_settings", "accuracy_inputs", "export_metadata"]
 
@@ -81,11 +84,16 @@ class ExportOptions:
     calibration_data: Optional[PathLike] = None
     #: measure onnxruntime's output against the training-solver model
     deployment: bool = True
-    #: time the calibration candidates in onnxruntime
+    #: time the calibration candidates in onnxruntime, and each verified runtime
     latency: bool = True
     #: a large deployment error (:mod:`odespec.export.verdict`) is an :class:`ExportError`, and
     #: nothing is written, instead of a warning
     strict: bool = False
+    #: the graph's precision (``float32``, ``float16``, ``mixed``; None: the spec's
+    #: ``export.onnx.precision``, else the model's dtype)
+    precision: Optional[str] = None
+    #: the runtimes the graph is checked on, by name (None: the spec's ``export.onnx.verify``)
+    verify: Optional[tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -96,6 +104,19 @@ class ExportOptions:
                                   f"leave out steps to calibrate, or leave out {name}")
         if self.match_tol is not None and self.match_agreement is not None:
             raise ExportError("match_tol and match_agreement are two criteria for calibration; give one")
+        if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
+            close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
+            raise ExportError(f"unknown precision {self.precision!r}",
+                              f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(EXPORT_PRECISIONS)}")
+        if self.verify is not None:
+            from odespec.export.runtimes import get_runtime
+
+            if not self.verify:
+                raise ExportError("verify names no runtime", "name at least one, such as onnxruntime")
+            for name in self.verify:
+                get_runtime(name)  # ExportError with a did-you-mean for an unknown name
+            if len(set(self.verify)) != len(self.verify):
+                raise ExportError(f"verify names a runtime twice: {', '.join(self.verify)}")
 
     def calibrates(self, spec: Spec) -> bool:
         """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` and either
@@ -132,6 +153,10 @@ class ExportResult:
     warnings: list[DeploymentWarning] = dataclasses.field(default_factory=list)
     #: method and steps are the spec's default from its fixed-step training solver
     from_training: bool = False
+    #: the graph's precision (None: the model's dtype)
+    precision: Optional[str] = None
+    #: each verified runtime: what it is, parity, latency by batch size (or why it was skipped)
+    runtimes: Optional[list[dict[str, Any]]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -150,6 +175,8 @@ class ExportResult:
             "deployment_error": self.deployment_error,
             "calibration": self.calibration,
             "warnings": self.warnings,
+            "precision": self.precision,
+            "runtimes": self.runtimes,
         }
 
     def _given(self) -> str:
@@ -180,15 +207,18 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         calibration = _calibrate(cpu, options, settings, inputs, reference)
         settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
     onnx_model, data, seconds = _build_checked(cpu, settings)
-    sess = ort_session(data) if options.parity or options.deployment else None
-    parity = _parity(cpu, data, settings, options, sess) if options.parity else None
+    sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
+    check = _parity_check(cpu, settings, options) if options.parity else None
+    parity = check.run(data, sess).to_dict() if check is not None else None
     deployment = _deployment(sess, cpu, inputs, settings, reference, classifier) if options.deployment else None
     warnings = deployment_warnings(spec, settings.method, settings.steps, deployment, calibrated=auto)
     if options.strict and warnings:
         raise ExportError(f"{warnings[0]['warning']} (--strict: nothing written)", warnings[0]["fix"])
+    runtimes = verify_runtimes(cpu, data, settings, options, check, parity) if check is not None else None
     # method and steps are the spec's default from its fixed-step training solver (not overridden)
     from_training = spec.export.from_training and options.method is None and options.steps is None
-    add_metadata(onnx_model, export_metadata(calibration, deployment, from_training=from_training))
+    add_metadata(onnx_model, {**export_metadata(calibration, deployment, from_training=from_training),
+                              **runtime_metadata(runtimes)})
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
@@ -198,7 +228,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
-        from_training=from_training,
+        from_training=from_training, precision=settings.precision, runtimes=runtimes,
     )
 
 
@@ -217,7 +247,7 @@ def resolve_settings(spec: Spec, options: ExportOptions, auto: bool) -> "ExportS
     steps = None if auto else options.steps
     assert not isinstance(steps, str)  # ExportOptions allows no other text than "auto"
     settings = export_settings_from_spec(spec, method=options.method, steps=steps, opset=options.opset,
-                                         loop=options.loop)
+                                         loop=options.loop, precision=options.precision)
     # calibration without a method searches the fixed-step methods, whatever the spec's method
     if is_adaptive(settings.method) and not (auto and options.method is None):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
@@ -265,17 +295,111 @@ def _build_checked(model: ODENet, settings: "ExportSettings") -> tuple["onnx.Mod
     return onnx_model, data, time.perf_counter() - start
 
 
-def _parity(model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
-            sess: Any) -> dict[str, Any]:
-    """onnxruntime against the PyTorch fixed-step twin: the report's ``parity`` entry."""
-    from odespec.export.parity import check_parity, parity_batches
+#: the least tolerance of a graph computing in float16, relative to the output's largest
+#: magnitude: each operation rounds to 11 significant bits (~5e-4), and the rounding adds up
+#: over the steps of a solve
+HALF_PARITY_TOL = 1e-2
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """What a graph is compared with on every runtime: the PyTorch fixed-step ``twin`` in the
+    graph's precision, fed ``dtype``. A graph computing in float16 (``float16``, ``mixed``) is
+    compared with the float32 twin (the graph rounds its inputs on the way in): PyTorch's own float16
+    arithmetic on the CPU is no reference (on a 2-8-16-8-2 model with rk4 x 32 it drifts 2.6 %
+    of the output's magnitude from float32, the float16 graph in onnxruntime 0.06 %), so there
+    ``scaled`` is set and the tolerance is relative to the output's largest magnitude.
+    """
+
+    twin: Any
+    dtype: Any
+    tolerance: float
+    scaled: bool
+    batch_sizes: tuple[int, ...]
+    seed: int
+    series: Any
+
+    def run(self, data: bytes, session: Any, runtime: str = "onnxruntime", *,
+            tolerance: Optional[float] = None) -> "ParityResult":
+        """Parity of ``session`` (``data`` opened in ``runtime``); :class:`ParityError` above the
+        tolerance (``tolerance``: another, for a measurement)."""
+        from odespec.export.parity import check_parity
+
+        return check_parity(data, self.twin, self.twin.spec.input_shape, dtype=self.dtype,
+                            tolerance=self.tolerance if tolerance is None else tolerance,
+                            batch_sizes=self.batch_sizes, seed=self.seed, session=session, series=self.series,
+                            scaled=self.scaled, runtime=runtime)
+
+
+def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOptions) -> ParityCheck:
+    """The parity check of the graph ``settings`` describe."""
+    import torch
+
+    from odespec.export.onnx_export import graph_precision, precision_model
+    from odespec.export.parity import parity_batches
 
     spec = model.spec
-    twin = fixed_step_model(model, settings.method, settings.steps)
+    prec = graph_precision(model_dtype(model), settings.precision)
+    half = prec.compute == torch.float16
+    dtype = torch.float32 if half else prec.compute
+    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
-    return check_parity(data, twin, spec.input_shape, dtype=model_dtype(model), tolerance=tol,
-                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed, session=sess,
-                        series=series_inputs(model)).to_dict()
+    return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
+                       batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,
+                       series=series_inputs(model))
+
+
+def verify_runtimes(model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
+                    check: ParityCheck, parity: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's ``runtimes``: each runtime of ``options.verify`` (or the spec's
+    ``export.onnx.verify``) with what it is, its parity (onnxruntime's: ``parity``, the
+    build's own check), its latency at batch 1 and 256 (``options.latency``) and, for
+    OpenVINO, the error at its default precision. A GPU runtime this machine cannot run is
+    skipped with the reason; any other unavailable runtime is a :class:`BuildError`."""
+    from odespec.export.runtimes import get_runtime
+
+    entries = []
+    for name in options.verify or model.spec.export.verify:
+        runtime = get_runtime(name)
+        reason = runtime.unavailable()
+        if reason is not None:
+            if not runtime.needs_device:
+                raise BuildError(f"cannot verify on {name}: {reason}", runtime.install_hint or None)
+            entries.append({"runtime": name, "skipped": reason})
+            continue
+        entries.append(_verify_one(runtime, model, data, settings, options, check,
+                                   parity if name == "onnxruntime" else None))
+    return entries
+
+
+def _verify_one(runtime: Any, model: ODENet, data: bytes, settings: "ExportSettings", options: ExportOptions,
+                check: ParityCheck, parity: Optional[dict[str, Any]]) -> dict[str, Any]:
+    from odespec.export.latency import LATENCY_THREADS, RUNTIME_BATCHES, runtime_latencies
+    from odespec.export.runtimes import OpenVinoRuntime
+
+    entry = runtime.describe()
+    entry["parity"] = parity if parity is not None else check.run(data, runtime.load(data), runtime.name).to_dict()
+    if isinstance(runtime, OpenVinoRuntime):
+        # what a user gets without the hint: measured and shown, never a failure
+        unhinted = check.run(data, runtime.load(data, default_precision=True), runtime.name, tolerance=math.inf)
+        entry["default_precision"] = {"precision": runtime.default_precision(),
+                                      "max_abs_error": unhinted.max_abs_error,
+                                      "max_scaled_error": unhinted.max_scaled_error}
+    if options.latency:
+        batches = RUNTIME_BATCHES if settings.dynamic_batch else (1,)
+        entry["latency_ms"] = runtime_latencies(runtime.load(data, threads=LATENCY_THREADS), model, batches)
+        entry["latency_threads"] = LATENCY_THREADS
+    return entry
+
+
+def runtime_metadata(runtimes: Optional[list[dict[str, Any]]]) -> dict[str, str]:
+    """The metadata entries of the verified runtimes: OpenVINO's configuration, which a user must
+    compile the file with to get the verified precision."""
+    from odespec.export.runtimes import METADATA_KEY_OPENVINO, OPENVINO_CONFIG
+
+    if any(r["runtime"] == "openvino" and "skipped" not in r for r in runtimes or []):
+        return {METADATA_KEY_OPENVINO: json.dumps(OPENVINO_CONFIG)}
+    return {}
 
 
 def _deployment(sess: Any, model: ODENet, inputs: InputSet, settings: "ExportSettings",

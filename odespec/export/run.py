@@ -1,5 +1,5 @@
 """``odespec run``: feed an array from a ``.npy``, ``.npz`` or ``.csv`` file to an ONNX model in
-onnxruntime, and print or write what comes out.
+onnxruntime (or another runtime of :mod:`odespec.export.runtimes`), and print or write what comes out.
 
 The input file is read by the data contract (:mod:`odespec.data_contract`), the rules training
 reads its files by. Problems with it (missing, unreadable, wrong shape or dtype, NaN or
@@ -20,7 +20,7 @@ import numpy as np
 from odespec import data_contract as dc
 from odespec.errors import InputFileError, RunError
 from odespec.export.inspect import format_shape
-from odespec.export.session import ort_session
+from odespec.export.runtimes import get_runtime
 
 __all__ = ["ModelInput", "RunResult", "open_model", "open_model_inputs", "load_input", "load_series_inputs",
            "series_starts", "run_onnx", "check_output_path", "save_outputs",
@@ -75,9 +75,10 @@ class RunResult:
         }
 
 
-def open_model(path: PathLike) -> tuple[Any, ModelInput]:
-    """An onnxruntime CPU session for the model at ``path`` and its single input."""
-    sess, inputs = open_model_inputs(path)
+def open_model(path: PathLike, runtime: str = "onnxruntime") -> tuple[Any, ModelInput]:
+    """A session of ``runtime`` (onnxruntime's CPU provider by default) for the model at
+    ``path``, and its single input."""
+    sess, inputs = open_model_inputs(path, runtime)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
         raise RunError(f"{path}: the model takes {len(inputs)} inputs ({names}); feed them from one .npz with "
@@ -85,18 +86,20 @@ def open_model(path: PathLike) -> tuple[Any, ModelInput]:
     return sess, inputs[0]
 
 
-def open_model_inputs(path: PathLike) -> tuple[Any, list[ModelInput]]:
-    """An onnxruntime CPU session for the model at ``path`` and its inputs, in the graph's order
-    (a model of irregular series takes ``input``, ``times``, ``mask``, ``query_times``)."""
+def open_model_inputs(path: PathLike, runtime: str = "onnxruntime") -> tuple[Any, list[ModelInput]]:
+    """A :class:`~odespec.export.runtimes.Session` of ``runtime`` (onnxruntime's CPU provider by
+    default) for the model at ``path`` and its inputs, in the graph's order (a model of
+    irregular series takes ``input``, ``times``, ``mask``, ``query_times``)."""
     p = Path(path)
     if not p.is_file():
         raise RunError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    rt = _runtime(runtime)
 
     def not_loadable(e: Exception) -> RunError:
-        return RunError(f"{p}: onnxruntime cannot load it as an ONNX model: {_first_line(e)}",
+        return RunError(f"{p}: {runtime} cannot load it as an ONNX model: {_first_line(e)}",
                         "odespec inspect shows what the file holds")
 
-    sess = ort_session(p, load_error=not_loadable)
+    sess = rt.load(p, load_error=not_loadable)
     inputs = sess.get_inputs()
     if not inputs:
         raise RunError(f"{p}: the model takes no inputs; odespec run feeds arrays to a model's inputs")
@@ -106,6 +109,20 @@ def open_model_inputs(path: PathLike) -> tuple[Any, list[ModelInput]]:
             raise RunError(f"{p}: input {inp.name!r} has type {inp.type}; odespec run feeds numeric tensors")
         out.append(ModelInput(inp.name, tuple(inp.shape), np.dtype(_ORT_DTYPES[inp.type])))
     return sess, out
+
+
+def _runtime(name: str) -> Any:
+    """The runtime ``name``, available on this machine; :class:`RunError` otherwise."""
+    from odespec.errors import ExportError
+
+    try:
+        rt = get_runtime(name)
+    except ExportError as e:
+        raise RunError(str(e).splitlines()[0], e.hint) from None
+    reason = rt.unavailable()
+    if reason is not None:
+        raise RunError(f"cannot run on {name}: {reason}", rt.install_hint or None)
+    return rt
 
 
 def _first_line(e: BaseException) -> str:
@@ -175,11 +192,11 @@ def _check_shape(p: Path, x: np.ndarray, model_input: ModelInput) -> None:
             f"expected shape {format_shape(want)}, got {format_shape(x.shape)}")
 
 
-def run_onnx(model_path: PathLike, input_path: PathLike) -> RunResult:
-    """Run the model at ``model_path`` on the array(s) in ``input_path``: one array for a model
-    with one input; for a model of irregular series, a ``.npz`` with an array per input
-    (:func:`load_series_inputs`)."""
-    sess, model_inputs = open_model_inputs(model_path)
+def run_onnx(model_path: PathLike, input_path: PathLike, runtime: str = "onnxruntime") -> RunResult:
+    """Run the model at ``model_path`` in ``runtime`` on the array(s) in ``input_path``: one
+    array for a model with one input; for a model of irregular series, a ``.npz`` with an array
+    per input (:func:`load_series_inputs`)."""
+    sess, model_inputs = open_model_inputs(model_path, runtime)
     if len(model_inputs) == 1:
         feeds = {model_inputs[0].name: load_input(input_path, model_inputs[0])}
     else:
@@ -187,7 +204,7 @@ def run_onnx(model_path: PathLike, input_path: PathLike) -> RunResult:
     try:
         arrays = sess.run(None, feeds)
     except Exception as e:  # onnxruntime raises its own untyped errors
-        raise RunError(f"{model_path}: onnxruntime failed to run the model: {_first_line(e)}") from e
+        raise RunError(f"{model_path}: {runtime} failed to run the model: {_first_line(e)}") from e
     names = [o.name for o in sess.get_outputs()]
     first = model_inputs[0]
     return RunResult(first, tuple(feeds[first.name].shape), names, [np.asarray(a) for a in arrays],
@@ -207,7 +224,7 @@ def series_starts(sess: Any) -> dict[str, float]:
     block's start); empty for a file without it."""
     import json
 
-    meta = sess.get_modelmeta().custom_metadata_map
+    meta = sess.metadata
     if SERIES_METADATA not in meta:
         return {}
     try:

@@ -1,5 +1,6 @@
-"""The one way odespec opens an onnxruntime session: on the CPU, logging errors only, and with a
-fixed thread count where latencies are compared.
+"""The one way odespec opens an onnxruntime session: on the CPU (or the execution provider the
+runtime names, :mod:`odespec.export.runtimes`), logging errors only, and with a fixed thread
+count where latencies are compared.
 
 Imports no torch (``odespec run`` uses it).
 """
@@ -7,7 +8,7 @@ Imports no torch (``odespec run`` uses it).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from odespec.errors import ExportError, OdespecError
 
@@ -26,8 +27,9 @@ def _exported_model_error(e: Exception) -> OdespecError:
 
 def ort_session(model: ModelSource, *, threads: Optional[int] = None,
                 load_error: Callable[[Exception], OdespecError] = _exported_model_error,
-                ) -> "onnxruntime.InferenceSession":
-    """An onnxruntime CPU session for ``model`` (serialized bytes or a file path).
+                providers: Sequence[str] = ("CPUExecutionProvider",)) -> "onnxruntime.InferenceSession":
+    """An onnxruntime session for ``model`` (serialized bytes or a file path), on the CPU unless
+    ``providers`` names others.
 
     ``threads``: that many intra-op threads, no inter-op pool and sequential execution, so that
     latencies measured in different sessions are comparable; ``None``: onnxruntime's defaults.
@@ -45,6 +47,6 @@ def ort_session(model: ModelSource, *, threads: Optional[int] = None,
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     source = model if isinstance(model, bytes) else os.fspath(model)
     try:
-        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own untyped errors
         raise load_error(e) from e

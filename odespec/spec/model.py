@@ -220,6 +220,10 @@ class OnnxExportSpec:
     #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
     #: or every built-in fixed-step method when none is written); empty otherwise
     calibration_methods: tuple[str, ...] = ()
+    #: the graph's element types (``float32``, ``float16``, ``mixed``); None: the model's dtype
+    precision: Optional[str] = None
+    #: the runtimes the graph is checked on (parity and latency), by name
+    verify: tuple[str, ...] = ("onnxruntime",)
 
     #: ``method`` and ``steps`` are the ODE blocks' fixed-step training solver's: the spec writes
     #: neither, and every ODE block trains with that method and step count (a discrete model

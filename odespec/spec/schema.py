@@ -58,6 +58,21 @@ EXPORT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(OnnxExportS
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
 MAX_CALIBRATION_STEPS = 4096
+#: ``export.onnx.precision``: the graph's element types (the model's dtype when not written)
+EXPORT_PRECISIONS = {
+    "float32": "weights, inputs, outputs and compute in float32 (a float64 model is cast)",
+    "float16": "weights, inputs, outputs and compute in float16",
+    "mixed": "inputs, outputs and the solver's state accumulation (y + h * sum b_i k_i) in float32; "
+             "the layers and the dynamics in float16",
+}
+#: ``export.onnx.verify``: the runtimes a graph can be checked on (odespec.export.runtimes
+#: implements each); the GPU ones are skipped, with the reason, where the machine cannot run them
+EXPORT_RUNTIMES = {
+    "onnxruntime": "onnxruntime, CPU execution provider",
+    "onnxruntime-cuda": "onnxruntime, CUDA execution provider (a GPU and onnxruntime-gpu)",
+    "onnxruntime-tensorrt": "onnxruntime, TensorRT execution provider (a GPU, onnxruntime-gpu and TensorRT)",
+    "openvino": "Intel OpenVINO on the CPU, at INFERENCE_PRECISION_HINT f32 (pip install 'odespec[openvino]')",
+}
 ODE_BLOCK_DESCRIPTION = "An ODE block: y(t1) = y(t0) + integral of f(t, y) dt, solved numerically."
 
 
@@ -369,6 +384,15 @@ def _onnx_export() -> dict[str, Any]:
                               "description": "Leave the batch dimension symbolic."},
             "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check.",
                                EXPORT_DEFAULTS["parity_tol"], exclusiveMinimum=0, maximum=1),
+            "precision": {"enum": list(EXPORT_PRECISIONS), NAMES_KEY: "precision",
+                          "enumDescriptions": list(EXPORT_PRECISIONS.values()),
+                          "description": "Element types of the graph (default: the model's dtype): "
+                                         + "; ".join(f"{k}: {v}" for k, v in EXPORT_PRECISIONS.items()) + "."},
+            "verify": {"type": "array", "items": {"enum": list(EXPORT_RUNTIMES), NAMES_KEY: "runtime",
+                                                            "enumDescriptions": list(EXPORT_RUNTIMES.values())}, "minItems": 1, "uniqueItems": True,
+                       "default": list(EXPORT_DEFAULTS["verify"]),
+                       "description": "Runtimes to check the graph on (parity with PyTorch, latency at batch 1 and "
+                                      "256): " + "; ".join(f"{k}: {v}" for k, v in EXPORT_RUNTIMES.items()) + "."},
             "loop": {"type": "boolean", "default": EXPORT_DEFAULTS["loop"],
                      "description": "Export each output interval's steps as one ONNX Loop node holding a single "
                                     "solver step, so the file size does not grow with the step count "

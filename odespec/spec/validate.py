@@ -454,6 +454,8 @@ class _Checker:
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
                                "use fewer steps, or fewer output times")
         raw.setdefault("file", f"{data['name']}.onnx")
+        if "verify" in raw:
+            raw["verify"] = tuple(raw["verify"])
         return OnnxExportSpec(**raw)
 
     def match(self, raw: dict, path: Path, export: dict, items: Optional[list[ModelItem]]) -> Optional[float]:

@@ -266,3 +266,33 @@ def test_build_match_agreement_and_triton_repo(tmp_path: Path, rknet):
 def test_build_match_agreement_usage_errors(tmp_path: Path, args: list[str], words: str):
     r = run("build", DEMO, "-o", tmp_path, *args)
     assert r.exit_code == 2 and words in r.output
+
+
+def test_build_verify_and_precision_print_the_runtimes_table(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--steps", "8", "--precision", "mixed",
+            "--verify", "onnxruntime,onnxruntime-cuda")
+    assert r.exit_code == 0, r.output
+    assert "runtimes (graph precision mixed" in r.output
+    assert "onnxruntime-cuda: skipped:" in r.output or "onnxruntime-cuda " in r.output
+    report = json.loads((tmp_path / "ode_demo.build.json").read_text())
+    assert report["onnx"]["precision"] == "mixed"
+    assert [e["runtime"] for e in report["onnx"]["runtimes"]] == ["onnxruntime", "onnxruntime-cuda"]
+    model = onnx.load(tmp_path / "ode_demo.onnx")
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_build_verify_unknown_runtime_and_precision_are_refused(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--verify", "onnxruntime,openvno")
+    assert r.exit_code == 1 and "did you mean 'openvino'" in r.output
+    r = run("build", DEMO, "-o", tmp_path, "--precision", "half")
+    assert r.exit_code == 2 and "half" in r.output
+    assert not (tmp_path / "ode_demo.onnx").exists()
+
+
+def test_run_runtime_option(tmp_path: Path):
+    assert run("build", DEMO, "-o", tmp_path, "--steps", "4").exit_code == 0
+    np.save(tmp_path / "x.npy", np.zeros((2, 2), np.float32))
+    r = run("run", tmp_path / "ode_demo.onnx", "-i", tmp_path / "x.npy", "--runtime", "onnxruntme")
+    assert r.exit_code == 1 and "did you mean 'onnxruntime'" in r.output
+    r = run("run", tmp_path / "ode_demo.onnx", "-i", tmp_path / "x.npy", "--runtime", "onnxruntime", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.output)["outputs"][0]["shape"] == [2, 6, 2]

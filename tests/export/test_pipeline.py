@@ -86,6 +86,8 @@ def test_export_onnx_is_a_facade_over_export_model(tmp_path: Path, demo):
     ra, rb = a.to_dict(), b.to_dict()
     for r in (ra, rb):
         del r["file"], r["export_seconds"], r["deployment_error"]["seconds"]
+        for runtime in r["runtimes"]:
+            del runtime["latency_ms"]  # measured: differs between two runs
     assert ra == rb and ra["parity"]["tolerance"] == 1e-4 and ra["layout"] == "loop"
 
 
