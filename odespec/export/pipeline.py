@@ -242,13 +242,18 @@ def resolve_settings(spec: Spec, options: ExportOptions, auto: bool) -> "ExportS
     ``auto``, method and steps are placeholders calibration replaces). :class:`BuildError`
     for an adaptive method, which no fixed graph can compute."""
     from odespec.export.onnx_export import export_settings_from_spec
-    from odespec.solvers.tableaus import is_adaptive
+    from odespec.solvers.tableaus import get_tableau, is_adaptive
 
     steps = None if auto else options.steps
     assert not isinstance(steps, str)  # ExportOptions allows no other text than "auto"
     settings = export_settings_from_spec(spec, method=options.method, steps=steps, opset=options.opset,
                                          loop=options.loop, precision=options.precision)
     # calibration without a method searches the fixed-step methods, whatever the spec's method
+    if get_tableau(settings.method).implicit:
+        raise BuildError(f"{settings.method!r} is an implicit method; the ONNX export unrolls explicit methods only "
+                         "(an implicit step's Newton iteration is not laid into the graph yet)",
+                         "choose an explicit fixed-step method such as rk4; odespec.solvers.odeint runs implicit "
+                         "methods in PyTorch")
     if is_adaptive(settings.method) and not (auto and options.method is None):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
                          "choose a fixed-step method such as rk4")

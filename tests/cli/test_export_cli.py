@@ -296,3 +296,9 @@ def test_run_runtime_option(tmp_path: Path):
     assert r.exit_code == 1 and "did you mean 'onnxruntime'" in r.output
     r = run("run", tmp_path / "ode_demo.onnx", "-i", tmp_path / "x.npy", "--runtime", "onnxruntime", "--format", "json")
     assert r.exit_code == 0 and json.loads(r.output)["outputs"][0]["shape"] == [2, 6, 2]
+
+
+def test_build_with_an_implicit_method_says_the_export_takes_explicit_ones(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--method", "implicit_euler", "--steps", "2")
+    assert r.exit_code == 1 and "implicit method" in r.output and "rk4" in r.output
+    assert "internal error" not in r.output and not (tmp_path / "ode_demo.onnx").exists()
