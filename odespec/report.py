@@ -47,6 +47,16 @@ def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
             f"exported in {onnx['export_seconds']:.2f} s)")
 
 
+def _macs_line(macs: Optional[dict[str, Any]]) -> list[str]:
+    """The deployed graph's MACs per sample and where they are (the two costliest operators)."""
+    if not macs:
+        return []
+    top = [f"{op} {c['macs']:,}" for op, c in macs["by_op"].items() if c["macs"]][:2]
+    bound = "" if macs["exact"] else " at least (some shapes unknown)"
+    return [f"cost:   {macs['macs_per_sample']:,} multiply-accumulates per sample{bound}"
+            + (f" ({', '.join(top)})" if top else "")]
+
+
 def _parity_line(parity: Optional[dict[str, Any]]) -> str:
     checked = (f"max abs error {parity['max_abs_error']:.2e} (tolerance {parity['tolerance']:g}) on batches "
                f"{', '.join(map(str, parity['batch_sizes']))}") if parity else "not checked"
@@ -106,6 +116,7 @@ def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> 
         f"{report['spec']['name']}: built",
         render_summary(report["summary"]),
         _onnx_line(onnx, onnx_path),
+        *_macs_line(onnx.get("macs")),
         _parity_line(onnx["parity"]),
         *_weights_lines(report.get("weights")),
         *render_accuracy(onnx),

@@ -27,6 +27,7 @@ import numpy as np
 from odespec.compile.model import ODENet
 from odespec.errors import BuildError, ExportError
 from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
+from odespec.export.macs import count_macs
 from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
 from odespec.export.session import ort_session
@@ -117,6 +118,9 @@ class ExportResult:
     #: ``steps: auto``: the chosen method and steps, the table of candidates, the evaluations
     calibration: Optional[dict[str, Any]] = None
     layout: str = "unrolled"
+    #: the written graph's multiply-accumulates per sample
+    #: (:meth:`odespec.export.macs.MacsCount.to_dict`)
+    macs: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -130,6 +134,7 @@ class ExportResult:
             "layout": self.layout,
             "opset": self.opset,
             "nfe_per_forward": self.nfe_per_forward,
+            "macs": self.macs,
             "export_seconds": round(self.export_seconds, 4),
             "parity": self.parity,
             "deployment_error": self.deployment_error,
@@ -169,7 +174,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps), export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
-        layout="loop" if settings.loop else "unrolled",
+        layout="loop" if settings.loop else "unrolled", macs=count_macs(onnx_model).to_dict(),
     )
 
 
