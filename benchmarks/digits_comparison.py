@@ -111,9 +111,9 @@ def main() -> None:
     print("\nmeans over seeds:")
     for name in args.models:
         rs = [r for r in rows if r["model"] == name]
-        mean = lambda k: statistics.fmean(r[k] for r in rs)  # noqa: E731
-        print(f"{name:<8} params {rs[0]['parameters']:,}  test acc {mean('accuracy'):.2%}  onnx acc "
-              f"{mean('onnx_accuracy'):.2%}  MACs {mean('macs'):,.0f}  f-evals {mean('nfe'):.1f}")
+        mean = {k: statistics.fmean(r[k] for r in rs) for k in ("accuracy", "onnx_accuracy", "macs", "nfe")}
+        print(f"{name:<8} params {rs[0]['parameters']:,}  test acc {mean['accuracy']:.2%}  onnx acc "
+              f"{mean['onnx_accuracy']:.2%}  MACs {mean['macs']:,.0f}  f-evals {mean['nfe']:.1f}")
 
 
 if __name__ == "__main__":
