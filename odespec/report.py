@@ -48,6 +48,16 @@ def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
             f"exported in {onnx['export_seconds']:.2f} s)")
 
 
+def _macs_line(macs: Optional[dict[str, Any]]) -> list[str]:
+    """The deployed graph's MACs per sample and where they are (the two costliest operators)."""
+    if not macs:
+        return []
+    top = [f"{op} {c['macs']:,}" for op, c in macs["by_op"].items() if c["macs"]][:2]
+    bound = "" if macs["exact"] else " at least (some shapes unknown)"
+    return [f"cost:   {macs['macs_per_sample']:,} multiply-accumulates per sample{bound}"
+            + (f" ({', '.join(top)})" if top else "")]
+
+
 def _parity_line(parity: Optional[dict[str, Any]]) -> str:
     scaled = parity is not None and parity.get("measure") == "scaled"
     error = (f"error {parity['max_scaled_error']:.2e} relative to the output's largest magnitude"
@@ -161,6 +171,7 @@ def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> 
         f"{report['spec']['name']}: built",
         render_summary(report["summary"]),
         _onnx_line(onnx, onnx_path),
+        *_macs_line(onnx.get("macs")),
         _parity_line(onnx["parity"]),
         *_runtime_lines(onnx),
         *_weights_lines(report.get("weights")),

@@ -1,5 +1,6 @@
 """``odespec inspect``: what an ONNX file holds — metadata, inputs and outputs, opsets, op
-counts, initializers — for any ONNX file, not only odespec's.
+counts, initializers, multiply-accumulates per sample (:mod:`odespec.export.macs`) — for any
+ONNX file, not only odespec's.
 
 Imports no torch and no onnxruntime: inspecting must be quick and work where only ``onnx`` is
 installed.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from odespec.errors import RunError
+from odespec.export.macs import count_macs, render_macs
 
 __all__ = ["inspect_onnx", "render_inspect", "format_shape", "load_onnx"]
 
@@ -105,7 +107,8 @@ def inspect_onnx(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
     """A JSON-ready description of the ONNX file at ``path``.
 
     ``op_counts`` and ``initializers`` include subgraphs (e.g. ``Loop`` bodies); op types of
-    domains other than the default one are written ``domain::Op``.
+    domains other than the default one are written ``domain::Op``. ``macs``:
+    :meth:`odespec.export.macs.MacsCount.to_dict` (per sample: symbolic input dimensions as 1).
     """
     model = load_onnx(path)
     graph = model.graph
@@ -135,6 +138,7 @@ def inspect_onnx(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
         "subgraphs": len(graphs) - 1,
         "op_counts": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializers": {"count": len(initializers), "bytes": sum(_tensor_bytes(t) for t in initializers)},
+        "macs": count_macs(model).to_dict(),
     }
 
 
@@ -167,4 +171,5 @@ def render_inspect(info: dict[str, Any]) -> str:
     lines.append("op counts:")
     width = max((len(k) for k in info["op_counts"]), default=0)
     lines += [f"  {op.ljust(width)}  {n:>6,}" for op, n in info["op_counts"].items()]
+    lines += render_macs(info["macs"])
     return "\n".join(lines)

@@ -29,6 +29,7 @@ import numpy as np
 from odespec.compile.model import ODENet
 from odespec.errors import BuildError, ExportError
 from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
+from odespec.export.macs import count_macs
 from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
 from odespec.export.runtimes import get_runtime
@@ -157,6 +158,9 @@ class ExportResult:
     precision: Optional[str] = None
     #: each verified runtime: what it is, parity, latency by batch size (or why it was skipped)
     runtimes: Optional[list[dict[str, Any]]] = None
+    #: the written graph's multiply-accumulates per sample
+    #: (:meth:`odespec.export.macs.MacsCount.to_dict`)
+    macs: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -170,6 +174,7 @@ class ExportResult:
             "layout": self.layout,
             "opset": self.opset,
             "nfe_per_forward": self.nfe_per_forward,
+            "macs": self.macs,
             "export_seconds": round(self.export_seconds, 4),
             "parity": self.parity,
             "deployment_error": self.deployment_error,
@@ -229,6 +234,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
         from_training=from_training, precision=settings.precision, runtimes=runtimes,
+        macs=count_macs(onnx_model).to_dict(),
     )
 
 

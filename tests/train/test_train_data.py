@@ -366,3 +366,49 @@ def test_mnist_random_crop_padding_zero_or_absent_leaves_images_unchanged(tmp_pa
     x = plain.batch(1).x
     assert torch.equal(zero.batch(1)[0], x)
     np.testing.assert_allclose(x.numpy(), data.x[plain.indices(1)] / 255, rtol=1e-6)
+
+
+# -- digits (shipped) -------------------------------------------------------------------------------
+def test_digits_are_shipped_with_the_package_and_read_without_sklearn():
+    from odespec.train.digits import digits
+
+    x, y = digits()
+    assert x.shape == (1797, 8, 8) and x.dtype == np.uint8 and x.max() == 16
+    assert y.dtype == np.int64 and np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    # sklearn's load_digits()[0]: a zero (pixel rows of the first image)
+    assert y[0] == 0 and x[0, 0].tolist() == [0, 0, 5, 13, 9, 1, 0, 0]
+
+
+def test_digits_package_data_is_declared_for_the_wheel():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["odespec"]
+    assert "data/*.npz" in data and (root / "odespec" / "data" / "digits.npz").is_file()
+
+
+def test_digits_split_is_stratified_disjoint_and_seeded():
+    from odespec.train.digits import digits, digits_split
+
+    _, y = digits()
+    train, held = digits_split(y, 0.2, 0)
+    assert len(np.intersect1d(train, held)) == 0 and len(train) + len(held) == 1797
+    counts = np.bincount(y[held], minlength=10)
+    assert np.all(np.abs(counts - 0.2 * np.bincount(y)) <= 0.5)
+    np.testing.assert_array_equal(digits_split(y, 0.2, 0)[1], held)
+    assert not np.array_equal(digits_split(y, 0.2, 1)[1], held)
+
+
+@pytest.mark.parametrize(("shape", "want"), [("image", (1, 8, 8)), ("flat", (64,))])
+def test_digits_source_shapes_scale_and_split(shape, want):
+    src = sources.get("digits")
+    opts = src.normalize({"shape": shape})
+    assert src.shapes(opts).input == want and src.shapes(opts).classes == 10
+    d = load("digits", {"shape": shape}, Need(want, (10,), True), seed=5)
+    assert d.x.shape[1:] == want and d.x_eval is not None and len(d.x) + len(d.x_eval) == 1797
+    assert d.x_scale == 1 / 16 and set(np.unique(d.y_eval)) == set(range(10))
+    # the split is the data source's (split_seed), not the run's seed: runs compare on the same images
+    again = load("digits", {"shape": shape}, Need(want, (10,), True), seed=6)
+    np.testing.assert_array_equal(again.x_eval, d.x_eval)
+    whole = load("digits", {"shape": shape, "eval_fraction": 0}, Need(want, (10,), True))
+    assert len(whole.x) == 1797 and whole.x_eval is None
