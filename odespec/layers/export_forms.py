@@ -68,6 +68,16 @@ class SplitTimeLinear(nn.Module):
         return self.linear(y) + t * self.time_weight
 
 
+def _channel_affine(module: nn.Module, gn: nn.GroupNorm, shape: Sequence[int]) -> bool:
+    """Register ``gn``'s per-channel scale and shift on ``module`` as buffers shaped to broadcast
+    over a sample of ``shape`` (channels first); whether ``gn`` has them."""
+    if gn.affine:
+        view = (shape[0],) + (1,) * (len(shape) - 1)
+        module.register_buffer("weight", gn.weight.detach().reshape(view).clone())
+        module.register_buffer("bias", gn.bias.detach().reshape(view).clone())
+    return gn.affine
+
+
 class StaticGroupNorm(nn.Module):
     """``nn.GroupNorm`` with the per-sample ``shape`` written into the graph.
 
@@ -92,11 +102,7 @@ class StaticGroupNorm(nn.Module):
         # instance_norm's exporter needs its scale and bias to know the channel count
         self.register_buffer("ones", torch.ones(self.groups, dtype=dtype))
         self.register_buffer("zeros", torch.zeros(self.groups, dtype=dtype))
-        self.affine = gn.affine
-        if gn.affine:
-            view = (self.shape[0],) + (1,) * (len(self.shape) - 1)
-            self.register_buffer("weight", gn.weight.detach().reshape(view).clone())
-            self.register_buffer("bias", gn.bias.detach().reshape(view).clone())
+        self.affine = _channel_affine(self, gn, self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_group = 1
@@ -158,11 +164,7 @@ class GroupNorm64(nn.Module):
         self.shape = tuple(int(d) for d in shape)
         self.groups = gn.num_groups
         self.eps = gn.eps
-        self.affine = gn.affine
-        if gn.affine:
-            view = (self.shape[0],) + (1,) * (len(self.shape) - 1)
-            self.register_buffer("weight", gn.weight.detach().reshape(view).clone())
-            self.register_buffer("bias", gn.bias.detach().reshape(view).clone())
+        self.affine = _channel_affine(self, gn, self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.reshape((-1, self.groups, math.prod(self.shape) // self.groups))
