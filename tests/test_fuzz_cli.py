@@ -110,7 +110,7 @@ def _nothing_half_written(out: Path, code: int, model_glob: str) -> None:
         assert not list(out.glob(model_glob)) if out.exists() else True, files
 
 
-_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+_SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                         HealthCheck.too_slow])
 
 

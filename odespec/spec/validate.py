@@ -20,6 +20,11 @@ from odespec.spec.numbers import number_issues
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
 from odespec.solvers.grid import grid_steps
 from odespec.solvers.options import MAX_STEPS
+
+#: the most solver steps an exported graph unrolls (every step is a copy of the dynamics' nodes:
+#: at 10,000 rk4 steps of a small MLP the graph has some 400,000 nodes, which onnxruntime takes
+#: minutes to load); ``loop: true`` keeps one step per output interval in the graph
+MAX_UNROLLED_STEPS = 10_000
 from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_DEFAULTS
 from odespec.spec.model import (
     DynamicsSpec,
@@ -444,15 +449,33 @@ class _Checker:
         if "match" in raw:
             raw["match_agreement"] = self.match(raw.pop("match"), path + ("match",), raw, items)
         # (calibration keeps within MAX_STEPS itself)
-        for i, item in enumerate(data["model"] if steps != "auto" else []):
-            if isinstance(item, dict) and "ode" in item:
-                raw_t = item["ode"].get("t", [0, 1])
-                # a t: query block has one output interval per query time
-                t = (0.0,) * (data["input"].get("query", 0) + 1) if raw_t == "query" else _times(raw_t)
+        unrolled, most, where = 0, 0, path
+        loop = raw.get("loop", EXPORT_DEFAULTS["loop"])
+        for i, item in enumerate(data["model"]):
+            if not (isinstance(item, dict) and isinstance(item.get("ode"), dict)):
+                continue
+            raw_t = item["ode"].get("t", [0, 1])
+            # a t: query block has one output interval per query time
+            t = (0.0,) * (data["input"].get("query", 0) + 1) if raw_t == "query" else _times(raw_t)
+            if item["ode"].get("family") == "resnet":  # its own weights per step: always unrolled
+                n = grid_steps(t, int(item["ode"].get("solver", {}).get("steps", 1)))
+                unrolled += n
+                if n > most:  # point at the block that unrolls most
+                    most, where = n, ("model", i, "ode", "solver", "steps")
+            elif steps != "auto":
                 if grid_steps(t, steps) > MAX_STEPS:
                     self.error(path + ("steps",), f"{steps:,} steps per output interval over the {len(t) - 1} "
                                f"intervals of model[{i}] make more than {MAX_STEPS:,} steps",
                                "use fewer steps, or fewer output times")
+                n = len(t) - 1 if loop else grid_steps(t, steps)
+                unrolled += n
+                if n > most:
+                    most, where = n, path + (("steps",) if "steps" in raw else ())
+        if unrolled > MAX_UNROLLED_STEPS:
+            self.error(where, f"the exported graph would unroll {unrolled:,} solver steps (ODE blocks' steps per "
+                       f"output interval times their intervals, and every ResNet block's steps); the limit is "
+                       f"{MAX_UNROLLED_STEPS:,}, beyond which building and loading the graph takes minutes",
+                       "use fewer steps, or loop: true (one ONNX Loop per output interval) for ODE blocks")
         raw.setdefault("file", f"{data['name']}.onnx")
         if "verify" in raw:
             raw["verify"] = tuple(raw["verify"])
