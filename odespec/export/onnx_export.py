@@ -224,7 +224,8 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
         export = ExportContext(dtype=tdtype)
         for j, seg in enumerate(_segments(traced)):  # the caller passes a CPU model
             if isinstance(seg, tuple):
-                cur = _series_layer(gb, spec, seg, cur, example, series, settings, f"series{j}/", export)
+                cur, cur_dtype = _series_layer(gb, spec, seg, (cur, cur_dtype), example, series, settings,
+                                               f"series{j}/", export, prec)
                 example = torch.zeros((2,) + tuple(seg[1].layer_type.output_shape(
                     seg[1].layer.options, seg[1].shape, seg[1].ctx)), dtype=tdtype)
             elif isinstance(seg, BlockBase):
@@ -278,13 +279,10 @@ def _series_values(spec: Any) -> SeriesValues:
 def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> None:
     """The ``loop`` layout lays each interval of a block's one time grid into a ``Loop``; a model
     whose solves follow each sample's own times has no such grid. Mixed precision casts around
-    each stage of the unrolled solve; the loop body and the series layers (whose time inputs
-    would need their own casts) are not written for it."""
-    if prec.mixed and (settings.loop or model.spec.series is not None):
-        what = "the loop layout" if settings.loop else "a model that reads irregular series"
-        raise ExportError(f"mixed precision is not available for {what}",
-                          "export it at precision float16 (or float32)"
-                          + ("" if not settings.loop else ", or unrolled: leave out loop"))
+    each stage of the unrolled solve; the loop body is not written for it."""
+    if prec.mixed and settings.loop:
+        raise ExportError("mixed precision is not available for the loop layout",
+                          "export it unrolled (leave out loop), or at precision float16 (or float32)")
     per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
         isinstance(m, PerSampleEncoder) for m in model)
     if settings.loop and per_sample:
@@ -293,26 +291,40 @@ def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> N
                           "export it unrolled: leave out loop (export.onnx.loop: false, or no --loop)")
 
 
-def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], cur: str, example: torch.Tensor,
-                  series: SeriesValues, settings: ExportSettings, prefix: str, export: ExportContext) -> str:
+def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], cur: tuple[str, torch.dtype],
+                  example: torch.Tensor, series: SeriesValues, settings: ExportSettings, prefix: str,
+                  export: ExportContext, prec: Precision) -> tuple[str, torch.dtype]:
     """A layer that reads the series inputs, laid into ``gb`` in its export form: the ODE-RNN
     with :func:`~odespec.export.unroll.encoder_solver` per gap; any other (``rnn``/``gru`` with
     ``time_gaps``, ``rnn_decoder``: no solver inside) exported by torch as one piece that takes
-    the series inputs beside ``x``. Returns its output's name."""
+    the series inputs beside ``x``. ``cur``: the layer's input value and its type. Returns its
+    output's name and type.
+
+    With mixed precision the ODE-RNN carries its hidden state in ``prec.state`` (it is an ODE
+    state between the observations) and runs its dynamics and GRU updates in ``prec.compute``;
+    the other recurrent layers are layers like any other: wholly ``prec.compute``, their time
+    inputs cast to it (as a plain ``rnn``/``gru`` layer's hidden state is in a mixed graph)."""
     from odespec.solvers.tableaus import get_tableau
 
     module, use = seg
     form = use.export_form(module, export)
+    x = _cast(gb, cur[0], cur[1], prec.compute)
     if isinstance(form, PerSampleEncoder):
         solver = encoder_solver(form, settings.method, settings.steps)
         assert solver.steps is not None  # encoder_solver gives a fixed step count
-        return lay_ode_rnn(gb, form, cur, series, _piece_exporter(settings), prefix, length=int(use.shape[0]),
-                           features=int(use.shape[-1]), steps=solver.steps, tableau=get_tableau(solver.method))
+        # the mask joins x in the GRU update; the times stay in prec.io for the step sizes
+        values = {k: (_cast(gb, v, prec.io, prec.compute) if k == "mask" else v) for k, v in series.items()}
+        compute = ONNX_DTYPES[dtype_name(prec.compute)] if prec.mixed else None
+        out = lay_ode_rnn(gb, form, x, values, _piece_exporter(settings), prefix, length=int(use.shape[0]),
+                          features=int(use.shape[-1]), steps=solver.steps, tableau=get_tableau(solver.method),
+                          compute=compute)
+        return out, prec.state
     names = tuple(series)
     args = [example] + [torch.zeros((2, *shape), dtype=example.dtype) for _, shape in graph_inputs(spec)[1:]]
     sub = _export_piece(SeriesPiece(form, names), tuple(args), ["x", *names], settings.opset, settings.dynamic_batch)
-    (out,) = gb.splice(sub, {"x": cur, **series}, prefix)
-    return out
+    feeds = {k: _cast(gb, v, prec.io, prec.compute) for k, v in series.items()}
+    (out,) = gb.splice(sub, {"x": x, **feeds}, prefix)
+    return out, prec.compute
 
 
 def _piece_exporter(settings: ExportSettings) -> Callable[[nn.Module, tuple, list[str], tuple[str, ...]],
@@ -375,7 +387,7 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     tableau = get_tableau(settings.method)
     if block.spec.query:
         assert series is not None  # validate: a t: query block needs the model's query times
-        return _solve_query_block(gb, block, y, example.dtype, settings, prefix, series["query_times"], tableau)
+        return _solve_query_block(gb, block, y, prec, settings, prefix, series["query_times"], tableau)
     sub = export_dynamics(block.dynamics)
     grid = fixed_grid(block.spec.t, settings.steps)
     if settings.loop:
@@ -394,11 +406,15 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     return outs
 
 
-def _solve_query_block(gb: GraphBuilder, block: ODEBlock, y: Value, dtype: torch.dtype, settings: ExportSettings,
+def _solve_query_block(gb: GraphBuilder, block: ODEBlock, y: Value, prec: Precision, settings: ExportSettings,
                        prefix: str, query: str, tableau: Any) -> list[Value]:
     """A ``t: query`` block: from its start through each sample's query times, ``steps`` steps
     per interval of each sample's own length (:func:`per_sample_interval`); returns the states
-    at the T' query times (the initial state is not an output of such a block)."""
+    at the T' query times (the initial state is not an output of such a block).
+
+    The state, the times, the step sizes and the combinations are ``prec.state``; with mixed
+    precision each stage casts its state and time to ``prec.compute`` and its slope back."""
+    dtype = prec.compute
     rank = len(block.spec.state_shape)
     # the dynamics see one time per sample, shaped (batch, 1, ..., 1) as in the PyTorch solve
     t_example = torch.zeros((2,) + (1,) * rank, dtype=dtype)
@@ -409,8 +425,10 @@ def _solve_query_block(gb: GraphBuilder, block: ODEBlock, y: Value, dtype: torch
     takes_t = any(i.name == "t" for i in sub.input)
 
     def f(t: Optional[str], y_: Value) -> Value:
-        (out,) = gb.splice(sub, {"t": t or "", "y": y_.name}, prefix)
-        return Value(out)
+        feeds = {"t": _cast(gb, t, prec.state, prec.compute) if t else "",
+                 "y": _cast(gb, y_.name, prec.state, prec.compute)}
+        (out,) = gb.splice(sub, feeds, prefix)
+        return Value(_cast(gb, out, prec.compute, prec.state))
 
     prev = gb.const(float(block.spec.start))
     outs = []

@@ -138,11 +138,24 @@ def _zeros(gb: GraphBuilder, like: str, size: int) -> str:
     return out
 
 
+def _to(gb: GraphBuilder, value: str, elem: Optional[int]) -> str:
+    """``value`` cast to the ONNX element type ``elem`` (None: left as it is)."""
+    return value if elem is None else gb.node("Cast", [value], to=elem)
+
+
 def lay_ode_rnn(gb: GraphBuilder, rnn: PerSampleEncoder, x: str, series: SeriesValues, export_piece: PieceExporter,
-                prefix: str, *, length: int, features: int, steps: int, tableau: ButcherTableau) -> str:
+                prefix: str, *, length: int, features: int, steps: int, tableau: ButcherTableau,
+                compute: Optional[int] = None) -> str:
     """The ODE-RNN encoder (in its export form) laid into ``gb``: an unrolled
     loop over the ``length`` (T) observation slots of ``features`` (F) values, each gap solved per sample with ``steps`` fixed steps,
-    each update the GRU cell piece exported once. Returns the output value's name."""
+    each update the GRU cell piece exported once. Returns the output value's name.
+
+    ``compute`` (mixed precision: the ONNX element type the pieces were traced in, which ``x`` and
+    ``series["mask"]`` already are): the hidden state is carried, and each gap's solve accumulated,
+    in the builder's type, as an ODE block's state is; the dynamics and each GRU update run in
+    ``compute``, their inputs cast to it and their results back. The times stay in the builder's
+    type, so the per-sample step sizes are not rounded."""
+    state = None if compute is None else helper.np_dtype_to_tensor_dtype(gb.np_dtype)
     dtype = next(rnn.parameters()).dtype
     ex_x, ex_h = torch.zeros(2, features, dtype=dtype), torch.zeros(2, rnn.hidden, dtype=dtype)
     update_args: tuple = (ex_x, ex_h, torch.ones(2, features, dtype=dtype)) if rnn.use_mask else (ex_x, ex_h)
@@ -151,8 +164,8 @@ def lay_ode_rnn(gb: GraphBuilder, rnn: PerSampleEncoder, x: str, series: SeriesV
     field_graph = export_piece(_Field(rnn), (ex_h,), ["y"], ("y",))
 
     def f(t: Optional[str], h: Value) -> Value:
-        (out,) = gb.splice(field_graph, {"y": h.name}, prefix + "f/")
-        return Value(out)
+        (out,) = gb.splice(field_graph, {"y": _to(gb, h.name, compute)}, prefix + "f/")
+        return Value(_to(gb, out, state))
 
     times = series["times"]
     count = length
@@ -165,10 +178,11 @@ def lay_ode_rnn(gb: GraphBuilder, rnn: PerSampleEncoder, x: str, series: SeriesV
     for k in order:
         if prev != slots[k]:  # the reverse pass's first gap is empty: the state stays exactly as it is
             h = per_sample_interval(gb, f, h, prev, slots[k], steps=steps, tableau=tableau, rank=1, takes_t=False)
-        feeds = {"x": slot(gb, x, k), "h": h.name}
+        feeds = {"x": slot(gb, x, k), "h": _to(gb, h.name, compute)}
         if rnn.use_mask:
             feeds["mask"] = slot(gb, series["mask"], k)
         (new,) = gb.splice(update, feeds, prefix + "cell/")
+        new = _to(gb, new, state)
         h = Value(new)
         outs[k] = new
         prev = slots[k]

@@ -157,3 +157,133 @@ def test_the_spec_takes_precision_and_verify():
     assert spec.export.precision == "mixed" and spec.export.verify == ("onnxruntime", "openvino")
     assert parse_spec(SPEC).export.precision is None
     assert parse_spec(SPEC).export.verify == ("onnxruntime",)
+
+
+# -- models that read irregular series ---------------------------------------------------------------
+
+#: an ODE-RNN encoder (masked, reverse) -> q(z0) -> a t: query block whose dynamics read t (its
+#: state at the last query time) -> a GRU decoder fed the query-time gaps: every kind of series
+#: piece in one graph
+SERIES = """
+odespec: 1
+name: series-mixed
+seed: 3
+input: {shape: [6, 2], times: true, mask: true, query: 5}
+model:
+  - ode_rnn: {hidden: 6, dynamics: [{linear: 12}, tanh, {linear: 6}], solver: {method: rk4, steps: 2}}
+  - linear: 8
+  - gaussian
+  - ode:
+      t: query
+      start: 0.5
+      output: final
+      dynamics: {time: concat, layers: [{linear: 12}, elu, {linear: 4}]}
+      solver: {method: dopri5, rtol: 1e-6, atol: 1e-8}
+  - rnn_decoder: {cell: gru}
+  - linear: 2
+export:
+  onnx: {method: rk4, steps: 4}
+"""
+
+#: the latent ODE of the same pieces, without the decoder
+LATENT = SERIES.replace("output: final", "output: trajectory").replace("  - rnn_decoder: {cell: gru}\n", "")
+
+SHIPPED_SERIES = sorted((Path(__file__).parents[2] / "specs").glob("irregular_*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def series_model():
+    return odespec.build(parse_spec(SERIES, "series-mixed.yaml"))
+
+
+def _series_feeds(model, n: int = 256) -> dict[str, torch.Tensor]:
+    from odespec.export.inputs import seeded_input_set, series_inputs
+
+    inputs = seeded_input_set(model.spec.input_shape, dtype=torch.float32, seed=0, batch_sizes=(n,),
+                              series=series_inputs(model))
+    return inputs.feeds()[0]
+
+
+def _scaled_errors(model, precisions: tuple[str, ...]) -> dict[str, float]:
+    """Each precision's graph in onnxruntime against the float32 PyTorch fixed-step model, as the
+    parity check of a half graph measures it: the largest error over the output's largest magnitude."""
+    from odespec.export.inputs import call_model, numpy_feeds
+
+    feeds = _series_feeds(model)
+    s = model.spec.export
+    want = call_model(fixed_step_model(model, s.method, s.steps).eval(), feeds).detach().double().numpy()
+    out = {}
+    for p in precisions:
+        g = _graph(model, p)
+        dtype = np.float16 if p == "float16" else np.float32
+        (got,) = get_runtime("onnxruntime").load(g.SerializeToString()).run(
+            None, {k: v.astype(dtype) for k, v in numpy_feeds(feeds).items()})
+        out[p] = float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+    return out
+
+
+def test_mixed_series_model_keeps_state_times_and_step_sizes_in_float32(series_model):
+    g = _graph(series_model, "mixed")
+    types = _types(g)
+    assert {i.type.tensor_type.elem_type for i in [*g.graph.input, *g.graph.output]} == {TensorProto.FLOAT}
+    weights = [t for t in g.graph.initializer if t.name.startswith(("series", "ode", "seg")) and t.dims
+               and t.data_type != TensorProto.INT64]  # shape constants of the pieces
+    assert weights and {t.data_type for t in weights} == {TensorProto.FLOAT16}
+    # every Runge-Kutta combination (the ODE-RNN's gaps and the query block) accumulates in float32
+    sums = [n for n in g.graph.node if n.op_type == "Sum"]
+    assert sums and {types[n.output[0]] for n in sums} == {TensorProto.FLOAT}
+    # the times: each slot taken from times/query_times, the per-sample d_b = b - a, and the stage
+    # times a + s * d_b are float32 (rounding a time of 9.6 to float16 would move it by 4e-3)
+    taken = {n.output[0] for n in g.graph.node if n.op_type == "Gather" and n.input[0] in ("times", "query_times")}
+    assert taken and {types[v] for v in taken} == {TensorProto.FLOAT}
+    gaps = [n for n in g.graph.node if n.op_type == "Sub" and set(n.input) & taken]
+    assert gaps and {types[n.output[0]] for n in gaps} == {TensorProto.FLOAT}
+    # the dynamics (Tanh in the ODE-RNN's, Elu in the block's) and the GRU updates run in float16
+    for op in ("Tanh", "Elu", "Sigmoid"):
+        ops = {types[n.output[0]] for n in g.graph.node if n.op_type == op}
+        assert ops == {TensorProto.FLOAT16}, op
+    # the ODE-RNN's hidden state is carried in float32: each GRU update's result is cast back
+    cell_outs = {n.output[0] for n in g.graph.node if n.op_type == "Cast"
+                 and n.attribute[0].i == TensorProto.FLOAT}
+    assert len(cell_outs) > 6
+
+
+def test_mixed_shipped_latent_ode_is_closer_to_float32_than_float16():
+    """On the shipped latent ODE (the parity check's batch of 256): about half float16's error."""
+    model = odespec.build(odespec.load_spec(SHIPPED_SERIES[[p.stem for p in SHIPPED_SERIES].index("irregular_latent_ode")]))
+    err = _scaled_errors(model, ("float16", "mixed"))
+    assert 0 < err["mixed"] < err["float16"] < HALF_PARITY_TOL
+
+
+def test_mixed_series_model_passes_parity_in_the_build(tmp_path: Path):
+    r = export_model(odespec.build(parse_spec(LATENT)), tmp_path / "m.onnx", ExportOptions(precision="mixed", latency=False))
+    assert r.precision == "mixed" and r.parity["measure"] == "scaled" and r.parity["ok"]
+    assert r.parity["batch_sizes"] == [1, 7, 256]
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert meta["export_precision"] == "mixed"
+
+
+def test_a_broken_mixed_series_graph_fails_parity(tmp_path: Path, monkeypatch):
+    """The casts around the series pieces are where a mistake would hide: a twin with its
+    ODE-RNN's weights off must fail the relative tolerance."""
+    import odespec.export.pipeline as pipeline
+
+    real = pipeline.fixed_step_model
+
+    def wrong(m, method, steps):
+        twin = real(copy.deepcopy(m), method, steps)
+        with torch.no_grad():
+            for p in twin[0].parameters():
+                p.mul_(1.5)
+        return twin
+
+    monkeypatch.setattr(pipeline, "fixed_step_model", wrong)
+    with pytest.raises(ParityError, match="relative to the output's largest magnitude"):
+        export_model(odespec.build(parse_spec(LATENT)), tmp_path / "m.onnx", ExportOptions(precision="mixed", latency=False))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SERIES, ids=lambda p: p.stem)
+def test_every_shipped_series_spec_builds_with_mixed_within_the_half_tolerance(path: Path):
+    model = odespec.build(odespec.load_spec(path))
+    err = _scaled_errors(model, ("mixed",))
+    assert err["mixed"] < HALF_PARITY_TOL
