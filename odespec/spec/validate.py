@@ -450,6 +450,7 @@ class _Checker:
             raw["match_agreement"] = self.match(raw.pop("match"), path + ("match",), raw, items)
         # (calibration keeps within MAX_STEPS itself)
         unrolled, most, where = 0, 0, path
+        reported = len(self.issues)
         loop = raw.get("loop", EXPORT_DEFAULTS["loop"])
         for i, item in enumerate(data["model"]):
             if not (isinstance(item, dict) and isinstance(item.get("ode"), dict)):
@@ -471,7 +472,8 @@ class _Checker:
                 unrolled += n
                 if n > most:
                     most, where = n, path + (("steps",) if "steps" in raw else ())
-        if unrolled > MAX_UNROLLED_STEPS:
+        # told once: not beside a block's own step limit, nor for a model already invalid
+        if unrolled > MAX_UNROLLED_STEPS and items is not None and len(self.issues) == reported:
             self.error(where, f"the exported graph would unroll {unrolled:,} solver steps (ODE blocks' steps per "
                        f"output interval times their intervals, and every ResNet block's steps); the limit is "
                        f"{MAX_UNROLLED_STEPS:,}, beyond which building and loading the graph takes minutes",
