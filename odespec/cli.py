@@ -463,7 +463,8 @@ def train_command(spec: Optional[str], run_dir: Optional[str], resume_dir: Optio
 def plot_command(run_dir: str, out_dir: Optional[str], fmt: str) -> None:
     """Plot a training run: loss and NFE curves, and by model kind the learned against the true
     trajectories and the vector field (2-D trajectory models), reconstructions and extrapolation
-    (the spirals latent ODE) or decision regions (2-D classifiers). Needs matplotlib:
+    (the spirals latent ODE), observations, targets and outputs at each series' own times
+    (irregular time series) or decision regions (2-D classifiers). Needs matplotlib:
     pip install 'odespec[plot]'."""
 
     def body() -> int:
