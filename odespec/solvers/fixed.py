@@ -15,7 +15,7 @@ every step (:mod:`odespec.solvers.callbacks`).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -152,19 +152,13 @@ def _integrate_grid(f: TimedFunc, y0: torch.Tensor, times: list[float], tableau:
         h = t1 - t0
         res = _take_step(step, f, t0, y, h, k1, opts.perturb, quad)
         y1 = res.y_next
-        f1 = None
-        while j < len(times) and direction * (times[j] - t1) <= 0.0:
-            if times[j] == t1:
-                outcome.outs.append(own(y1))
-            elif opts.interp == "linear":
-                outcome.outs.append(torch.lerp(y, y1, (times[j] - t0) / h))
-            else:
-                if f1 is None:
-                    f1 = res.ks[-1] if tableau.fsal else f(t1, y1)
-                # an implicit step's stages hold f(t0, y) last
-                f0 = res.ks[-1] if tableau.implicit else res.ks[0]
-                outcome.outs.append(_hermite(t0, y, f0, t1, y1, f1, times[j]))
-            j += 1
+
+        def slopes(res: Any = res, t1: float = t1, y1: torch.Tensor = y1) -> tuple[torch.Tensor, torch.Tensor]:
+            # an implicit step's stages hold f(t0, y) last; a FSAL step's last stage is f(t1, y1)
+            f0 = res.ks[-1] if tableau.implicit else res.ks[0]
+            return f0, res.ks[-1] if tableau.fsal else f(t1, y1)
+
+        j = outputs_in_step(outcome, times, j, direction, opts.interp, t0, y, t1, y1, slopes)
         y = y1
         k1 = res.ks[-1] if fsal else None
         outcome.n_steps += 1
@@ -172,6 +166,26 @@ def _integrate_grid(f: TimedFunc, y0: torch.Tensor, times: list[float], tableau:
     outcome.step_size = h
     outcome.t_last, outcome.y_last = times[-1], y
     return outcome
+
+
+def outputs_in_step(outcome: Outcome, times: list[float], j: int, direction: float, interp: str, t0: float,
+                    y: torch.Tensor, t1: float, y1: torch.Tensor,
+                    slopes: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Append to ``outcome.outs`` the outputs ``times[j], ...`` that the step from ``(t0, y)`` to
+    ``(t1, y1)`` reaches: the step's end itself, or a point inside it interpolated (``linear``,
+    or cubic Hermite from ``slopes()`` = ``(f(t0, y), f(t1, y1))``, asked at most once per step).
+    Returns the index of the first output beyond the step."""
+    ends: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    while j < len(times) and direction * (times[j] - t1) <= 0.0:
+        if times[j] == t1:
+            outcome.outs.append(own(y1))
+        elif interp == "linear":
+            outcome.outs.append(torch.lerp(y, y1, (times[j] - t0) / (t1 - t0)))
+        else:
+            ends = ends if ends is not None else slopes()
+            outcome.outs.append(_hermite(t0, y, ends[0], t1, y1, ends[1], times[j]))
+        j += 1
+    return j
 
 
 def _hermite(t0: float, y0: torch.Tensor, f0: torch.Tensor, t1: float, y1: torch.Tensor, f1: torch.Tensor,

@@ -28,7 +28,7 @@ import torch
 
 from odespec.solvers.callbacks import Callbacks
 from odespec.solvers.common import Outcome, TimedFunc
-from odespec.solvers.fixed import _grid, _hermite, _Perturbed, _check_finite
+from odespec.solvers.fixed import _grid, _Perturbed, _check_finite, outputs_in_step
 from odespec.solvers.grid import steps_for_interval
 from odespec.solvers.norms import Tol
 from odespec.solvers.options import DEFAULT_ADAMS_ITERS, FixedStepOptions
@@ -153,14 +153,12 @@ def integrate_adams(f: TimedFunc, y0: torch.Tensor, times: list[float], method: 
         for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
             h = t1 - t0
             y1, f0 = adams.step(t0, y, h)
-            while j < len(times) and direction * (times[j] - t1) <= 0.0:
-                if times[j] == t1:
-                    outcome.outs.append(y1)
-                elif opts.interp == "linear":
-                    outcome.outs.append(torch.lerp(y, y1, (times[j] - t0) / h))
-                else:
-                    outcome.outs.append(_hermite(t0, y, f0, t1, y1, f(t1, y1), times[j]))
-                j += 1
+
+            def slopes(f0: torch.Tensor = f0, t1: float = t1, y1: torch.Tensor = y1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                return f0, f(t1, y1)
+
+            j = outputs_in_step(outcome, times, j, direction, opts.interp, t0, y, t1, y1, slopes)
             y = y1
             outcome.n_steps += 1
     else:
