@@ -61,6 +61,9 @@ import torch  # noqa: E402
 
 import odespec  # noqa: E402
 from odespec.export.unroll import fixed_step_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ort_timing import interleaved, session  # noqa: E402
 from odespec.spec import parse_spec  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
@@ -78,35 +81,6 @@ def mlp_spec(d: int, hidden: int) -> Any:
               dynamics: {{layers: [{{linear: {hidden}}}, tanh, {{linear: {d}}}]}}
               solver: {{method: dopri5, rtol: 1e-5, atol: 1e-7}}
         """))
-
-
-def session(path: Path) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = ARGS.threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], *, min_time: float, repeat: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved across the functions."""
-    for fn in fns.values():  # warm up: allocations, lazy initialisation, caches
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-        n = len(next(iter(times.values())))
-        if n >= repeat and time.perf_counter() - start >= min_time:
-            break
-        if n >= 2000:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -140,7 +114,7 @@ def matmul_session(out_dir: Path) -> tuple[Any, Callable[[], Any]]:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], initializer=[w])
     path = out_dir / "matmul.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    sess = session(path)
+    sess = session(path, ARGS.threads)
     x = rng.standard_normal((n, n)).astype(np.float32)
     return sess, lambda: sess.run(None, {"x": x})
 
@@ -211,7 +185,7 @@ def main() -> None:
 
     _, matmul = matmul_session(out_dir)
     mm_flops = 2 * MATMUL_N**3
-    rate = mm_flops / interleaved({"mm": matmul}, min_time=2.0, repeat=5)["mm"] / 1e9
+    rate = mm_flops / statistics.median(interleaved({"mm": matmul}, min_time=2.0, repeat=5)["mm"]) / 1e9
     results["ort_matmul_gflops"] = rate
     print(f"onnxruntime {MATMUL_N}x{MATMUL_N} MatMul: {rate:.1f} GFLOP/s (alone; the GFLOP/s rows below are "
           "compared with the MatMul timed in the same interleaved repeats)\n")
@@ -240,7 +214,7 @@ def main() -> None:
                                  "size_bytes": len(data), "weight_bytes": wb, "leaks": leaks(data),
                                  "export_seconds": r.export_seconds, "export_wall_seconds": wall,
                                  "parity_max_abs_error": r.parity["max_abs_error"]})
-        sess = session(path)
+        sess = session(path, ARGS.threads)
         twin = fixed_step_model(model, method, steps).eval()
         for batch in (1, 256):
             x = torch.randn((batch, *model.spec.input_shape), generator=torch.Generator().manual_seed(batch))
@@ -254,8 +228,8 @@ def main() -> None:
             gflop_row = name == "64-256-64" and batch == 256
             if gflop_row:
                 fns["matmul"] = matmul  # the reference rate, under the same machine noise
-            t = interleaved(fns, min_time=ARGS.min_time,
-                            repeat=ARGS.repeat if batch == 1 or name != "mnist-odenet" else 5)
+            t = {k: statistics.median(v) for k, v in interleaved(
+                fns, min_time=ARGS.min_time, repeat=ARGS.repeat if batch == 1 or name != "mnist-odenet" else 5).items()}
             ratio = t["ort"] / t["torch"]
             target = 0.25 if batch == 1 else 0.5
             row = {"model": name, "method": f"{method}x{steps}", "layout": layout, "batch": batch,

@@ -26,9 +26,8 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,34 +56,11 @@ import odespec  # noqa: E402
 from odespec.export.inputs import call_model, numpy_feeds, seeded_input_set, series_inputs  # noqa: E402
 from odespec.export.unroll import fixed_step_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ort_timing import interleaved, session  # noqa: E402
+
 torch.set_num_threads(ARGS.threads)
 torch.set_num_interop_threads(1)
-
-
-def session(path: Path) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = ARGS.threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], *, min_time: float, repeat: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, calls interleaved across the functions."""
-    for fn in fns.values():  # warm up: allocations, lazy initialisation, caches
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-        n = len(next(iter(times.values())))
-        if (n >= repeat and time.perf_counter() - start >= min_time) or n >= 2000:
-            return times
 
 
 def quartiles(v: list[float]) -> tuple[float, float, float]:
@@ -101,7 +77,7 @@ def main() -> int:
     out = Path(tempfile.mkdtemp()) / "model.onnx"
     res = odespec.export_onnx(model, out, method=ARGS.method, steps=ARGS.steps, latency=False)
     twin = fixed_step_model(model, res.method, res.steps).eval()
-    sess = session(res.path)
+    sess = session(res.path, ARGS.threads)
     batches = [int(b) for b in ARGS.batches.split(",")]
     inputs = seeded_input_set(spec.input_shape, dtype=torch.float32, seed=spec.seed, batch_sizes=batches,
                               series=series)
