@@ -46,6 +46,8 @@ def export_onnx(
     parity_tol: Optional[float] = None,
     loop: Optional[bool] = None,
     match_tol: Optional[float] = None,
+    match_agreement: Optional[float] = None,
+    match_accuracy: Optional[float] = None,
     calibration_data: Union[str, "os.PathLike[str]", None] = None,
     deployment: bool = True,
     latency: bool = True,
@@ -66,7 +68,10 @@ def export_onnx(
     ``latency=False`` skips timing the candidates). ``deployment`` measures onnxruntime's
     output against the training-solver model (``ExportResult.deployment_error``). Both use
     the parity check's seeded inputs, or the samples in ``calibration_data`` (``.npy``,
-    ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs).
+    ``.npz`` or ``.csv``, read as ``odespec run`` reads inputs). A classifier may be calibrated
+    on its predictions instead: ``match_agreement`` (the smallest fraction agreeing with the
+    training-solver model's) or ``match_accuracy`` (the smallest fraction of labelled
+    ``calibration_data``, a ``.npz`` with labels ``y``, predicted right); one criterion.
 
     ``precision`` (``float32``, ``float16``, ``mixed``; None: the spec's, else the model's
     dtype) sets the graph's element types; ``verify`` names the runtimes it is checked on
@@ -86,7 +91,8 @@ def export_onnx(
             "options={'steps': N}) and export it with torch.onnx.export",
         )
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
-                            match_tol=match_tol, calibration_data=calibration_data, deployment=deployment,
+                            match_tol=match_tol, match_agreement=match_agreement, match_accuracy=match_accuracy,
+                            calibration_data=calibration_data, deployment=deployment,
                             latency=latency, precision=precision, verify=verify)
     return export_model(model, path, options)
 

@@ -187,12 +187,16 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
         click.option("--match-tol", type=click.FloatRange(min=0, min_open=True, max=1),
                      help="Calibrate the step count: the cheapest fixed method and steps within this max abs error "
                           "of the model solved with its training solver (implies --steps auto; without it or "
-                          "--match-agreement, calibration derives the tolerance from the training solver's "
+                          "--match-agreement/--match-accuracy, calibration derives the tolerance from the training solver's "
                           "rtol/atol)."),
         click.option("--match-agreement", type=click.FloatRange(min=0, min_open=True, max=1),
                      help="Calibrate a classifier's step count on its predictions instead: the cheapest fixed "
                           "method and steps whose predicted classes (argmax) agree with the training-solver "
                           "model's on at least this fraction of the inputs, e.g. 0.999 (implies --steps auto)."),
+        click.option("--match-accuracy", type=click.FloatRange(min=0, min_open=True, max=1),
+                     help="Calibrate a classifier's step count on labelled data instead: the cheapest fixed method "
+                          "and steps whose predicted classes are the labels y of at least this fraction of "
+                          "--calibration-data FILE.npz, e.g. 0.97 (implies --steps auto)."),
         click.option("--precision", type=click.Choice(["float32", "float16", "mixed"]),
                      help="Element types of the graph: float16 (weights, inputs, outputs, compute), mixed (float32 "
                           "inputs, outputs and ODE state accumulation, float16 layers and dynamics), float32 "
@@ -217,13 +221,16 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
-def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None) -> None:
-    for flag, value in (("--match-tol", match_tol), ("--match-agreement", match_agreement)):
-        if value is not None and isinstance(steps, int):
+def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None,
+                         match_accuracy: Optional[float] = None) -> None:
+    given = [flag for flag, value in (("--match-tol", match_tol), ("--match-agreement", match_agreement),
+                                      ("--match-accuracy", match_accuracy)) if value is not None]
+    for flag in given:
+        if isinstance(steps, int):
             raise click.UsageError(f"{flag} calibrates the step count; it cannot be combined with --steps N "
                                    "(use --steps auto, or leave --steps out)")
-    if match_tol is not None and match_agreement is not None:
-        raise click.UsageError("--match-tol and --match-agreement are two criteria for calibration; give one")
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for calibration; give one")
 
 
 def _check_weights_options(weights: Optional[str], initial_weights: bool) -> None:
@@ -255,14 +262,15 @@ def _echo_build(result: Any, fmt: str) -> None:
 def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: Optional[bool],
            match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
            device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
-           strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
+           match_accuracy: Optional[float] = None, strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
            verify: Optional[tuple[str, ...]] = None) -> Any:
     """``build_all`` with the export flags gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
     options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
-                            match_agreement=match_agreement, calibration_data=calibration_data, strict=strict,
+                            match_agreement=match_agreement, match_accuracy=match_accuracy,
+                            calibration_data=calibration_data, strict=strict,
                             precision=precision, verify=verify)
     return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
                      triton_repo=triton_repo)
@@ -281,18 +289,18 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
                    "spec's initial weights.")
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
-          match_tol: Optional[float], match_agreement: Optional[float], precision: Optional[str],
-          verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
+          match_tol: Optional[float], match_agreement: Optional[float], match_accuracy: Optional[float],
+          precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
           triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
           fmt: str) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
     onnxruntime, measure its error against the training solver and write a build report."""
-    _check_steps_options(steps, match_tol, match_agreement)
+    _check_steps_options(steps, match_tol, match_agreement, match_accuracy)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
-                        match_agreement=match_agreement, strict=strict, triton_repo=triton_repo,
+                        match_agreement=match_agreement, match_accuracy=match_accuracy, strict=strict, triton_repo=triton_repo,
                         precision=precision, verify=verify)
         _echo_build(result, fmt)
         return EXIT_OK
@@ -314,16 +322,17 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 @_FORMAT
 def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
                    steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
-                   precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
+                   match_accuracy: Optional[float], precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
                    strict: bool, triton_repo: Optional[str], fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
-    _check_steps_options(steps, match_tol, match_agreement)
+    _check_steps_options(steps, match_tol, match_agreement, match_accuracy)
     _check_weights_options(weights, initial_weights)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
+                        match_accuracy=match_accuracy,
                         strict=strict, triton_repo=triton_repo, precision=precision, verify=verify)
         _echo_build(result, fmt)
         return EXIT_OK

@@ -83,13 +83,14 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     if not cal:
         return []
     match = cal.get("match") or {"criterion": "max_abs", "value": cal["match_tol"], "source": "given"}
-    agreement = match["criterion"] == "agreement"
-    within = (f"with at least {match['value']:g} of predictions agreeing with" if agreement
-              else f"within match_tol {match['value']:g} of")
+    kind = match["criterion"]
+    within = {"agreement": f"with at least {match['value']:g} of predictions agreeing with the training solver",
+              "accuracy": f"with an accuracy of at least {match['value']:g} on the labels, against the training "
+                          "solver's"}.get(kind, f"within match_tol {match['value']:g} of the training solver")
     source = f" ({match['source']})" if match["source"] != "given" else ""
-    head = (f"calibration: steps chosen {within} the training solver{source} "
+    head = (f"calibration: steps chosen {within}{source} "
             f"({'; '.join(cal['reference'])}) on {cal['inputs']}; latency: {cal['latency']}")
-    error = "1 - agreement" if agreement else "max abs error"
+    error = "max abs error" if kind == "max_abs" else f"1 - {kind}"
     rows = [("method", "steps", "f-evals", error, "error at steps-1", "latency", "status")]
     for c in cal["candidates"]:
         rows.append((

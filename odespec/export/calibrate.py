@@ -85,7 +85,8 @@ class Candidate:
     steps: int
     nfe: int
     #: max abs error against the training-solver model (:attr:`OutputError.max_abs
-    #: <odespec.export.metrics.OutputError.max_abs>`); calibrating on agreement, 1 - agreement
+    #: <odespec.export.metrics.OutputError.max_abs>`); calibrating on agreement or accuracy,
+    #: 1 - agreement or 1 - accuracy
     error: float
     passed: bool
     #: ``chosen``, ``ok``, or why the method stopped without passing
@@ -109,7 +110,7 @@ class Calibration:
     chosen: Candidate
     candidates: list[Candidate]
     evaluations: list[tuple[str, int, float]]
-    #: the largest max abs error accepted; ``None`` when calibrating on agreement
+    #: the largest max abs error accepted; ``None`` when calibrating on agreement or accuracy
     match_tol: Optional[float]
     inputs: str
     reference: list[str]
@@ -118,7 +119,7 @@ class Calibration:
     latency: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    #: the criterion (max abs error or agreement), its value and where the value came from
+    #: the criterion (max abs error, agreement or accuracy), its value and where the value came from
     match: Optional[Match] = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def calibrate(
     *,
     match_tol: Optional[float] = None,
     agreement: Optional[float] = None,
+    accuracy: Optional[float] = None,
     methods: Sequence[str] = CALIBRATION_METHODS,
     max_steps: int = MAX_CALIBRATION_STEPS,
     latency: bool = True,
@@ -161,7 +163,9 @@ def calibrate(
 ) -> Calibration:
     """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver
     (``None``: :func:`default_match_tol`), or, with ``agreement``, whose predicted classes agree
-    with the training-solver model's on at least that fraction of ``inputs``.
+    with the training-solver model's on at least that fraction of ``inputs``, or, with
+    ``accuracy``, whose predicted classes are the labels of at least that fraction of
+    ``inputs`` (:attr:`InputSet.labels <odespec.export.inputs.InputSet.labels>`; one criterion).
 
     For each method, the step count doubles from 1 until the fixed-step model's max abs error
     against the training-solver model on ``inputs`` is at most ``match_tol``, then bisection
@@ -181,10 +185,7 @@ def calibrate(
     start = time.perf_counter()
     _refuse_adaptive(methods)
     want = reference if reference is not None else reference_outputs(model, inputs)
-    if agreement is not None and match_tol is not None:
-        raise ExportError("calibrate on match_tol or on agreement, not both")
-    match = (Match("agreement", agreement) if agreement is not None
-             else Match("max_abs", match_tol) if match_tol is not None else default_match_tol(model, want))
+    match = _match(model, inputs, want, match_tol, agreement, accuracy)
     search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match)
     rows = _search_methods(search, methods)
     passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
@@ -197,6 +198,34 @@ def calibrate(
         _add_latencies(cal, passing, model, latency_settings)
     cal.seconds = time.perf_counter() - start
     return cal
+
+
+def _match(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], match_tol: Optional[float],
+           agreement: Optional[float], accuracy: Optional[float]) -> Match:
+    """The one criterion given (none: :func:`default_match_tol`). Accuracy needs labelled inputs,
+    and a threshold the training-solver model itself reaches (else no graph could pass, and the
+    search would try every method up to its step cap to find that out)."""
+    given = [m for m in (Match("max_abs", match_tol) if match_tol is not None else None,
+                         Match("agreement", agreement) if agreement is not None else None,
+                         Match("accuracy", accuracy) if accuracy is not None else None) if m is not None]
+    if len(given) > 1:
+        raise ExportError(f"calibrate on one criterion, not {' and '.join(m.kind for m in given)}")
+    if not given:
+        return default_match_tol(model, want)
+    match = given[0]
+    if match.kind == "accuracy":
+        if not inputs.labels:
+            raise ExportError(f"calibrating on accuracy needs labelled calibration data; the {inputs.description} "
+                              "inputs have no labels",
+                              "pass --calibration-data FILE.npz with the inputs as x and their class labels as y, "
+                              "or calibrate on match: {agreement: A} with the training-solver model's predictions")
+        reached = 1.0 - Match("accuracy", 0.0).error(want, want, inputs.labels)
+        if reached < match.value:
+            raise ExportError(f"calibrating on accuracy {match.value:g}: the model solved with its training solver "
+                              f"reaches only {reached:.4g} on the {inputs.description} inputs, and a fixed-step graph "
+                              "approximates that model",
+                              f"ask for at most {reached:.4g}, or calibrate on match: {{agreement: A}}")
+    return match
 
 
 def default_match_tol(model: ODENet, reference: Sequence[np.ndarray]) -> Match:
@@ -266,7 +295,7 @@ class _Search:
     match_tol: float
     #: steps per output interval the search may try
     cap: int
-    #: what the error measures (max abs error, or 1 - agreement)
+    #: what the error measures (max abs error, 1 - agreement or 1 - accuracy)
     match: Match = Match("max_abs", 0.0)
     evaluations: list[tuple[str, int, float]] = field(default_factory=list)
     errors: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -282,7 +311,7 @@ class _Search:
         if (method, steps) not in self.errors:
             try:
                 got = model_outputs(fixed_step_model(self.model, method, steps), self.inputs)
-                self.errors[method, steps] = self.match.error(got, self.want)
+                self.errors[method, steps] = self.match.error(got, self.want, self.inputs.labels)
             except SolverError:
                 self.errors[method, steps] = math.inf
             self.evaluations.append((method, steps, self.errors[method, steps]))
@@ -409,13 +438,13 @@ def _no_candidate_error(search: _Search) -> ExportError:
     why = (f"the error levels off at about {search.floor[1]:.3g} ({search.floor[0]})" if search.floor is not None
            else f"none passed with at most {search.cap} steps per output interval")
     criterion = (f"match_tol={search.match_tol:g}" if search.match.kind == "max_abs"
-                 else f"agreement {search.match.value:g}")
-    closest = (f"max abs error {e:.3g}" if search.match.kind == "max_abs" else f"agreement {1 - e:.4g}")
+                 else f"{search.match.kind} {search.match.value:g}")
+    closest = (f"max abs error {e:.3g}" if search.match.kind == "max_abs" else f"{search.match.kind} {1 - e:.4g}")
     return ExportError(
         f"calibration failed: no fixed-step method is within {criterion} of the training solver "
         f"({solvers}): {why}; the closest was {m} x {n} steps, {closest}",
         "a fixed-step solve converges to the exact solution, not to the training solver's approximation: "
-        "raise match_tol (or lower the agreement) to about the training solver's own error (set by its "
+        "raise match_tol (or lower the agreement or accuracy) to about the training solver's own error (set by its "
         "rtol/atol), tighten the training tolerances, or use dtype float64 where float32 rounding is the limit",
     )
 

@@ -125,10 +125,12 @@ def accuracy(outs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
 
 
 class Match(NamedTuple):
-    """What calibration must reach against the training-solver model: a largest absolute error
+    """What calibration must reach: a largest absolute error against the training-solver model
     (``max_abs``, the spec's ``match_tol``) or, for a classifier, a smallest fraction of
-    predictions that agree (``agreement``, the spec's ``match: {agreement}``). Both are searched
-    as an error that falls with the step count: max abs error, or 1 - agreement."""
+    predictions that agree with the training-solver model's (``agreement``, the spec's
+    ``match: {agreement}``) or that are the labels of labelled calibration data (``accuracy``,
+    ``match: {accuracy}``). Each is searched as an error that falls with the step count: max
+    abs error, 1 - agreement, or 1 - accuracy."""
 
     kind: str
     value: float
@@ -137,17 +139,25 @@ class Match(NamedTuple):
 
     @property
     def tolerance(self) -> float:
-        """The largest :meth:`error` that passes (a sliver above 1 - agreement: float rounding of
-        a fraction such as 999/1000 must not fail an agreement of 0.999)."""
+        """The largest :meth:`error` that passes (for a fraction, a sliver above 1 - value:
+        float rounding of a fraction such as 999/1000 must not fail a threshold of 0.999)."""
         return self.value if self.kind == "max_abs" else (1.0 - self.value) * (1 + 1e-9) + 1e-15
 
-    def error(self, got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
-        """The measure the search drives down: max abs error, or 1 - agreement."""
-        return output_error(got, want).max_abs if self.kind == "max_abs" else 1.0 - agreement(got, want)
+    def error(self, got: Sequence[np.ndarray], want: Sequence[np.ndarray],
+              labels: Sequence[np.ndarray] = ()) -> float:
+        """The measure the search drives down: max abs error, 1 - agreement, or 1 - accuracy on
+        ``labels`` (non-finite outputs are correct nowhere)."""
+        if self.kind == "max_abs":
+            return output_error(got, want).max_abs
+        if self.kind == "agreement":
+            return 1.0 - agreement(got, want)
+        if not all(np.all(np.isfinite(g)) for g in got):
+            return 1.0
+        return 1.0 - accuracy(got, labels)
 
     def describe(self) -> str:
-        """``match_tol 0.001`` or ``agreement 0.999``, with a derived value's reason."""
-        head = f"match_tol {self.value:.3g}" if self.kind == "max_abs" else f"agreement {self.value:g}"
+        """``match_tol 0.001``, ``agreement 0.999`` or ``accuracy 0.97``, with a derived value's reason."""
+        head = f"match_tol {self.value:.3g}" if self.kind == "max_abs" else f"{self.kind} {self.value:g}"
         return head if self.source == "given" else f"{head} ({self.source})"
 
 

@@ -52,15 +52,19 @@ PathLike = Union[str, "os.PathLike[str]"]
 _DEPLOYMENT_METADATA = ("max_abs_error", "max_scaled_error", "agreement", "accuracy", "reference", "inputs", "skipped")
 
 
+#: the calibration criteria, as fields of both :class:`ExportOptions` and the spec's export settings
+_CRITERIA = ("match_tol", "match_agreement", "match_accuracy")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What :func:`export_model` does beyond the spec's ``export.onnx`` settings; ``None``
     fields take the spec's.
 
-    ``steps="auto"`` (or the spec's ``steps: auto``, or a ``match_tol`` or ``match_agreement``
-    without ``steps``) calibrates the step count (:mod:`odespec.export.calibrate`).
+    ``steps="auto"`` (or the spec's ``steps: auto``, or a ``match_tol``, ``match_agreement`` or
+    ``match_accuracy`` without ``steps``) calibrates the step count (:mod:`odespec.export.calibrate`).
     :class:`ExportError` at construction for a ``steps`` that is neither a count nor ``"auto"``,
-    a ``match_tol`` or ``match_agreement`` beside a step count, or both of them.
+    a criterion beside a step count, or more than one criterion.
     """
 
     #: fixed-step method of the graph; with calibration, the only method searched
@@ -80,6 +84,9 @@ class ExportOptions:
     #: calibration of a classifier: smallest fraction of predictions (argmax) that agree with the
     #: training-solver model's, instead of ``match_tol``
     match_agreement: Optional[float] = None
+    #: calibration of a classifier on labelled ``calibration_data``: smallest fraction of
+    #: predictions (argmax) that are the labels, instead of ``match_tol``
+    match_accuracy: Optional[float] = None
     #: inputs of calibration and the deployment error (``.npy``, ``.npz``, ``.csv``) instead of
     #: the seeded random ones
     calibration_data: Optional[PathLike] = None
@@ -99,12 +106,13 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
             raise ExportError(f"steps must be a positive integer or 'auto', got {self.steps!r}")
-        for name in ("match_tol", "match_agreement"):
-            if self.steps is not None and not isinstance(self.steps, str) and getattr(self, name) is not None:
+        given = [name for name in _CRITERIA if getattr(self, name) is not None]
+        for name in given:
+            if self.steps is not None and not isinstance(self.steps, str):
                 raise ExportError(f"{name} is for steps='auto' (calibration); the step count is given",
                                   f"leave out steps to calibrate, or leave out {name}")
-        if self.match_tol is not None and self.match_agreement is not None:
-            raise ExportError("match_tol and match_agreement are two criteria for calibration; give one")
+        if len(given) > 1:
+            raise ExportError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for calibration; give one")
         if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
             close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
             raise ExportError(f"unknown precision {self.precision!r}",
@@ -121,10 +129,16 @@ class ExportOptions:
 
     def calibrates(self, spec: Spec) -> bool:
         """Whether the step count is calibrated: ``steps="auto"``, or no ``steps`` and either
-        the spec's ``steps: auto``, a ``match_tol`` or a ``match_agreement``."""
+        the spec's ``steps: auto`` or a calibration criterion (``match_tol``, ``match_agreement``,
+        ``match_accuracy``)."""
         if self.steps is not None:
             return self.steps == "auto"
-        return spec.export.auto or self.match_tol is not None or self.match_agreement is not None
+        return spec.export.auto or any(getattr(self, name) is not None for name in _CRITERIA)
+
+    @property
+    def classifier(self) -> bool:
+        """Whether a criterion given here judges predicted classes."""
+        return self.match_agreement is not None or self.match_accuracy is not None
 
 
 @dataclass
@@ -203,7 +217,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     auto = options.calibrates(spec)
     settings = resolve_settings(spec, options, auto)
     cpu = _on_cpu(model)
-    classifier = spec.classifier or options.match_agreement is not None
+    classifier = spec.classifier or options.classifier
     inputs = accuracy_inputs(cpu, options, classifier)
     reference: Optional[list[np.ndarray]] = None
     calibration: Optional[Calibration] = None
@@ -282,16 +296,16 @@ def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings"
                reference: list[np.ndarray]) -> Calibration:
     export = model.spec.export
     # the options' criterion wins over the spec's; with neither, calibrate derives match_tol
-    given = options.match_tol is not None or options.match_agreement is not None
-    tol = options.match_tol if given else export.match_tol
-    agreement = options.match_agreement if given else export.match_agreement
+    source = options if any(getattr(options, name) is not None for name in _CRITERIA) else export
+    tol, agreement, accuracy = (getattr(source, name) for name in _CRITERIA)
     out = model.spec.output_shape
-    if agreement is not None and (not out or out[-1] < 2):
-        raise ExportError(f"calibrating on agreement compares predicted classes (the argmax of the output's last "
-                          f"axis); the model's output {out} has no class axis of 2 or more scores",
-                          "use match_tol for a model that outputs values")
+    if (agreement is not None or accuracy is not None) and (not out or out[-1] < 2):
+        raise ExportError(f"calibrating on {'agreement' if agreement is not None else 'accuracy'} compares predicted "
+                          f"classes (the argmax of the output's last axis); the model's output {out} has no class "
+                          "axis of 2 or more scores", "use match_tol for a model that outputs values")
     methods = (options.method,) if options.method else (export.calibration_methods or CALIBRATION_METHODS)
-    return calibrate(model, inputs, match_tol=tol, agreement=agreement, methods=methods, latency=options.latency,
+    return calibrate(model, inputs, match_tol=tol, agreement=agreement, accuracy=accuracy, methods=methods,
+                     latency=options.latency,
                      latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
 
 
@@ -431,11 +445,11 @@ def export_metadata(calibration: Optional[Calibration], deployment: Optional[Dep
     deployment error."""
     meta = {"export_steps_source": "calibrated" if calibration else "training" if from_training else "given"}
     if calibration is not None:
-        agreement = calibration.match is not None and calibration.match.kind == "agreement"
+        on_classes = calibration.match is not None and calibration.match.kind != "max_abs"
         meta["calibration"] = json.dumps({
             "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
             "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
-            **({"agreement": calibration.match.value} if agreement and calibration.match else {}),
+            **({calibration.match.kind: calibration.match.value} if on_classes and calibration.match else {}),
         })
     if deployment is not None:
         meta["deployment_error"] = json.dumps({k: v for k, v in deployment.items() if k in _DEPLOYMENT_METADATA})

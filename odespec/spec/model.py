@@ -217,6 +217,9 @@ class OnnxExportSpec:
     #: fraction of samples whose predicted class (argmax of the output's last axis) must be the
     #: training-solver model's
     match_agreement: Optional[float] = None
+    #: ``steps: auto`` only (``match: {accuracy: A}``): instead of ``match_tol``, the smallest
+    #: fraction of labelled calibration samples whose predicted class must be their label
+    match_accuracy: Optional[float] = None
     #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
     #: or every built-in fixed-step method when none is written); empty otherwise
     calibration_methods: tuple[str, ...] = ()
@@ -370,9 +373,10 @@ class Spec:
     @property
     def classifier(self) -> bool:
         """Whether the model's output is class scores, judged by its predictions (argmax
-        agreement): trained with ``cross_entropy``, or calibrated on ``match: {agreement}``."""
+        agreement): trained with ``cross_entropy``, or calibrated on ``match: {agreement}`` or
+        ``match: {accuracy}``."""
         trained = self.train is not None and self.train.loss.kind == "cross_entropy"
-        return trained or self.export.match_agreement is not None
+        return trained or self.export.match_agreement is not None or self.export.match_accuracy is not None
 
     @property
     def training_steps(self) -> Optional[tuple[str, int]]:

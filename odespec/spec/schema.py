@@ -369,13 +369,20 @@ def _onnx_export() -> dict[str, Any]:
                                          "solvers' rtol/atol, or float rounding for fixed-step training)."},
             "match": {
                 "type": "object",
-                "description": "steps: auto only, instead of match_tol: calibrate a classifier on its predictions "
-                               "(default: none, calibrate on match_tol).",
-                "properties": {"agreement": {
-                    "type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                    "description": "The smallest fraction of calibration samples whose predicted class (argmax "
-                                   "of the output's last axis) is the training-solver model's, e.g. 0.999."}},
-                "required": ["agreement"],
+                "description": "steps: auto only, instead of match_tol: calibrate a classifier on its predictions, "
+                               "by one of agreement or accuracy (default: none, calibrate on match_tol).",
+                "properties": {
+                    "agreement": {
+                        "type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                        "description": "The smallest fraction of calibration samples whose predicted class (argmax "
+                                       "of the output's last axis) is the training-solver model's, e.g. 0.999."},
+                    "accuracy": {
+                        "type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                        "description": "The smallest fraction of labelled calibration samples (--calibration-data "
+                                       "FILE.npz with labels y) whose predicted class is their label, e.g. 0.97."},
+                },
+                "minProperties": 1,
+                "maxProperties": 1,
                 "additionalProperties": False,
             },
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": EXPORT_DEFAULTS["opset"],

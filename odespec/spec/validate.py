@@ -447,7 +447,8 @@ class _Checker:
                                f"fixed ({steps})", "write steps: auto to choose the step count by calibration, "
                                f"or remove {key}", key=True)
         if "match" in raw:
-            raw["match_agreement"] = self.match(raw.pop("match"), path + ("match",), raw, items)
+            kind, value = self.match(raw.pop("match"), path + ("match",), raw, items)
+            raw[f"match_{kind}"] = value
         # (calibration keeps within MAX_STEPS itself)
         unrolled, most, where = 0, 0, path
         reported = len(self.issues)
@@ -483,18 +484,20 @@ class _Checker:
             raw["verify"] = tuple(raw["verify"])
         return OnnxExportSpec(**raw)
 
-    def match(self, raw: dict, path: Path, export: dict, items: Optional[list[ModelItem]]) -> Optional[float]:
-        """``match: {agreement: A}``: calibrate on predicted classes; the model must output class
-        scores (C >= 2 on the last axis), and ``match_tol`` says the other criterion."""
+    def match(self, raw: dict, path: Path, export: dict, items: Optional[list[ModelItem]]) -> tuple[str, float]:
+        """``match: {agreement: A}`` or ``match: {accuracy: A}`` (the schema allows one key):
+        calibrate on predicted classes; the model must output class scores (C >= 2 on the last
+        axis), and ``match_tol`` says the other criterion. Returns the key and its value."""
+        ((kind, value),) = raw.items()
         if "match_tol" in export:
             self.error(path, "match and match_tol are two criteria for calibration; give one",
-                       "match: {agreement: A} for a classifier, match_tol for an absolute error", key=True)
+                       f"match: {{{kind}: A}} for a classifier, match_tol for an absolute error", key=True)
         out = items[-1].out_shape if items else None
         if out is not None and (not out or out[-1] < 2):
-            self.error(path, f"agreement compares predicted classes (the argmax of the output's last axis); the "
+            self.error(path, f"{kind} compares predicted classes (the argmax of the output's last axis); the "
                        f"model's output {fmt_shape(out)} has no class axis of 2 or more scores",
                        "use match_tol (a largest absolute error) for a model that outputs values", key=True)
-        return float(raw["agreement"])
+        return kind, float(value)
 
 
 

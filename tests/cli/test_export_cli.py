@@ -302,3 +302,31 @@ def test_build_with_an_implicit_method_says_the_export_takes_explicit_ones(tmp_p
     r = run("build", DEMO, "-o", tmp_path, "--method", "implicit_euler", "--steps", "2")
     assert r.exit_code == 1 and "implicit method" in r.output and "rk4" in r.output
     assert "internal error" not in r.output and not (tmp_path / "ode_demo.onnx").exists()
+
+
+def test_build_match_accuracy_on_labelled_calibration_data(tmp_path: Path, rknet):
+    spec, weights = rknet
+    model = odespec.build(spec)
+    odespec.api.load_weights(model, weights)
+    x = np.random.default_rng(1).normal(size=(200, 2)).astype(np.float32)
+    with torch.no_grad():
+        y = model.eval()(torch.from_numpy(x)).numpy().argmax(-1)
+    np.savez(tmp_path / "cal.npz", x=x, y=y)
+    r = run("build", spec, "-o", tmp_path / "out", "--weights", weights, "--match-accuracy", "0.99",
+            "--calibration-data", tmp_path / "cal.npz", "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["onnx"]["calibration"]["match"]["criterion"] == "accuracy"
+    assert doc["onnx"]["deployment_error"]["accuracy"]["onnx"] >= 0.99
+    r = run("build", spec, "-o", tmp_path / "t", "--weights", weights, "--match-accuracy", "0.99")
+    assert r.exit_code != 0 and "labelled calibration data" in r.output
+    r = run("build", spec, "-o", tmp_path / "u", "--weights", weights, "--match-accuracy", "0.99",
+            "--calibration-data", tmp_path / "cal.npz")
+    assert r.exit_code == 0 and "accuracy of at least 0.99" in r.output
+
+
+def test_build_match_accuracy_usage_errors(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--match-agreement", "0.9", "--match-accuracy", "0.9")
+    assert r.exit_code == 2 and "two criteria" in r.output
+    r = run("build", DEMO, "-o", tmp_path, "--steps", "2", "--match-accuracy", "0.9")
+    assert r.exit_code == 2 and "--match-accuracy calibrates the step count" in r.output

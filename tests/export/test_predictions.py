@@ -5,6 +5,7 @@ model, and the warning (``strict``: the error) for a large deployment error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,72 @@ model:
   - linear: 2
 """)
     assert (spec.export.method, spec.export.steps, spec.export.from_training) == ("rk4", 2, True)
+
+
+# -- calibration on accuracy (issue #16, item 4) ---------------------------------------------------
+
+def _labelled(model, tmp_path: Path, *, wrong: float = 0.1, n: int = 400) -> Path:
+    """An .npz of ``n`` inputs with labels: the training-solver model's predictions, a fraction
+    ``wrong`` of them changed, so that the reference's accuracy is exactly ``1 - wrong``."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    with torch.no_grad():
+        y = model.eval()(torch.from_numpy(x)).numpy().argmax(-1)
+    flip = rng.permutation(n)[: round(wrong * n)]
+    y[flip] = 1 - y[flip]
+    np.savez(tmp_path / "labelled.npz", x=x, y=y)
+    return tmp_path / "labelled.npz"
+
+
+def test_calibration_on_accuracy_keeps_the_accuracy_on_the_labels(tmp_path: Path):
+    spec = _spec(DOPRI, "export: {onnx: {steps: auto, match: {accuracy: 0.88}}}")
+    assert spec.export.match_accuracy == 0.88 and spec.classifier
+    model = _stiff(spec)
+    options = ExportOptions(latency=False, calibration_data=_labelled(model, tmp_path))
+    r = export_model(model, tmp_path / "m.onnx", options)
+    assert r.calibration is not None and r.calibration["match"]["criterion"] == "accuracy"
+    inputs = accuracy_inputs(model, options, classifier=True)
+    got = model_outputs(fixed_step_model(model, r.method, r.steps), inputs)
+    assert 1 - Match("accuracy", 0.88).error(got, [], inputs.labels) >= 0.88
+    assert r.deployment_error is not None and r.deployment_error["accuracy"]["onnx"] >= 0.88
+    # the cheapest: the method's next cheaper step count, when searched, was below the accuracy
+    chosen = next(c for c in r.calibration["candidates"] if c["status"] == "chosen")
+    assert chosen["error_one_fewer"] is None or chosen["error_one_fewer"] > 1 - 0.88
+    assert json.loads(dict((p.key, p.value) for p in onnx.load(tmp_path / "m.onnx").metadata_props)
+                      ["calibration"])["accuracy"] == 0.88
+
+
+def test_calibration_on_accuracy_is_cheaper_than_on_agreement_when_the_labels_allow(tmp_path: Path):
+    """Accuracy on noisy labels tolerates flipped predictions that agreement 1.0 does not."""
+    model = _stiff(_spec(DOPRI))
+    data = _labelled(model, tmp_path, wrong=0.2)
+    acc = export_model(model, tmp_path / "a.onnx", ExportOptions(latency=False, calibration_data=data,
+                                                                 match_accuracy=0.75))
+    agree = export_model(model, tmp_path / "b.onnx", ExportOptions(latency=False, calibration_data=data,
+                                                                   match_agreement=1.0))
+    assert acc.nfe_per_forward < agree.nfe_per_forward
+
+
+def test_accuracy_needs_labels_and_a_reachable_threshold(tmp_path: Path):
+    model = _stiff(_spec(DOPRI))
+    with pytest.raises(ExportError, match="labelled calibration data") as e:
+        export_model(model, tmp_path / "m.onnx", ExportOptions(latency=False, match_accuracy=0.9))
+    assert "--calibration-data" in e.value.hint
+    data = _labelled(model, tmp_path, wrong=0.1)
+    with pytest.raises(ExportError, match="reaches only 0.9 ") as e:
+        export_model(model, tmp_path / "m.onnx", ExportOptions(latency=False, calibration_data=data,
+                                                               match_accuracy=0.95))
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ExportError, match="three criteria"):
+        ExportOptions(match_tol=1e-3, match_agreement=0.9, match_accuracy=0.9)
+
+
+@pytest.mark.parametrize("match,words", [
+    ("{agreement: 0.9, accuracy: 0.9}", "export.onnx.match"),
+    ("{}", "export.onnx.match"),
+    ("{accuracy: 1.5}", "accuracy"),
+])
+def test_match_accuracy_spec_errors_are_located(match: str, words: str):
+    with pytest.raises(SpecError) as e:
+        _spec(DOPRI, f"export: {{onnx: {{steps: auto, match: {match}}}}}")
+    assert words in str(e.value) and ":" in str(e.value).splitlines()[0]
