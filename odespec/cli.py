@@ -205,6 +205,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Inputs for calibration and the deployment error: .npy, .npz or .csv, as odespec run reads "
                           "them (default: seeded random inputs); a classifier's .npz with labels y also gives the "
                           "accuracy."),
+        click.option("--correction", type=click.IntRange(0, 1024), metavar="HIDDEN",
+                     help="Train a learned step correction (hypersolver) of this hidden width after calibration and "
+                          "export it in the graph when it lowers the held-out error within the tolerance, on a "
+                          "cheaper grid with --steps auto; the other options are the spec's export.onnx.correction "
+                          "or its defaults; 0: none, whatever the spec says."),
         click.option("--strict", is_flag=True,
                      help="A large deployment error (see the warning at the end of the output) is an error: exit "
                           "non-zero and write nothing."),
@@ -256,14 +261,14 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
            match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
            device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
            strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
-           verify: Optional[tuple[str, ...]] = None) -> Any:
+           verify: Optional[tuple[str, ...]] = None, correction: Optional[int] = None) -> Any:
     """``build_all`` with the export flags gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
     options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
                             match_agreement=match_agreement, calibration_data=calibration_data, strict=strict,
-                            precision=precision, verify=verify)
+                            precision=precision, verify=verify, correction=correction)
     return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
                      triton_repo=triton_repo)
 
@@ -282,7 +287,7 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
           match_tol: Optional[float], match_agreement: Optional[float], precision: Optional[str],
-          verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
+          verify: Optional[tuple[str, ...]], calibration_data: Optional[str], correction: Optional[int], strict: bool,
           triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
           fmt: str) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
@@ -293,7 +298,7 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
                         match_agreement=match_agreement, strict=strict, triton_repo=triton_repo,
-                        precision=precision, verify=verify)
+                        precision=precision, verify=verify, correction=correction)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -315,7 +320,7 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
                    steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
                    precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
-                   strict: bool, triton_repo: Optional[str], fmt: str) -> None:
+                   correction: Optional[int], strict: bool, triton_repo: Optional[str], fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
     _check_steps_options(steps, match_tol, match_agreement)
@@ -324,7 +329,8 @@ def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weig
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
-                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify)
+                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify,
+                        correction=correction)
         _echo_build(result, fmt)
         return EXIT_OK
 
