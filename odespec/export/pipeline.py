@@ -273,13 +273,14 @@ def _correct(model: ODENet, inputs: InputSet, reference: list[np.ndarray], setti
              calibration: Optional[Calibration], wanted: "CorrectionSpec") -> tuple["ExportSettings", dict[str, Any]]:
     """Train the step correction and decide (:func:`odespec.export.correction.choose_correction`):
     the settings to export (with the corrections, or the plain grid's) and the report's entry.
-    Calibrated: the tolerance and methods are calibration's; given steps: the derived tolerance."""
-    from odespec.export.calibrate import default_match_tol
+    Calibrated: the tolerance and methods are calibration's; given steps: no tolerance was asked
+    for (the plain grid is the user's), the correction must lower the max abs error."""
     from odespec.export.correction import choose_correction
+    from odespec.export.metrics import Match
 
     match = calibration.match if calibration is not None and calibration.match is not None else None
     if match is None:
-        match = default_match_tol(model, reference)
+        match = Match("max_abs", math.inf, "none: the step count is given")
     methods = sorted({c.method for c in calibration.candidates}) if calibration is not None else None
     cap = calibration.max_steps if calibration is not None else 4096
     outcome = choose_correction(model, inputs, reference, settings, match, wanted, methods=methods, cap=cap)
