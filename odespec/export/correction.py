@@ -80,6 +80,11 @@ class CorrectionNet(nn.Module):
     nothing.
     """
 
+    # buffers
+    in_shift: torch.Tensor
+    in_scale: torch.Tensor
+    out_scale: torch.Tensor
+
     def __init__(self, state_shape: Sequence[int], hidden: int):
         super().__init__()
         rank = len(state_shape)
