@@ -42,8 +42,8 @@ class CorrectionSpec:
 CORRECTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CorrectionSpec)}
 
 _DESCRIPTIONS = {
-    "hidden": "Width of the correction network's two hidden layers (features; channels of 3x3 convolutions "
-              "for an image state).",
+    "hidden": "Width of the correction network: its two dense hidden layers for a vector state, the hidden "
+              "channels between its two 3x3 (or 3) convolutions for an image (sequence) state.",
     "iterations": "Adam steps (full batch) fitting the one-step residuals.",
     "lr": "Adam's learning rate.",
     "held_out": "Fraction of the calibration inputs held out: the correction trains on the rest and is kept "
