@@ -16,6 +16,7 @@ from odespec.compile.model import ODENet, compile_spec, count_parameters
 from odespec.errors import BuildError, ExportError
 from odespec.export.pipeline import ExportOptions, ExportResult, export_model
 from odespec.spec import load_spec
+from odespec.spec.correction import CorrectionSpec
 from odespec.spec.model import OdeBlockSpec, Spec
 
 SpecLike = Union[Spec, str, "os.PathLike[str]"]
@@ -53,6 +54,7 @@ def export_onnx(
     latency: bool = True,
     precision: Optional[str] = None,
     verify: Optional[tuple[str, ...]] = None,
+    correction: Union[CorrectionSpec, int, None] = None,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
@@ -78,6 +80,12 @@ def export_onnx(
     (parity, and latency at batch 1 and 256; None: the spec's ``export.onnx.verify``), see
     :mod:`odespec.export.runtimes`.
 
+    ``correction`` trains a learned step correction (hypersolver) after calibration and exports
+    it in the graph when it lowers the held-out error within the tolerance (see
+    :mod:`odespec.export.correction`): its options (a
+    :class:`~odespec.spec.correction.CorrectionSpec`), or a hidden width; 0 or ``False``: none;
+    None: the spec's ``export.onnx.correction``. ``ExportResult.correction`` reports the choice.
+
     The keywords are the fields of :class:`~odespec.export.pipeline.ExportOptions`;
     :func:`~odespec.export.pipeline.export_model` takes that object. ``model`` must be an odespec
     model (:func:`build`); any other module raises :class:`~odespec.errors.ExportError`.
@@ -93,7 +101,7 @@ def export_onnx(
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
                             match_tol=match_tol, match_agreement=match_agreement, match_accuracy=match_accuracy,
                             calibration_data=calibration_data, deployment=deployment,
-                            latency=latency, precision=precision, verify=verify)
+                            latency=latency, precision=precision, verify=verify, correction=correction)
     return export_model(model, path, options)
 
 

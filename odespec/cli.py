@@ -209,6 +209,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Inputs for calibration and the deployment error: .npy, .npz or .csv, as odespec run reads "
                           "them (default: seeded random inputs); a classifier's .npz with labels y also gives the "
                           "accuracy."),
+        click.option("--correction", type=click.IntRange(0, 1024), metavar="HIDDEN",
+                     help="Train a learned step correction (hypersolver) of this hidden width after calibration and "
+                          "export it in the graph when it lowers the held-out error within the tolerance, on a "
+                          "cheaper grid with --steps auto; the other options are the spec's export.onnx.correction "
+                          "or its defaults; 0: none, whatever the spec says."),
         click.option("--strict", is_flag=True,
                      help="A large deployment error (see the warning at the end of the output) is an error: exit "
                           "non-zero and write nothing."),
@@ -221,16 +226,18 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
-def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None,
-                         match_accuracy: Optional[float] = None) -> None:
-    given = [flag for flag, value in (("--match-tol", match_tol), ("--match-agreement", match_agreement),
-                                      ("--match-accuracy", match_accuracy)) if value is not None]
+def _check_steps_options(flags: dict[str, Any]) -> None:
+    """Usage errors among the export flags: a calibration criterion beside ``--steps N``, or
+    more than one criterion."""
+    given = ["--" + name.replace("_", "-") for name in ("match_tol", "match_agreement", "match_accuracy")
+             if flags.get(name) is not None]
     for flag in given:
-        if isinstance(steps, int):
+        if isinstance(flags.get("steps"), int):
             raise click.UsageError(f"{flag} calibrates the step count; it cannot be combined with --steps N "
                                    "(use --steps auto, or leave --steps out)")
     if len(given) > 1:
-        raise click.UsageError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for calibration; give one")
+        raise click.UsageError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for "
+                               "calibration; give one")
 
 
 def _check_weights_options(weights: Optional[str], initial_weights: bool) -> None:
@@ -259,20 +266,14 @@ def _echo_build(result: Any, fmt: str) -> None:
         click.echo(render_build(result.report, result.export.path, result.report_path))
 
 
-def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: Optional[bool],
-           match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
-           device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
-           match_accuracy: Optional[float] = None, strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
-           verify: Optional[tuple[str, ...]] = None) -> Any:
-    """``build_all`` with the export flags gathered into one ExportOptions."""
+def _build(spec: str, out_dir: str, *, weights: Optional[str], device: Optional[str] = None,
+           dtype: Optional[str] = None, triton_repo: Optional[str] = None, **flags: Any) -> Any:
+    """``build_all`` with the export flags (``_export_options``' other options, named as the
+    fields of ExportOptions) gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
-    options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
-                            match_agreement=match_agreement, match_accuracy=match_accuracy,
-                            calibration_data=calibration_data, strict=strict,
-                            precision=precision, verify=verify)
-    return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
+    return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=ExportOptions(**flags),
                      triton_repo=triton_repo)
 
 
@@ -288,21 +289,14 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
                    "checkpoint, or a torch.save state dict, loaded with weights_only=True); without them, the "
                    "spec's initial weights.")
 @_FORMAT
-def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
-          match_tol: Optional[float], match_agreement: Optional[float], match_accuracy: Optional[float],
-          precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
-          triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
-          fmt: str) -> None:
+def build(spec: str, out_dir: str, device: Optional[str], dtype: Optional[str], weights: Optional[str], fmt: str,
+          **flags: Any) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
     onnxruntime, measure its error against the training solver and write a build report."""
-    _check_steps_options(steps, match_tol, match_agreement, match_accuracy)
+    _check_steps_options(flags)
 
     def body() -> int:
-        result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                        calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
-                        match_agreement=match_agreement, match_accuracy=match_accuracy, strict=strict, triton_repo=triton_repo,
-                        precision=precision, verify=verify)
-        _echo_build(result, fmt)
+        _echo_build(_build(spec, out_dir, weights=weights, device=device, dtype=dtype, **flags), fmt)
         return EXIT_OK
 
     _run(body, fmt)
@@ -320,21 +314,15 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
               help="Export the spec's initial (seeded, untrained) weights on purpose, without --weights.")
 @_export_options
 @_FORMAT
-def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
-                   steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
-                   match_accuracy: Optional[float], precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
-                   strict: bool, triton_repo: Optional[str], fmt: str) -> None:
+def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, fmt: str,
+                   **flags: Any) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
-    _check_steps_options(steps, match_tol, match_agreement, match_accuracy)
+    _check_steps_options(flags)
     _check_weights_options(weights, initial_weights)
 
     def body() -> int:
-        result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
-                        calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
-                        match_accuracy=match_accuracy,
-                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify)
-        _echo_build(result, fmt)
+        _echo_build(_build(spec, out_dir, weights=weights, **flags), fmt)
         return EXIT_OK
 
     _run(body, fmt)

@@ -101,6 +101,20 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     return [head, *_table(rows, indent="  ")]
 
 
+def _correction_lines(corr: Optional[dict[str, Any]]) -> list[str]:
+    """The learned step correction's decision, then the grids it was trained for."""
+    if not corr:
+        return []
+    head = (f"correction: {corr['note']} (criterion {corr['criterion']}; trained on {corr['fit_samples']} samples, "
+            f"judged on {corr['held_out_samples']} held out; {corr['train_seconds']:.1f} s training)")
+    rows = [("method", "steps", "f-evals", "held-out plain", "held-out corrected", "fit corrected", "train s", "passed")]
+    for t in corr["trials"]:
+        rows.append((t["method"], str(t["steps"]), str(t["nfe"]), _fmt_err(t["held_out_error_plain"]),
+                     _fmt_err(t["held_out_error"]), _fmt_err(t["fit_error"]), f"{t['train_seconds']:.1f}",
+                     "yes" if t["passed"] else "no"))
+    return [head, *(_table(rows, indent="  ") if corr["trials"] else [])]
+
+
 def _deployment_lines(dep: Optional[dict[str, Any]]) -> list[str]:
     """The deployment error, or why it was not measured."""
     if not dep:
@@ -161,7 +175,8 @@ def _runtime_lines(onnx: dict[str, Any]) -> list[str]:
 def render_accuracy(onnx_report: dict[str, Any]) -> list[str]:
     """Text lines for the report's ``onnx`` entry: the calibration table, if any, then the
     deployment error (or why it was not measured)."""
-    return _calibration_lines(onnx_report.get("calibration")) + _deployment_lines(onnx_report.get("deployment_error"))
+    return (_calibration_lines(onnx_report.get("calibration")) + _correction_lines(onnx_report.get("correction"))
+            + _deployment_lines(onnx_report.get("deployment_error")))
 
 
 def render_build(report: dict[str, Any], onnx_path: Path, report_path: Path) -> str:

@@ -60,6 +60,9 @@ class ExportSettings:
     #: layers and dynamics in float16; ``float32`` a float32 graph (of a float64 model, too);
     #: ``None``: the model's own dtype
     precision: Optional[str] = EXPORT_DEFAULTS["precision"]
+    #: a learned step correction laid into every step of the correctable ODE blocks
+    #: (:class:`odespec.export.correction.Corrections`, for this method and steps); None: none
+    correction: Optional[Any] = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
     series = _series_values(spec)
     _check_layout(model, settings, prec)
     traced = precision_model(model, tdtype).eval()
+    nets = list(settings.correction.nets) if settings.correction is not None else []
     try:
         cur, cur_dtype = INPUT_NAME, prec.io
         example = torch.zeros((2,) + tuple(spec.input_shape), dtype=tdtype, device="cpu")
@@ -230,7 +234,9 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
                     seg[1].layer.options, seg[1].shape, seg[1].ctx)), dtype=tdtype)
             elif isinstance(seg, BlockBase):
                 y0 = Value(_cast(gb, cur, cur_dtype, prec.state))
-                outs = _solve_block(gb, seg, y0, example, settings, f"ode{j}/", prec, batch, series)
+                # one correction net per ODE block (not ResNet or t: query), in model order
+                net = nets.pop(0) if nets and isinstance(seg, ODEBlock) and not seg.spec.query else None
+                outs = _solve_block(gb, seg, y0, example, settings, f"ode{j}/", prec, batch, series, net)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
                     cur = gb.node("Concat", [gb.node("Unsqueeze", [v.name, axes]) for v in outs], axis=1)
@@ -283,6 +289,10 @@ def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> N
     if prec.mixed and settings.loop:
         raise ExportError("mixed precision is not available for the loop layout",
                           "export it unrolled (leave out loop), or at precision float16 (or float32)")
+    if settings.correction is not None:
+        from odespec.export.correction import check_correctable
+
+        check_correctable(model, settings.method, loop=settings.loop)
     per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
         isinstance(m, PerSampleEncoder) for m in model)
     if settings.loop and per_sample:
@@ -336,12 +346,14 @@ def _piece_exporter(settings: ExportSettings) -> Callable[[nn.Module, tuple, lis
 
 
 def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Tensor, settings: ExportSettings,
-                 prefix: str, prec: Precision, batch: Any, series: Optional[SeriesValues] = None) -> list[Value]:
+                 prefix: str, prec: Precision, batch: Any, series: Optional[SeriesValues] = None,
+                 correction: Optional[nn.Module] = None) -> list[Value]:
     """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times
     (a ``t: query`` block's: at each sample's query times, from the graph input ``query_times``).
 
     Continuous blocks and RK-Nets use the export method and step count (unrolled, or one ONNX
     Loop per output interval); a ResNet block is its own Euler steps, each with its own weights.
+    ``correction``: a :class:`~odespec.export.correction.CorrectionNet` added to each unrolled step.
     The states and the combinations are ``prec.state``; with mixed precision each stage casts
     its state to ``prec.compute`` and its slope back.
     """
@@ -396,14 +408,27 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
         elem = ONNX_DTYPES[dtype_name(prec.state)]
         return loop_solve(gb, sub, prefix, y, grid, tableau, elem, [batch, *block.spec.state_shape])
     f = stage_func(sub, prefix)
+    correct = _corrector(gb, correction, settings, block, prefix, prec) if correction is not None else None
     for interval in grid:
         k1 = None
         for t0, h in interval:
             res = rk_step(f, t0, y, h, tableau, combine=gb.combine, k1=k1, with_error=False)
-            y = res.y_next
-            k1 = res.ks[-1] if tableau.fsal else None
+            # the corrected state is not the one the last stage saw: no FSAL reuse (check_correctable)
+            y = res.y_next if correct is None else correct(t0, h, y, res.ks[0], res.y_next)
+            k1 = res.ks[-1] if tableau.fsal and correct is None else None
         outs.append(y)
     return outs
+
+
+def _corrector(gb: GraphBuilder, net: nn.Module, settings: ExportSettings, block: BlockBase, prefix: str,
+               prec: Precision) -> Callable[[float, float, Value, Value, Value], Value]:
+    """The correction of each step of ``block`` (:func:`odespec.export.correction.step_corrector`)."""
+    from odespec.export.correction import CorrectionNet, step_corrector
+
+    assert isinstance(net, CorrectionNet) and settings.correction is not None
+    return step_corrector(gb, net, settings.correction.power, block.spec.state_shape, prec.compute,
+                          _piece_exporter(settings), f"{prefix}correction/",
+                          lambda v: _cast(gb, v, prec.state, prec.compute), lambda v: _cast(gb, v, prec.compute, prec.state))
 
 
 def _solve_query_block(gb: GraphBuilder, block: ODEBlock, y: Value, prec: Precision, settings: ExportSettings,
@@ -460,6 +485,7 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "export_method": settings.method,
         "export_steps": str(settings.steps),
         "export_layout": "loop" if settings.loop else "unrolled",
+        **({"export_correction": "step correction (hypersolver) in every step"} if settings.correction else {}),
         **({"export_precision": settings.precision} if settings.precision is not None else {}),
         "ode_blocks": json.dumps(blocks),
     }

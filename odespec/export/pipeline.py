@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from odespec.export.onnx_export import ExportSettings
     from odespec.export.parity import ParityResult
+    from odespec.spec.correction import CorrectionSpec
 
 __all__ = ["ExportOptions", "ExportResult", "export_model", "resolve_settings", "accuracy_inputs", "export_metadata"]
 
@@ -102,6 +103,11 @@ class ExportOptions:
     precision: Optional[str] = None
     #: the runtimes the graph is checked on, by name (None: the spec's ``export.onnx.verify``)
     verify: Optional[tuple[str, ...]] = None
+    #: a learned step correction (:mod:`odespec.export.correction`): its options
+    #: (:class:`~odespec.spec.correction.CorrectionSpec`), or a hidden width N (the spec's options,
+    #: else the defaults, with ``hidden: N``); ``False`` or 0: none, whatever the spec says; None:
+    #: the spec's ``export.onnx.correction``
+    correction: Union["CorrectionSpec", int, None] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -117,6 +123,10 @@ class ExportOptions:
             close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
             raise ExportError(f"unknown precision {self.precision!r}",
                               f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(EXPORT_PRECISIONS)}")
+        if self.correction is True or (isinstance(self.correction, int) and not 0 <= self.correction <= 1024):
+            raise ExportError(f"correction must be its options (a CorrectionSpec), a hidden width from 1 to 1024, or "
+                              f"0 / False (none); got {self.correction!r}",
+                              "pass odespec.spec.correction.CorrectionSpec() for the defaults")
         if self.verify is not None:
             from odespec.export.runtimes import get_runtime
 
@@ -175,6 +185,9 @@ class ExportResult:
     #: the written graph's multiply-accumulates per sample
     #: (:meth:`odespec.export.macs.MacsCount.to_dict`)
     macs: Optional[dict[str, Any]] = None
+    #: the learned step correction's search and choice (:mod:`odespec.export.correction`); None:
+    #: not asked for
+    correction: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -196,6 +209,7 @@ class ExportResult:
             "warnings": self.warnings,
             "precision": self.precision,
             "runtimes": self.runtimes,
+            **({"correction": self.correction} if self.correction is not None else {}),
         }
 
     def _given(self) -> str:
@@ -225,6 +239,11 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         reference = reference_outputs(cpu, inputs)
         calibration = _calibrate(cpu, options, settings, inputs, reference)
         settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
+    correction: Optional[dict[str, Any]] = None
+    wanted = _correction_options(spec, options)
+    if wanted is not None:
+        reference = reference if reference is not None else reference_outputs(cpu, inputs)
+        settings, correction = _correct(cpu, inputs, reference, settings, calibration, wanted)
     onnx_model, data, seconds = _build_checked(cpu, settings)
     sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
     check = _parity_check(cpu, settings, options) if options.parity else None
@@ -237,7 +256,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     # method and steps are the spec's default from its fixed-step training solver (not overridden)
     from_training = spec.export.from_training and options.method is None and options.steps is None
     add_metadata(onnx_model, {**export_metadata(calibration, deployment, from_training=from_training),
-                              **runtime_metadata(runtimes)})
+                              **runtime_metadata(runtimes), **_correction_metadata(correction)})
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
@@ -248,8 +267,49 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
         from_training=from_training, precision=settings.precision, runtimes=runtimes,
-        macs=count_macs(onnx_model).to_dict(),
+        macs=count_macs(onnx_model).to_dict(), correction=correction,
     )
+
+
+def _correction_options(spec: Spec, options: ExportOptions) -> Optional["CorrectionSpec"]:
+    """The correction asked for: the options', else the spec's; None: none."""
+    from odespec.spec.correction import CorrectionSpec
+
+    given = options.correction
+    if given is None or isinstance(given, CorrectionSpec):
+        return given or spec.export.correction
+    if not given:  # False or 0
+        return None
+    return dataclasses.replace(spec.export.correction or CorrectionSpec(), hidden=int(given))
+
+
+def _correct(model: ODENet, inputs: InputSet, reference: list[np.ndarray], settings: "ExportSettings",
+             calibration: Optional[Calibration], wanted: "CorrectionSpec") -> tuple["ExportSettings", dict[str, Any]]:
+    """Train the step correction and decide (:func:`odespec.export.correction.choose_correction`):
+    the settings to export (with the corrections, or the plain grid's) and the report's entry.
+    Calibrated: the tolerance and methods are calibration's; given steps: no tolerance was asked
+    for (the plain grid is the user's), the correction must lower the max abs error."""
+    from odespec.export.correction import choose_correction
+    from odespec.export.metrics import Match
+
+    match = calibration.match if calibration is not None and calibration.match is not None else None
+    if match is None:
+        match = Match("max_abs", math.inf, "none: the step count is given")
+    methods = sorted({c.method for c in calibration.candidates}) if calibration is not None else None
+    cap = calibration.max_steps if calibration is not None else 4096
+    outcome = choose_correction(model, inputs, reference, settings, match, wanted, methods=methods, cap=cap)
+    if outcome.corrections is not None:
+        c = outcome.corrections
+        settings = dataclasses.replace(settings, method=c.method, steps=c.steps, correction=c)
+    return settings, outcome.report
+
+
+def _correction_metadata(report: Optional[dict[str, Any]]) -> dict[str, str]:
+    if report is None:
+        return {}
+    from odespec.export.correction import correction_metadata
+
+    return {"correction": json.dumps(correction_metadata(report))}
 
 
 def _on_cpu(model: ODENet) -> ODENet:
@@ -368,6 +428,10 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
     twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
+    if settings.correction is not None:
+        from odespec.export.correction import corrected_model
+
+        twin = corrected_model(precision_model(model, dtype), settings.correction.to(dtype))
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
     return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from odespec.solvers.config import GradientConfig, SolverConfig
+from odespec.spec.correction import CorrectionSpec
 
 Shape = tuple[int, ...]
 
@@ -227,6 +228,8 @@ class OnnxExportSpec:
     precision: Optional[str] = None
     #: the runtimes the graph is checked on (parity and latency), by name
     verify: tuple[str, ...] = ("onnxruntime",)
+    #: a learned step correction exported with the model (:mod:`odespec.spec.correction`); None: none
+    correction: Optional[CorrectionSpec] = None
 
     #: ``method`` and ``steps`` are the ODE blocks' fixed-step training solver's: the spec writes
     #: neither, and every ODE block trains with that method and step count (a discrete model

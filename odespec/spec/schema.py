@@ -39,6 +39,7 @@ from odespec.solvers.config import (
     declared_gradients,
 )
 from odespec.solvers.options import option_spec
+from odespec.spec.correction import correction_schema
 from odespec.spec.model import OnnxExportSpec
 
 SCHEMA_FILENAME = "odespec.schema.json"
@@ -404,6 +405,7 @@ def _onnx_export() -> dict[str, Any]:
                      "description": "Export each output interval's steps as one ONNX Loop node holding a single "
                                     "solver step, so the file size does not grow with the step count "
                                     "(default: unroll every step)."},
+            "correction": correction_schema(),
         },
         "additionalProperties": False,
     }

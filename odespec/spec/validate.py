@@ -25,6 +25,7 @@ from odespec.solvers.options import MAX_STEPS
 #: at 10,000 rk4 steps of a small MLP the graph has some 400,000 nodes, which onnxruntime takes
 #: minutes to load); ``loop: true`` keeps one step per output interval in the graph
 MAX_UNROLLED_STEPS = 10_000
+from odespec.spec.correction import correction_spec
 from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_DEFAULTS
 from odespec.spec.model import (
     DynamicsSpec,
@@ -480,6 +481,10 @@ class _Checker:
                        f"{MAX_UNROLLED_STEPS:,}, beyond which building and loading the graph takes minutes",
                        "use fewer steps, or loop: true (one ONNX Loop per output interval) for ODE blocks")
         raw.setdefault("file", f"{data['name']}.onnx")
+        if "correction" in raw:
+            blocks = [b for b in items if isinstance(b, OdeBlockSpec)] if items is not None else None
+            raw["correction"] = correction_spec(raw["correction"], path + ("correction",), self.error, loop=loop,
+                                                blocks=blocks, series=self.series_spec is not None)
         if "verify" in raw:
             raw["verify"] = tuple(raw["verify"])
         return OnnxExportSpec(**raw)

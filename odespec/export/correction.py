@@ -1,0 +1,674 @@
+"""Learned step correction (a hypersolver, Poli et al. 2020, "Hypersolvers: toward fast
+continuous-depth models"), trained after calibration and exported inside the graph.
+
+A fixed-step method of order p leaves a local error of order h^(p+1) per step. A small network
+g (:class:`CorrectionNet`), one per ODE block, learns that error divided by h^(p+1) from the
+training solver, and every exported step becomes::
+
+    y_{n+1} = y_n + h * sum(b_i k_i) + h^(p+1) * g(t_n, h, y_n, k1)
+
+``k1 = f(t_n, y_n)`` is the step's first stage, already computed, so the correction costs no
+f-evaluation; its own multiply-accumulates are counted in the graph like any other.
+
+**Training** (:func:`fit_corrections`): the calibration inputs are split (``held_out`` of them are
+kept aside). On the fit part, each ODE block's input (as the training-solver model computes it)
+is solved with the block's training solver to every step point of the grid; each step's target
+is the one-step residual ``(y_ref(t_{n+1}) - step(y_ref(t_n))) / h^(p+1)``, and g is fitted to it
+by full-batch Adam on the mean squared error (relative to the targets' mean square). The targets
+need one f-evaluation per stage and step once; the fit itself evaluates only g.
+
+**Choice** (:func:`choose_correction`): the correction is judged on the held-out inputs by the
+calibration's own criterion (max abs error, or 1 - agreement) on the whole model's output. A
+corrected grid is used only when its held-out error is within the tolerance *and* below the same
+grid's plain error, and its graph costs fewer multiply-accumulates than the plain grid it
+replaces; otherwise the export falls back to the plain grid, with the reason in the report.
+
+With ``steps: auto`` the search looks for a grid *cheaper* than the calibrated one: the ladder of
+fixed-step grids (method x steps) with fewer f-evaluations, keeping at each cost only a method of
+at least the order of every cheaper one (rk4 x 3 stays, euler x 11 goes), is bisected by
+f-evaluations on the assumption that the corrected error falls as the cost grows, training one
+correction per grid tried, at most ``trials`` of them. A corrected graph whose held-out error
+exceeds the tolerance is never chosen. With a given step count the correction is trained for that
+grid alone.
+
+The loop layout is refused (the correction is laid into each unrolled step), and so are models
+that read irregular series and FSAL methods (the corrected state is not the one the last stage
+was evaluated at).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from odespec.compile.model import ODENet
+from odespec.compile.ode_block import BlockBase, ODEBlock
+from odespec.errors import ExportError
+from odespec.export.inputs import InputSet
+from odespec.export.metrics import Match, model_outputs
+from odespec.export.unroll import fixed_step_model
+from odespec.spec.correction import CorrectionSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from odespec.export.graph import GraphBuilder, Value
+    from odespec.export.onnx_export import ExportSettings
+
+__all__ = ["CorrectionNet", "Corrections", "CorrectedBlock", "CorrectionOutcome", "corrected_model",
+           "fit_corrections", "choose_correction", "split_inputs", "step_corrector", "check_correctable"]
+
+#: rows of one batch when the inputs are re-batched after the split
+_BATCH = 256
+
+
+class CorrectionNet(nn.Module):
+    """g(t, h, y, k1): the correction of one ODE block's step, shaped like its state.
+
+    A vector state (``(d,)``): a dense net ``2d + 2 -> hidden -> hidden -> d`` with tanh. An image
+    or sequence state (``(C, H, W)`` or ``(C, L)``): ``3x3`` (``3``) convolutions ``2C + 2 ->
+    hidden -> C`` with tanh, padding 1. ``t`` and ``h`` enter as two constant features (channels).
+    The features are standardised with the fit data's mean and spread, and the output scaled by
+    the targets' spread (buffers); the last layer starts at zero, so an untrained net adds
+    nothing.
+    """
+
+    # buffers
+    in_shift: torch.Tensor
+    in_scale: torch.Tensor
+    out_scale: torch.Tensor
+
+    def __init__(self, state_shape: Sequence[int], hidden: int):
+        super().__init__()
+        rank = len(state_shape)
+        channels = int(state_shape[0])
+        inp = 2 * channels + 2
+        self.rank = rank
+        if rank == 1:
+            self.net: nn.Sequential = nn.Sequential(nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+                                                    nn.Tanh(), nn.Linear(hidden, channels))
+        elif rank in (2, 3):
+            conv = nn.Conv1d if rank == 2 else nn.Conv2d
+            self.net = nn.Sequential(conv(inp, hidden, 3, padding=1), nn.Tanh(), conv(hidden, channels, 3, padding=1))
+        else:
+            raise ExportError(f"the correction network takes a state of rank 1, 2 or 3 (features, (C, L) or "
+                              f"(C, H, W)); this ODE block's state has shape {tuple(state_shape)}",
+                              "remove the correction")
+        last = self.net[-1]
+        assert isinstance(last, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        nn.init.zeros_(last.weight)
+        assert last.bias is not None
+        nn.init.zeros_(last.bias)
+        feat = (1, inp) + (1,) * (rank - 1)
+        self.register_buffer("in_shift", torch.zeros(feat))
+        self.register_buffer("in_scale", torch.ones(feat))
+        self.register_buffer("out_scale", torch.ones((1, channels) + (1,) * (rank - 1)))
+
+    def features(self, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``[y, k1, t, h]`` along the feature (channel) axis; ``t`` and ``h`` are 0-d, or one
+        value per row."""
+        ones = torch.ones_like(y[:, :1])
+        shape = (-1,) + (1,) * (y.dim() - 1)
+        return torch.cat([y, k, ones * t.reshape(shape), ones * h.reshape(shape)], dim=1)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        x = (self.features(t, h, y, k) - self.in_shift) / self.in_scale
+        return self.net(x) * self.out_scale
+
+    def standardise(self, feats: torch.Tensor, targets: torch.Tensor) -> None:
+        """Set the feature shift and scale, and the output scale, from the fit data (a constant
+        feature, such as ``h`` on a uniform grid, keeps scale 1)."""
+        dims = [0] + list(range(2, feats.dim()))
+        with torch.no_grad():
+            self.in_shift.copy_(feats.mean(dim=dims, keepdim=True))
+            spread = feats.std(dim=dims, keepdim=True) if feats.shape[0] > 1 else torch.ones_like(self.in_scale)
+            self.in_scale.copy_(torch.where(spread > 0, spread, torch.ones_like(spread)))
+            out = targets.pow(2).mean(dim=dims, keepdim=True).sqrt()
+            self.out_scale.copy_(torch.where(out > 0, out, torch.ones_like(out)))
+
+    def parameter_count(self) -> int:
+        """Trainable parameters (the graph also stores the three scaling buffers)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass(frozen=True, eq=False)
+class Corrections:
+    """One :class:`CorrectionNet` per ODE block of the model (:func:`correctable_blocks` order),
+    for steps of ``method`` x ``steps`` per output interval."""
+
+    nets: tuple[CorrectionNet, ...]
+    method: str
+    steps: int
+
+    @property
+    def power(self) -> int:
+        """p + 1 for a method of order p: the correction is scaled by h^(p+1)."""
+        from odespec.solvers.tableaus import get_tableau
+
+        return get_tableau(self.method).order + 1
+
+    @property
+    def parameters(self) -> int:
+        """Trainable parameters over all nets."""
+        return sum(n.parameter_count() for n in self.nets)
+
+    def to(self, dtype: torch.dtype) -> "Corrections":
+        """These corrections with nets cast to ``dtype`` (copies when the type differs)."""
+        nets = tuple(n if next(n.parameters()).dtype == dtype else copy.deepcopy(n).to(dtype) for n in self.nets)
+        return Corrections(nets, self.method, self.steps)
+
+
+def correctable_blocks(model: ODENet) -> list[ODEBlock]:
+    """The ODE blocks a correction applies to, in order: continuous blocks and RK-Nets on their
+    own time grid (a ResNet block has its own weights per step; a ``t: query`` block is refused
+    with the series models)."""
+    return [b for b in model.ode_blocks if isinstance(b, ODEBlock) and not b.spec.query]
+
+
+def check_correctable(model: ODENet, method: str, *, loop: bool = False) -> None:
+    """:class:`ExportError` when a correction cannot apply: the loop layout, a model that reads
+    series, no ODE block to correct, an implicit or FSAL method."""
+    from odespec.solvers.tableaus import get_tableau
+
+    if loop:
+        raise ExportError("the correction network is laid into each unrolled step; the loop layout is not "
+                          "available with it", "export unrolled (no loop), or without the correction")
+    if model.spec.series is not None:
+        raise ExportError("the correction is not available for a model that reads irregular series",
+                          "export without the correction")
+    if not correctable_blocks(model):
+        raise ExportError("the model has no ODE block the correction can apply to (a continuous ODE block or "
+                          "RK-Net; not a ResNet block)", "export without the correction")
+    tab = get_tableau(method)
+    if tab.fsal or tab.implicit or tab.adaptive:
+        raise ExportError(f"the correction needs an explicit fixed-step method without FSAL; {method!r} is not one",
+                          "use one of euler, midpoint, heun, ralston, rk4, rk4_38")
+
+
+class CorrectedBlock(BlockBase):
+    """An ODE block solved with ``method`` x ``steps`` per output interval, each step corrected
+    by ``net``: the PyTorch twin of the corrected graph (parity is checked against it). Shares
+    the block's dynamics."""
+
+    def __init__(self, block: ODEBlock, net: CorrectionNet, method: str, steps: int):
+        super().__init__(block.spec)
+        from odespec.solvers.grid import fixed_grid
+        from odespec.solvers.tableaus import get_tableau
+
+        self.dynamics = block.dynamics
+        self.net = net
+        self.tableau = get_tableau(method)
+        self.power = self.tableau.order + 1
+        self.grid = fixed_grid(block.spec.t, steps)
+        self.t = block.t
+        self.train(block.training)
+
+    def solve(self, y0: torch.Tensor, query_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        assert query_times is None  # check_correctable refuses t: query
+        outs, y = [y0], y0
+        before = self.dynamics.nfe
+        for interval in self.grid:
+            for t0, h in interval:
+                y = corrected_step(self.dynamics, self.net, t0, y, h, self.tableau, self.power)
+            outs.append(y)
+        self.nfe_forward = self.dynamics.nfe - before
+        return torch.stack(outs)
+
+
+def corrected_step(f: Callable[[Any, torch.Tensor], torch.Tensor], net: CorrectionNet, t0: float, y: torch.Tensor,
+                   h: float, tableau: Any, power: int) -> torch.Tensor:
+    """One step of ``tableau`` plus ``h^power * net(t0, h, y, k1)``, as the graph computes it."""
+    from odespec.solvers.step import rk_step, torch_combine
+
+    res = rk_step(f, t0, y, h, tableau, with_error=False)
+    g = net(torch.tensor(t0, dtype=y.dtype), torch.tensor(h, dtype=y.dtype), y, res.ks[0])
+    return torch_combine(res.y_next, float(h) ** power, [(1.0, g)])
+
+
+def corrected_model(model: ODENet, corrections: Corrections) -> ODENet:
+    """The fixed-step twin of ``model`` (:func:`~odespec.export.unroll.fixed_step_model`) with each
+    correctable ODE block's steps corrected; weights shared with ``model`` and ``corrections``."""
+    twin = fixed_step_model(model, corrections.method, corrections.steps)
+    nets = iter(corrections.nets)
+    blocks = {id(b): b for b in correctable_blocks(model)}
+    modules = [CorrectedBlock(blocks[id(orig)], next(nets), corrections.method, corrections.steps)
+               if id(orig) in blocks else m for orig, m in zip(model, twin, strict=True)]
+    out = ODENet(model.spec, modules)
+    out.train(model.training)
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def _block_inputs(model: ODENet, inputs: InputSet, blocks: list[ODEBlock]) -> list[torch.Tensor]:
+    """Each block's initial state (after its augmentation) on ``inputs``, as the training-solver
+    model computes it, all batches concatenated."""
+    seen: dict[int, list[torch.Tensor]] = {id(b): [] for b in blocks}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        aug = getattr(module, "augmenter", None)
+        seen[id(module)].append((aug(x) if aug is not None else x).detach())
+
+    handles = [b.register_forward_pre_hook(hook) for b in blocks]
+    try:
+        model_outputs(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(seen[id(b)]) for b in blocks]
+
+
+@dataclass
+class _Residuals:
+    """One block's training rows: the step's start time, size, state and first stage, and the
+    target ``(y_ref(t + h) - step(y_ref(t))) / h^(p+1)``."""
+
+    t: torch.Tensor
+    h: torch.Tensor
+    y: torch.Tensor
+    k: torch.Tensor
+    target: torch.Tensor
+
+
+def _residuals(block: ODEBlock, y0: torch.Tensor, method: str, steps: int) -> _Residuals:
+    """The training rows of ``block`` from its initial states ``y0``: the training solver's
+    states at every step point of ``method`` x ``steps``, and each step's residual."""
+    from odespec.solvers import solve
+    from odespec.solvers.grid import fixed_grid
+    from odespec.solvers.step import rk_step
+    from odespec.solvers.tableaus import get_tableau
+
+    tab = get_tableau(method)
+    power = tab.order + 1
+    points = [(t0, h) for interval in fixed_grid(block.spec.t, steps) for t0, h in interval]
+    times = torch.tensor([t0 for t0, _ in points] + [block.spec.t[-1]], dtype=y0.dtype)
+    solver = block.spec.solver
+    with torch.no_grad():
+        ref = solve(block.dynamics, y0, times, method=solver.tableau, rtol=solver.rtol, atol=solver.atol,
+                    options=solver.integration_options(), gradient="backprop").ys
+        rows: dict[str, list[torch.Tensor]] = {"t": [], "h": [], "y": [], "k": [], "target": []}
+        for j, (t0, h) in enumerate(points):
+            res = rk_step(block.dynamics, t0, ref[j], h, tab, with_error=False)
+            n = ref[j].shape[0]
+            rows["t"].append(torch.full((n,), t0, dtype=y0.dtype))
+            rows["h"].append(torch.full((n,), h, dtype=y0.dtype))
+            rows["y"].append(ref[j])
+            rows["k"].append(res.ks[0])
+            rows["target"].append((ref[j + 1] - res.y_next) / float(h) ** power)
+    return _Residuals(**{k: torch.cat(v) for k, v in rows.items()})
+
+
+@dataclass
+class FitStats:
+    """What fitting one grid's corrections took and reached."""
+
+    seconds: float
+    #: the final loss (mean squared error relative to the targets' mean square), per block
+    loss: list[float]
+    #: the same before training (g = 0): 1.0, unless the targets are all zero
+    rows: int
+
+
+def fit_corrections(model: ODENet, inputs: InputSet, method: str, steps: int,
+                    options: CorrectionSpec) -> tuple[Corrections, FitStats]:
+    """Train one :class:`CorrectionNet` per correctable ODE block of ``model`` on ``inputs`` for
+    steps of ``method`` x ``steps`` (module docstring: Training)."""
+    start = time.perf_counter()
+    check_correctable(model, method)
+    blocks = correctable_blocks(model)
+    dtype = next(model.parameters()).dtype
+    nets, losses, rows = [], [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        for block, y0 in zip(blocks, _block_inputs(model, inputs, blocks), strict=True):
+            data = _residuals(block, y0, method, steps)
+            rows += int(data.y.shape[0])
+            torch.manual_seed(options.seed)
+            net = CorrectionNet(block.spec.state_shape, options.hidden).to(dtype)
+            losses.append(_one_thread(_train, net, data, options))
+            nets.append(net.eval())
+    finally:
+        model.train(was_training)
+    return Corrections(tuple(nets), method, steps), FitStats(time.perf_counter() - start, losses, rows)
+
+
+def _one_thread(fn: Callable[..., float], *args: Any) -> float:
+    """``fn(*args)`` on one intra-op thread: the fit's tensors are small, and with more threads
+    each of its thousands of small operations pays their synchronisation (measured: 3x slower
+    with 2 threads on a 2-core machine under load, 1500 rows of a 3-feature state)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> float:
+    """Full-batch Adam on the relative mean squared error of ``net`` against the targets; the
+    final loss. The parameters of the best iterate are kept."""
+    with torch.no_grad():
+        net.standardise(net.features(data.t, data.h, data.y, data.k), data.target)
+    norm = data.target.pow(2).mean().clamp_min(torch.finfo(data.target.dtype).tiny)
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=options.lr)
+    best, best_params = math.inf, [p.detach().clone() for p in params]
+    feats = (data.t, data.h, data.y, data.k)
+    for _ in range(options.iterations):
+        opt.zero_grad()
+        loss = (net(*feats) - data.target).pow(2).mean() / norm
+        value = loss.item()
+        if not math.isfinite(value):
+            break
+        if value < best:
+            best = value
+            for keep, p in zip(best_params, params, strict=True):
+                keep.copy_(p.detach())
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        final = ((net(*feats) - data.target).pow(2).mean() / norm).item()
+        if not final <= best:  # Adam's last step made it worse (or not finite): the best iterate
+            for keep, p in zip(best_params, params, strict=True):
+                p.copy_(keep)
+            final = best
+    return final
+
+
+# -- the split -----------------------------------------------------------------------------------
+
+def split_inputs(inputs: InputSet, reference: Sequence[np.ndarray], held_out: float,
+                 seed: int) -> tuple[InputSet, list[np.ndarray], InputSet, list[np.ndarray]]:
+    """``(fit, fit_reference, held, held_reference)``: the samples of ``inputs`` (and the
+    training-solver outputs on them) split at random, ``held_out`` of them held out (at least
+    one sample on each side). :class:`ExportError` for fewer than 2 samples."""
+    if inputs.series:
+        raise ExportError("the correction is not available for a model that reads irregular series")
+    x = torch.cat(list(inputs.batches))
+    ref = np.concatenate(list(reference))
+    n = int(x.shape[0])
+    if n < 2:
+        raise ExportError(f"the correction needs at least 2 calibration samples (a fit and a held-out part); "
+                          f"the inputs ({inputs.description}) have {n}", "pass more calibration data")
+    held_n = min(n - 1, max(1, round(n * held_out)))
+    order = np.random.default_rng(seed).permutation(n)
+    held_idx, fit_idx = np.sort(order[:held_n]), np.sort(order[held_n:])
+
+    def part(idx: np.ndarray, what: str) -> tuple[InputSet, list[np.ndarray]]:
+        xs = x[torch.from_numpy(idx)]
+        batches = tuple(xs[i:i + _BATCH] for i in range(0, len(idx), _BATCH))
+        refs = [ref[idx][i:i + _BATCH] for i in range(0, len(idx), _BATCH)]
+        return InputSet(batches, f"{what}: {len(idx)} of the {n} samples of {inputs.description}"), refs
+
+    fit, fit_ref = part(fit_idx, "fit")
+    held, held_ref = part(held_idx, "held out")
+    return fit, fit_ref, held, held_ref
+
+
+# -- the choice ----------------------------------------------------------------------------------
+
+@dataclass
+class Trial:
+    """One grid tried with a correction."""
+
+    method: str
+    steps: int
+    nfe: int
+    #: the plain grid's and the corrected grid's error on the held-out inputs
+    held_out_error_plain: float
+    held_out_error: float
+    #: the corrected grid's error on the fit inputs
+    fit_error: float
+    passed: bool
+    train_seconds: float
+    loss: list[float]
+    corrections: Optional[Corrections] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """One row of the report's ``trials``."""
+        return {"method": self.method, "steps": self.steps, "nfe": self.nfe,
+                "held_out_error_plain": _finite(self.held_out_error_plain),
+                "held_out_error": _finite(self.held_out_error), "fit_error": _finite(self.fit_error),
+                "passed": self.passed, "train_seconds": round(self.train_seconds, 3),
+                "relative_loss": [round(v, 6) for v in self.loss]}
+
+
+def _finite(x: float) -> Optional[float]:
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class CorrectionOutcome:
+    """What :func:`choose_correction` decided: the corrections to export (``None``: the plain
+    grid) and the report's ``correction`` entry."""
+
+    corrections: Optional[Corrections]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        """One line saying what was chosen, or why the plain grid was kept."""
+        return str(self.report.get("note", ""))
+
+
+def _ladder(model: ODENet, methods: Sequence[str], below: int, cap: int) -> list[tuple[str, int, int]]:
+    """``(method, steps, nfe)`` grids with fewer than ``below`` f-evaluations, by f-evaluations,
+    one per cost (the highest order, then calibration's tie-break), keeping only grids whose
+    method's order is at least every cheaper kept grid's."""
+    from odespec.export.calibrate import Candidate, _cost, nfe_per_forward
+    from odespec.solvers.tableaus import get_tableau
+
+    by_nfe: dict[int, tuple[str, int]] = {}
+    for m in methods:
+        tab = get_tableau(m)
+        if tab.fsal or tab.implicit or tab.adaptive:
+            continue
+        n = 1
+        while n <= cap and (nfe := nfe_per_forward(model, m, n)) < below:
+            old = by_nfe.get(nfe)
+            key = (-tab.order, _cost(Candidate(m, n, nfe, 0.0, True)))
+            if old is None or key < (-get_tableau(old[0]).order, _cost(Candidate(old[0], old[1], nfe, 0.0, True))):
+                by_nfe[nfe] = (m, n)
+            n += 1
+    out, top = [], 0
+    for nfe in sorted(by_nfe):
+        m, n = by_nfe[nfe]
+        if get_tableau(m).order >= top:
+            top = get_tableau(m).order
+            out.append((m, n, nfe))
+    return out
+
+
+@dataclass
+class _Judge:
+    """Trains and judges the correction of one grid at a time on a fixed split."""
+
+    model: ODENet
+    fit: InputSet
+    fit_ref: list[np.ndarray]
+    held: InputSet
+    held_ref: list[np.ndarray]
+    match: Match
+    options: CorrectionSpec
+    trials: list[Trial] = field(default_factory=list)
+
+    def plain_error(self, method: str, steps: int) -> float:
+        return _error(fixed_step_model(self.model, method, steps), self.held, self.held_ref, self.match)
+
+    def trial(self, method: str, steps: int, nfe: int) -> Trial:
+        corr, stats = fit_corrections(self.model, self.fit, method, steps, self.options)
+        twin = corrected_model(self.model, corr)
+        held = _error(twin, self.held, self.held_ref, self.match)
+        plain = self.plain_error(method, steps)
+        row = Trial(method, steps, nfe, plain, held, _error(twin, self.fit, self.fit_ref, self.match),
+                    held <= self.match.tolerance and held < plain, stats.seconds, stats.loss, corr)
+        self.trials.append(row)
+        return row
+
+
+def _error(model: ODENet, inputs: InputSet, want: list[np.ndarray], match: Match) -> float:
+    from odespec.errors import SolverError
+
+    try:
+        return match.error(model_outputs(model, inputs), want)
+    except SolverError:
+        return math.inf
+
+
+def choose_correction(model: ODENet, inputs: InputSet, reference: list[np.ndarray], settings: "ExportSettings",
+                      match: Match, options: CorrectionSpec, *, methods: Optional[Sequence[str]] = None,
+                      cap: int = 4096) -> CorrectionOutcome:
+    """Train corrections and decide whether the export uses one (module docstring: Choice).
+
+    ``settings``: the plain grid the export would use (calibrated, or given). ``methods``: the
+    methods calibration searched (``None``: the step count was given; only that grid is tried).
+    ``cap``: the most steps per interval calibration may use."""
+    from odespec.export.calibrate import nfe_per_forward
+
+    start = time.perf_counter()
+    check_correctable(model, settings.method, loop=settings.loop)
+    fit, fit_ref, held, held_ref = split_inputs(inputs, reference, options.held_out, options.seed)
+    judge = _Judge(model, fit, fit_ref, held, held_ref, match, options)
+    base_nfe = nfe_per_forward(model, settings.method, settings.steps)
+    base = {"method": settings.method, "steps": settings.steps, "nfe": base_nfe,
+            "held_out_error": _finite(judge.plain_error(settings.method, settings.steps))}
+    if methods is None:
+        best = judge.trial(settings.method, settings.steps, base_nfe)
+        chosen = best if best.passed else None
+    else:
+        chosen = _bisect(judge, _ladder(model, methods, base_nfe, cap), options.trials)
+    report: dict[str, Any] = {
+        "options": {"hidden": options.hidden, "iterations": options.iterations, "lr": options.lr,
+                    "held_out": options.held_out, "trials": options.trials, "seed": options.seed},
+        "criterion": (match.describe() if math.isfinite(match.tolerance)
+                      else "max abs error, below the plain grid's (the step count is given: no tolerance)"),
+        "tolerance": _finite(match.tolerance),
+        "fit_samples": fit.samples, "held_out_samples": held.samples,
+        "search": "given grid" if methods is None else "cheaper grids, bisected by f-evaluations",
+        "plain": base, "trials": [t.to_dict() for t in judge.trials],
+        "train_seconds": round(sum(t.train_seconds for t in judge.trials), 3),
+    }
+    outcome = _decide(model, settings, chosen, report, base_nfe, searched=methods is not None)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return outcome
+
+
+def _bisect(judge: _Judge, ladder: list[tuple[str, int, int]], trials: int) -> Optional[Trial]:
+    """The cheapest passing grid of ``ladder`` found by bisection (the calibrated grid above the
+    ladder's top passes uncorrected), within ``trials`` trainings; ``None`` if none passed."""
+    lo, hi, best = -1, len(ladder), None
+    while hi - lo > 1 and len(judge.trials) < trials:
+        mid = (lo + hi) // 2
+        row = judge.trial(*ladder[mid])
+        if row.passed:
+            hi, best = mid, row
+        else:
+            lo = mid
+    return best
+
+
+def _decide(model: ODENet, settings: "ExportSettings", chosen: Optional[Trial], report: dict[str, Any],
+            base_nfe: int, *, searched: bool) -> CorrectionOutcome:
+    """The outcome: ``chosen``'s corrections if it passed and, when it was searched as a cheaper
+    grid, its graph costs fewer MACs than the plain grid's; else the plain grid, with the reason
+    in ``report["note"]``."""
+    import dataclasses
+
+    plain = f"{settings.method} x {settings.steps}"
+    if chosen is None or chosen.corrections is None:
+        if not report["trials"]:
+            why = "no grid is cheaper than the calibrated one" if searched else "nothing was tried"
+        elif searched:
+            why = (f"no cheaper grid's correction reached the tolerance ({report['criterion']}) on the held-out "
+                   "inputs while lowering that grid's error")
+        else:
+            t = report["trials"][-1]
+            tol = report["tolerance"]
+            why = (f"the correction did not help on the held-out inputs: error {_fmt(t['held_out_error'])} "
+                   f"against {_fmt(t['held_out_error_plain'])} uncorrected"
+                   + (f" (tolerance {tol:.3g})" if tol is not None else ""))
+        report.update(used=False, chosen=None, note=f"correction not used: {why}; exported the plain grid {plain}")
+        return CorrectionOutcome(None, report)
+    corrected = dataclasses.replace(settings, method=chosen.method, steps=chosen.steps, correction=chosen.corrections)
+    macs_plain, macs_corr = graph_macs(model, settings), graph_macs(model, corrected)
+    report["macs"] = {"plain": macs_plain, "corrected": macs_corr, "saved": macs_plain - macs_corr}
+    entry = {**chosen.to_dict(), "parameters": chosen.corrections.parameters, "power": chosen.corrections.power}
+    if searched and macs_corr >= macs_plain:
+        report.update(used=False, chosen=entry,
+                      note=(f"correction not used: {chosen.method} x {chosen.steps} corrected costs {macs_corr:,} "
+                            f"MACs per sample, not fewer than the plain grid {plain}'s {macs_plain:,}; exported the "
+                            "plain grid"))
+        return CorrectionOutcome(None, report)
+    # a given grid keeps its f-evaluations and adds the net's MACs: it buys accuracy, not speed
+    saves = (f"saves {base_nfe - chosen.nfe} f-evaluations and {macs_plain - macs_corr:,} MACs per sample"
+             if macs_corr < macs_plain else
+             f"the same f-evaluations and {macs_corr - macs_plain:,} more MACs per sample, for a lower error")
+    head = f"{chosen.method} x {chosen.steps} corrected" + ("" if searched else " (the given grid)")
+    report.update(used=True, chosen=entry, nfe_saved=base_nfe - chosen.nfe,
+                  note=(f"correction used: {head}: {chosen.nfe} f-evaluations, held-out error "
+                        f"{_fmt(chosen.held_out_error)} (uncorrected {_fmt(chosen.held_out_error_plain)}), against the "
+                        f"plain {plain}'s {base_nfe} f-evaluations and held-out error "
+                        f"{_fmt(report['plain']['held_out_error'])}: {saves}"))
+    return CorrectionOutcome(chosen.corrections, report)
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "inf" if x is None else f"{x:.3g}"
+
+
+def graph_macs(model: ODENet, settings: "ExportSettings") -> int:
+    """Multiply-accumulates per sample of the graph ``settings`` describe (built, not written)."""
+    from odespec.export.macs import count_macs
+    from odespec.export.onnx_export import build_onnx
+
+    return int(count_macs(build_onnx(model, settings)).macs)
+
+
+# -- the graph -----------------------------------------------------------------------------------
+
+#: ``exporter(module, args, names, batched) -> GraphProto``: torch's exporter as the graph uses it
+PieceExporter = Callable[[nn.Module, tuple, list[str], tuple[str, ...]], "onnx.GraphProto"]
+
+
+def step_corrector(gb: "GraphBuilder", net: CorrectionNet, power: int, state_shape: Sequence[int],
+                   compute: torch.dtype, exporter: PieceExporter, prefix: str,
+                   to_compute: Callable[[str], str], to_state: Callable[[str], str]
+                   ) -> Callable[[float, float, "Value", "Value", "Value"], "Value"]:
+    """``correct(t0, h, y, k1, y_next) -> y_next + h^power * g(t0, h, y, k1)`` laying ``net``
+    into ``gb`` once per call, its weights stored once under ``prefix``. ``net`` is exported
+    in ``compute``; ``to_compute``/``to_state`` cast the state and the output (mixed precision)."""
+    from odespec.export.graph import NUMPY_DTYPES, Value
+
+    net = net if next(net.parameters()).dtype == compute else copy.deepcopy(net).to(compute)
+    scalar = torch.tensor(0.0, dtype=compute)
+    state = torch.zeros((2, *state_shape), dtype=compute)
+    piece = exporter(net.eval(), (scalar, scalar, state, state), ["t", "h", "y", "k"], ("y", "k"))
+    np_dtype = NUMPY_DTYPES[str(compute).removeprefix("torch.")]
+
+    def correct(t0: float, h: float, y: Value, k1: Value, y_next: Value) -> Value:
+        feeds = {"t": gb.const(float(t0), dtype=np_dtype), "h": gb.const(float(h), dtype=np_dtype),
+                 "y": to_compute(y.name), "k": to_compute(k1.name)}
+        (g,) = gb.splice(piece, feeds, prefix)
+        return gb.combine(y_next, float(h) ** power, [(1.0, Value(to_state(g)))])
+
+    return correct
+
+
+def correction_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """The ONNX metadata entry ``correction``: whether a correction is in the graph and what
+    it saves (the build report has the whole search)."""
+    chosen = report.get("chosen") or {}
+    keys = ("method", "steps", "nfe", "held_out_error", "held_out_error_plain", "parameters", "train_seconds")
+    return {"used": report.get("used", False), "criterion": report.get("criterion"),
+            "plain": report.get("plain"), **({"chosen": {k: chosen.get(k) for k in keys}} if chosen else {}),
+            **({"nfe_saved": report["nfe_saved"]} if "nfe_saved" in report else {}),
+            **({"macs": report["macs"]} if "macs" in report else {})}
