@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from fractions import Fraction
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -35,7 +35,7 @@ from odespec.solvers.options import DEFAULT_ADAMS_ITERS, FixedStepOptions
 from odespec.solvers.step import own, stepper
 from odespec.solvers.tableaus import RK4_38, OtherMethod
 
-__all__ = ["integrate_adams", "bashforth", "moulton", "MAX_ORDER"]
+__all__ = ["integrate_adams", "adams_steps", "bashforth", "moulton", "MAX_ORDER"]
 
 MAX_ORDER = 12
 # the history restarts where the step size changes by more than this, relatively
@@ -136,6 +136,24 @@ def _dot(coeffs: tuple[float, ...], history: deque) -> torch.Tensor:
     for c, k in zip(coeffs[1:], list(history)[1:], strict=False):
         acc = acc + c * k
     return acc
+
+
+def adams_steps(f: TimedFunc, y0: torch.Tensor, t0: float, h: float, method: OtherMethod, opts: FixedStepOptions,
+                rtol: Tol, atol: Tol) -> Iterator[tuple[float, torch.Tensor, torch.Tensor, float, torch.Tensor]]:
+    """Steps of exactly ``h`` (signed) from ``(t0, y0)``, without end, as :func:`integrate_adams`
+    takes them (one history throughout): yields ``(t_a, y_a, f(t_a, y_a), t_b, y_b)`` for each
+    step from ``t_a`` to ``t_b``. Step ``k`` ends at ``t0 + k * h``, so the times do not drift,
+    and is taken as ``integrate_adams`` takes a ``grid_constructor``'s step between those times
+    (size ``t_b - t_a``), so that a solve on that grid repeats the walk to round-off. The event
+    search walks these (:mod:`odespec.solvers.events`)."""
+    adams = _Adams(f, method, opts, rtol, atol, y0)
+    t, y, k = t0, y0, 0
+    while True:
+        k += 1
+        t1 = t0 + k * h
+        y1, f0 = adams.step(t, y, t1 - t)
+        yield t, y, f0, t1, y1
+        t, y = t1, y1
 
 
 def integrate_adams(f: TimedFunc, y0: torch.Tensor, times: list[float], method: OtherMethod,
