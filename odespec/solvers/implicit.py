@@ -6,10 +6,11 @@ A method with ``s`` stages defines its stage derivatives implicitly::
 
 Stages whose row of ``a`` is all zero (trapezoid's and TR-BDF2's first) are plain evaluations;
 the others, ``K``, solve ``G(K) = K - F(K) = 0``. The iteration is *simplified* Newton (Hairer &
-Wanner, *Solving ODEs II*, IV.8): one Jacobian ``J = df/dy`` at ``(t, y)`` per step, the matrix
+Wanner, *Solving ODEs II*, IV.8): a Jacobian ``J = df/dy`` at ``(t, y)``, the matrix
 ``I - h (A (x) J)`` factorised once, then each iteration evaluates every unknown stage once and
-takes one solve. For a linear problem the first iteration is exact; the cost of a step is one
-Jacobian, one factorisation and ``iterations * stages`` evaluations of ``f``.
+takes one solve. For a linear problem the first iteration is exact. ``J`` and the factors are
+kept for the next steps while the iteration contracts fast with them (:class:`JacobianReuse`),
+so a step costs ``iterations * stages`` evaluations of ``f`` and, now and then, a Jacobian.
 
 Batched states: the samples of a batch ``(B, ...)`` are independent for the vector fields odespec
 builds, so ``J`` is block diagonal. ``jacobian="batch"`` computes only the blocks (one batched

@@ -126,12 +126,11 @@ class _Adams:
         if w is None:
             coeffs = _AM[order + 1][1:] if moulton else _AB[order]
             w = self.weights[key] = torch.tensor(coeffs, dtype=self.like.dtype, device=self.like.device)
-        history = self.history
+        history = self.history  # as many rows as the order: the history is why the order is what it is
         assert history is not None
-        rows = history if history.shape[0] == order else history[:order]
         if base is None:
-            return torch.mv(rows.t(), w).mul_(h).view(self.like.shape)
-        return torch.addmv(base.reshape(-1), rows.t(), w, alpha=h).view(self.like.shape)
+            return torch.mv(history.t(), w).mul_(h).view(self.like.shape)
+        return torch.addmv(base.reshape(-1), history.t(), w, alpha=h).view(self.like.shape)
 
     def _correct(self, g: object, t1: float, y: torch.Tensor, h: float, dy: torch.Tensor, order: int) -> torch.Tensor:
         """The Adams-Moulton corrector of ``order`` iterated on the increment ``dy`` (a functional
