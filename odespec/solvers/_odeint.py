@@ -126,20 +126,21 @@ def odeint_adjoint(
             "they can be specified explicitly via the `adjoint_params` argument. If there are no "
             "parameters then it is allowable to set `adjoint_params=()`."
         )
-    seminorm = False
+    seminorm, norm = False, None
     if adjoint_options is not None and "norm" in adjoint_options:
         adjoint_options = dict(adjoint_options)
         norm = adjoint_options.pop("norm")
-        if norm != "seminorm":
+        if norm == "seminorm":
+            seminorm, norm = True, None
+        elif not callable(norm):
             raise InvalidOptionError(
-                f"adjoint_options['norm'] must be 'seminorm', got {norm!r}: torchdiffeq gives a callable adjoint norm "
-                "the tuple (t, y, adj_y, *adj_params), and odespec's backward state has no channel for t's adjoint; "
-                "leave it out for the default mixed norm (the largest RMS norm of y, adj_y and each parameter's)",
+                f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}: a callable is given the "
+                "tuple (t, y, adj_y, *adj_params) of scaled errors, as in torchdiffeq; leave it out for the default "
+                "mixed norm (the largest RMS norm of y, adj_y and each parameter's)",
                 key="norm",
             )
-        seminorm = True
     adjoint = Adjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adjoint_options,
-                      params=adjoint_params, seminorm=seminorm)
+                      params=adjoint_params, seminorm=seminorm, norm=norm)
     if event_fn is not None:
         return _until_event(func, y0, t, event_fn, method=method, rtol=rtol, atol=atol, options=options,
                             gradient=adjoint)
@@ -184,6 +185,8 @@ def solve(
     tableau = _resolve_method(method)
     if isinstance(y0, (tuple, list)):
         packed = _TupleState(func, y0, rtol, atol)
+        if isinstance(grad, Adjoint) and grad.norm is not None:
+            grad = grad.replace(norm=packed.adjoint_norm(grad.norm))
         sol = solve(packed.func, packed.y0, t, method=tableau, rtol=packed.rtol, atol=packed.atol,
                     options=packed.options(options), return_on_failure=return_on_failure, gradient=grad)
         return packed.unpack(sol)
@@ -305,6 +308,15 @@ class _TupleState:
         """``fn`` (a norm, a callback) given the flat state's parts as the tuple of tensors."""
         def tupled(*args: Any) -> Any:
             return fn(*args[:-2], self._split(args[-2]), args[-1]) if len(args) == 3 else fn(self._split(args[0]))
+
+        return tupled
+
+    def adjoint_norm(self, norm: Callable[[tuple[torch.Tensor, ...]], Any]) -> Callable[[tuple[torch.Tensor, ...]], Any]:
+        """A callable adjoint norm given the tuple's parts, as torchdiffeq gives it: ``(t, *y,
+        *adj_y, *adj_params)`` for the flat ``(t, y, adj_y, *adj_params)``."""
+        def tupled(channels: tuple[torch.Tensor, ...]) -> Any:
+            t, y, adj_y, *params = channels
+            return norm((t, *self._split(y), *self._split(adj_y), *params))
 
         return tupled
 

@@ -6,10 +6,11 @@ A method with ``s`` stages defines its stage derivatives implicitly::
 
 Stages whose row of ``a`` is all zero (trapezoid's and TR-BDF2's first) are plain evaluations;
 the others, ``K``, solve ``G(K) = K - F(K) = 0``. The iteration is *simplified* Newton (Hairer &
-Wanner, *Solving ODEs II*, IV.8): one Jacobian ``J = df/dy`` at ``(t, y)`` per step, the matrix
+Wanner, *Solving ODEs II*, IV.8): a Jacobian ``J = df/dy`` at ``(t, y)``, the matrix
 ``I - h (A (x) J)`` factorised once, then each iteration evaluates every unknown stage once and
-takes one solve. For a linear problem the first iteration is exact; the cost of a step is one
-Jacobian, one factorisation and ``iterations * stages`` evaluations of ``f``.
+takes one solve. For a linear problem the first iteration is exact. ``J`` and the factors are
+kept for the next steps while the iteration contracts fast with them (:class:`JacobianReuse`),
+so a step costs ``iterations * stages`` evaluations of ``f`` and, now and then, a Jacobian.
 
 Batched states: the samples of a batch ``(B, ...)`` are independent for the vector fields odespec
 builds, so ``J`` is block diagonal. ``jacobian="batch"`` computes only the blocks (one batched
@@ -27,6 +28,7 @@ alone; at convergence that is the implicit function's gradient. ``newton_tol=0``
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import partial
 from typing import Any, Callable, Optional
@@ -37,7 +39,8 @@ from odespec.solvers.options import DEFAULT_NEWTON_ITERS, FixedStepOptions
 from odespec.solvers.step import StageFunc, StepResult, torch_combine
 from odespec.solvers.tableau import ButcherTableau
 
-__all__ = ["implicit_step", "implicit_stepper", "state_jacobian", "NEWTON_TOL_EPS", "JACOBIAN_HOOK"]
+__all__ = ["implicit_step", "implicit_stepper", "state_jacobian", "JacobianReuse", "NEWTON_TOL_EPS", "JACOBIAN_HOOK",
+           "REUSE_RATE"]
 
 #: the default ``newton_tol``, in machine epsilons of the state's dtype
 NEWTON_TOL_EPS = 100.0
@@ -102,9 +105,48 @@ def _newton_matrix(tableau: ButcherTableau, unknown: list[int], h: float, jac: t
     return lu, pivots
 
 
+class JacobianReuse:
+    """The Jacobian and the factorised Newton matrix of the last step, for the next one.
+
+    Simplified Newton needs a matrix near the Jacobian, not the Jacobian at the step's start
+    (Hairer & Wanner IV.8): the iteration measures its own convergence. Taking ``J`` again costs
+    a batched vector-Jacobian product, many evaluations of ``func`` in time, so a solve keeps it
+    while the iteration contracts quickly with it (rate <= :data:`REUSE_RATE`), refactorises only
+    where the step size changes, and takes a fresh ``J`` for a step whose iteration fails with
+    the kept one. One object serves one solve (``implicit_stepper`` makes it)."""
+
+    __slots__ = ("jac", "h", "lu", "pivots", "keep")
+
+    def __init__(self) -> None:
+        self.jac: Optional[torch.Tensor] = None
+        self.h: Optional[float] = None
+        self.lu: Optional[tuple[torch.Tensor, ...]] = None
+        self.keep = False
+
+    def kept(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        """The kept Jacobian, if it may serve a step from ``y``."""
+        jac = self.jac
+        if not self.keep or jac is None or jac.dtype != y.dtype or jac.device != y.device:
+            return None
+        return jac if jac.shape[0] * jac.shape[1] == y.numel() else None
+
+    def matrix(self, tableau: ButcherTableau, unknown: list[int], h: float, jac: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The factorised Newton matrix of ``jac`` and ``h``, made again only when either changed."""
+        if self.lu is None or self.jac is not jac or self.h != h:
+            self.jac, self.h, self.lu = jac, h, _newton_matrix(tableau, unknown, h, jac)
+        return self.lu
+
+
+#: a kept Jacobian serves the next step while the iteration contracted at least this fast with it
+#: (Hairer & Wanner's RADAU5 advises 0.1 where Jacobians are costly, as a batched vector-Jacobian
+#: product with one seed per state component is)
+REUSE_RATE = 0.1
+
+
 def implicit_step(
     func: StageFunc, t: Any, y: torch.Tensor, h: float, k1: Optional[torch.Tensor], *,
     tableau: ButcherTableau, max_iters: int, newton_tol: Optional[float], jacobian: str,
+    reuse: Optional[JacobianReuse] = None,
 ) -> StepResult[torch.Tensor]:
     """One step of the implicit ``tableau`` (see the module docstring).
 
@@ -112,55 +154,38 @@ def implicit_step(
     ``y_next == y + h * sum b_i ks[i]`` exactly, as the dense output assumes) followed by
     ``f(t, y)``; whatever the vector field attached to the derivatives it returned (the adjoint's
     quadrature integrand) is carried over to the stage it belongs to. ``k1`` is unused (no FSAL).
+    ``reuse``: the Jacobian kept from the step before (:class:`JacobianReuse`); not with
+    ``newton_tol=0``, whose iteration reads nothing back to decide.
     """
     s = tableau.stages
     explicit = tableau.explicit_stages
     unknown = [i for i in range(s) if i not in explicit]
-    hook = getattr(func, JACOBIAN_HOOK, None)
-    if hook is not None:
-        f0 = func(t, y)
-        jac = hook(t, y).detach()[None]
+    tol = newton_tol if newton_tol is not None else NEWTON_TOL_EPS * torch.finfo(y.dtype).eps
+    if tol == 0.0:
+        reuse = None
+    kept = reuse.kept(y) if reuse is not None else None
+    if kept is not None:
+        f0, jac = func(t, y), kept
     else:
-        batch = jacobian == "batch" or (jacobian == "auto" and y.dim() >= 2)
-        f0, jac = state_jacobian(func, t, y, batch)
+        f0, jac = _jacobian(func, t, y, jacobian)
     c = tableau.c
     ks: list[torch.Tensor] = [f0] * s
     for i in explicit:
         if c[i] != 0.0:
             ks[i] = func(t + c[i] * h, y)
-    lu, pivots = _newton_matrix(tableau, unknown, h, jac)
-    n_batch, m = jac.shape[0], jac.shape[1]
-    n_u = len(unknown)
-    tol = newton_tol if newton_tol is not None else NEWTON_TOL_EPS * torch.finfo(y.dtype).eps
-    scale = None
-    d_prev: Optional[float] = None
-    converged = tol == 0.0
-    evals: list[torch.Tensor] = []
-    for _ in range(max_iters):
-        evals = []
+    lu = reuse.matrix(tableau, unknown, h, jac) if reuse is not None else _newton_matrix(tableau, unknown, h, jac)
+    converged, evals, rate = _iterate(func, t, y, h, ks, tableau, unknown, lu, jac.shape[0], jac.shape[1],
+                                      max_iters, tol)
+    if not converged and reuse is not None and kept is not None:
+        # the kept Jacobian did not do: the step again from the start with a fresh one
+        _, jac = _jacobian(func, t, y, jacobian)
         for i in unknown:
-            terms = [(coef, ks[j]) for j, coef in tableau.a_terms[i]]
-            evals.append(func(t + c[i] * h, torch_combine(y, h, terms)))
-        residual = torch.stack([ks[i] - f for i, f in zip(unknown, evals, strict=True)])
-        # (s', B, m) -> (B, s' m, 1): each block's unknowns together
-        # (in the Jacobian's dtype: a func that promotes, e.g. a float32 state with float64 times)
-        rhs = residual.reshape(n_u, n_batch, m).permute(1, 0, 2).reshape(n_batch, n_u * m, 1).to(lu.dtype)
-        delta = torch.linalg.lu_solve(lu, pivots, rhs).reshape(n_batch, n_u, m).permute(1, 0, 2)
-        delta = delta.reshape((n_u, *y.shape))
-        for idx, i in enumerate(unknown):
-            ks[i] = ks[i] - delta[idx]
-        if tol == 0.0:
-            continue
-        if scale is None:
-            scale = 1.0 + float(y.detach().abs().max()) if y.numel() else 1.0
-        d = abs(h) * float(delta.detach().abs().max()) / scale
-        if not d == d or d == float("inf"):
-            break  # non-finite: the integrator reports it
-        if d <= tol or (d_prev is not None and d < d_prev and d * d / (d_prev - d) <= tol):
-            # the second: the remaining error of a linearly converging iteration, theta/(1-theta)*d
-            converged = True
-            break
-        d_prev = d
+            ks[i] = f0
+        lu = reuse.matrix(tableau, unknown, h, jac)
+        converged, evals, rate = _iterate(func, t, y, h, ks, tableau, unknown, lu, jac.shape[0], jac.shape[1],
+                                          max_iters, tol)
+    if reuse is not None:
+        reuse.keep = converged and rate <= REUSE_RATE
     if not converged:
         warnings.warn(f"{tableau.name}: the Newton iteration did not converge in {max_iters} iterations; the "
                       "step may be too large for the stiffness or nonlinearity of the problem: take more steps "
@@ -173,10 +198,62 @@ def implicit_step(
     return StepResult(y_next=y_next, error=None, ks=ks + [f0])
 
 
+def _jacobian(func: StageFunc, t: Any, y: torch.Tensor, jacobian: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(t, y), J)`` as the Newton matrix takes it: from the vector field's own hook, or
+    :func:`state_jacobian` (blocks per sample with ``jacobian="batch"``, or ``"auto"`` and a
+    state of two or more dimensions)."""
+    hook = getattr(func, JACOBIAN_HOOK, None)
+    if hook is not None:
+        return func(t, y), hook(t, y).detach()[None]
+    batch = jacobian == "batch" or (jacobian == "auto" and y.dim() >= 2)
+    return state_jacobian(func, t, y, batch)
+
+
+def _iterate(func: StageFunc, t: Any, y: torch.Tensor, h: float, ks: list[torch.Tensor], tableau: ButcherTableau,
+             unknown: list[int], lu: tuple[torch.Tensor, ...], n_batch: int, m: int, max_iters: int,
+             tol: float) -> tuple[bool, list[torch.Tensor], float]:
+    """The simplified Newton iteration on the unknown stages of ``ks`` (updated in place):
+    ``(converged, the last evaluations of func at the stages, the last contraction rate)``."""
+    c = tableau.c
+    n_u = len(unknown)
+    scale = None
+    d_prev: Optional[float] = None
+    rate = 0.0
+    converged = tol == 0.0
+    evals: list[torch.Tensor] = []
+    for _ in range(max_iters):
+        evals = []
+        for i in unknown:
+            terms = [(coef, ks[j]) for j, coef in tableau.a_terms[i]]
+            evals.append(func(t + c[i] * h, torch_combine(y, h, terms)))
+        residual = torch.stack([ks[i] - f for i, f in zip(unknown, evals, strict=True)])
+        # (s', B, m) -> (B, s' m, 1): each block's unknowns together
+        # (in the Jacobian's dtype: a func that promotes, e.g. a float32 state with float64 times)
+        rhs = residual.reshape(n_u, n_batch, m).permute(1, 0, 2).reshape(n_batch, n_u * m, 1).to(lu[0].dtype)
+        delta = torch.linalg.lu_solve(lu[0], lu[1], rhs).reshape(n_batch, n_u, m).permute(1, 0, 2)
+        delta = delta.reshape((n_u, *y.shape))
+        for idx, i in enumerate(unknown):
+            ks[i] = ks[i] - delta[idx]
+        if tol == 0.0:
+            continue
+        if scale is None:
+            scale = 1.0 + float(y.detach().abs().max()) if y.numel() else 1.0
+        d = abs(h) * float(delta.detach().abs().max()) / scale
+        if not d == d or d == float("inf"):
+            return False, evals, math.inf  # non-finite: the integrator reports it
+        if d_prev is not None:
+            rate = d / d_prev if d_prev > 0.0 else 0.0
+        if d <= tol or (d_prev is not None and d < d_prev and d * d / (d_prev - d) <= tol):
+            # the second: the remaining error of a linearly converging iteration, theta/(1-theta)*d
+            return True, evals, rate
+        d_prev = d
+    return converged, evals, rate
+
+
 def implicit_stepper(tableau: ButcherTableau, options: Optional[FixedStepOptions] = None) -> Callable[..., StepResult]:
     """:func:`implicit_step` with the iteration's options (defaults where ``options`` is None or
     leaves them unset), in the integrators' ``step(func, t, y, h, k1)`` form."""
     opts = options if options is not None else FixedStepOptions()
     iters = opts.max_iters if opts.max_iters is not None else DEFAULT_NEWTON_ITERS
     return partial(implicit_step, tableau=tableau, max_iters=iters, newton_tol=opts.newton_tol,
-                   jacobian=opts.jacobian)
+                   jacobian=opts.jacobian, reuse=JacobianReuse())

@@ -20,9 +20,8 @@ the nodes (rational arithmetic, at import).
 from __future__ import annotations
 
 import warnings
-from collections import deque
 from fractions import Fraction
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -35,7 +34,7 @@ from odespec.solvers.options import DEFAULT_ADAMS_ITERS, FixedStepOptions
 from odespec.solvers.step import own, stepper
 from odespec.solvers.tableaus import RK4_38, OtherMethod
 
-__all__ = ["integrate_adams", "bashforth", "moulton", "MAX_ORDER"]
+__all__ = ["integrate_adams", "adams_steps", "bashforth", "moulton", "MAX_ORDER"]
 
 MAX_ORDER = 12
 # the history restarts where the step size changes by more than this, relatively
@@ -86,10 +85,16 @@ class _Adams:
         self.max_order = opts.max_order
         self.max_iters = opts.max_iters if opts.max_iters is not None else DEFAULT_ADAMS_ITERS
         self.rtol, self.atol = rtol, atol
-        self.history: deque = deque(maxlen=max(1, self.max_order - 1))
+        self.capacity = max(1, self.max_order - 1)
+        # the history as one tensor, a row per derivative, newest first: a step adds its row
+        # by one cat, and one matrix-vector product sums it with a formula's weights (a sum
+        # term by term costs two operations per derivative, and as many again in backward)
+        self.history: Optional[torch.Tensor] = None
         self.h: Optional[float] = None
         self.rk4 = stepper(RK4_38, y0, with_error=False)
         self.warned = False
+        self.like = y0
+        self.weights: dict[tuple[int, bool], torch.Tensor] = {}  # made on first use
 
     def step(self, t0: float, y: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y_next, f(t0, y))`` of one step."""
@@ -98,44 +103,81 @@ class _Adams:
             Callbacks.call(f.callbacks.step, t0, y, h)
         g = _Perturbed(f, t0, t0 + h) if self.opts.perturb else f
         if self.h is None or abs(h - self.h) > _SAME_STEP * abs(h):
-            self.history.clear()
+            self.history = None
             self.h = h
         f0 = g(t0, y)
-        self.history.appendleft(f0)
-        order = min(len(self.history), self.max_order - 1)
+        row = f0.reshape(1, -1)
+        old = self.history
+        self.history = row if old is None else torch.cat((row, old[: self.capacity - 1]))
+        order = min(self.history.shape[0], self.max_order - 1)
         if order < _MIN_HISTORY:
             return self.rk4(g, t0, y, h, f0).y_next, f0
-        dy = _dot(_AB[order], self.history) * h
-        if self.implicit:
-            dy = self._correct(g, t0 + h, y, h, dy, order + 1)
-        return y + dy, f0
+        if not self.implicit:
+            return self._sum(order, False, h, y), f0
+        dy = self._sum(order, False, h)
+        return y + self._correct(g, t0 + h, y, h, dy, order + 1), f0
+
+    def _sum(self, order: int, moulton: bool, h: float, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``base + h * sum_j c_j f_j`` over the history with the weights of Adams-Bashforth of
+        ``order`` (``moulton``: those of Adams-Moulton of ``order + 1`` but its first), ``base``
+        left out when None."""
+        key = (order, moulton)
+        w = self.weights.get(key)
+        if w is None:
+            coeffs = _AM[order + 1][1:] if moulton else _AB[order]
+            w = self.weights[key] = torch.tensor(coeffs, dtype=self.like.dtype, device=self.like.device)
+        history = self.history  # as many rows as the order: the history is why the order is what it is
+        assert history is not None
+        if base is None:
+            return torch.mv(history.t(), w).mul_(h).view(self.like.shape)
+        return torch.addmv(base.reshape(-1), history.t(), w, alpha=h).view(self.like.shape)
 
     def _correct(self, g: object, t1: float, y: torch.Tensor, h: float, dy: torch.Tensor, order: int) -> torch.Tensor:
-        coeffs = _AM[order]
-        known = _dot(coeffs[1:], self.history) * h
+        """The Adams-Moulton corrector of ``order`` iterated on the increment ``dy`` (a functional
+        iteration), until two successive increments agree within rtol/atol."""
+        known = self._sum(order - 1, True, h)
+        c0h = h * _AM[order][0]
         converged = False
+        previous_abs = None
         for _ in range(self.max_iters):
             previous = dy
-            dy = g(t1, y + dy) * (h * coeffs[0]) + known  # type: ignore[operator]
-            bound = self.atol + self.rtol * torch.maximum(previous.abs(), dy.abs())
-            converged = bool(((previous - dy).abs() <= bound).all())
+            dy = torch.add(known, g(t1, y + dy), alpha=c0h)  # type: ignore[operator]
+            # the test is no part of the solution: recorded by no graph
+            with torch.no_grad():
+                dy_abs = dy.abs()
+                bound = torch.maximum(previous.abs() if previous_abs is None else previous_abs, dy_abs)
+                bound = self.atol + self.rtol * bound
+                converged = bool(torch.le(torch.sub(previous, dy).abs_(), bound).all())
             if converged:
                 break
+            previous_abs = dy_abs
         if not converged:
             if not self.warned:
                 warnings.warn("implicit_adams: the corrector did not converge in max_iters iterations; the solution "
                               "may be inaccurate (take smaller steps or raise options['max_iters'])", RuntimeWarning,
                               stacklevel=4)
                 self.warned = True
-            self.history.pop()
+            assert self.history is not None
+            self.history = self.history[:-1]  # the oldest derivative leaves
         return dy
 
 
-def _dot(coeffs: tuple[float, ...], history: deque) -> torch.Tensor:
-    acc = history[0] * coeffs[0]
-    for c, k in zip(coeffs[1:], list(history)[1:], strict=False):
-        acc = acc + c * k
-    return acc
+def adams_steps(f: TimedFunc, y0: torch.Tensor, t0: float, h: float, method: OtherMethod, opts: FixedStepOptions,
+                rtol: Tol, atol: Tol) -> Iterator[tuple[float, torch.Tensor, torch.Tensor, float, torch.Tensor]]:
+    """Steps of exactly ``h`` (signed) from ``(t0, y0)``, without end, as :func:`integrate_adams`
+    takes them (one history throughout): yields ``(t_a, y_a, f(t_a, y_a), t_b, y_b)`` for each
+    step from ``t_a`` to ``t_b``. Step ``k`` ends at ``t0 + k * h``, so the times do not drift,
+    and is taken as ``integrate_adams`` takes a ``grid_constructor``'s step between those times
+    (size ``t_b - t_a``), so that a solve on that grid repeats the walk to round-off. The event
+    search walks these (:mod:`odespec.solvers.events`)."""
+    adams = _Adams(f, method, opts, rtol, atol, y0)
+    t, y, k = t0, y0, 0
+    while True:
+        k += 1
+        t1 = t0 + k * h
+        y1, f0 = adams.step(t, y, t1 - t)
+        yield t, y, f0, t1, y1
+        t, y = t1, y1
 
 
 def integrate_adams(f: TimedFunc, y0: torch.Tensor, times: list[float], method: OtherMethod,

@@ -56,17 +56,22 @@ def integrate_scipy(f: TimedFunc, y0: torch.Tensor, times: list[float], opts: Sc
         raise OdespecError("method='scipy_solver' takes real states only (SciPy's Radau and LSODA refuse complex "
                            "ones): use an odespec method such as dopri5")
     shape, dtype, device = y0.shape, y0.dtype, y0.device
+    # SciPy calls rhs hundreds of times (Radau and BDF once per column for a finite-difference
+    # Jacobian), so it does as little as it can: a float64 CPU state comes from NumPy without a
+    # copy or a conversion (and goes back so: those calls return the tensor itself), and
+    # autograd is off around the whole solve
+    native = dtype == torch.float64 and device.type == "cpu"
 
     def rhs(t: float, y: Any) -> Any:
-        state = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-        with torch.no_grad():
-            dy = f(float(t), state)
-        return dy.detach().reshape(-1).double().cpu().numpy()
+        state = torch.from_numpy(y) if native else torch.as_tensor(y, dtype=dtype, device=device)
+        return f(float(t), state.reshape(shape)).detach().reshape(-1).double().cpu().numpy()
 
-    extra = {"min_step": opts.min_step} if opts.solver == "LSODA" else {}
-    sol = solve_ivp(rhs, (times[0], times[-1]), y0.detach().reshape(-1).double().cpu().numpy(),
-                    method=opts.solver, t_eval=times, rtol=_tol(rtol), atol=_tol(atol), max_step=opts.max_step,
-                    **extra)
+    extra: dict[str, float] = {"min_step": opts.min_step} if opts.solver == "LSODA" else {}
+    if opts.max_step != float("inf"):  # SciPy's default
+        extra["max_step"] = opts.max_step
+    with torch.no_grad():
+        sol = solve_ivp(rhs, (times[0], times[-1]), y0.detach().reshape(-1).double().cpu().numpy(),
+                        method=opts.solver, t_eval=times, rtol=_tol(rtol), atol=_tol(atol), **extra)
     outs = torch.as_tensor(sol.y.T, dtype=dtype, device=device).reshape(-1, *shape)
     # every output SciPy's, y0's row too (its value): as in torchdiffeq no output carries autograd
     # history, so a loss on them fails loudly in backward() instead of getting zero gradients

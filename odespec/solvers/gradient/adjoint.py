@@ -42,7 +42,7 @@ from odespec.solvers.gradient.base import (
 )
 from odespec.solvers.gradient.vjp import vjp
 from odespec.solvers.integrate import Setup, make_setup
-from odespec.solvers.norms import MixedNorm, Tol
+from odespec.solvers.norms import CallableNorm, ErrorNorm, MixedNorm, Tol
 from odespec.solvers.options import AdaptiveOptions, AnyMethod, InvalidOptionError, OptionsArg
 from odespec.solvers.solution import BackwardStats
 from odespec.solvers.tableau import ButcherTableau
@@ -59,7 +59,10 @@ class Adjoint(ParamsGradientMethod):
     ones (``options`` only when the method is the same, as torchdiffeq). ``params``: the tensors
     to differentiate besides ``y0`` (default: an ``nn.Module``'s parameters, or the leaves
     ``func`` depends on). ``seminorm``: leave the parameter-gradient channels out of error
-    control.
+    control. ``norm``: the backward solve's error norm, a callable given the scaled error
+    estimate as torchdiffeq gives its adjoint norm, the tuple ``(t, y, adj_y, *adj_params)``
+    (``t`` is 0: odespec integrates no channel for the time's adjoint, whose gradient it gets
+    in closed form).
     """
 
     name = "adjoint"
@@ -74,9 +77,15 @@ class Adjoint(ParamsGradientMethod):
         options: Optional[Mapping[str, Any]] = None,
         params: Optional[Iterable[torch.Tensor]] = None,
         seminorm: bool = False,
+        norm: Optional[Callable[[tuple[torch.Tensor, ...]], Any]] = None,
     ):
         if not isinstance(seminorm, bool):
             raise InvalidOptionError(f"seminorm must be a bool, got {seminorm!r}", key="seminorm")
+        if norm is not None and (seminorm or not callable(norm)):
+            raise InvalidOptionError("the adjoint's norm is a callable or the seminorm, not both"
+                                     if callable(norm) else f"the adjoint's norm must be callable, got {norm!r}",
+                                     key="norm")
+        self.norm = norm
         self.rtol = rtol
         self.atol = atol
         self.method = method
@@ -89,7 +98,7 @@ class Adjoint(ParamsGradientMethod):
         params = self.grad_params(problem)
         if params is None:
             return plain_solve(problem)
-        run = _AdjointRun(problem, setup, params, self.seminorm, stats)
+        run = _AdjointRun(problem, setup, params, self.seminorm, stats, self.norm)
         ys = _AdjointFunction.apply(run, problem.y0, *params)
         return Solved(ys, run.outcome, run.nfe)
 
@@ -207,10 +216,11 @@ class _AdjointRun(SolveRun):
     quadrature = True
 
     def __init__(self, problem: Problem, setup: Setup, params: tuple[torch.Tensor, ...],
-                 seminorm: bool, stats: BackwardStats):
+                 seminorm: bool, stats: BackwardStats, norm: Optional[Callable[..., Any]] = None):
         super().__init__(problem, params, stats)
         self.setup = setup
         self.seminorm = seminorm
+        self.norm = norm
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(dL/dy0, [dL/dtheta])`` by the backward solves; raises :class:`SolverError`.
@@ -223,17 +233,22 @@ class _AdjointRun(SolveRun):
         shape, n = p.y0.shape, p.y0.numel()
         setup = self.setup
         quad = None
-        # the quadrature sums a Runge-Kutta step's stages with its weights b
-        if self.quadrature and (setup.fixed or self.seminorm) and isinstance(setup.tableau, ButcherTableau):
+        # the quadrature sums a Runge-Kutta step's stages with its weights b; a norm of the
+        # caller's sees every channel
+        if (self.quadrature and self.norm is None and (setup.fixed or self.seminorm)
+                and isinstance(setup.tableau, ButcherTableau)):
             quad = _ParamQuadrature(setup.tableau, self.params, ys)
         aug = _Augmented(p.func, shape, self.params, quadrature=quad is not None)
         f = TimedFunc(aug, p.y0.dtype.to_real(), p.y0.device, Callbacks.of(p.func, "_adjoint"))
         sizes = [n, n] + ([] if quad is not None else [q.numel() for q in self.params])
-        norm = None
+        norm: Optional[ErrorNorm] = None
         if not setup.fixed:
             z0 = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
-            norm = MixedNorm(z0, _aug_tol(setup.rtol, shape, sizes), _aug_tol(setup.atol, shape, sizes),
-                             sizes, 2 if self.seminorm else len(sizes))
+            rtol, atol = _aug_tol(setup.rtol, shape, sizes), _aug_tol(setup.atol, shape, sizes)
+            if self.norm is not None:
+                norm = _ChannelsNorm(z0, rtol, atol, self.norm, [shape, shape, *(q.shape for q in self.params)])
+            else:
+                norm = MixedNorm(z0, rtol, atol, sizes, 2 if self.seminorm else len(sizes))
         times = p.times
         a = grad_ys[-1].reshape(-1)
         g = torch.zeros(sum(sizes[2:]), dtype=ys.dtype, device=ys.device)
@@ -268,6 +283,24 @@ class _AdjointRun(SolveRun):
             return a.view(shape), quad.g
         grads = list(g.split(sizes[2:])) if self.params else []
         return a.view(shape), [gr.view_as(q) for gr, q in zip(grads, self.params, strict=True)]
+
+
+class _ChannelsNorm(CallableNorm):
+    """The caller's adjoint norm (torchdiffeq's ``adjoint_options["norm"]``), given the scaled
+    error of the flat augmented state as the tuple ``(t, y, adj_y, *adj_params)`` in their
+    shapes; ``t`` is a zero (no channel here, see :class:`Adjoint`)."""
+
+    def __init__(self, z0: torch.Tensor, rtol: Tol, atol: Tol, norm: Callable[..., Any],
+                 shapes: Sequence[torch.Size]):
+        super().__init__(z0, rtol, atol, norm)
+        self.shapes = list(shapes)
+        self.sizes = [s.numel() for s in self.shapes]
+
+    def _apply(self, q: torch.Tensor) -> torch.Tensor:
+        parts = q.reshape(-1).split(self.sizes)
+        t = torch.zeros((), dtype=q.dtype, device=q.device)
+        value = self.norm((t, *(p.view(s) for p, s in zip(parts, self.shapes, strict=True))))
+        return torch.as_tensor(value, dtype=q.dtype.to_real(), device=q.device).reshape(())
 
 
 def _first_step(outcome: Any, opts: AdaptiveOptions) -> Optional[float]:
