@@ -27,7 +27,7 @@ twin parity checks against and calibration evaluates. Per step:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -95,6 +95,11 @@ def lay_implicit_solve(gb: GraphBuilder, f: StageFunc, y: Value, grid: list[list
     return outs
 
 
+def _array(gb: GraphBuilder, values: np.ndarray) -> str:
+    """A constant array in the graph's float type (or a bool array)."""
+    return gb.const(cast(Any, values), dtype=values.dtype)
+
+
 def _i64(gb: GraphBuilder, values: Any) -> str:
     return gb.const(values, dtype="int64")
 
@@ -151,7 +156,7 @@ def _fd_jacobian(gb: GraphBuilder, f: StageFunc, t: float, y: Value, f0: Value, 
     sqrt_eps = math.sqrt(float(np.finfo(gb.np_dtype).eps))
     step = gb.node("Mul", [gb.node("Max", [gb.node("Abs", [y_flat]), gb.const(1.0)]), gb.const(sqrt_eps)])
     eye = np.eye(m, dtype=gb.np_dtype)[:, None, :]  # (m, 1, m)
-    nudged = gb.node("Add", [_unsqueeze(gb, y_flat, [0]), gb.node("Mul", [gb.const(eye), _unsqueeze(gb, step, [0])])])
+    nudged = gb.node("Add", [_unsqueeze(gb, y_flat, [0]), gb.node("Mul", [_array(gb, eye), _unsqueeze(gb, step, [0])])])
     f_nudged = f(t, Value(_reshape(gb, nudged, [-1, *state_shape])))
     diff = gb.node("Sub", [_reshape(gb, f_nudged.name, [m, -1, m]),
                            _unsqueeze(gb, _reshape(gb, f0.name, [-1, m]), [0])])
@@ -165,8 +170,8 @@ def _newton_inverse(gb: GraphBuilder, tableau: ButcherTableau, unknown: list[int
     s = len(unknown)
     n = s * m
     ha = np.array([[h * tableau.a[i][j] for j in unknown] for i in unknown], dtype=gb.np_dtype)
-    kron = gb.node("Mul", [gb.const(ha.reshape(1, s, 1, s, 1)), _unsqueeze(gb, jac, [1, 3])])  # (B, s, m, s, m)
-    eye = gb.const(np.eye(n, dtype=gb.np_dtype))
+    kron = gb.node("Mul", [_array(gb, ha.reshape(1, s, 1, s, 1)), _unsqueeze(gb, jac, [1, 3])])  # (B, s, m, s, m)
+    eye = _array(gb, np.eye(n, dtype=gb.np_dtype))
     matrix = gb.node("Sub", [eye, _reshape(gb, kron, [-1, n, n])])
     aug = gb.node("Concat", [matrix, gb.node("Expand", [eye, gb.node("Shape", [matrix])])], axis=2)  # (B, n, 2n)
     rows = _i64(gb, np.arange(n).reshape(1, n, 1))
