@@ -6,7 +6,7 @@ where an explicit method fails, it fails there) with the ODE block's solver repl
 step count produces non-finite values. Then the spec is trained as written (``odespec train``)
 and built (``odespec build``), and the build report's export figures are printed.
 
-    PYTHONPATH=. python benchmarks/stiff_chain.py [--out DIR]
+    PYTHONPATH=. python benchmarks/stiff_chain.py [--out DIR] [--max-num-steps N] [--solves-only]
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/stiff_chain_bench"))
     parser.add_argument("--skip-explicit", action="store_true")
+    parser.add_argument("--max-num-steps", type=int, default=100_000,
+                        help="the explicit adaptive methods' step limit (default: the solvers' default)")
+    parser.add_argument("--solves-only", action="store_true", help="skip the train and build runs")
     args = parser.parse_args()
     model = odespec.build(SPEC)
     from odespec.train.stiff import stiff_chain_trajectories
@@ -58,10 +61,12 @@ def main() -> None:
     rows = []
     methods = [SolverConfig.fixed(m, n) for m, n in IMPLICIT]
     if not args.skip_explicit:
-        methods += [SolverConfig(method=m) for m in EXPLICIT_ADAPTIVE] + [SolverConfig.fixed(m, n) for m, n in EXPLICIT_FIXED]
+        methods += [SolverConfig(method=m, max_num_steps=args.max_num_steps) for m in EXPLICIT_ADAPTIVE] + [SolverConfig.fixed(m, n) for m, n in EXPLICIT_FIXED]
     for solver in methods:
         rows.append((solver.describe(), one_iteration(model, solver, x, y)))
         print(f"| {rows[-1][0]} | {rows[-1][1]} |", flush=True)
+    if args.solves_only:
+        return
     env = {"PYTHONPATH": str(ROOT)}
     run = args.out / "run"
     start = time.perf_counter()
