@@ -43,6 +43,9 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
     source = " (the training solver's)" if onnx.get("steps_source") == "training" else ""
+    newton = onnx.get("newton_iters")
+    if newton:  # an implicit method: its unrolled Newton iterations and where the count came from
+        source += f", {newton['iters']} Newton iterations per step ({newton['source']})"
     return (f"onnx:   {onnx_path} ({onnx['size_bytes']:,} bytes, {onnx['method']} x {onnx['steps']} steps{source}, "
             f"{onnx['nfe_per_forward']} f-evaluations per forward, opset {onnx['opset']}, "
             f"exported in {onnx['export_seconds']:.2f} s)")
@@ -93,8 +96,10 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     error = "max abs error" if kind == "max_abs" else f"1 - {kind}"
     rows = [("method", "steps", "f-evals", error, "error at steps-1", "latency", "status")]
     for c in cal["candidates"]:
+        # an implicit candidate: the Newton iterations per step it was measured with
+        newton = f" ({c['newton_iters']} Newton iterations)" if c.get("newton_iters") else ""
         rows.append((
-            c["method"], str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
+            c["method"] + newton, str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
             _fmt_err(c["error"]), _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
             f"{c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else "-", c["status"],
         ))

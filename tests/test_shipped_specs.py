@@ -37,6 +37,7 @@ EXPECTED = {
     "digits-odenet": (9_530, (10,)),
     "digits-resnet": (32_538, (10,)),
     "digits-rknet": (9_530, (10,)),
+    "stiff_chain": (115, (9, 3)),
 }
 
 
@@ -78,7 +79,9 @@ def test_shipped_spec_builds_runs_and_exports(path: Path, tmp_path: Path):
     assert spec.num_params == count_parameters(model) == params
     model.eval()
     with torch.no_grad():
-        y = model(torch.randn(3, *spec.input_shape), **series_inputs(spec, 3))
+        # in the model's dtype (stiff_chain is float64)
+        dtype = next(model.parameters()).dtype
+        y = model(torch.randn(3, *spec.input_shape, dtype=dtype), **series_inputs(spec, 3))
     assert tuple(y.shape) == (3, *out_shape) == (3, *spec.output_shape)
     assert torch.isfinite(y).all()
     result = odespec.export_onnx(model, tmp_path / spec.export.file)

@@ -25,6 +25,7 @@ so the next cheaper count of the same method was tried and failed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from odespec.export.metrics import Match, model_outputs, reference_outputs
 from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
 from odespec.solvers.config import SolverConfig
 from odespec.solvers.options import MAX_STEPS
-from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
+from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS, MAX_EXPORT_NEWTON_ITERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from odespec.export.onnx_export import ExportSettings
@@ -66,10 +67,11 @@ TRAINING_TOL_FACTOR = 4.0
 ROUNDING_ULPS = 1000
 
 
-def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
-    """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``) over
+def nfe_per_forward(model: ODENet, method: str, steps: int, newton_iters: Optional[int] = None) -> int:
+    """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``; an
+    implicit method with ``newton_iters`` iterations and its forward-difference Jacobian) over
     every ODE block; a ResNet block evaluates its own steps."""
-    solver = SolverConfig.fixed(method, steps)
+    solver = SolverConfig.unrolled(method, steps, newton_iters)
     blocks = sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
                  for b in model.ode_blocks)
     # an ODE-RNN solves T gaps per forward pass (the graph skips the reverse pass's empty first one)
@@ -94,12 +96,15 @@ class Candidate:
     #: the error one step fewer (bisection's last failure), when the search tried it
     error_one_fewer: Optional[float] = None
     latency_ms: Optional[float] = None
+    #: an implicit method: the Newton iterations per step (:mod:`odespec.export.newton_iters`)
+    newton_iters: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         """One row of the report's candidate table."""
         return {"method": self.method, "steps": self.steps, "nfe": self.nfe, "error": _finite(self.error),
                 "passed": self.passed, "status": self.status, "error_one_fewer": _finite(self.error_one_fewer),
-                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4)}
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+                "newton_iters": self.newton_iters}
 
 
 @dataclass
@@ -121,6 +126,8 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     #: the criterion (max abs error, agreement or accuracy), its value and where the value came from
     match: Optional[Match] = None
+    #: implicit methods: (method, steps, iterations, error) of the Newton iteration search
+    newton_evaluations: list[tuple[str, int, int, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``calibration`` entry."""
@@ -132,12 +139,14 @@ class Calibration:
             "steps": self.chosen.steps,
             "error": _finite(self.chosen.error),
             "nfe": self.chosen.nfe,
+            "newton_iters": self.chosen.newton_iters,
             "inputs": self.inputs,
             "reference": self.reference,
             "max_steps": self.max_steps,
             "latency": self.latency,
             "candidates": [c.to_dict() for c in self.candidates],
             "evaluations": [[m, n, _finite(e)] for m, n, e in self.evaluations],
+            "newton_evaluations": [[m, n, k, _finite(e)] for m, n, k, e in self.newton_evaluations],
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
@@ -160,6 +169,7 @@ def calibrate(
     latency: bool = True,
     latency_settings: Optional["ExportSettings"] = None,
     reference: Optional[list[np.ndarray]] = None,
+    newton_iters: Optional[int] = None,
 ) -> Calibration:
     """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver
     (``None``: :func:`default_match_tol`), or, with ``agreement``, whose predicted classes agree
@@ -175,6 +185,10 @@ def calibrate(
     go to the method with less arithmetic per step (fewer nonzero Butcher coefficients, so fewer
     Mul nodes: rk4 before rk4_38, midpoint before heun), then to the smaller error.
 
+    An implicit method's step count is searched with ``newton_iters`` Newton iterations per step
+    (None: :data:`~odespec.spec.schema.MAX_EXPORT_NEWTON_ITERS`, then the fewest iterations that
+    pass at that step count, :func:`odespec.export.newton_iters.fewest_iterations`).
+
     ``reference``: the training-solver model's outputs on ``inputs``, if already computed.
     ``latency_settings`` (its method and steps are replaced) says how to export the candidates
     whose onnxruntime latency at batch 1 is measured; ``latency=False`` skips that.
@@ -186,14 +200,15 @@ def calibrate(
     _refuse_adaptive(methods)
     want = reference if reference is not None else reference_outputs(model, inputs)
     match = _match(model, inputs, want, match_tol, agreement, accuracy)
-    search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match)
+    search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match,
+                     newton_iters=newton_iters)
     rows = _search_methods(search, methods)
     passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
     chosen = _choose(search, rows)
     cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
                       match_tol=match.value if match.kind == "max_abs" else None,
                       inputs=inputs.description, reference=training_solvers(model), max_steps=search.cap,
-                      latency=latency_description(), match=match)
+                      latency=latency_description(), match=match, newton_evaluations=search.newton_evaluations)
     if latency and latency_settings is not None:
         _add_latencies(cal, passing, model, latency_settings)
     cal.seconds = time.perf_counter() - start
@@ -302,6 +317,25 @@ class _Search:
     best: Optional[Candidate] = None
     #: a method whose error levelled off above match_tol, and the smallest error it reached
     floor: Optional[tuple[str, float]] = None
+    #: implicit methods: the Newton iterations given (None: searched)
+    newton_iters: Optional[int] = None
+    newton_evaluations: list[tuple[str, int, int, float]] = field(default_factory=list)
+
+    def iters(self, method: str) -> Optional[int]:
+        """The Newton iterations the step search evaluates ``method`` with (explicit: None)."""
+        from odespec.solvers.tableaus import get_tableau
+
+        if not get_tableau(method).implicit:
+            return None
+        return self.newton_iters if self.newton_iters is not None else MAX_EXPORT_NEWTON_ITERS
+
+    def newton_error(self, method: str, steps: int, iters: int) -> float:
+        """The twin's error with ``iters`` Newton iterations per step (recorded)."""
+        from odespec.export.newton_iters import twin_outputs
+
+        e = self.match.error(twin_outputs(self.model, method, steps, iters, self.inputs), self.want)
+        self.newton_evaluations.append((method, steps, iters, e))
+        return e
 
     def error(self, method: str, steps: int) -> float:
         """The fixed-step twin's error (:meth:`Match.error <odespec.export.metrics.Match.error>`);
@@ -310,7 +344,7 @@ class _Search:
 
         if (method, steps) not in self.errors:
             try:
-                got = model_outputs(fixed_step_model(self.model, method, steps), self.inputs)
+                got = model_outputs(fixed_step_model(self.model, method, steps, self.iters(method)), self.inputs)
                 self.errors[method, steps] = self.match.error(got, self.want, self.inputs.labels)
             except SolverError:
                 self.errors[method, steps] = math.inf
@@ -319,7 +353,7 @@ class _Search:
 
     def nfe(self, method: str, steps: int) -> int:
         """f-evaluations per forward of ``method`` x ``steps``."""
-        return nfe_per_forward(self.model, method, steps)
+        return nfe_per_forward(self.model, method, steps, self.iters(method))
 
 
 def _search_methods(search: _Search, methods: Sequence[str]) -> list[Candidate]:
@@ -350,6 +384,8 @@ def _search_methods(search: _Search, methods: Sequence[str]) -> list[Candidate]:
             rows.append(Candidate(method, 1, search.nfe(method, 1), e, passed, "ok" if passed else "over tolerance"))
             break
         row = _search_method(search, method)
+        if row.passed and search.iters(method) is not None:
+            _fewest_iterations(search, row)
         rows.append(row)
         if row.passed and (search.best is None or _cost(row) < _cost(search.best)):
             search.best = row
@@ -370,6 +406,22 @@ def _search_method(search: _Search, method: str) -> Candidate:
             lo = mid
     return Candidate(method, hi, search.nfe(method, hi), search.error(method, hi), True,
                      error_one_fewer=search.errors.get((method, hi - 1)) if hi > 1 else None)
+
+
+def _fewest_iterations(search: _Search, row: Candidate) -> None:
+    """An implicit method's passing ``row``: its Newton iterations, the given count or the
+    fewest that pass at its step count, with the cost and error they give."""
+    from odespec.export.newton_iters import fewest_iterations
+
+    iters = search.iters(row.method)
+    assert iters is not None
+    if search.newton_iters is None:
+        found, _ = fewest_iterations(lambda k: search.newton_error(row.method, row.steps, k), search.match_tol, iters)
+        if found is not None:  # the step search passed with `iters`, so one count passes
+            iters = found
+            row.error = search.newton_evaluations[-1][3]
+    row.newton_iters = iters
+    row.nfe = nfe_per_forward(search.model, row.method, row.steps, iters)
 
 
 def _double(search: _Search, method: str) -> tuple[int, Optional[int], str]:
@@ -458,5 +510,11 @@ def _add_latencies(cal: Calibration, passing: list[Candidate], model: ODENet, se
     if len(timed) < len(passing):
         cal.notes.append(f"latency not measured for candidates above {LATENCY_NFE_FACTOR}x the chosen "
                          "one's f-evaluations")
-    for method, ms in export_latencies(model, [(r.method, r.steps) for r in timed], settings).items():
-        next(r for r in timed if r.method == method).latency_ms = ms
+    # an implicit candidate's graph unrolls its own Newton iteration count
+    groups: dict[Optional[int], list[Candidate]] = {}
+    for r in timed:
+        groups.setdefault(r.newton_iters, []).append(r)
+    for iters, rows in groups.items():
+        each = dataclasses.replace(settings, newton_iters=iters) if iters is not None else settings
+        for method, ms in export_latencies(model, [(r.method, r.steps) for r in rows], each).items():
+            next(r for r in rows if r.method == method).latency_ms = ms

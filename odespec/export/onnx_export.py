@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union, cast
@@ -63,6 +64,9 @@ class ExportSettings:
     #: a learned step correction laid into every step of the correctable ODE blocks
     #: (:class:`odespec.export.correction.Corrections`, for this method and steps); None: none
     correction: Optional[Any] = None
+    #: an implicit ``method``: the Newton iterations unrolled per step (None: the solvers'
+    #: default ``max_iters``); explicit methods ignore it
+    newton_iters: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -295,10 +299,33 @@ def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> N
         check_correctable(model, settings.method, loop=settings.loop)
     per_sample = any(getattr(b.spec, "query", False) for b in model.ode_blocks) or any(
         isinstance(m, PerSampleEncoder) for m in model)
+    problem = implicit_problem(model, settings, prec)
+    if problem is not None:
+        raise problem
     if settings.loop and per_sample:
         raise ExportError("the loop layout is not available for a model that solves at each sample's own times "
                           "(an ode_rnn, or an ODE block with t: query)",
                           "export it unrolled: leave out loop (export.onnx.loop: false, or no --loop)")
+
+
+def implicit_problem(model: ODENet, settings: ExportSettings, prec: Precision) -> Optional[ExportError]:
+    """Why ``model`` cannot be exported as ``settings`` say with their implicit method
+    (:func:`odespec.export.implicit_graph.implicit_export_problem`); None: it can, or the method
+    is explicit. An ODE-RNN encoder whose own solver is implicit has no graph form either."""
+    from odespec.export.implicit_graph import implicit_export_problem
+    from odespec.solvers.tableaus import get_tableau
+
+    encoders = [m for m in model if isinstance(m, PerSampleEncoder)]
+    if any(m.solver.tableau.implicit for m in encoders):
+        return ExportError("an ode_rnn whose solver is implicit has no ONNX form (its solves follow each sample's "
+                           "own times)", "give the ode_rnn an explicit solver such as rk4")
+    tableau = get_tableau(settings.method)
+    if not tableau.implicit:
+        return None
+    per_sample = bool(encoders) or any(getattr(b.spec, "query", False) for b in model.ode_blocks)
+    return implicit_export_problem(
+        tableau, state_sizes=[math.prod(b.spec.state_shape) for b in model.ode_blocks if isinstance(b, ODEBlock)],
+        loop=settings.loop, half=prec.compute == torch.float16, per_sample=per_sample)
 
 
 def _series_layer(gb: GraphBuilder, spec: Any, seg: tuple[nn.Module, LayerUse], cur: tuple[str, torch.dtype],
@@ -377,9 +404,9 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
 
         return f
 
-    def export_dynamics(dyn: DynamicsNet) -> onnx.GraphProto:
+    def export_dynamics(dyn: DynamicsNet, dynamic_batch: bool = settings.dynamic_batch) -> onnx.GraphProto:
         return _export_piece(_Dynamics(dyn, export).eval(), (t_example, state_example), ["t", "y"], settings.opset,
-                             settings.dynamic_batch)
+                             dynamic_batch)
 
     outs = [y]
     if isinstance(block, ResNetBlock):
@@ -400,8 +427,16 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     if block.spec.query:
         assert series is not None  # validate: a t: query block needs the model's query times
         return _solve_query_block(gb, block, y, prec, settings, prefix, series["query_times"], tableau)
-    sub = export_dynamics(block.dynamics)
     grid = fixed_grid(block.spec.t, settings.steps)
+    if tableau.implicit:
+        from odespec.export.implicit_graph import lay_implicit_solve
+        from odespec.solvers.options import DEFAULT_NEWTON_ITERS
+
+        # any batch: the forward-difference Jacobian evaluates the dynamics on m copies of it
+        f = stage_func(export_dynamics(block.dynamics, dynamic_batch=True), prefix)
+        iters = settings.newton_iters if settings.newton_iters is not None else DEFAULT_NEWTON_ITERS
+        return lay_implicit_solve(gb, f, y, grid, tableau, iters, block.spec.state_shape)
+    sub = export_dynamics(block.dynamics)
     if settings.loop:
         from odespec.export.loop import loop_solve
 
@@ -484,6 +519,7 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "spec_sha256": spec.source_sha256,
         "export_method": settings.method,
         "export_steps": str(settings.steps),
+        **({"export_newton_iters": str(settings.newton_iters)} if settings.newton_iters is not None else {}),
         "export_layout": "loop" if settings.loop else "unrolled",
         **({"export_correction": "step correction (hypersolver) in every step"} if settings.correction else {}),
         **({"export_precision": settings.precision} if settings.precision is not None else {}),
@@ -528,7 +564,8 @@ def export_settings_from_spec(spec: Any, *, method: Optional[str] = None, steps:
     spec_steps = 1 if o.steps == "auto" else o.steps
     return ExportSettings(method=method or o.method, steps=steps or spec_steps, opset=opset or o.opset,
                           dynamic_batch=o.dynamic_batch, loop=o.loop if loop is None else loop,
-                          precision=precision or o.precision)
+                          precision=precision or o.precision,
+                          newton_iters=o.newton_iters if isinstance(o.newton_iters, int) else None)
 
 
 def add_metadata(onnx_model: onnx.ModelProto, entries: dict[str, str]) -> None:

@@ -32,11 +32,12 @@ from odespec.export.calibrate import Calibration, calibrate, nfe_per_forward
 from odespec.export.macs import count_macs
 from odespec.export.inputs import InputSet, data_input_set, model_dtype, seeded_input_set, series_inputs
 from odespec.export.metrics import DeploymentError, deployment_error, deployment_skipped, reference_outputs
+from odespec.export.newton_iters import NewtonChoice, converged_iterations
 from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.export.verdict import DeploymentWarning, deployment_warnings
 from odespec.spec.model import Spec
-from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS, MAX_EXPORT_NEWTON_ITERS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -108,6 +109,9 @@ class ExportOptions:
     #: else the defaults, with ``hidden: N``); ``False`` or 0: none, whatever the spec says; None:
     #: the spec's ``export.onnx.correction``
     correction: Union["CorrectionSpec", int, None] = None
+    #: an implicit method's Newton iterations per step, or ``"auto"`` (None: the spec's
+    #: ``export.onnx.newton_iters``); :mod:`odespec.export.newton_iters`
+    newton_iters: Union[int, str, None] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -118,7 +122,12 @@ class ExportOptions:
                 raise ExportError(f"{name} is for steps='auto' (calibration); the step count is given",
                                   f"leave out steps to calibrate, or leave out {name}")
         if len(given) > 1:
-            raise ExportError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for calibration; give one")
+            raise ExportError(f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} criteria for calibration; "
+                              "give one")
+        if isinstance(self.newton_iters, str) and self.newton_iters != "auto" or (
+                isinstance(self.newton_iters, int) and not 1 <= self.newton_iters <= MAX_EXPORT_NEWTON_ITERS):
+            raise ExportError(f"newton_iters must be an integer from 1 to {MAX_EXPORT_NEWTON_ITERS} or 'auto', "
+                              f"got {self.newton_iters!r}")
         if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
             close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
             raise ExportError(f"unknown precision {self.precision!r}",
@@ -188,6 +197,9 @@ class ExportResult:
     #: the learned step correction's search and choice (:mod:`odespec.export.correction`); None:
     #: not asked for
     correction: Optional[dict[str, Any]] = None
+    #: an implicit method: its Newton iterations per step and where the count came from
+    #: (:meth:`odespec.export.newton_iters.NewtonChoice.to_dict`)
+    newton_iters: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``onnx`` entry."""
@@ -210,6 +222,7 @@ class ExportResult:
             "precision": self.precision,
             "runtimes": self.runtimes,
             **({"correction": self.correction} if self.correction is not None else {}),
+            "newton_iters": self.newton_iters,
         }
 
     def _given(self) -> str:
@@ -235,10 +248,14 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     inputs = accuracy_inputs(cpu, options, classifier)
     reference: Optional[list[np.ndarray]] = None
     calibration: Optional[Calibration] = None
+    _refuse_implicit_layout(cpu, settings)
     if auto:
         reference = reference_outputs(cpu, inputs)
         calibration = _calibrate(cpu, options, settings, inputs, reference)
         settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
+    newton = _newton_choice(cpu, settings, options, calibration, inputs)
+    if newton is not None:
+        settings = dataclasses.replace(settings, newton_iters=newton.iters)
     correction: Optional[dict[str, Any]] = None
     wanted = _correction_options(spec, options)
     if wanted is not None:
@@ -256,18 +273,21 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     # method and steps are the spec's default from its fixed-step training solver (not overridden)
     from_training = spec.export.from_training and options.method is None and options.steps is None
     add_metadata(onnx_model, {**export_metadata(calibration, deployment, from_training=from_training),
-                              **runtime_metadata(runtimes), **_correction_metadata(correction)})
+                              **runtime_metadata(runtimes), **_correction_metadata(correction),
+                              **({"export_newton_iters_source": newton.source} if newton is not None else {})})
     data = onnx_model.SerializeToString()  # metadata only: the checked graph is unchanged
     target = atomic_write_bytes(path, data)
     return ExportResult(
         path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
         steps=settings.steps, opset=settings.opset,
-        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps), export_seconds=seconds,
+        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps, settings.newton_iters),
+        export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
         from_training=from_training, precision=settings.precision, runtimes=runtimes,
         macs=count_macs(onnx_model).to_dict(), correction=correction,
+        newton_iters=newton.to_dict() if newton is not None else None,
     )
 
 
@@ -322,22 +342,54 @@ def resolve_settings(spec: Spec, options: ExportOptions, auto: bool) -> "ExportS
     ``auto``, method and steps are placeholders calibration replaces). :class:`BuildError`
     for an adaptive method, which no fixed graph can compute."""
     from odespec.export.onnx_export import export_settings_from_spec
-    from odespec.solvers.tableaus import get_tableau, is_adaptive
+    from odespec.solvers.tableaus import is_adaptive
 
     steps = None if auto else options.steps
     assert not isinstance(steps, str)  # ExportOptions allows no other text than "auto"
     settings = export_settings_from_spec(spec, method=options.method, steps=steps, opset=options.opset,
                                          loop=options.loop, precision=options.precision)
     # calibration without a method searches the fixed-step methods, whatever the spec's method
-    if get_tableau(settings.method).implicit:
-        raise BuildError(f"{settings.method!r} is an implicit method; the ONNX export unrolls explicit methods only "
-                         "(an implicit step's Newton iteration is not laid into the graph yet)",
-                         "choose an explicit fixed-step method such as rk4; odespec.solvers.odeint runs implicit "
-                         "methods in PyTorch")
     if is_adaptive(settings.method) and not (auto and options.method is None):
         raise BuildError(f"{settings.method!r} is adaptive; an exported graph is fixed-step",
                          "choose a fixed-step method such as rk4")
     return settings
+
+
+def _refuse_implicit_layout(model: ODENet, settings: "ExportSettings") -> None:
+    """:class:`ExportError` before any work when the settings' implicit method cannot be laid
+    into this model's graph (:func:`odespec.export.onnx_export.implicit_problem`)."""
+    from odespec.export.onnx_export import graph_precision, implicit_problem
+
+    problem = implicit_problem(model, settings, graph_precision(model_dtype(model), settings.precision))
+    if problem is not None:
+        raise problem
+
+
+def _given_newton_iters(spec: Spec, options: ExportOptions) -> Optional[int]:
+    """The Newton iterations written in the options, else in the spec (None: auto)."""
+    given = options.newton_iters if options.newton_iters is not None else spec.export.newton_iters
+    return given if isinstance(given, int) else None
+
+
+def _newton_choice(model: ODENet, settings: "ExportSettings", options: ExportOptions,
+                   calibration: Optional[Calibration], inputs: InputSet) -> Optional[NewtonChoice]:
+    """An implicit method's Newton iterations per step (None: the method is explicit): given,
+    calibrated with the step count, or the fewest that reach the converged iteration."""
+    from odespec.solvers.tableaus import get_tableau
+
+    if not get_tableau(settings.method).implicit:
+        return None
+    given = _given_newton_iters(model.spec, options)
+    if calibration is not None and calibration.chosen.newton_iters is not None:
+        seen = [(k, e) for m, n, k, e in calibration.newton_evaluations
+                if m == settings.method and n == settings.steps]
+        match = calibration.match
+        return NewtonChoice(calibration.chosen.newton_iters, "given" if given is not None else "calibrated",
+                            None if given is not None or match is None else match.tolerance,
+                            "the training solver" if given is None else "", seen)
+    if given is not None:
+        return NewtonChoice(given, "given")
+    return converged_iterations(model, settings.method, settings.steps, inputs)
 
 
 def accuracy_inputs(model: ODENet, options: ExportOptions, classifier: bool = False) -> InputSet:
@@ -365,8 +417,8 @@ def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings"
                           "axis of 2 or more scores", "use match_tol for a model that outputs values")
     methods = (options.method,) if options.method else (export.calibration_methods or CALIBRATION_METHODS)
     return calibrate(model, inputs, match_tol=tol, agreement=agreement, accuracy=accuracy, methods=methods,
-                     latency=options.latency,
-                     latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
+                     latency=options.latency, latency_settings=dataclasses.replace(settings, steps=1),
+                     reference=reference, newton_iters=_given_newton_iters(model.spec, options))
 
 
 def _build_checked(model: ODENet, settings: "ExportSettings") -> tuple["onnx.ModelProto", bytes, float]:
@@ -427,7 +479,7 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     prec = graph_precision(model_dtype(model), settings.precision)
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
-    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
+    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.newton_iters)
     if settings.correction is not None:
         from odespec.export.correction import corrected_model
 

@@ -53,16 +53,18 @@ def takes_export_steps(rnn: PerSampleEncoder) -> bool:
     return rnn.solver.adaptive or rnn.solver.steps is None
 
 
-def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
+def fixed_step_model(model: ODENet, method: str, steps: int, newton_iters: Optional[int] = None) -> ODENet:
     """A model whose ODE blocks use ``method`` with ``steps`` steps per output interval (a
     ``t: query`` block: per interval of each sample's own query times), and whose ODE-RNN
     encoders use :func:`encoder_solver` per gap between observations.
 
     Weights are shared with ``model`` (no copy), so training the original and exporting the
     twin stay in sync. The twin serves inference and parity: plain autograd is enough (and
-    exact), so its blocks backpropagate.
+    exact), so its blocks backpropagate. An implicit ``method`` takes exactly ``newton_iters``
+    Newton iterations per step with the graph's forward-difference Jacobian
+    (:meth:`SolverConfig.unrolled`).
     """
-    solver = SolverConfig.fixed(method, steps)
+    solver = SolverConfig.unrolled(method, steps, newton_iters)
     modules = [m.with_solver(solver, GradientConfig()) if isinstance(m, ODEBlock)
                else m.with_solver(encoder_solver(m, method, steps), GradientConfig()) if isinstance(m, PerSampleEncoder)
                else m for m in model]

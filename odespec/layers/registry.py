@@ -30,7 +30,7 @@ class UnknownLayerError(KeyError):
 
 
 def _builtins() -> None:
-    from odespec.layers import activation, blocks, conv, dense, norm, series  # noqa: F401  (register built-ins)
+    from odespec.layers import activation, blocks, conv, dense, known, norm, series  # noqa: F401  (register built-ins)
 
 
 _REGISTRY: ComponentRegistry[LayerType] = ComponentRegistry(

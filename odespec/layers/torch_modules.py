@@ -84,6 +84,21 @@ class Residual(nn.Module):
         return x + self.inner(x)
 
 
+class KnownLinear(nn.Module):
+    """``x A^T + g(x)`` with ``A`` fixed (a buffer, not a parameter: it is the spec's, so it is
+    neither trained nor saved with the weights)."""
+
+    matrix: torch.Tensor
+
+    def __init__(self, matrix: Sequence[Sequence[float]], inner: nn.Module):
+        super().__init__()
+        self.register_buffer("matrix", torch.tensor(matrix, dtype=torch.get_default_dtype()), persistent=False)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.matrix.t() + self.inner(x)
+
+
 class RecurrentEncoder(nn.Module):
     """An RNN/GRU over ``(batch, time, features)``, returning the last hidden state or all of
     them. ``reverse`` reads the sequence last-to-first (the latent ODE's recognition network).

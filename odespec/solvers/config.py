@@ -24,7 +24,9 @@ from odespec.solvers import tableaus
 from odespec.solvers.grid import count_steps, fixed_nfe
 from odespec.solvers.options import (
     ADAPTIVE_KEYS,
+    DEFAULT_NEWTON_ITERS,
     FIXED_STEP_KEYS,
+    IMPLICIT_KEYS,
     SOLVER_OPTIONS,
     STEP_COUNT_KEYS,
     TOLERANCE_KEYS,
@@ -58,6 +60,9 @@ DEFAULT_GRADIENT = "backprop"
 
 #: the solver options the spec language exposes, besides ``method``
 SPEC_SOLVER_KEYS = tuple(o.key for o in SOLVER_OPTIONS if o.in_spec)
+#: the Newton iteration's options a configuration keeps (the spec language exposes those of
+#: SPEC_SOLVER_KEYS among them; ``jacobian`` is set by the export's twin)
+_NEWTON_KEYS = ("max_iters", "newton_tol", "jacobian")
 _SPEC_ADAPTIVE = tuple(k for k in SPEC_SOLVER_KEYS if k in ADAPTIVE_KEYS or k in TOLERANCE_KEYS)
 
 
@@ -80,7 +85,9 @@ class SolverConfig:
     """How an ODE is solved: a registered method and the spec language's solver options.
 
     Fixed-step methods take ``steps`` or ``step_size`` (exactly one); adaptive methods take
-    tolerances and step controls, never ``steps``/``step_size``. Construction checks these rules
+    tolerances and step controls, never ``steps``/``step_size``; implicit methods (fixed-step)
+    also take their Newton iteration's ``max_iters`` and ``newton_tol`` (``jacobian``: the
+    Python API's and the export twin's, ``"fd"`` there). Construction checks these rules
     (:class:`InvalidOptionError`); :meth:`from_spec` reports every broken rule instead.
     """
 
@@ -93,10 +100,16 @@ class SolverConfig:
     max_step: Optional[float] = None
     max_num_steps: int = _default("max_num_steps")
     controller: str = _default("controller")
+    #: implicit methods: the Newton iteration (None: its defaults); see :data:`SOLVER_OPTIONS`
+    max_iters: Optional[int] = None
+    newton_tol: Optional[float] = None
+    jacobian: str = _default("jacobian")
 
     def __post_init__(self) -> None:
-        problems = _combination_problems(self.method, {k: getattr(self, k) for k in STEP_COUNT_KEYS
-                                                       if getattr(self, k) is not None})
+        given = {k: getattr(self, k) for k in STEP_COUNT_KEYS + _NEWTON_KEYS if getattr(self, k) is not None}
+        if given.get("jacobian") == _default("jacobian"):
+            del given["jacobian"]
+        problems = _combination_problems(self.method, given)
         if problems:
             p = problems[0]
             raise InvalidOptionError(p.message + (f"; {p.hint}" if p.hint else ""), key=p.key)
@@ -118,6 +131,16 @@ class SolverConfig:
         """A fixed-step configuration (``steps`` equal steps per output interval)."""
         return cls(method=method, steps=steps)
 
+    @classmethod
+    def unrolled(cls, method: str, steps: int, newton_iters: Optional[int] = None) -> "SolverConfig":
+        """What an exported graph computes (:meth:`fixed`); for an implicit method, exactly
+        ``newton_iters`` Newton iterations per step (``newton_tol`` 0; None: the default
+        ``max_iters``) with the forward-difference Jacobian, since ONNX has no autodiff."""
+        if not tableaus.get_tableau(method).implicit:
+            return cls.fixed(method, steps)
+        iters = newton_iters if newton_iters is not None else DEFAULT_NEWTON_ITERS
+        return cls(method=method, steps=steps, max_iters=iters, newton_tol=0.0, jacobian="fd")
+
     def replace(self, **changes: Any) -> "SolverConfig":
         """A copy with some fields changed (the rules are checked again)."""
         return dataclasses.replace(self, **changes)
@@ -136,7 +159,8 @@ class SolverConfig:
     def integration_options(self) -> SolverOptions:
         """The integrator's parsed options."""
         if not self.adaptive:
-            return FixedStepOptions(steps=self.steps, step_size=self.step_size)
+            return FixedStepOptions(steps=self.steps, step_size=self.step_size, max_iters=self.max_iters,
+                                    newton_tol=self.newton_tol, jacobian=self.jacobian)
         extra = {k: getattr(self, k) for k in ("first_step", "max_step") if getattr(self, k) is not None}
         return AdaptiveOptions(max_num_steps=self.max_num_steps, controller=self.controller, **extra)
 
@@ -147,18 +171,24 @@ class SolverConfig:
             return None
         return count_steps(times, FixedStepOptions(steps=self.steps, step_size=self.step_size))
 
-    def nfe(self, times: Sequence[float]) -> Optional[int]:
-        """f-evaluations of a fixed-step solve through ``times`` (``None``: adaptive)."""
+    def nfe(self, times: Sequence[float], state_size: int = 0) -> Optional[int]:
+        """f-evaluations of a fixed-step solve through ``times`` (``None``: adaptive); an implicit
+        method's with ``max_iters`` Newton iterations per step (the most it takes), and, with the
+        forward-difference Jacobian, ``state_size`` (elements per sample) evaluations per step
+        for it."""
         if self.adaptive:
             return None
-        return fixed_nfe(times, FixedStepOptions(steps=self.steps, step_size=self.step_size), self.tableau)
+        jacobian_evals = state_size if self.tableau.implicit and self.jacobian == "fd" else 0
+        return fixed_nfe(times, self.integration_options(), self.tableau, jacobian_evals)  # type: ignore[arg-type]
 
     # -- in words -------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Method and the options that decide the steps: tolerances (adaptive) or
         ``steps``/``step_size`` (fixed); the form reports and metadata use."""
         keys = ("rtol", "atol") if self.adaptive else STEP_COUNT_KEYS[::-1]
-        return {"method": self.method, **{k: getattr(self, k) for k in keys}}
+        newton = {k: getattr(self, k) for k in _NEWTON_KEYS
+                  if self.tableau.implicit and getattr(self, k) not in (None, _default(k))}
+        return {"method": self.method, **{k: getattr(self, k) for k in keys}, **newton}
 
     @staticmethod
     def option_words(summary: Mapping[str, Any]) -> list[str]:
@@ -185,11 +215,13 @@ class SolverConfig:
     def method_schema() -> dict[str, Any]:
         """The JSON-Schema fragment of a method name (every registered method a spec may name)."""
         methods = list(tableaus.spec_method_names())
-        fixed = [m for m in methods if not tableaus.is_adaptive(m)]
+        fixed = [m for m in methods if not tableaus.is_adaptive(m) and not tableaus.get_tableau(m).implicit]
+        implicit = [m for m in methods if tableaus.get_tableau(m).implicit]
         adaptive = [m for m in methods if tableaus.is_adaptive(m)]
         return {"enum": methods, "enumDescriptions": [_method_words(tableaus.get_tableau(m)) for m in methods],
                 "description": "Runge-Kutta method. Fixed-step: " + ", ".join(fixed)
-                + ". Adaptive: " + ", ".join(adaptive) + "."}
+                + ". Implicit fixed-step (for stiff dynamics; Newton options max_iters, newton_tol): "
+                + ", ".join(implicit) + ". Adaptive: " + ", ".join(adaptive) + "."}
 
     @classmethod
     def schema(cls) -> dict[str, Any]:
@@ -204,17 +236,21 @@ class SolverConfig:
 
 def _method_words(tableau: ButcherTableau) -> str:
     """A method in a few words, for editors: kind, order, stages."""
-    kind = "adaptive (takes rtol, atol)" if tableau.adaptive else "fixed-step (takes steps or step_size)"
+    kind = ("adaptive (takes rtol, atol)" if tableau.adaptive
+            else "implicit fixed-step (takes steps or step_size; max_iters, newton_tol)" if tableau.implicit
+            else "fixed-step (takes steps or step_size)")
     return f"{tableau.name}: {kind}, order {tableau.order}, {len(tableau.c)} stages."
 
 
 def _combination_problems(method: str, given: Mapping[str, Any]) -> list[OptionProblem]:
     """The rules of which options go with which method, for the options ``given``."""
     tableau = tableaus.get_tableau(method)
-    if tableau.implicit:
-        return [OptionProblem("method", tableaus.not_runge_kutta(method) or f"{method!r} is implicit")]
     adaptive = tableau.adaptive
     problems = []
+    if not tableau.implicit:
+        problems += [OptionProblem(k, f"{k!r} is for implicit methods (their Newton iteration); {method!r} is "
+                                   "explicit", "remove it, or choose an implicit method such as radauIIA5")
+                     for k in IMPLICIT_KEYS if k in given]
     if adaptive:
         problems += [OptionProblem(k, f"{k!r} is for fixed-step methods; {method!r} is adaptive",
                                    "give rtol/atol for an adaptive method, or choose a fixed-step method such as rk4")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from odespec.solvers.options import FixedStepOptions
+from odespec.solvers.options import DEFAULT_NEWTON_ITERS, FixedStepOptions
 from odespec.solvers.tableau import ButcherTableau
 
-__all__ = ["steps_for_interval", "count_steps", "fixed_grid", "grid_steps", "fixed_nfe"]
+__all__ = ["steps_for_interval", "count_steps", "fixed_grid", "grid_steps", "fixed_nfe", "implicit_step_nfe"]
 
 # |span| / step_size within this relative distance of an integer counts as that integer, so that
 # e.g. span 1.0 with step 0.1 (1/0.1 = 10.000000000000002) takes 10 steps, not 11.
@@ -37,12 +37,27 @@ def count_steps(times: Sequence[float], opts: FixedStepOptions) -> int:
     return sum(steps_for_interval(t1 - t0, opts) for t0, t1 in zip(times[:-1], times[1:], strict=True))
 
 
-def fixed_nfe(times: Sequence[float], opts: FixedStepOptions, tableau: ButcherTableau) -> int:
+def fixed_nfe(times: Sequence[float], opts: FixedStepOptions, tableau: ButcherTableau, jacobian_evals: int = 0) -> int:
     """f-evaluations of a fixed-step solve through ``times``: every stage of every step, less
     the first stage of each step after the first for a FSAL method (it is the previous step's
-    last stage, carried across output intervals too)."""
+    last stage, carried across output intervals too). An implicit method: :func:`implicit_step_nfe`
+    per step, with ``opts.max_iters`` iterations (the most it takes when ``newton_tol`` is not 0)."""
     n = count_steps(times, opts)
+    if tableau.implicit:
+        iters = opts.max_iters if opts.max_iters is not None else DEFAULT_NEWTON_ITERS
+        return n * implicit_step_nfe(tableau, iters, jacobian_evals)
     return n * tableau.stages - (n - 1 if tableau.fsal and n else 0)
+
+
+def implicit_step_nfe(tableau: ButcherTableau, iters: int, jacobian_evals: int = 0) -> int:
+    """f-evaluations of one step of an implicit method taking ``iters`` Newton iterations
+    (:mod:`odespec.solvers.implicit`): ``f(t, y)``, each explicit stage at a later time, each
+    unknown stage once per iteration, and ``jacobian_evals`` for the Jacobian (a forward-difference
+    Jacobian evaluates f on as many nudged copies of the state as a sample has elements; autograd's
+    counts none)."""
+    explicit = tableau.explicit_stages
+    later = sum(1 for i in explicit if tableau.c[i] != 0.0)
+    return 1 + later + iters * (tableau.stages - len(explicit)) + jacobian_evals
 
 
 def fixed_grid(times: Sequence[float], steps: int) -> list[list[tuple[float, float]]]:

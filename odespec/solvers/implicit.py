@@ -39,8 +39,8 @@ from odespec.solvers.options import DEFAULT_NEWTON_ITERS, FixedStepOptions
 from odespec.solvers.step import StageFunc, StepResult, torch_combine
 from odespec.solvers.tableau import ButcherTableau
 
-__all__ = ["implicit_step", "implicit_stepper", "state_jacobian", "JacobianReuse", "NEWTON_TOL_EPS", "JACOBIAN_HOOK",
-           "REUSE_RATE"]
+__all__ = ["implicit_step", "implicit_stepper", "state_jacobian", "fd_jacobian", "fd_steps", "JacobianReuse",
+           "NEWTON_TOL_EPS", "JACOBIAN_HOOK", "REUSE_RATE"]
 
 #: the default ``newton_tol``, in machine epsilons of the state's dtype
 NEWTON_TOL_EPS = 100.0
@@ -74,6 +74,39 @@ def state_jacobian(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any, y:
         fy, rows = _autograd_rows(func, t, y, seeds)
     jac = rows.detach().reshape(m, n_batch, m).permute(1, 0, 2)
     return fy, jac
+
+
+def fd_steps(y_flat: torch.Tensor) -> torch.Tensor:
+    """The forward-difference step of each element of ``y_flat``: ``sqrt(eps) * max(1, |y|)``
+    (``eps`` of its dtype), the step that balances truncation (``~step``) against rounding
+    (``~eps / step``). The exported graph computes the same expression (:mod:`odespec.export.implicit_graph`)."""
+    return torch.clamp(y_flat.abs(), min=1.0) * math.sqrt(torch.finfo(y_flat.dtype).eps)
+
+
+def fd_jacobian(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any,
+                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(t, y), J)`` with ``J`` of shape ``(B, m, m)``: each sample's block by forward
+    differences, ``J[b, :, j] = (f(y_b + d_bj e_j) - f(y_b)) / d_bj`` (:func:`fd_steps`).
+
+    One evaluation of ``func`` on the ``m * B`` perturbed states stacked along the first
+    dimension (sample ``j * B + b`` is sample ``b`` nudged in element ``j``): the samples must be
+    independent and ``t`` shared, as in an ODE block. This is the Jacobian an ONNX graph can
+    compute (ONNX has no autodiff), so the PyTorch twin of an exported implicit solve uses it too.
+    ``ValueError`` for a state without a batch dimension.
+    """
+    if y.dim() < 2:
+        raise ValueError("jacobian='fd' needs a batched state (batch, ...) whose samples are independent; "
+                         f"got shape {tuple(y.shape)}: use jacobian='dense'")
+    f0 = func(t, y)
+    n_batch, m = y.shape[0], y[0].numel()
+    with torch.no_grad():
+        y_flat = y.detach().reshape(n_batch, m)
+        step = fd_steps(y_flat)
+        eye = torch.eye(m, dtype=y.dtype, device=y.device)
+        nudged = (y_flat[None] + eye[:, None, :] * step[None]).reshape((m * n_batch, *y.shape[1:]))
+        f_nudged = func(t, nudged).reshape(m, n_batch, m)
+        cols = (f_nudged - f0.detach().reshape(n_batch, m)[None]) / step.t()[:, :, None]
+    return f0, cols.permute(1, 2, 0)
 
 
 def _autograd_rows(func: Callable[[Any, torch.Tensor], torch.Tensor], t: Any, y: torch.Tensor,
@@ -199,12 +232,14 @@ def implicit_step(
 
 
 def _jacobian(func: StageFunc, t: Any, y: torch.Tensor, jacobian: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f(t, y), J)`` as the Newton matrix takes it: from the vector field's own hook, or
-    :func:`state_jacobian` (blocks per sample with ``jacobian="batch"``, or ``"auto"`` and a
+    """``(f(t, y), J)`` as the Newton matrix takes it: from the vector field's own hook, by
+    forward differences (:func:`fd_jacobian`, ``jacobian="fd"``), or :func:`state_jacobian` (blocks per sample with ``jacobian="batch"``, or ``"auto"`` and a
     state of two or more dimensions)."""
     hook = getattr(func, JACOBIAN_HOOK, None)
     if hook is not None:
         return func(t, y), hook(t, y).detach()[None]
+    if jacobian == "fd":
+        return fd_jacobian(func, t, y)
     batch = jacobian == "batch" or (jacobian == "auto" and y.dim() >= 2)
     return state_jacobian(func, t, y, batch)
 

@@ -35,6 +35,8 @@ __all__ = [
     "SCIPY_SOLVERS",
     "DEFAULT_NEWTON_ITERS",
     "DEFAULT_ADAMS_ITERS",
+    "MAX_NEWTON_ITERS",
+    "JACOBIANS",
     "allowed_options",
     "check_option_value",
     "parse_options",
@@ -51,6 +53,10 @@ CONTROLLERS = CONTROLLER_NAMES
 #: per step of implicit_adams (torchdiffeq's), when ``max_iters`` is not given
 DEFAULT_NEWTON_ITERS = 25
 DEFAULT_ADAMS_ITERS = 4
+#: the most Newton iterations per step a spec may ask for (a budget on work, as MAX_STEPS)
+MAX_NEWTON_ITERS = 100
+#: the Jacobians of the Newton iteration (see the ``jacobian`` option)
+JACOBIANS = ("auto", "dense", "batch", "fd")
 #: the methods of scipy.integrate.solve_ivp
 SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
@@ -117,16 +123,18 @@ SOLVER_OPTIONS: tuple[OptionSpec, ...] = (
                kind="fixed", in_spec=False),
     OptionSpec("max_iters", {"type": "integer", "minimum": 1}, "Implicit fixed-step methods: the most Newton "
                f"iterations per step (default {DEFAULT_NEWTON_ITERS}); implicit_adams: the most corrector iterations "
-               f"per step (default {DEFAULT_ADAMS_ITERS}).", kind="implicit", in_spec=False),
+               f"per step (default {DEFAULT_ADAMS_ITERS}).", kind="implicit", budget=MAX_NEWTON_ITERS),
     OptionSpec("newton_tol", {"type": "number", "minimum": 0}, "Implicit Runge-Kutta methods: the Newton "
                "iteration stops once its estimated remaining error in h*k is below newton_tol * (1 + max|y|) "
                "(default 100 machine epsilons of the state's dtype); 0: always max_iters iterations, with no "
-               "host synchronisation (the form that unrolls into a graph).", kind="implicit", in_spec=False),
-    OptionSpec("jacobian", {"enum": ["auto", "dense", "batch"]}, "Implicit Runge-Kutta methods: the Jacobian "
+               "host synchronisation (the form that unrolls into a graph).", kind="implicit"),
+    OptionSpec("jacobian", {"enum": list(JACOBIANS)}, "Implicit Runge-Kutta methods: the Jacobian "
                "of the Newton iteration; dense: of the whole state as one vector; batch: the first dimension "
                "indexes independent samples, so the Jacobian is block diagonal and each sample's block is "
                "solved alone (a batched solve, not one of batch*n unknowns); auto: batch for a state of two or "
-               "more dimensions. The solution is the same either way once the iteration converges.", "auto",
+               "more dimensions; fd: batch's blocks by forward differences, from one evaluation of func on "
+               "batch*n perturbed states (what an exported ONNX graph computes: it has no autodiff). The "
+               "solution is the same either way once the iteration converges.", "auto",
                kind="implicit", in_spec=False),
     OptionSpec("max_order", {"type": "integer", "minimum": 1, "maximum": 12}, "explicit_adams/implicit_adams: "
                "the largest order (as torchdiffeq's: Adams-Bashforth up to max_order - 1, the corrector one "

@@ -527,12 +527,8 @@ def other_method(name: object) -> Optional[OtherMethod]:
 
 def not_runge_kutta(name: str) -> Optional[str]:
     """Why ``name`` (a method of ``odeint`` that is no Runge-Kutta method) is no tableau and no
-    method of specs, and what to use there instead; None for any other name."""
-    implicit = _METHODS.get(name) if isinstance(name, str) else None
-    if implicit is not None and implicit.implicit:
-        return (f"{name!r} is an implicit Runge-Kutta method: odeint(method={name!r}) runs it, but specs cannot name "
-                "it yet (a spec's method must export to ONNX, and the Newton iteration of implicit methods is not "
-                "unrolled into the graph yet): use an explicit method such as rk4 or dopri5")
+    method of specs, and what to use there instead; None for any other name (the implicit
+    Runge-Kutta methods are tableaus, and specs name them)."""
     known = OTHER_METHODS.get(name)
     if known is None:
         return None
@@ -624,10 +620,10 @@ def method_names() -> tuple[str, ...]:
 
 
 def spec_method_names() -> tuple[str, ...]:
-    """The registered methods a spec may name: the explicit ones. Implicit methods run in
-    ``odeint`` and the gradient methods; a spec's method must also export to ONNX, which implicit
-    methods do not yet (their Newton iteration is not unrolled into the graph)."""
-    return tuple(name for name, tab in _METHODS.items() if not tab.implicit)
+    """The registered methods a spec may name: every Runge-Kutta method, explicit or implicit (an
+    implicit method's Newton iteration unrolls into the exported graph,
+    :mod:`odespec.export.implicit_graph`)."""
+    return tuple(_METHODS)
 
 
 def is_adaptive(name: str) -> bool:

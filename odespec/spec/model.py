@@ -6,6 +6,8 @@ checks, building, export) can still point at the line a problem comes from.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -169,11 +171,13 @@ class OdeBlockSpec:
         evaluates each of its step functions once. A ``t: query`` block solves each of its
         ``query_times`` intervals on its own (the per-sample change of time variable), so a
         first-same-as-last method's last stage is not carried across intervals."""
+        # a forward-difference Jacobian (an implicit method's export twin) evaluates f per element
+        size = math.prod(self.state_shape)
         if not self.query:
-            return self.solver.nfe(self.t)
+            return self.solver.nfe(self.t, size)
         if self.solver.adaptive or self.solver.steps is None:
             return None
-        per_interval = self.solver.nfe((0.0, 1.0))
+        per_interval = self.solver.nfe((0.0, 1.0), size)
         return None if per_interval is None else self.query_times * per_interval
 
     def describe_times(self) -> str:
@@ -230,6 +234,10 @@ class OnnxExportSpec:
     verify: tuple[str, ...] = ("onnxruntime",)
     #: a learned step correction exported with the model (:mod:`odespec.spec.correction`); None: none
     correction: Optional[CorrectionSpec] = None
+    #: an implicit method: the Newton iterations the graph unrolls per step, or ``"auto"``:
+    #: chosen by calibration (``steps: auto``), else the fewest whose output is the converged
+    #: iteration's up to float rounding (:mod:`odespec.export.newton_iters`)
+    newton_iters: Union[int, str] = "auto"
 
     #: ``method`` and ``steps`` are the ODE blocks' fixed-step training solver's: the spec writes
     #: neither, and every ODE block trains with that method and step count (a discrete model

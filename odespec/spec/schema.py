@@ -59,6 +59,9 @@ EXPORT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(OnnxExportS
 #: most steps per output interval it tries before giving up
 CALIBRATION_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "rk4_38")
 MAX_CALIBRATION_STEPS = 4096
+#: the most Newton iterations per step an exported implicit solve unrolls (and the count
+#: calibration evaluates the step counts with, before it searches the iterations)
+MAX_EXPORT_NEWTON_ITERS = 16
 #: ``export.onnx.precision``: the graph's element types (the model's dtype when not written)
 EXPORT_PRECISIONS = {
     "float32": "weights, inputs, outputs and compute in float32 (a float64 model is cast)",
@@ -363,6 +366,17 @@ def _onnx_export() -> dict[str, Any]:
                             "steps is written and every ODE block trains with one fixed-step method and step "
                             "count, the default is those: a discrete model is exported as it was trained.",
                 default=EXPORT_DEFAULTS["steps"],
+            ),
+            "newton_iters": alternatives(
+                {"type": "integer", "minimum": 1, "maximum": MAX_EXPORT_NEWTON_ITERS,
+                 "description": "Newton iterations per step."},
+                {"const": "auto", "description": "Write an iteration count (an integer), or auto."},
+                description="Implicit methods: the simplified-Newton iterations the graph unrolls per step (one "
+                            "forward-difference Jacobian and one Gauss-Jordan inverse per step, then each "
+                            "iteration evaluates every implicit stage once). auto: chosen by calibration with "
+                            "steps: auto (the fewest within match_tol of the training solver), else the fewest "
+                            "whose output is the converged iteration's up to float rounding.",
+                default=EXPORT_DEFAULTS["newton_iters"],
             ),
             "match_tol": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                           "description": "steps: auto only: the largest max |export - training-solver model| "

@@ -19,6 +19,7 @@ from odespec.spec.messages import schema_issues
 from odespec.spec.numbers import number_issues
 from odespec.solvers.config import DEFAULT_METHOD, GradientConfig, OptionProblem, SolverConfig
 from odespec.solvers.grid import grid_steps
+from odespec.solvers import tableaus
 from odespec.solvers.options import MAX_STEPS
 
 #: the most solver steps an exported graph unrolls (every step is a copy of the dynamics' nodes:
@@ -450,6 +451,9 @@ class _Checker:
         if "match" in raw:
             kind, value = self.match(raw.pop("match"), path + ("match",), raw, items)
             raw[f"match_{kind}"] = value
+        if "newton_iters" in raw and "method" in raw and not tableaus.get_tableau(method).implicit:
+            self.error(path + ("newton_iters",), f"newton_iters is for implicit methods; {method!r} is explicit",
+                       "remove newton_iters, or export with an implicit method such as radauIIA5", key=True)
         # (calibration keeps within MAX_STEPS itself)
         unrolled, most, where = 0, 0, path
         reported = len(self.issues)

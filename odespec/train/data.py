@@ -215,7 +215,7 @@ class UnknownDataSourceError(KeyError):
 
 
 def _builtins() -> None:
-    from odespec.train import digits, files, generators  # noqa: F401  (register the built-ins)
+    from odespec.train import digits, files, generators, stiff  # noqa: F401  (register the built-ins)
 
 
 _REGISTRY: ComponentRegistry[DataSource] = ComponentRegistry(

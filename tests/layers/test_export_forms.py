@@ -110,6 +110,8 @@ CASES: list[tuple[str, Any, tuple[int, ...], LayerContext]] = [
     ("dropout", 0.1, (7,), LayerContext()),
     ("residual", [("groupnorm", 2), ("relu", None), ("conv2d", {"channels": 4, "padding": 1})], (4, 5, 5),
      LayerContext()),
+    ("known_linear", {"matrix": [[-2.0, 1.0], [0.5, -3e3]], "layers": [("linear", 2), ("tanh", None)]}, (2,),
+     IN_DYN),
     ("rnn", {"hidden": 5, "reverse": True}, (6, 3), LayerContext()),
     ("gru", {"hidden": 4, "output": "sequence"}, (6, 3), LayerContext()),
     ("rnn", {"hidden": 5, "time_gaps": True}, (6, 3), SERIES),
