@@ -67,6 +67,7 @@ model:
   - gaussian
   - layernorm
   - residual: [linear: 6, elu, groupnorm: 3]
+  - known_linear: {matrix: [[-1, 0, 0, 0, 0, 0.5], [0.5, -2, 0, 0, 0, 0], [0, 1, -3, 0, 0, 0], [0, 0, 2, -1, 0, 0], [0, 0, 0, 0.5, -1, 0], [0, 0, 0, 0, 0.5, -1]], layers: [linear: 6, tanh]}
   - ode:
       t: [0, 1]
       solver: {method: rk4, steps: 2}
@@ -87,6 +88,7 @@ model:
           - avgpool: global
           - flatten
           - linear: 6
+          - known_linear: {matrix: [[-1, 0, 0, 0, 0, 0.5], [0.5, -2, 0, 0, 0, 0], [0, 1, -3, 0, 0, 0], [0, 0, 2, -1, 0, 0], [0, 0, 0, 0.5, -1, 0], [0, 0, 0, 0, 0.5, -1]], layers: [linear: 6]}
   - relu
   - tanh
   - sigmoid
