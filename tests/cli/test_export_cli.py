@@ -298,10 +298,14 @@ def test_run_runtime_option(tmp_path: Path):
     assert r.exit_code == 0 and json.loads(r.output)["outputs"][0]["shape"] == [2, 6, 2]
 
 
-def test_build_with_an_implicit_method_says_the_export_takes_explicit_ones(tmp_path: Path):
-    r = run("build", DEMO, "-o", tmp_path, "--method", "implicit_euler", "--steps", "2")
-    assert r.exit_code == 1 and "implicit method" in r.output and "rk4" in r.output
-    assert "internal error" not in r.output and not (tmp_path / "ode_demo.onnx").exists()
+def test_build_with_an_implicit_method_unrolls_its_newton_iterations(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--method", "implicit_euler", "--steps", "2", "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["onnx"]["method"] == "implicit_euler" and doc["onnx"]["parity"]["ok"]
+    assert doc["onnx"]["newton_iters"]["iters"] >= 1
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "ode_demo.onnx").metadata_props}
+    assert meta["export_method"] == "implicit_euler" and int(meta["export_newton_iters"]) >= 1
 
 
 def test_build_match_accuracy_on_labelled_calibration_data(tmp_path: Path, rknet):

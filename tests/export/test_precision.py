@@ -122,8 +122,8 @@ def test_a_broken_half_graph_fails_parity(model, tmp_path: Path, monkeypatch):
 
     real = pipeline.fixed_step_model
 
-    def wrong(m, method, steps):
-        twin = real(copy.deepcopy(m), method, steps)
+    def wrong(m, method, steps, newton_iters=None):
+        twin = real(copy.deepcopy(m), method, steps, newton_iters)
         with torch.no_grad():
             for p in twin.parameters():
                 p.mul_(1.5)
@@ -270,8 +270,8 @@ def test_a_broken_mixed_series_graph_fails_parity(tmp_path: Path, monkeypatch):
 
     real = pipeline.fixed_step_model
 
-    def wrong(m, method, steps):
-        twin = real(copy.deepcopy(m), method, steps)
+    def wrong(m, method, steps, newton_iters=None):
+        twin = real(copy.deepcopy(m), method, steps, newton_iters)
         with torch.no_grad():
             for p in twin[0].parameters():
                 p.mul_(1.5)
