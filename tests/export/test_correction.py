@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import odespec
-from odespec.errors import ExportError
+from odespec.errors import BuildError, ExportError
 from odespec.export import correction as corr_mod
-from odespec.export.correction import (CorrectionNet, Corrections, choose_correction, corrected_model,
+from odespec.compile.correction_net import CorrectionNet
+from odespec.export.correction import (Corrections, choose_correction, corrected_model,
                                        fit_corrections, split_inputs)
 from odespec.export.inputs import seeded_input_set
 from odespec.export.metrics import Match, model_outputs, reference_outputs
@@ -216,7 +217,7 @@ def test_refusals(tmp_path: Path):
         fit_corrections(model, seeded_input_set((2,), dtype=torch.float64, seed=0), "dopri5", 1, FAST)
     with pytest.raises(ExportError, match="a hidden width from 1 to 1024"):
         ExportOptions(correction=True)  # type: ignore[arg-type]
-    with pytest.raises(ExportError, match="rank 1, 2 or 3"):
+    with pytest.raises(BuildError, match="rank 1, 2 or 3"):
         CorrectionNet((1, 2, 3, 4), 4)
     assert not (tmp_path / "x.onnx").exists()
 
