@@ -17,12 +17,13 @@ from odespec.export.onnx_export import ExportSettings, build_onnx, check_onnx
 from odespec.export.parity import ort_session
 from odespec.export.unroll import fixed_step_model
 from odespec.spec import parse_spec
-from odespec.solvers.tableaus import is_adaptive, spec_method_names
+from odespec.solvers.tableaus import get_tableau, is_adaptive, spec_method_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "specs" / "ode_demo.yaml"
 MNIST = ROOT / "specs" / "mnist_small_odenet.yaml"
-FIXED = [m for m in spec_method_names() if not is_adaptive(m)]  # the methods an export takes
+# the methods a loop export takes (an implicit method's Newton iterations are unrolled only)
+FIXED = [m for m in spec_method_names() if not is_adaptive(m) and not get_tableau(m).implicit]
 
 BACKWARD = """
 odespec: 1
