@@ -51,6 +51,7 @@ def export_onnx(
     latency: bool = True,
     precision: Optional[str] = None,
     verify: Optional[tuple[str, ...]] = None,
+    grid: Optional[str] = None,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
@@ -71,7 +72,8 @@ def export_onnx(
     ``precision`` (``float32``, ``float16``, ``mixed``; None: the spec's, else the model's
     dtype) sets the graph's element types; ``verify`` names the runtimes it is checked on
     (parity, and latency at batch 1 and 256; None: the spec's ``export.onnx.verify``), see
-    :mod:`odespec.export.runtimes`.
+    :mod:`odespec.export.runtimes`. ``grid`` (``uniform``, ``optimised``, ``auto``; None: the
+    spec's ``export.onnx.grid``) says which grids calibration searches (:mod:`odespec.export.grids`).
 
     The keywords are the fields of :class:`~odespec.export.pipeline.ExportOptions`;
     :func:`~odespec.export.pipeline.export_model` takes that object. ``model`` must be an odespec
@@ -87,7 +89,7 @@ def export_onnx(
         )
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
                             match_tol=match_tol, calibration_data=calibration_data, deployment=deployment,
-                            latency=latency, precision=precision, verify=verify)
+                            latency=latency, precision=precision, verify=verify, grid=grid)
     return export_model(model, path, options)
 
 

@@ -193,6 +193,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Calibrate a classifier's step count on its predictions instead: the cheapest fixed "
                           "method and steps whose predicted classes (argmax) agree with the training-solver "
                           "model's on at least this fraction of the inputs, e.g. 0.999 (implies --steps auto)."),
+        click.option("--grid", type=click.Choice(["auto", "uniform", "optimised"]),
+                     help="With calibration: the fixed-step grids searched: uniform (steps equal steps per output "
+                          "interval), optimised (also step points placed for the model, fitted on half the "
+                          "calibration inputs and checked on the other half) or auto (optimised where they apply) "
+                          "(default: the spec's export.onnx.grid, auto)."),
         click.option("--precision", type=click.Choice(["float32", "float16", "mixed"]),
                      help="Element types of the graph: float16 (weights, inputs, outputs, compute), mixed (float32 "
                           "inputs, outputs and ODE state accumulation, float16 layers and dynamics), float32 "
@@ -217,7 +222,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
-def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None) -> None:
+def _check_steps_options(steps: Any, match_tol: Optional[float], match_agreement: Optional[float] = None,
+                         grid: Optional[str] = None) -> None:
+    if grid == "optimised" and isinstance(steps, int):
+        raise click.UsageError("--grid optimised places the steps by calibration; it cannot be combined with "
+                               "--steps N (use --steps auto, or leave --steps out)")
     for flag, value in (("--match-tol", match_tol), ("--match-agreement", match_agreement)):
         if value is not None and isinstance(steps, int):
             raise click.UsageError(f"{flag} calibrates the step count; it cannot be combined with --steps N "
@@ -256,14 +265,14 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
            match_tol: Optional[float], calibration_data: Optional[str], weights: Optional[str],
            device: Optional[str] = None, dtype: Optional[str] = None, match_agreement: Optional[float] = None,
            strict: bool = False, triton_repo: Optional[str] = None, precision: Optional[str] = None,
-           verify: Optional[tuple[str, ...]] = None) -> Any:
+           verify: Optional[tuple[str, ...]] = None, grid: Optional[str] = None) -> Any:
     """``build_all`` with the export flags gathered into one ExportOptions."""
     from odespec.api import build_all
     from odespec.export.pipeline import ExportOptions
 
     options = ExportOptions(method=method, steps=steps, loop=loop, match_tol=match_tol,
                             match_agreement=match_agreement, calibration_data=calibration_data, strict=strict,
-                            precision=precision, verify=verify)
+                            precision=precision, verify=verify, grid=grid)
     return build_all(spec, out_dir, device=device, dtype=dtype, weights=weights, options=options,
                      triton_repo=triton_repo)
 
@@ -281,19 +290,19 @@ def _build(spec: str, out_dir: str, *, method: Optional[str], steps: Any, loop: 
                    "spec's initial weights.")
 @_FORMAT
 def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Optional[bool],
-          match_tol: Optional[float], match_agreement: Optional[float], precision: Optional[str],
+          match_tol: Optional[float], match_agreement: Optional[float], grid: Optional[str], precision: Optional[str],
           verify: Optional[tuple[str, ...]], calibration_data: Optional[str], strict: bool,
           triton_repo: Optional[str], device: Optional[str], dtype: Optional[str], weights: Optional[str],
           fmt: str) -> None:
     """Validate SPEC, compile it, export the fixed-step model to ONNX, check parity with
     onnxruntime, measure its error against the training solver and write a build report."""
-    _check_steps_options(steps, match_tol, match_agreement)
+    _check_steps_options(steps, match_tol, match_agreement, grid)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, device=device, dtype=dtype, weights=weights,
                         match_agreement=match_agreement, strict=strict, triton_repo=triton_repo,
-                        precision=precision, verify=verify)
+                        precision=precision, verify=verify, grid=grid)
         _echo_build(result, fmt)
         return EXIT_OK
 
@@ -314,17 +323,17 @@ def build(spec: str, out_dir: str, method: Optional[str], steps: Any, loop: Opti
 @_FORMAT
 def export_command(spec: str, out_dir: str, weights: Optional[str], initial_weights: bool, method: Optional[str],
                    steps: Any, loop: Optional[bool], match_tol: Optional[float], match_agreement: Optional[float],
-                   precision: Optional[str], verify: Optional[tuple[str, ...]], calibration_data: Optional[str],
-                   strict: bool, triton_repo: Optional[str], fmt: str) -> None:
+                   grid: Optional[str], precision: Optional[str], verify: Optional[tuple[str, ...]],
+                   calibration_data: Optional[str], strict: bool, triton_repo: Optional[str], fmt: str) -> None:
     """Export SPEC's model, with trained --weights, to ONNX: the build pipeline (parity check,
     deployment error, calibration with --match-tol or steps: auto, report)."""
-    _check_steps_options(steps, match_tol, match_agreement)
+    _check_steps_options(steps, match_tol, match_agreement, grid)
     _check_weights_options(weights, initial_weights)
 
     def body() -> int:
         result = _build(spec, out_dir, method=method, steps=steps, loop=loop, match_tol=match_tol,
                         calibration_data=calibration_data, weights=weights, match_agreement=match_agreement,
-                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify)
+                        strict=strict, triton_repo=triton_repo, precision=precision, verify=verify, grid=grid)
         _echo_build(result, fmt)
         return EXIT_OK
 

@@ -90,14 +90,22 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     head = (f"calibration: steps chosen {within} the training solver{source} "
             f"({'; '.join(cal['reference'])}) on {cal['inputs']}; latency: {cal['latency']}")
     error = "1 - agreement" if agreement else "max abs error"
-    rows = [("method", "steps", "f-evals", error, "error at steps-1", "latency", "status")]
+    rows = [("method", "grid", "steps", "f-evals", error, "held-out", "error at steps-1", "latency", "status")]
     for c in cal["candidates"]:
+        optimised = c.get("grid") == "optimised"
         rows.append((
-            c["method"], str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
-            _fmt_err(c["error"]), _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
+            c["method"], c.get("grid", "uniform"), (str(c["steps"]) + (" in all" if optimised else "")) if c["steps"]
+            else "-", str(c["nfe"]) if c["nfe"] else "-", _fmt_err(c["error"]),
+            _fmt_err(c.get("heldout_error")) if optimised and c["nfe"] else "-",
+            _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
             f"{c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else "-", c["status"],
         ))
-    return [head, *_table(rows, indent="  ")]
+    lines = [head, *_table(rows, indent="  ")]
+    if cal.get("grid") == "optimised":
+        points = "; ".join(", ".join(f"{p:.4g}" for p in pts) for pts in cal["points"] if pts is not None)
+        lines.append(f"  chosen grid's step points: {points}")
+    lines += [f"  note: {n}" for n in cal.get("notes", [])]
+    return lines
 
 
 def _deployment_lines(dep: Optional[dict[str, Any]]) -> list[str]:

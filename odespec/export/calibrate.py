@@ -45,6 +45,7 @@ from odespec.solvers.options import MAX_STEPS
 from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from odespec.export.grids import BlockGrids, GridRow
     from odespec.export.onnx_export import ExportSettings
 
 __all__ = ["Candidate", "Calibration", "calibrate", "default_match_tol", "nfe_per_forward", "LATENCY_NFE_FACTOR",
@@ -66,9 +67,14 @@ TRAINING_TOL_FACTOR = 4.0
 ROUNDING_ULPS = 1000
 
 
-def nfe_per_forward(model: ODENet, method: str, steps: int) -> int:
+def nfe_per_forward(model: ODENet, method: str, steps: int, grids: Optional["BlockGrids"] = None) -> int:
     """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``) over
-    every ODE block; a ResNet block evaluates its own steps."""
+    every ODE block; a ResNet block evaluates its own steps. ``grids``: the ODE blocks' optimised
+    grids (:mod:`odespec.export.grids`) instead of ``steps`` per output interval."""
+    if grids:
+        from odespec.export.grids import grid_nfe
+
+        return grid_nfe(model, method, grids)
     solver = SolverConfig.fixed(method, steps)
     blocks = sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
                  for b in model.ode_blocks)
@@ -93,12 +99,30 @@ class Candidate:
     #: the error one step fewer (bisection's last failure), when the search tried it
     error_one_fewer: Optional[float] = None
     latency_ms: Optional[float] = None
+    #: ``uniform`` (``steps`` per output interval) or ``optimised`` (``steps`` over each ODE
+    #: block's whole span, placed by :mod:`odespec.export.grids`)
+    grid: str = "uniform"
+    #: an optimised grid's step points per ODE block (``None`` for a block it leaves uniform)
+    grids: Optional["BlockGrids"] = None
+    #: an optimised grid's error on the half of the inputs it was fitted on, and on the held-out half
+    fit_error: Optional[float] = None
+    heldout_error: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         """One row of the report's candidate table."""
-        return {"method": self.method, "steps": self.steps, "nfe": self.nfe, "error": _finite(self.error),
-                "passed": self.passed, "status": self.status, "error_one_fewer": _finite(self.error_one_fewer),
-                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4)}
+        row = {"method": self.method, "grid": self.grid, "steps": self.steps, "nfe": self.nfe,
+               "error": _finite(self.error), "passed": self.passed, "status": self.status,
+               "error_one_fewer": _finite(self.error_one_fewer),
+               "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4)}
+        if self.grid == "optimised":
+            row.update(fit_error=_finite(self.fit_error), heldout_error=_finite(self.heldout_error),
+                       points=grid_points(self.grids))
+        return row
+
+
+def grid_points(grids: Optional["BlockGrids"]) -> Optional[list[Optional[list[float]]]]:
+    """Each ODE block's step points (``None``: a uniform block), for reports and metadata."""
+    return None if grids is None else [None if g is None else g.to_list() for g in grids]
 
 
 @dataclass
@@ -129,6 +153,9 @@ class Calibration:
             "match": {"criterion": match.kind, "value": match.value, "source": match.source},
             "method": self.chosen.method,
             "steps": self.chosen.steps,
+            "grid": self.chosen.grid,
+            **({"points": grid_points(self.chosen.grids), "heldout_error": _finite(self.chosen.heldout_error)}
+               if self.chosen.grid == "optimised" else {}),
             "error": _finite(self.chosen.error),
             "nfe": self.chosen.nfe,
             "inputs": self.inputs,
@@ -158,6 +185,7 @@ def calibrate(
     latency: bool = True,
     latency_settings: Optional["ExportSettings"] = None,
     reference: Optional[list[np.ndarray]] = None,
+    grid: str = "uniform",
 ) -> Calibration:
     """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver
     (``None``: :func:`default_match_tol`), or, with ``agreement``, whose predicted classes agree
@@ -170,6 +198,12 @@ def calibrate(
     solver's own error, or float rounding, is larger than ``match_tol``). Ties in f-evaluations
     go to the method with less arithmetic per step (fewer nonzero Butcher coefficients, so fewer
     Mul nodes: rk4 before rk4_38, midpoint before heun), then to the smaller error.
+
+    ``grid``: ``uniform`` searches uniform grids only; ``optimised`` also grids whose step
+    points are placed for the model (:func:`odespec.export.grids.search_grids`; an
+    :class:`ExportError` when the model has no block they apply to); ``auto`` as ``optimised``
+    where they apply, else uniform with a note. An optimised grid passes only if its error on
+    the held-out half of ``inputs`` passes too.
 
     ``reference``: the training-solver model's outputs on ``inputs``, if already computed.
     ``latency_settings`` (its method and steps are replaced) says how to export the candidates
@@ -188,15 +222,47 @@ def calibrate(
     search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match)
     rows = _search_methods(search, methods)
     passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
+    notes: list[str] = []
+    if grid != "uniform":
+        rows += _grid_candidates(search, methods, grid, notes)
     chosen = _choose(search, rows)
     cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
                       match_tol=match.value if match.kind == "max_abs" else None,
                       inputs=inputs.description, reference=training_solvers(model), max_steps=search.cap,
-                      latency=latency_description(), match=match)
+                      latency=latency_description(), match=match, notes=notes)
     if latency and latency_settings is not None:
         _add_latencies(cal, passing, model, latency_settings)
     cal.seconds = time.perf_counter() - start
     return cal
+
+
+def _grid_candidates(search: "_Search", methods: Sequence[str], grid: str, notes: list[str]) -> list[Candidate]:
+    """The optimised-grid rows (:func:`odespec.export.grids.search_grids`), each cheaper than the
+    best uniform candidate; none, with a note (``grid: auto``) or an :class:`ExportError`
+    (``grid: optimised``), where the model has no block they apply to."""
+    from odespec.export.grids import grid_eligibility, search_grids
+
+    blocks, why = grid_eligibility(search.model)
+    if why is None and search.inputs.series:
+        why = "the model reads series inputs"
+    if why is not None:
+        if grid == "optimised":
+            raise ExportError(f"grid: optimised does not apply to this model: {why}",
+                              "use grid: uniform (or auto, which falls back to uniform grids)")
+        notes.append(f"optimised grids not searched: {why}")
+        return []
+    budget = search.best.nfe if search.best is not None else math.inf
+    rows = search_grids(search.model, search.inputs, search.want, search.match, methods, budget, blocks)
+    return [_grid_candidate(r) for r in rows]
+
+
+def _grid_candidate(row: "GridRow") -> Candidate:
+    fit = row.fit
+    if fit is None:
+        return Candidate(row.method, 0, 0, math.inf, False, row.status, grid="optimised")
+    steps = max(g.steps for g in fit.grids if g is not None)
+    return Candidate(row.method, steps, fit.nfe, fit.error, row.passed, row.status, grid="optimised", grids=fit.grids,
+                     fit_error=fit.fit_error, heldout_error=fit.heldout_error)
 
 
 def default_match_tol(model: ODENet, reference: Sequence[np.ndarray]) -> Match:
@@ -399,7 +465,7 @@ def _choose(search: _Search, rows: list[Candidate]) -> Candidate:
         raise _no_candidate_error(search)
     best = min(passing, key=_cost)
     best.status = "chosen"
-    rows.sort(key=lambda r: (not r.passed, r.nfe if r.passed else math.inf, r.method))
+    rows.sort(key=lambda r: (not r.passed, r.nfe if r.passed else math.inf, r.grid, r.method))
     return best
 
 
@@ -425,7 +491,7 @@ def _add_latencies(cal: Calibration, passing: list[Candidate], model: ODENet, se
     f-evaluations, exported as ``settings`` says."""
     from odespec.export.latency import export_latencies
 
-    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe]
+    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe and r.grid == "uniform"]
     if len(timed) < len(passing):
         cal.notes.append(f"latency not measured for candidates above {LATENCY_NFE_FACTOR}x the chosen "
                          "one's f-evaluations")

@@ -36,7 +36,7 @@ from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.export.verdict import DeploymentWarning, deployment_warnings
 from odespec.spec.model import Spec
-from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS, GRID_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -95,6 +95,9 @@ class ExportOptions:
     precision: Optional[str] = None
     #: the runtimes the graph is checked on, by name (None: the spec's ``export.onnx.verify``)
     verify: Optional[tuple[str, ...]] = None
+    #: calibration's grids (:data:`~odespec.spec.schema.GRID_MODES`): ``uniform``, ``optimised``
+    #: or ``auto`` (None: the spec's ``export.onnx.grid``)
+    grid: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -105,6 +108,11 @@ class ExportOptions:
                                   f"leave out steps to calibrate, or leave out {name}")
         if self.match_tol is not None and self.match_agreement is not None:
             raise ExportError("match_tol and match_agreement are two criteria for calibration; give one")
+        if self.grid is not None and self.grid not in GRID_MODES:
+            raise ExportError(f"unknown grid {self.grid!r}", f"use one of {', '.join(GRID_MODES)}")
+        if self.grid == "optimised" and self.steps is not None and not isinstance(self.steps, str):
+            raise ExportError("grid 'optimised' is for steps='auto' (calibration places the steps); the step count "
+                              "is given", "leave out steps to calibrate, or leave out grid")
         if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
             close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
             raise ExportError(f"unknown precision {self.precision!r}",
@@ -210,7 +218,8 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     if auto:
         reference = reference_outputs(cpu, inputs)
         calibration = _calibrate(cpu, options, settings, inputs, reference)
-        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
+        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps,
+                                       grids=calibration.chosen.grids or ())
     onnx_model, data, seconds = _build_checked(cpu, settings)
     sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
     check = _parity_check(cpu, settings, options) if options.parity else None
@@ -229,7 +238,8 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     return ExportResult(
         path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
         steps=settings.steps, opset=settings.opset,
-        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps), export_seconds=seconds,
+        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps, settings.grids),
+        export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
         layout="loop" if settings.loop else "unrolled", warnings=warnings,
@@ -291,8 +301,13 @@ def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings"
                           f"axis); the model's output {out} has no class axis of 2 or more scores",
                           "use match_tol for a model that outputs values")
     methods = (options.method,) if options.method else (export.calibration_methods or CALIBRATION_METHODS)
+    grid = options.grid or export.grid
+    if grid == "optimised" and settings.loop:
+        raise ExportError("grid: optimised is exported unrolled (its steps differ in size; a Loop repeats one)",
+                          "leave out loop, or use grid: uniform")
     return calibrate(model, inputs, match_tol=tol, agreement=agreement, methods=methods, latency=options.latency,
-                     latency_settings=dataclasses.replace(settings, steps=1), reference=reference)
+                     latency_settings=dataclasses.replace(settings, steps=1), reference=reference,
+                     grid="uniform" if settings.loop else grid)
 
 
 def _build_checked(model: ODENet, settings: "ExportSettings") -> tuple["onnx.ModelProto", bytes, float]:
@@ -353,7 +368,7 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     prec = graph_precision(model_dtype(model), settings.precision)
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
-    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
+    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.grids)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
     return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,
@@ -435,6 +450,8 @@ def export_metadata(calibration: Optional[Calibration], deployment: Optional[Dep
         meta["calibration"] = json.dumps({
             "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
             "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
+            "grid": calibration.chosen.grid,
+            **({"heldout_error": calibration.chosen.heldout_error} if calibration.chosen.grid == "optimised" else {}),
             **({"agreement": calibration.match.value} if agreement and calibration.match else {}),
         })
     if deployment is not None:

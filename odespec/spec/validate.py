@@ -448,6 +448,14 @@ class _Checker:
                                f"or remove {key}", key=True)
         if "match" in raw:
             raw["match_agreement"] = self.match(raw.pop("match"), path + ("match",), raw, items)
+        if raw.get("grid") == "optimised":
+            if steps != "auto":
+                self.error(path + ("grid",), f"grid: optimised is for steps: auto (calibration places the steps); "
+                           f"the step count here is fixed ({steps})",
+                           "write steps: auto, or remove grid", key=True)
+            elif raw.get("loop", EXPORT_DEFAULTS["loop"]):
+                self.error(path + ("grid",), "grid: optimised is exported unrolled (its steps differ in size; a "
+                           "Loop repeats one)", "remove loop: true, or write grid: uniform", key=True)
         # (calibration keeps within MAX_STEPS itself)
         unrolled, most, where = 0, 0, path
         reported = len(self.issues)
