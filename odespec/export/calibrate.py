@@ -37,6 +37,7 @@ from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock, ResNetBlock
 from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
+from odespec.export.grids import calibration_threads
 from odespec.export.inputs import InputSet, model_dtype
 from odespec.export.metrics import Match, model_outputs, reference_outputs
 from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
@@ -220,11 +221,12 @@ def calibrate(
     match = (Match("agreement", agreement) if agreement is not None
              else Match("max_abs", match_tol) if match_tol is not None else default_match_tol(model, want))
     search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match)
-    rows = _search_methods(search, methods)
-    passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
     notes: list[str] = []
-    if grid != "uniform":
-        rows += _grid_candidates(search, methods, grid, notes)
+    with calibration_threads(model, max(int(b.shape[0]) for b in inputs.batches)):
+        rows = _search_methods(search, methods)
+        passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
+        if grid != "uniform":
+            rows += _grid_candidates(search, methods, grid, notes)
     chosen = _choose(search, rows)
     cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
                       match_tol=match.value if match.kind == "max_abs" else None,
