@@ -254,14 +254,22 @@ def _grid_candidates(search: "_Search", methods: Sequence[str], grid: str, notes
         notes.append(f"optimised grids not searched: {why}")
         return []
     budget = search.best.nfe if search.best is not None else math.inf
-    rows = search_grids(search.model, search.inputs, search.want, search.match, methods, budget, blocks)
-    return [_grid_candidate(r) for r in rows]
+    # the training solver's own method joins the search unless the methods were narrowed (a
+    # written method is the only one searched)
+    own = set(methods) >= set(CALIBRATION_METHODS)
+    rows = search_grids(search.model, search.inputs, search.want, search.match, methods, budget, blocks,
+                        training_method=own)
+    # a method whose grids were never refined has no numbers for the table: one note says why
+    skipped = [r for r in rows if r.fit is None]
+    for status in dict.fromkeys(r.status for r in skipped):
+        names = ", ".join(r.method for r in skipped if r.status == status)
+        notes.append(f"optimised grids of {names}: {status}")
+    return [_grid_candidate(r) for r in rows if r.fit is not None]
 
 
 def _grid_candidate(row: "GridRow") -> Candidate:
     fit = row.fit
-    if fit is None:
-        return Candidate(row.method, 0, 0, math.inf, False, row.status, grid="optimised")
+    assert fit is not None  # rows without a refined grid become notes
     steps = max(g.steps for g in fit.grids if g is not None)
     return Candidate(row.method, steps, fit.nfe, fit.error, row.passed, row.status, grid="optimised", grids=fit.grids,
                      fit_error=fit.fit_error, heldout_error=fit.heldout_error)

@@ -59,6 +59,8 @@ _P_NORM = 8.0
 #: a fit stops early once its error is at most this fraction of the tolerance (room for the
 #: held-out half)
 _EARLY_FRACTION = 0.5
+#: the narrowest step an optimised grid may take, as a fraction of the span's mean step
+_MIN_WIDTH = 1e-3
 #: iterations between measurements on the whole fitting half (which choose the worst samples)
 _REFRESH = 10
 #: Adam's step on the log step widths
@@ -343,6 +345,8 @@ def fit_grid(model: ODENet, method: str, blocks: Sequence[int], seeds: Sequence[
                 break
             opt.zero_grad()
             loss.backward()
+            if not all(th.grad is not None and bool(torch.isfinite(th.grad).all()) for th in thetas):
+                break  # a diverging solve: keep the best grid measured so far
             opt.step()
     finally:
         model.train(was_training)
@@ -379,8 +383,10 @@ def _measure(model: ODENet, method: str, grids: list[Any], x: torch.Tensor, want
 
 
 def _points(theta: torch.Tensor, start: float, stop: float) -> torch.Tensor:
-    """Step points from softmax widths: ordered, from ``start`` to ``stop`` exactly."""
-    w = torch.softmax(theta, 0)
+    """Step points from softmax widths: ordered, from ``start`` to ``stop`` exactly; every step at
+    least :data:`_MIN_WIDTH` of the span / steps (no step collapses to nothing)."""
+    n = theta.shape[0]
+    w = (torch.softmax(theta, 0) + _MIN_WIDTH / n) / (1 + _MIN_WIDTH)
     inner = start + (stop - start) * torch.cumsum(w, 0)[:-1]
     return torch.cat([torch.tensor([start], dtype=theta.dtype), inner, torch.tensor([stop], dtype=theta.dtype)])
 
@@ -435,6 +441,9 @@ SEED_GAIN = 4.0
 #: calibrating on agreement, a seed is refined when its disagreement is at most this above the
 #: allowed one
 SEED_AGREEMENT_SLACK = 0.02
+#: the most steps of an optimised grid per ODE block (when no uniform grid passes, nothing else
+#: bounds the search; a grid this long is no longer "a handful of numbers")
+MAX_GRID_STEPS = 64
 #: refinements per method at most (the first at the smallest promising step count, then one
 #: step more or fewer)
 TRIES_PER_METHOD = 3
@@ -450,15 +459,18 @@ class GridRow:
     status: str
 
 
-def grid_methods(model: ODENet, blocks: Sequence[int], methods: Sequence[str]) -> list[str]:
-    """The methods the grid search tries: the training solvers' own explicit Runge-Kutta method
-    when all of ``blocks`` share one (its steps are what the reference took, so a few of them
-    placed well reproduce it closely), then ``methods``; highest order first, then fewer stages."""
+def grid_methods(model: ODENet, blocks: Sequence[int], methods: Sequence[str], training_method: bool = True,
+                 ) -> list[str]:
+    """The methods the grid search tries: ``methods`` and (``training_method``) the training
+    solvers' own explicit Runge-Kutta method when all of ``blocks`` share one (the reference is
+    that method on the steps it accepted, so a few of its steps placed well reproduce the
+    reference closely, its own error included, which no convergent method can); highest order
+    first, then fewer stages."""
     from odespec.solvers.tableaus import get_tableau
 
     names = list(dict.fromkeys(methods))
     own = {model.ode_blocks[i].spec.solver.method for i in blocks}
-    if len(own) == 1:
+    if len(own) == 1 and training_method:
         (name,) = own
         try:
             tab = get_tableau(name)
@@ -470,37 +482,36 @@ def grid_methods(model: ODENet, blocks: Sequence[int], methods: Sequence[str]) -
 
 
 def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], match: Match, methods: Sequence[str],
-                 budget: float, blocks: Sequence[int]) -> list[GridRow]:
+                 budget: float, blocks: Sequence[int], *, training_method: bool = True) -> list[GridRow]:
     """For each of :func:`grid_methods`, the cheapest grid (fewest f-evaluations, below
     ``budget``: the best uniform candidate's) whose error passes on both the fitting and the
-    held-out half of ``inputs`` (:func:`split_inputs`).
+    held-out half of ``inputs`` (:func:`split_inputs`); ``training_method``: whether the
+    training solver's own method joins ``methods``.
 
     Each method's step count starts at the smallest whose seed grid (:func:`seed_grid`, no
     refinement) is promising (:data:`SEED_GAIN`), is refined (:func:`fit_grid`), then moves one
     step down after a pass or up after a failure, :data:`TRIES_PER_METHOD` refinements at most."""
-    from odespec.solvers.tableaus import get_tableau
-
     halves = split_inputs(inputs, want)
     fit, want_fit = halves[0], halves[1]
     steps = record_steps(model, fit, blocks)
     spans = [(float(model.ode_blocks[i].spec.t[0]), float(model.ode_blocks[i].spec.t[-1])) for i in blocks]
     n_blocks = len(model.ode_blocks)
     rows: list[GridRow] = []
-    for method in grid_methods(model, blocks, methods):
-        tab = get_tableau(method)
 
-        def seeds(n: int) -> BlockGrids:
-            return _as_grids(n_blocks, blocks, [seed_grid(a, b, s, n) for (a, b), s in zip(spans, steps, strict=True)])
+    def seeds(n: int) -> BlockGrids:
+        return _as_grids(n_blocks, blocks, [seed_grid(a, b, s, n) for (a, b), s in zip(spans, steps, strict=True)])
 
+    for method in grid_methods(model, blocks, methods, training_method):
         n_max = 0
-        while grid_nfe(model, method, seeds(n_max + 1)) < budget:
+        while n_max < MAX_GRID_STEPS and grid_nfe(model, method, seeds(n_max + 1)) < budget:
             n_max += 1
         if n_max == 0:
             rows.append(GridRow(method, None, False, "not searched: one step costs more than the best"))
             continue
         start = _first_promising(model, method, seeds, n_max, fit, want_fit, match)
         if start is None:
-            rows.append(GridRow(method, None, False, f"seed grids up to {n_max} steps too far from tolerance"))
+            rows.append(GridRow(method, None, False, "not refined: every seed grid within the budget is too far from "
+                                                     "the tolerance"))
             continue
         row = _refine_from(model, method, start, n_max, blocks, steps, halves, match, inputs, want)
         rows.append(row)
