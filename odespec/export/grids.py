@@ -69,7 +69,7 @@ _LEARNING_RATE = 0.08
 #: :data:`_HOPELESS_FACTOR` x the tolerance (agreement: the allowed disagreement plus
 #: :data:`SEED_AGREEMENT_SLACK` / 2): it would not pass within the iterations left
 _HOPELESS_AFTER = 20
-_HOPELESS_FACTOR = 2.0
+_HOPELESS_FACTOR = 3.0
 
 
 #: a calibration whose largest batch of ODE states has at most this many numbers runs on one
@@ -447,6 +447,10 @@ MAX_GRID_STEPS = 64
 #: refinements per method at most (the first at the smallest promising step count, then one
 #: step more or fewer)
 TRIES_PER_METHOD = 3
+#: refinements of the whole search at most, in the methods' order: what bounds its time (on the
+#: digits ODE-Net, 12 refinements took 35 s on a busy 2-core machine; the later ones, methods of
+#: the same order and stages as earlier ones, rarely won)
+TOTAL_REFINEMENTS = 6
 
 
 @dataclass
@@ -497,11 +501,16 @@ def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], ma
     spans = [(float(model.ode_blocks[i].spec.t[0]), float(model.ode_blocks[i].spec.t[-1])) for i in blocks]
     n_blocks = len(model.ode_blocks)
     rows: list[GridRow] = []
+    left = [TOTAL_REFINEMENTS]
 
     def seeds(n: int) -> BlockGrids:
         return _as_grids(n_blocks, blocks, [seed_grid(a, b, s, n) for (a, b), s in zip(spans, steps, strict=True)])
 
     for method in grid_methods(model, blocks, methods, training_method):
+        if left[0] <= 0:
+            rows.append(GridRow(method, None, False, f"not refined: the search's {TOTAL_REFINEMENTS} refinements "
+                                                     "were spent on earlier methods"))
+            continue
         n_max = 0
         while n_max < MAX_GRID_STEPS and grid_nfe(model, method, seeds(n_max + 1)) < budget:
             n_max += 1
@@ -513,7 +522,7 @@ def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], ma
             rows.append(GridRow(method, None, False, "not refined: every seed grid within the budget is too far from "
                                                      "the tolerance"))
             continue
-        row = _refine_from(model, method, start, n_max, blocks, steps, halves, match, inputs, want)
+        row = _refine_from(model, method, start, n_max, blocks, steps, halves, match, inputs, want, left)
         rows.append(row)
         if row.passed and row.fit is not None:
             budget = min(budget, row.fit.nfe)
@@ -539,13 +548,14 @@ def _first_promising(model: ODENet, method: str, seeds: Callable[[int], BlockGri
 def _refine_from(model: ODENet, method: str, n: int, n_max: int, blocks: Sequence[int],
                  steps: Sequence[Sequence[tuple[float, float]]],
                  halves: tuple[InputSet, list[np.ndarray], InputSet, list[np.ndarray]], match: Match,
-                 inputs: InputSet, want: Sequence[np.ndarray]) -> GridRow:
+                 inputs: InputSet, want: Sequence[np.ndarray], left: list[int]) -> GridRow:
     """Refine at ``n`` steps; after a pass try one fewer, after a failure one more (up to
-    ``n_max``), :data:`TRIES_PER_METHOD` refinements at most. The cheapest pass, else the
-    closest failure."""
+    ``n_max``), :data:`TRIES_PER_METHOD` refinements at most, and no more than ``left[0]``
+    (decremented). The cheapest pass, else the closest failure."""
     tried: dict[int, GridFit] = {}
     direction = 0
-    while n not in tried and 1 <= n <= n_max and len(tried) < TRIES_PER_METHOD:
+    while n not in tried and 1 <= n <= n_max and len(tried) < TRIES_PER_METHOD and left[0] > 0:
+        left[0] -= 1
         tried[n] = optimise(model, method, n, blocks, steps, halves, match, inputs, want)
         ok = tried[n].passes(match.tolerance)
         if direction == 0:
