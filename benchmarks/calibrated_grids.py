@@ -57,8 +57,14 @@ def trained(name: str, work: Path) -> Any:
     return model.eval()
 
 
+#: parity tolerance of every export here: the trained circles model's logits reach ~7 in magnitude,
+#: and its uniform rk4 graphs already differ from their twins by up to 3.3e-5 in float32 (rk4 x 5),
+#: as its optimised ones do (up to 1.8e-5 over 8 random grids): 1e-5, the default, fails by chance
+PARITY_TOL = 1e-4
+
+
 def export(model: Any, path: Path, data: Path, **kw: Any) -> Any:
-    return odespec.export_onnx(model, path, calibration_data=data, latency=False, **kw)
+    return odespec.export_onnx(model, path, calibration_data=data, latency=False, parity_tol=PARITY_TOL, **kw)
 
 
 def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -74,7 +80,7 @@ def row(label: str, res: Any, extra: str = "") -> str:
     cal = res.calibration or {}
     held = cal.get("heldout_error")
     return (f"{label:44s} {res.method:7s} {cal.get('grid', 'given'):9s} {res.steps:5d} {res.nfe_per_forward:7d} "
-            f"{res.macs['total']:9,d} {cal.get('error', float('nan')):11.3e} "
+            f"{res.macs['macs_per_sample']:9,d} {cal.get('error', float('nan')):11.3e} "
             f"{'-' if held is None else f'{held:.3e}':>10s} {cal.get('seconds', 0.0):7.1f}  {extra}")
 
 
