@@ -40,7 +40,7 @@ from odespec.api import load_weights  # noqa: E402
 from odespec.export.calibrate import calibrate  # noqa: E402
 from odespec.export.inputs import data_input_set  # noqa: E402
 from odespec.export.metrics import agreement, output_error, reference_outputs  # noqa: E402
-from odespec.export.pipeline import ExportOptions, accuracy_inputs  # noqa: E402
+from odespec.export.pipeline import ExportOptions, accuracy_inputs, export_model  # noqa: E402
 from odespec.export.session import ort_session  # noqa: E402
 from odespec.spec import load_spec  # noqa: E402
 from odespec.spec.schema import CALIBRATION_METHODS  # noqa: E402
@@ -64,7 +64,8 @@ PARITY_TOL = 1e-4
 
 
 def export(model: Any, path: Path, data: Path, **kw: Any) -> Any:
-    return odespec.export_onnx(model, path, calibration_data=data, latency=False, parity_tol=PARITY_TOL, **kw)
+    options = ExportOptions(calibration_data=data, latency=False, parity_tol=PARITY_TOL, steps="auto", **kw)
+    return export_model(model, path, options)
 
 
 def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
