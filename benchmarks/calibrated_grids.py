@@ -107,7 +107,7 @@ def circles_figures(work: Path) -> None:
         res = export(anode, work / f"anode_agree_{grid}.onnx", cal, match_agreement=1.0, grid=grid)
         agree = agreement(ort_batches(res.path, new_set), want_new)
         print(row("circles_anode, agreement 100 %", res, f"agreement {agree:.2%}"))
-    res = odespec.export_onnx(resnet, work / "resnet.onnx", latency=False, calibration_data=cal)
+    res = odespec.export_onnx(resnet, work / "resnet.onnx", latency=False, calibration_data=cal, parity_tol=PARITY_TOL)
     with torch.no_grad():
         own = resnet(torch.from_numpy(x_new)).numpy()
     agree = agreement([ort_outputs(res.path, x_new)], [own])
