@@ -16,7 +16,7 @@ Then the calibration time (median of ``--repeats``) with ``grid: uniform`` and `
 every shipped spec with its initial weights on the seeded inputs (what ``odespec build SPEC
 --steps auto`` does), and for the trained models above.
 
-    python benchmarks/calibrated_grids.py [--work DIR] [--repeats 3] [--skip-shipped]
+    python benchmarks/calibrated_grids.py [--work DIR] [--repeats 3] [--skip-shipped] [--specs GLOB] [--timing-only]
 """
 
 from __future__ import annotations
@@ -147,23 +147,25 @@ def timed(model: Any, inputs: Any, grid: str, repeats: int, methods: tuple[str, 
     return statistics.median(seconds), cal
 
 
-def timing(work: Path, repeats: int, skip_shipped: bool) -> None:
+def timing(work: Path, repeats: int, skip_shipped: bool, pattern: str, trained_too: bool) -> None:
     print(f"\n{'spec (weights, criterion)':52s} {'uniform s':>9s} {'auto s':>7s}  chosen with grid: auto")
     cases: list[tuple[str, Any, Any, dict[str, Any]]] = []
     if not skip_shipped:
-        for path in sorted(SPECS.glob("*.yaml")):
+        for path in sorted(SPECS.glob(f"{pattern}.yaml")):
             spec = load_spec(path)
             model = odespec.build(spec).eval()
             inputs = accuracy_inputs(model, ExportOptions(), spec.classifier)
             cases.append((f"{path.stem} (initial, derived match_tol)", model, inputs, {}))
     cal = work / "circles_cal.npz"
-    anode = trained("circles_anode", work)
-    cases.append(("circles_anode (trained, max abs 1e-2)", anode,
-                  data_input_set(cal, (2,), dtype=torch.float32), {"match_tol": 1e-2}))
-    cases.append(("circles_anode (trained, agreement 1.0)", anode,
-                  data_input_set(cal, (2,), dtype=torch.float32, classes=(2,)), {"agreement": 1.0}))
-    cases.append(("ode_demo_train (trained, max abs 1e-4)", trained("ode_demo_train", work),
-                  data_input_set(work / "ode_demo_trajectory.npy", (2,), dtype=torch.float32), {"match_tol": 1e-4}))
+    anode = trained("circles_anode", work) if trained_too else None
+    if trained_too:
+        cases.append(("circles_anode (trained, max abs 1e-2)", anode,
+                      data_input_set(cal, (2,), dtype=torch.float32), {"match_tol": 1e-2}))
+        cases.append(("circles_anode (trained, agreement 1.0)", anode,
+                      data_input_set(cal, (2,), dtype=torch.float32, classes=(2,)), {"agreement": 1.0}))
+        cases.append(("ode_demo_train (trained, max abs 1e-4)", trained("ode_demo_train", work),
+                      data_input_set(work / "ode_demo_trajectory.npy", (2,), dtype=torch.float32),
+                      {"match_tol": 1e-4}))
     for label, model, inputs, criterion in cases:
         methods = model.spec.export.calibration_methods or CALIBRATION_METHODS
         try:
@@ -180,12 +182,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "odespec_calibrated_grids")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-shipped", action="store_true", help="time only the trained models")
+    parser.add_argument("--specs", default="*", help="glob of the shipped specs to time (default: all)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="skip the figures and the trained models' timing (their files must be in --work)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; work dir {args.work}\n")
-    circles_figures(args.work)
-    ode_demo_figures(args.work)
-    timing(args.work, args.repeats, args.skip_shipped)
+    if not args.timing_only:
+        circles_figures(args.work)
+        ode_demo_figures(args.work)
+    timing(args.work, args.repeats, args.skip_shipped, args.specs, not args.timing_only)
 
 
 if __name__ == "__main__":
