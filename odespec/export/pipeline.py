@@ -368,7 +368,12 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     prec = graph_precision(model_dtype(model), settings.precision)
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
-    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.grids)
+    if settings.grids:  # an optimised grid's twin (odespec.export.grids)
+        from odespec.export.grids import grid_model
+
+        twin = grid_model(precision_model(model, dtype), settings.method, settings.grids)
+    else:
+        twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
     return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,

@@ -53,7 +53,7 @@ def takes_export_steps(rnn: PerSampleEncoder) -> bool:
     return rnn.solver.adaptive or rnn.solver.steps is None
 
 
-def fixed_step_model(model: ODENet, method: str, steps: int, grids: Optional[Any] = None) -> ODENet:
+def fixed_step_model(model: ODENet, method: str, steps: int) -> ODENet:
     """A model whose ODE blocks use ``method`` with ``steps`` steps per output interval (a
     ``t: query`` block: per interval of each sample's own query times), and whose ODE-RNN
     encoders use :func:`encoder_solver` per gap between observations.
@@ -61,14 +61,7 @@ def fixed_step_model(model: ODENet, method: str, steps: int, grids: Optional[Any
     Weights are shared with ``model`` (no copy), so training the original and exporting the
     twin stay in sync. The twin serves inference and parity: plain autograd is enough (and
     exact), so its blocks backpropagate.
-
-    ``grids`` (:data:`odespec.export.grids.BlockGrids`): optimised grids, one per ODE block,
-    instead of ``steps`` per output interval (:func:`odespec.export.grids.grid_model`).
     """
-    if grids:
-        from odespec.export.grids import grid_model
-
-        return grid_model(model, method, grids)
     solver = SolverConfig.fixed(method, steps)
     modules = [m.with_solver(solver, GradientConfig()) if isinstance(m, ODEBlock)
                else m.with_solver(encoder_solver(m, method, steps), GradientConfig()) if isinstance(m, PerSampleEncoder)
