@@ -242,7 +242,7 @@ def _grid_candidates(search: "_Search", methods: Sequence[str], grid: str, notes
     """The optimised-grid rows (:func:`odespec.export.grids.search_grids`), each cheaper than the
     best uniform candidate; none, with a note (``grid: auto``) or an :class:`ExportError`
     (``grid: optimised``), where the model has no block they apply to."""
-    from odespec.export.grids import grid_eligibility, search_grids
+    from odespec.export.grids import GRID_WORK_MACS, dynamics_macs, grid_eligibility, search_grids
 
     blocks, why = grid_eligibility(search.model)
     if why is None and search.inputs.series:
@@ -257,8 +257,10 @@ def _grid_candidates(search: "_Search", methods: Sequence[str], grid: str, notes
     # the training solver's own method joins the search unless the methods were narrowed (a
     # written method is the only one searched)
     own = set(methods) >= set(CALIBRATION_METHODS)
+    # the refinements' work in sample f-evaluations: GRID_WORK_MACS over one's multiply-accumulates
+    work = GRID_WORK_MACS / dynamics_macs(search.model, blocks)
     rows = search_grids(search.model, search.inputs, search.want, search.match, methods, budget, blocks,
-                        training_method=own)
+                        training_method=own, work_budget=work)
     # a method whose grids were never refined has no numbers for the table: one note says why
     skipped = [r for r in rows if r.fit is None]
     for status in dict.fromkeys(r.status for r in skipped):

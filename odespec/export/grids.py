@@ -148,6 +148,24 @@ class GridBlock(BlockBase):
         return f"grid of {len(self.points) - 1} steps, method={self.tableau.name}"
 
 
+def dynamics_macs(model: ODENet, blocks: Sequence[int]) -> float:
+    """Multiply-accumulates of one f-evaluation of one sample, the largest over ``blocks``
+    (torch's FLOP counter on a batch of one, halved)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dtype = next(model.parameters()).dtype
+    most = 0.0
+    for i in blocks:
+        block = model.ode_blocks[i]
+        assert isinstance(block, ODEBlock)  # grid_eligibility: every block a continuous one
+        y = torch.zeros((1, *block.spec.state_shape), dtype=dtype)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            block.dynamics(torch.zeros((), dtype=dtype), y)
+        most = max(most, counter.get_total_flops() / 2)
+    return max(most, 1.0)
+
+
 def grid_eligibility(model: ODENet) -> tuple[list[int], Optional[str]]:
     """The indices (in ``model.ode_blocks``) of the blocks an optimised grid applies to, and why
     none does (``None`` when some do)."""
@@ -467,6 +485,27 @@ TRIES_PER_METHOD = 3
 #: digits ODE-Net, 12 refinements took 35 s on a busy 2-core machine; the later ones, methods of
 #: the same order and stages as earlier ones, rarely won)
 TOTAL_REFINEMENTS = 6
+#: the refinements' work at most, in multiply-accumulates (their sample f-evaluations, a
+#: backward pass counted as two, times the dynamics' MACs per sample): a bound on their time that
+#: does not depend on the machine. Six refinements of the digits ODE-Net (73,728 MACs an
+#: f-evaluation) cost about 4e10 and 20 s on this busy 2-core machine; on the MNIST ODE-Net they
+#: cost about 100 s, beside its uniform calibration's 138 s
+GRID_WORK_MACS = 5e10
+
+
+@dataclass
+class _Budget:
+    """What the search may still spend: refinements, and work in sample f-evaluations (one
+    f-evaluation of one sample; a backward pass counted as two)."""
+
+    refinements: int
+    work: float
+
+    def refinement_cost(self, nfe: int, fit: int, total: int) -> float:
+        """An upper bound of one refinement's work: its gradient steps, its measurements on the
+        fitting half, and the final errors on both halves and on all inputs."""
+        measures = OPTIMISE_ITERATIONS // _REFRESH + 1
+        return nfe * (OPTIMISE_ITERATIONS * min(FIT_SAMPLES, fit) * 3 + measures * fit + 2 * total)
 
 
 @dataclass
@@ -502,11 +541,14 @@ def grid_methods(model: ODENet, blocks: Sequence[int], methods: Sequence[str], t
 
 
 def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], match: Match, methods: Sequence[str],
-                 budget: float, blocks: Sequence[int], *, training_method: bool = True) -> list[GridRow]:
+                 budget: float, blocks: Sequence[int], *, training_method: bool = True,
+                 work_budget: float = math.inf) -> list[GridRow]:
     """For each of :func:`grid_methods`, the cheapest grid (fewest f-evaluations, below
     ``budget``: the best uniform candidate's) whose error passes on both the fitting and the
     held-out half of ``inputs`` (:func:`split_inputs`); ``training_method``: whether the
-    training solver's own method joins ``methods``.
+    training solver's own method joins ``methods``. ``work_budget``: the most sample
+    f-evaluations the refinements may spend (:class:`_Budget`); a method whose first refinement
+    would exceed what is left is not refined.
 
     Each method's step count starts at the smallest whose seed grid (:func:`seed_grid`, no
     refinement) is promising (:data:`SEED_GAIN`), is refined (:func:`fit_grid`), then moves one
@@ -517,13 +559,14 @@ def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], ma
     spans = [(float(model.ode_blocks[i].spec.t[0]), float(model.ode_blocks[i].spec.t[-1])) for i in blocks]
     n_blocks = len(model.ode_blocks)
     rows: list[GridRow] = []
-    left = [TOTAL_REFINEMENTS]
+    budget_left = _Budget(TOTAL_REFINEMENTS, work_budget)
+    fit_size, total = halves[0].samples, inputs.samples
 
     def seeds(n: int) -> BlockGrids:
         return _as_grids(n_blocks, blocks, [seed_grid(a, b, s, n) for (a, b), s in zip(spans, steps, strict=True)])
 
     for method in grid_methods(model, blocks, methods, training_method):
-        if left[0] <= 0:
+        if budget_left.refinements <= 0:
             rows.append(GridRow(method, None, False, f"not refined: the search's {TOTAL_REFINEMENTS} refinements "
                                                      "were spent on earlier methods"))
             continue
@@ -534,11 +577,16 @@ def search_grids(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], ma
             rows.append(GridRow(method, None, False, "not searched: one step costs more than the best"))
             continue
         start = _first_promising(model, method, seeds, n_max, fit, want_fit, match)
+        if start is not None and budget_left.refinement_cost(grid_nfe(model, method, seeds(start)), fit_size,
+                                                             total) > budget_left.work:
+            rows.append(GridRow(method, None, False, "not refined: the search's work budget "
+                                                     f"({GRID_WORK_MACS:.0e} multiply-accumulates) is spent"))
+            continue
         if start is None:
             rows.append(GridRow(method, None, False, "not refined: every seed grid within the budget is too far from "
                                                      "the tolerance"))
             continue
-        row = _refine_from(model, method, start, n_max, blocks, steps, halves, match, inputs, want, left)
+        row = _refine_from(model, method, start, n_max, blocks, steps, halves, match, inputs, want, budget_left)
         rows.append(row)
         if row.passed and row.fit is not None:
             budget = min(budget, row.fit.nfe)
@@ -564,14 +612,20 @@ def _first_promising(model: ODENet, method: str, seeds: Callable[[int], BlockGri
 def _refine_from(model: ODENet, method: str, n: int, n_max: int, blocks: Sequence[int],
                  steps: Sequence[Sequence[tuple[float, float]]],
                  halves: tuple[InputSet, list[np.ndarray], InputSet, list[np.ndarray]], match: Match,
-                 inputs: InputSet, want: Sequence[np.ndarray], left: list[int]) -> GridRow:
+                 inputs: InputSet, want: Sequence[np.ndarray], budget: _Budget) -> GridRow:
     """Refine at ``n`` steps; after a pass try one fewer, after a failure one more (up to
-    ``n_max``), :data:`TRIES_PER_METHOD` refinements at most, and no more than ``left[0]``
-    (decremented). The cheapest pass, else the closest failure."""
+    ``n_max``), :data:`TRIES_PER_METHOD` refinements at most, within ``budget`` (spent here).
+    The cheapest pass, else the closest failure."""
     tried: dict[int, GridFit] = {}
     direction = 0
-    while n not in tried and 1 <= n <= n_max and len(tried) < TRIES_PER_METHOD and left[0] > 0:
-        left[0] -= 1
+    while n not in tried and 1 <= n <= n_max and len(tried) < TRIES_PER_METHOD and budget.refinements > 0:
+        seed_nfe = grid_nfe(model, method, _as_grids(len(model.ode_blocks), blocks,
+                                                     [StepGrid.from_widths(0.0, 1.0, [1.0] * n)] * len(blocks)))
+        cost = budget.refinement_cost(seed_nfe, halves[0].samples, inputs.samples)
+        if tried and cost > budget.work:
+            break
+        budget.refinements -= 1
+        budget.work -= cost
         tried[n] = optimise(model, method, n, blocks, steps, halves, match, inputs, want)
         ok = tried[n].passes(match.tolerance)
         if direction == 0:
