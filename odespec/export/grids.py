@@ -616,12 +616,14 @@ def _refine_from(model: ODENet, method: str, n: int, n_max: int, blocks: Sequenc
     """Refine at ``n`` steps; after a pass try one fewer, after a failure one more (up to
     ``n_max``), :data:`TRIES_PER_METHOD` refinements at most, within ``budget`` (spent here).
     The cheapest pass, else the closest failure."""
+    from odespec.solvers.tableaus import get_tableau
+
     tried: dict[int, GridFit] = {}
     direction = 0
     while n not in tried and 1 <= n <= n_max and len(tried) < TRIES_PER_METHOD and budget.refinements > 0:
-        seed_nfe = grid_nfe(model, method, _as_grids(len(model.ode_blocks), blocks,
-                                                     [StepGrid.from_widths(0.0, 1.0, [1.0] * n)] * len(blocks)))
-        cost = budget.refinement_cost(seed_nfe, halves[0].samples, inputs.samples)
+        # every stage of every step, and the interpolation's extra f-evaluation: a bound
+        nfe_bound = len(blocks) * (n * get_tableau(method).stages + 1)
+        cost = budget.refinement_cost(nfe_bound, halves[0].samples, inputs.samples)
         if tried and cost > budget.work:
             break
         budget.refinements -= 1
