@@ -233,3 +233,15 @@ def test_models_a_grid_does_not_apply_to_keep_uniform_grids(tmp_path: Path):
     res = odespec.export_onnx(model, tmp_path / "r.onnx", steps="auto", match_tol=1e-3, latency=False)
     assert res.calibration["grid"] == "uniform"
     assert any("optimised grids not searched" in n for n in res.calibration["notes"])
+
+
+def test_a_trajectory_block_off_the_unit_interval_is_searched():
+    # several output times on [0, 1.5]: steps may span outputs (interpolated), and the search's
+    # bookkeeping follows the block's own span
+    model = odespec.build(parse_spec(TRAJECTORY))
+    inputs = seeded_input_set((3,), dtype=torch.float32, seed=3)
+    c = calibrate(model, inputs, match_tol=1e-4, latency=False, grid="optimised")
+    rows = [r for r in c.candidates if r.grid == "optimised"]
+    assert rows and all(r.grids[0].points[0] == 0.0 and r.grids[0].points[-1] == 1.5 for r in rows)
+    assert all(r.passed == (r.fit_error <= 1e-4 and r.heldout_error <= 1e-4) for r in rows)
+    assert c.chosen.error <= 1e-4
