@@ -43,6 +43,8 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
     source = " (the training solver's)" if onnx.get("steps_source") == "training" else ""
+    if (onnx.get("calibration") or {}).get("grid") == "optimised":
+        source = " on an optimised grid"
     return (f"onnx:   {onnx_path} ({onnx['size_bytes']:,} bytes, {onnx['method']} x {onnx['steps']} steps{source}, "
             f"{onnx['nfe_per_forward']} f-evaluations per forward, opset {onnx['opset']}, "
             f"exported in {onnx['export_seconds']:.2f} s)")
