@@ -55,6 +55,7 @@ def export_onnx(
     precision: Optional[str] = None,
     verify: Optional[tuple[str, ...]] = None,
     correction: Union[CorrectionSpec, int, None] = None,
+    grid: Optional[str] = None,
 ) -> ExportResult:
     """Unroll ``model`` with a fixed-step method, export it to ONNX, check it with
     ``onnx.checker`` and (by default) against onnxruntime, then write it atomically.
@@ -78,7 +79,8 @@ def export_onnx(
     ``precision`` (``float32``, ``float16``, ``mixed``; None: the spec's, else the model's
     dtype) sets the graph's element types; ``verify`` names the runtimes it is checked on
     (parity, and latency at batch 1 and 256; None: the spec's ``export.onnx.verify``), see
-    :mod:`odespec.export.runtimes`.
+    :mod:`odespec.export.runtimes`. ``grid`` (``uniform``, ``optimised``, ``auto``; None: the
+    spec's ``export.onnx.grid``) says which grids calibration searches (:mod:`odespec.export.grids`).
 
     ``correction`` trains a learned step correction (hypersolver) after calibration and exports
     it in the graph when it lowers the held-out error within the tolerance (see
@@ -101,7 +103,7 @@ def export_onnx(
     options = ExportOptions(method=method, steps=steps, opset=opset, parity=parity, parity_tol=parity_tol, loop=loop,
                             match_tol=match_tol, match_agreement=match_agreement, match_accuracy=match_accuracy,
                             calibration_data=calibration_data, deployment=deployment,
-                            latency=latency, precision=precision, verify=verify, correction=correction)
+                            latency=latency, precision=precision, verify=verify, correction=correction, grid=grid)
     return export_model(model, path, options)
 
 

@@ -197,6 +197,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Calibrate a classifier's step count on labelled data instead: the cheapest fixed method "
                           "and steps whose predicted classes are the labels y of at least this fraction of "
                           "--calibration-data FILE.npz, e.g. 0.97 (implies --steps auto)."),
+        click.option("--grid", type=click.Choice(["auto", "uniform", "optimised"]),
+                     help="With calibration: the fixed-step grids searched: uniform (steps equal steps per output "
+                          "interval), optimised (also step points placed for the model, fitted on half the "
+                          "calibration inputs and checked on the other half) or auto (optimised where they apply) "
+                          "(default: the spec's export.onnx.grid, auto)."),
         click.option("--precision", type=click.Choice(["float32", "float16", "mixed"]),
                      help="Element types of the graph: float16 (weights, inputs, outputs, compute), mixed (float32 "
                           "inputs, outputs and ODE state accumulation, float16 layers and dynamics), float32 "
@@ -227,8 +232,11 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _check_steps_options(flags: dict[str, Any]) -> None:
-    """Usage errors among the export flags: a calibration criterion beside ``--steps N``, or
-    more than one criterion."""
+    """Usage errors among the export flags: a calibration criterion or ``--grid optimised``
+    beside ``--steps N``, or more than one criterion."""
+    if flags.get("grid") == "optimised" and isinstance(flags.get("steps"), int):
+        raise click.UsageError("--grid optimised places the steps by calibration; it cannot be combined with "
+                               "--steps N (use --steps auto, or leave --steps out)")
     given = ["--" + name.replace("_", "-") for name in ("match_tol", "match_agreement", "match_accuracy")
              if flags.get(name) is not None]
     for flag in given:

@@ -43,6 +43,8 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
     source = " (the training solver's)" if onnx.get("steps_source") == "training" else ""
+    if (onnx.get("calibration") or {}).get("grid") == "optimised":
+        source = " on an optimised grid"
     newton = onnx.get("newton_iters")
     if newton:  # an implicit method: its unrolled Newton iterations and where the count came from
         source += f", {newton['iters']} Newton iterations per step ({newton['source']})"
@@ -94,16 +96,25 @@ def _calibration_lines(cal: Optional[dict[str, Any]]) -> list[str]:
     head = (f"calibration: steps chosen {within}{source} "
             f"({'; '.join(cal['reference'])}) on {cal['inputs']}; latency: {cal['latency']}")
     error = "max abs error" if kind == "max_abs" else f"1 - {kind}"
-    rows = [("method", "steps", "f-evals", error, "error at steps-1", "latency", "status")]
+    rows = [("method", "grid", "steps", "f-evals", error, "held-out", "error at steps-1", "latency", "status")]
     for c in cal["candidates"]:
+        optimised = c.get("grid") == "optimised"
         # an implicit candidate: the Newton iterations per step it was measured with
         newton = f" ({c['newton_iters']} Newton iterations)" if c.get("newton_iters") else ""
         rows.append((
-            c["method"] + newton, str(c["steps"]) if c["steps"] else "-", str(c["nfe"]) if c["nfe"] else "-",
-            _fmt_err(c["error"]), _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
+            c["method"] + newton, c.get("grid", "uniform"),
+            (str(c["steps"]) + (" in all" if optimised else "")) if c["steps"] else "-",
+            str(c["nfe"]) if c["nfe"] else "-", _fmt_err(c["error"]),
+            _fmt_err(c.get("heldout_error")) if optimised and c["nfe"] else "-",
+            _fmt_err(c["error_one_fewer"]) if c["error_one_fewer"] is not None else "-",
             f"{c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else "-", c["status"],
         ))
-    return [head, *_table(rows, indent="  ")]
+    lines = [head, *_table(rows, indent="  ")]
+    if cal.get("grid") == "optimised":
+        points = "; ".join(", ".join(f"{p:.4g}" for p in pts) for pts in cal["points"] if pts is not None)
+        lines.append(f"  chosen grid's step points: {points}")
+    lines += [f"  note: {n}" for n in cal.get("notes", [])]
+    return lines
 
 
 def _correction_lines(corr: Optional[dict[str, Any]]) -> list[str]:

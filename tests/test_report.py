@@ -62,9 +62,9 @@ def test_the_calibration_table_then_the_deployment_error():
     assert render_accuracy({"calibration": cal, "deployment_error": DEPLOYMENT}) == [
         "calibration: steps chosen within match_tol 1e-05 of the training solver (dopri5 rtol=1e-07 atol=1e-09) "
         "on seeded; latency: onnxruntime, batch 1, 1 thread(s), median",
-        "  method  steps  f-evals  max abs error  error at steps-1  latency   status",
-        "  ------  -----  -------  -------------  ----------------  --------  ------------",
-        "  rk4     3      60       6.50e-06       2.20e-05          0.116 ms  chosen",
-        "  euler   -      -        inf            -                 -         not searched",
+        "  method  grid     steps  f-evals  max abs error  held-out  error at steps-1  latency   status",
+        "  ------  -------  -----  -------  -------------  --------  ----------------  --------  ------------",
+        "  rk4     uniform  3      60       6.50e-06       -         2.20e-05          0.116 ms  chosen",
+        "  euler   uniform  -      -        inf            -         -                 -         not searched",
         DEPLOYMENT_LINE,
     ]

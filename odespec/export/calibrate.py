@@ -38,6 +38,7 @@ from odespec.compile.model import ODENet
 from odespec.compile.ode_block import ODEBlock, ResNetBlock
 from odespec.errors import ExportError, SolverError
 from odespec.export.describe import training_solvers
+from odespec.export.grids import calibration_threads
 from odespec.export.inputs import InputSet, model_dtype
 from odespec.export.metrics import Match, model_outputs, reference_outputs
 from odespec.export.unroll import PerSampleEncoder, encoder_solver, takes_export_steps
@@ -46,6 +47,7 @@ from odespec.solvers.options import MAX_STEPS
 from odespec.spec.schema import CALIBRATION_METHODS, MAX_CALIBRATION_STEPS, MAX_EXPORT_NEWTON_ITERS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from odespec.export.grids import BlockGrids, GridRow
     from odespec.export.onnx_export import ExportSettings
 
 __all__ = ["Candidate", "Calibration", "calibrate", "default_match_tol", "nfe_per_forward", "LATENCY_NFE_FACTOR",
@@ -67,10 +69,16 @@ TRAINING_TOL_FACTOR = 4.0
 ROUNDING_ULPS = 1000
 
 
-def nfe_per_forward(model: ODENet, method: str, steps: int, newton_iters: Optional[int] = None) -> int:
+def nfe_per_forward(model: ODENet, method: str, steps: int, newton_iters: Optional[int] = None,
+                    grids: Optional["BlockGrids"] = None) -> int:
     """f-evaluations of one forward pass of the fixed-step model (``method`` x ``steps``; an
     implicit method with ``newton_iters`` iterations and its forward-difference Jacobian) over
-    every ODE block; a ResNet block evaluates its own steps."""
+    every ODE block; a ResNet block evaluates its own steps. ``grids``: the ODE blocks' optimised
+    grids (:mod:`odespec.export.grids`) instead of ``steps`` per output interval."""
+    if grids:
+        from odespec.export.grids import grid_nfe
+
+        return grid_nfe(model, method, grids)
     solver = SolverConfig.unrolled(method, steps, newton_iters)
     blocks = sum((b.spec if isinstance(b, ResNetBlock) else b.spec.with_solver(solver)).nfe() or 0
                  for b in model.ode_blocks)
@@ -98,13 +106,31 @@ class Candidate:
     latency_ms: Optional[float] = None
     #: an implicit method: the Newton iterations per step (:mod:`odespec.export.newton_iters`)
     newton_iters: Optional[int] = None
+    #: ``uniform`` (``steps`` per output interval) or ``optimised`` (``steps`` over each ODE
+    #: block's whole span, placed by :mod:`odespec.export.grids`)
+    grid: str = "uniform"
+    #: an optimised grid's step points per ODE block (``None`` for a block it leaves uniform)
+    grids: Optional["BlockGrids"] = None
+    #: an optimised grid's error on the half of the inputs it was fitted on, and on the held-out half
+    fit_error: Optional[float] = None
+    heldout_error: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         """One row of the report's candidate table."""
-        return {"method": self.method, "steps": self.steps, "nfe": self.nfe, "error": _finite(self.error),
-                "passed": self.passed, "status": self.status, "error_one_fewer": _finite(self.error_one_fewer),
-                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
-                "newton_iters": self.newton_iters}
+        row = {"method": self.method, "grid": self.grid, "steps": self.steps, "nfe": self.nfe,
+               "error": _finite(self.error), "passed": self.passed, "status": self.status,
+               "error_one_fewer": _finite(self.error_one_fewer),
+               "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+               "newton_iters": self.newton_iters}
+        if self.grid == "optimised":
+            row.update(fit_error=_finite(self.fit_error), heldout_error=_finite(self.heldout_error),
+                       points=grid_points(self.grids))
+        return row
+
+
+def grid_points(grids: Optional["BlockGrids"]) -> Optional[list[Optional[list[float]]]]:
+    """Each ODE block's step points (``None``: a uniform block), for reports and metadata."""
+    return None if grids is None else [None if g is None else g.to_list() for g in grids]
 
 
 @dataclass
@@ -137,6 +163,9 @@ class Calibration:
             "match": {"criterion": match.kind, "value": match.value, "source": match.source},
             "method": self.chosen.method,
             "steps": self.chosen.steps,
+            "grid": self.chosen.grid,
+            **({"points": grid_points(self.chosen.grids), "heldout_error": _finite(self.chosen.heldout_error)}
+               if self.chosen.grid == "optimised" else {}),
             "error": _finite(self.chosen.error),
             "nfe": self.chosen.nfe,
             "newton_iters": self.chosen.newton_iters,
@@ -170,6 +199,7 @@ def calibrate(
     latency_settings: Optional["ExportSettings"] = None,
     reference: Optional[list[np.ndarray]] = None,
     newton_iters: Optional[int] = None,
+    grid: str = "uniform",
 ) -> Calibration:
     """Choose the cheapest fixed method and step count within ``match_tol`` of the training solver
     (``None``: :func:`default_match_tol`), or, with ``agreement``, whose predicted classes agree
@@ -188,6 +218,11 @@ def calibrate(
     An implicit method's step count is searched with ``newton_iters`` Newton iterations per step
     (None: :data:`~odespec.spec.schema.MAX_EXPORT_NEWTON_ITERS`, then the fewest iterations that
     pass at that step count, :func:`odespec.export.newton_iters.fewest_iterations`).
+    ``grid``: ``uniform`` searches uniform grids only; ``optimised`` also grids whose step
+    points are placed for the model (:func:`odespec.export.grids.search_grids`; an
+    :class:`ExportError` when the model has no block they apply to); ``auto`` as ``optimised``
+    where they apply, else uniform with a note. An optimised grid passes only if its error on
+    the held-out half of ``inputs`` passes too.
 
     ``reference``: the training-solver model's outputs on ``inputs``, if already computed.
     ``latency_settings`` (its method and steps are replaced) says how to export the candidates
@@ -202,13 +237,18 @@ def calibrate(
     match = _match(model, inputs, want, match_tol, agreement, accuracy)
     search = _Search(model, inputs, want, match.tolerance, _step_cap(model, max_steps), match=match,
                      newton_iters=newton_iters)
-    rows = _search_methods(search, methods)
-    passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
+    notes: list[str] = []
+    with calibration_threads(model, max(int(b.shape[0]) for b in inputs.batches)):
+        rows = _search_methods(search, methods)
+        passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
+        if grid != "uniform":
+            rows += _grid_candidates(search, methods, grid, notes)
     chosen = _choose(search, rows)
     cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
                       match_tol=match.value if match.kind == "max_abs" else None,
                       inputs=inputs.description, reference=training_solvers(model), max_steps=search.cap,
-                      latency=latency_description(), match=match, newton_evaluations=search.newton_evaluations)
+                      latency=latency_description(), match=match, newton_evaluations=search.newton_evaluations,
+                      notes=notes)
     if latency and latency_settings is not None:
         _add_latencies(cal, passing, model, latency_settings)
     cal.seconds = time.perf_counter() - start
@@ -241,6 +281,48 @@ def _match(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], match_to
                               "approximates that model",
                               f"ask for at most {reached:.4g}, or calibrate on match: {{agreement: A}}")
     return match
+def _grid_candidates(search: "_Search", methods: Sequence[str], grid: str, notes: list[str]) -> list[Candidate]:
+    """The optimised-grid rows (:func:`odespec.export.grids.search_grids`), each cheaper than the
+    best uniform candidate; none, with a note (``grid: auto``) or an :class:`ExportError`
+    (``grid: optimised``), where the model has no block they apply to."""
+    from odespec.export.grids import GRID_WORK_MACS, dynamics_macs, grid_eligibility, search_grids
+    from odespec.solvers.tableaus import get_tableau
+
+    blocks, why = grid_eligibility(search.model)
+    if why is None and search.inputs.series:
+        why = "the model reads series inputs"
+    if why is None and search.match.kind == "accuracy":
+        why = "they are fitted on max abs error or agreement, not on accuracy"
+    if why is None and any(get_tableau(m).implicit for m in methods):
+        why = "an implicit method's steps are not placed by the grid search"
+    if why is not None:
+        if grid == "optimised":
+            raise ExportError(f"grid: optimised does not apply to this model: {why}",
+                              "use grid: uniform (or auto, which falls back to uniform grids)")
+        notes.append(f"optimised grids not searched: {why}")
+        return []
+    budget = search.best.nfe if search.best is not None else math.inf
+    # the training solver's own method joins the search unless the methods were narrowed (a
+    # written method is the only one searched)
+    own = set(methods) >= set(CALIBRATION_METHODS)
+    # the refinements' work in sample f-evaluations: GRID_WORK_MACS over one's multiply-accumulates
+    work = GRID_WORK_MACS / dynamics_macs(search.model, blocks)
+    rows = search_grids(search.model, search.inputs, search.want, search.match, methods, budget, blocks,
+                        training_method=own, work_budget=work)
+    # a method whose grids were never refined has no numbers for the table: one note says why
+    skipped = [r for r in rows if r.fit is None]
+    for status in dict.fromkeys(r.status for r in skipped):
+        names = ", ".join(r.method for r in skipped if r.status == status)
+        notes.append(f"optimised grids of {names}: {status}")
+    return [_grid_candidate(r) for r in rows if r.fit is not None]
+
+
+def _grid_candidate(row: "GridRow") -> Candidate:
+    fit = row.fit
+    assert fit is not None  # rows without a refined grid become notes
+    steps = max(g.steps for g in fit.grids if g is not None)
+    return Candidate(row.method, steps, fit.nfe, fit.error, row.passed, row.status, grid="optimised", grids=fit.grids,
+                     fit_error=fit.fit_error, heldout_error=fit.heldout_error)
 
 
 def default_match_tol(model: ODENet, reference: Sequence[np.ndarray]) -> Match:
@@ -480,7 +562,7 @@ def _choose(search: _Search, rows: list[Candidate]) -> Candidate:
         raise _no_candidate_error(search)
     best = min(passing, key=_cost)
     best.status = "chosen"
-    rows.sort(key=lambda r: (not r.passed, r.nfe if r.passed else math.inf, r.method))
+    rows.sort(key=lambda r: (not r.passed, r.nfe if r.passed else math.inf, r.grid, r.method))
     return best
 
 
@@ -506,7 +588,7 @@ def _add_latencies(cal: Calibration, passing: list[Candidate], model: ODENet, se
     f-evaluations, exported as ``settings`` says."""
     from odespec.export.latency import export_latencies
 
-    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe]
+    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe and r.grid == "uniform"]
     if len(timed) < len(passing):
         cal.notes.append(f"latency not measured for candidates above {LATENCY_NFE_FACTOR}x the chosen "
                          "one's f-evaluations")

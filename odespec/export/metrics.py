@@ -151,6 +151,8 @@ class Match(NamedTuple):
             return output_error(got, want).max_abs
         if self.kind == "agreement":
             return 1.0 - agreement(got, want)
+        if not labels:
+            raise ExportError("internal error: the accuracy criterion measured without labels")
         if not all(np.all(np.isfinite(g)) for g in got):
             return 1.0
         return 1.0 - accuracy(got, labels)

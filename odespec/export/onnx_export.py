@@ -37,7 +37,7 @@ from odespec.export.graph import NUMPY_DTYPES, ONNX_DTYPES, GraphBuilder, Value
 from odespec.export.series_graph import SeriesPiece, SeriesValues, lay_ode_rnn, per_sample_interval, slot
 from odespec.export.unroll import PerSampleEncoder, encoder_solver
 from odespec.layers import ExportContext, LayerUse
-from odespec.solvers.grid import fixed_grid
+from odespec.solvers.grid import StepGrid, fixed_grid
 from odespec.spec.schema import EXPORT_DEFAULTS
 
 INPUT_NAME = "input"
@@ -67,6 +67,9 @@ class ExportSettings:
     #: an implicit ``method``: the Newton iterations unrolled per step (None: the solvers'
     #: default ``max_iters``); explicit methods ignore it
     newton_iters: Optional[int] = None
+    #: optimised grids (:mod:`odespec.export.grids`), one per ODE block in ``model.ode_blocks``
+    #: order (``None``: that block walks ``steps`` per output interval); empty: all uniform
+    grids: tuple[Optional[StepGrid], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,8 @@ def build_onnx(model: ODENet, settings: ExportSettings) -> onnx.ModelProto:
                 y0 = Value(_cast(gb, cur, cur_dtype, prec.state))
                 # one correction net per ODE block (not ResNet or t: query), in model order
                 net = nets.pop(0) if nets and isinstance(seg, ODEBlock) and not seg.spec.query else None
-                outs = _solve_block(gb, seg, y0, example, settings, f"ode{j}/", prec, batch, series, net)
+                step_grid = settings.grids[traced.ode_blocks.index(seg)] if settings.grids else None
+                outs = _solve_block(gb, seg, y0, example, settings, f"ode{j}/", prec, batch, series, net, step_grid)
                 if seg.trajectory:
                     axes = gb.const([1], dtype="int64")
                     cur = gb.node("Concat", [gb.node("Unsqueeze", [v.name, axes]) for v in outs], axis=1)
@@ -290,6 +294,9 @@ def _check_layout(model: ODENet, settings: ExportSettings, prec: Precision) -> N
     """The ``loop`` layout lays each interval of a block's one time grid into a ``Loop``; a model
     whose solves follow each sample's own times has no such grid. Mixed precision casts around
     each stage of the unrolled solve; the loop body is not written for it."""
+    if settings.grids and settings.loop:
+        raise ExportError("an optimised grid is exported unrolled: its steps differ in size, and a Loop repeats one "
+                          "step size", "leave out loop (export.onnx.loop: false), or use grid: uniform")
     if prec.mixed and settings.loop:
         raise ExportError("mixed precision is not available for the loop layout",
                           "export it unrolled (leave out loop), or at precision float16 (or float32)")
@@ -374,7 +381,7 @@ def _piece_exporter(settings: ExportSettings) -> Callable[[nn.Module, tuple, lis
 
 def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Tensor, settings: ExportSettings,
                  prefix: str, prec: Precision, batch: Any, series: Optional[SeriesValues] = None,
-                 correction: Optional[nn.Module] = None) -> list[Value]:
+                 correction: Optional[nn.Module] = None, step_grid: Optional[StepGrid] = None) -> list[Value]:
     """Lay one ODE block's fixed-step solve into ``gb``; returns the states at its output times
     (a ``t: query`` block's: at each sample's query times, from the graph input ``query_times``).
 
@@ -382,7 +389,8 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     Loop per output interval); a ResNet block is its own Euler steps, each with its own weights.
     ``correction``: a :class:`~odespec.export.correction.CorrectionNet` added to each unrolled step.
     The states and the combinations are ``prec.state``; with mixed precision each stage casts
-    its state to ``prec.compute`` and its slope back.
+    its state to ``prec.compute`` and its slope back. ``step_grid``: a continuous block's
+    optimised grid, walked by :func:`~odespec.solvers.grid_solve.grid_solve` as its twin does.
     """
     from odespec.solvers.step import rk_step
     from odespec.solvers.tableaus import get_tableau
@@ -427,6 +435,14 @@ def _solve_block(gb: GraphBuilder, block: BlockBase, y: Value, example: torch.Te
     if block.spec.query:
         assert series is not None  # validate: a t: query block needs the model's query times
         return _solve_query_block(gb, block, y, prec, settings, prefix, series["query_times"], tableau)
+    if step_grid is not None:
+        from odespec.solvers.grid_solve import grid_solve
+
+        if correction is not None:
+            raise ExportError("internal error: a learned correction on an optimised grid")
+        times = [float(t) for t in block.spec.t]
+        return grid_solve(stage_func(export_dynamics(block.dynamics), prefix), y, times, step_grid.points,
+                          step_grid.walk(times), tableau, gb.combine)
     grid = fixed_grid(block.spec.t, settings.steps)
     if tableau.implicit:
         from odespec.export.implicit_graph import lay_implicit_solve
@@ -523,6 +539,9 @@ def _set_metadata(onnx_model: onnx.ModelProto, model: ODENet, settings: ExportSe
         "export_layout": "loop" if settings.loop else "unrolled",
         **({"export_correction": "step correction (hypersolver) in every step"} if settings.correction else {}),
         **({"export_precision": settings.precision} if settings.precision is not None else {}),
+        **({"export_grid": json.dumps({"kind": "optimised", "points": [None if g is None else g.to_list()
+                                                                       for g in settings.grids]})}
+           if settings.grids else {}),
         "ode_blocks": json.dumps(blocks),
     }
     if spec.series is not None:

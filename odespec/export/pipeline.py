@@ -37,7 +37,7 @@ from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.export.verdict import DeploymentWarning, deployment_warnings
 from odespec.spec.model import Spec
-from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS, MAX_EXPORT_NEWTON_ITERS
+from odespec.spec.schema import CALIBRATION_METHODS, EXPORT_PRECISIONS, GRID_MODES, MAX_EXPORT_NEWTON_ITERS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -112,6 +112,9 @@ class ExportOptions:
     #: an implicit method's Newton iterations per step, or ``"auto"`` (None: the spec's
     #: ``export.onnx.newton_iters``); :mod:`odespec.export.newton_iters`
     newton_iters: Union[int, str, None] = None
+    #: calibration's grids (:data:`~odespec.spec.schema.GRID_MODES`): ``uniform``, ``optimised``
+    #: or ``auto`` (None: the spec's ``export.onnx.grid``)
+    grid: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str) and self.steps != "auto":
@@ -128,6 +131,11 @@ class ExportOptions:
                 isinstance(self.newton_iters, int) and not 1 <= self.newton_iters <= MAX_EXPORT_NEWTON_ITERS):
             raise ExportError(f"newton_iters must be an integer from 1 to {MAX_EXPORT_NEWTON_ITERS} or 'auto', "
                               f"got {self.newton_iters!r}")
+        if self.grid is not None and self.grid not in GRID_MODES:
+            raise ExportError(f"unknown grid {self.grid!r}", f"use one of {', '.join(GRID_MODES)}")
+        if self.grid == "optimised" and self.steps is not None and not isinstance(self.steps, str):
+            raise ExportError("grid 'optimised' is for steps='auto' (calibration places the steps); the step count "
+                              "is given", "leave out steps to calibrate, or leave out grid")
         if self.precision is not None and self.precision not in EXPORT_PRECISIONS:
             close = difflib.get_close_matches(self.precision, list(EXPORT_PRECISIONS), n=1)
             raise ExportError(f"unknown precision {self.precision!r}",
@@ -252,7 +260,8 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     if auto:
         reference = reference_outputs(cpu, inputs)
         calibration = _calibrate(cpu, options, settings, inputs, reference)
-        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps)
+        settings = dataclasses.replace(settings, method=calibration.chosen.method, steps=calibration.chosen.steps,
+                                       grids=calibration.chosen.grids or ())
     newton = _newton_choice(cpu, settings, options, calibration, inputs)
     if newton is not None:
         settings = dataclasses.replace(settings, newton_iters=newton.iters)
@@ -280,7 +289,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     return ExportResult(
         path=target, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), method=settings.method,
         steps=settings.steps, opset=settings.opset,
-        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps, settings.newton_iters),
+        nfe_per_forward=nfe_per_forward(cpu, settings.method, settings.steps, settings.newton_iters, settings.grids),
         export_seconds=seconds,
         parity=parity, deployment_error=deployment,
         calibration=calibration.to_dict() if calibration is not None else None,
@@ -313,14 +322,32 @@ def _correct(model: ODENet, inputs: InputSet, reference: list[np.ndarray], setti
     from odespec.export.metrics import Match
 
     match = calibration.match if calibration is not None and calibration.match is not None else None
+    if match is not None and match.kind == "accuracy":
+        raise ExportError("a learned step correction is judged by max abs error or agreement with the training "
+                          "solver, not by accuracy on labels",
+                          "calibrate on match_tol or match: {agreement: A} to use a correction, or leave it out")
     if match is None:
         match = Match("max_abs", math.inf, "none: the step count is given")
     methods = sorted({c.method for c in calibration.candidates}) if calibration is not None else None
     cap = calibration.max_steps if calibration is not None else 4096
-    outcome = choose_correction(model, inputs, reference, settings, match, wanted, methods=methods, cap=cap)
-    if outcome.corrections is not None:
-        c = outcome.corrections
-        settings = dataclasses.replace(settings, method=c.method, steps=c.steps, correction=c)
+    # a correction is laid into uniform steps: against an optimised grid, it starts from the
+    # cheapest passing uniform grid and must end up cheaper than the optimised one
+    optimised = calibration.chosen if calibration is not None and settings.grids else None
+    plain = settings
+    if optimised is not None:
+        assert calibration is not None
+        uniform = min((c for c in calibration.candidates if c.passed and c.grid == "uniform"), key=lambda c: c.nfe)
+        plain = dataclasses.replace(settings, method=uniform.method, steps=uniform.steps, grids=())
+    outcome = choose_correction(model, inputs, reference, plain, match, wanted, methods=methods, cap=cap)
+    c = outcome.corrections
+    if c is not None and optimised is not None and (nfe := outcome.report["chosen"]["nfe"]) >= optimised.nfe:
+        outcome.report.update(used=False, note=(
+            f"correction not used: {c.method} x {c.steps} corrected costs {nfe} f-evaluations, not fewer than the "
+            f"optimised grid's {optimised.nfe} ({optimised.method}, {optimised.steps} steps in all); exported the "
+            "optimised grid"))
+        c = None
+    if c is not None:
+        settings = dataclasses.replace(settings, method=c.method, steps=c.steps, correction=c, grids=())
     return settings, outcome.report
 
 
@@ -416,9 +443,14 @@ def _calibrate(model: ODENet, options: ExportOptions, settings: "ExportSettings"
                           f"classes (the argmax of the output's last axis); the model's output {out} has no class "
                           "axis of 2 or more scores", "use match_tol for a model that outputs values")
     methods = (options.method,) if options.method else (export.calibration_methods or CALIBRATION_METHODS)
+    grid = options.grid or export.grid
+    if grid == "optimised" and settings.loop:
+        raise ExportError("grid: optimised is exported unrolled (its steps differ in size; a Loop repeats one)",
+                          "leave out loop, or use grid: uniform")
     return calibrate(model, inputs, match_tol=tol, agreement=agreement, accuracy=accuracy, methods=methods,
                      latency=options.latency, latency_settings=dataclasses.replace(settings, steps=1),
-                     reference=reference, newton_iters=_given_newton_iters(model.spec, options))
+                     reference=reference, newton_iters=_given_newton_iters(model.spec, options),
+                     grid="uniform" if settings.loop else grid)
 
 
 def _build_checked(model: ODENet, settings: "ExportSettings") -> tuple["onnx.ModelProto", bytes, float]:
@@ -479,7 +511,12 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     prec = graph_precision(model_dtype(model), settings.precision)
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
-    twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.newton_iters)
+    if settings.grids:  # an optimised grid's twin (odespec.export.grids)
+        from odespec.export.grids import grid_model
+
+        twin = grid_model(precision_model(model, dtype), settings.method, settings.grids)
+    else:
+        twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.newton_iters)
     if settings.correction is not None:
         from odespec.export.correction import corrected_model
 
@@ -566,6 +603,8 @@ def export_metadata(calibration: Optional[Calibration], deployment: Optional[Dep
             "match_tol": calibration.match_tol, "error": calibration.chosen.error, "nfe": calibration.chosen.nfe,
             "methods": [c.method for c in calibration.candidates], "inputs": calibration.inputs,
             **({calibration.match.kind: calibration.match.value} if on_classes and calibration.match else {}),
+            "grid": calibration.chosen.grid,
+            **({"heldout_error": calibration.chosen.heldout_error} if calibration.chosen.grid == "optimised" else {}),
         })
     if deployment is not None:
         meta["deployment_error"] = json.dumps({k: v for k, v in deployment.items() if k in _DEPLOYMENT_METADATA})

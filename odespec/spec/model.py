@@ -228,6 +228,9 @@ class OnnxExportSpec:
     #: ``steps: auto`` only: the methods calibration searches (the written ``method`` alone,
     #: or every built-in fixed-step method when none is written); empty otherwise
     calibration_methods: tuple[str, ...] = ()
+    #: ``steps: auto`` only: the grids calibration searches (``uniform``, ``optimised``, ``auto``:
+    #: optimised where they apply; :data:`~odespec.spec.schema.GRID_MODES`)
+    grid: str = "auto"
     #: the graph's element types (``float32``, ``float16``, ``mixed``); None: the model's dtype
     precision: Optional[str] = None
     #: the runtimes the graph is checked on (parity and latency), by name

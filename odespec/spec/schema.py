@@ -62,6 +62,14 @@ MAX_CALIBRATION_STEPS = 4096
 #: the most Newton iterations per step an exported implicit solve unrolls (and the count
 #: calibration evaluates the step counts with, before it searches the iterations)
 MAX_EXPORT_NEWTON_ITERS = 16
+#: ``export.onnx.grid``: which fixed-step grids calibration searches (odespec.export.grids)
+GRID_MODES = {
+    "auto": "uniform grids, and optimised ones where they apply (every ODE block continuous, with fixed output "
+            "times and an adaptive training solver; the unrolled layout)",
+    "uniform": "uniform grids only: steps equal steps per output interval",
+    "optimised": "uniform and optimised grids (step points placed for the model, fitted on half the calibration "
+                 "inputs and checked on the other half); an error where they do not apply",
+}
 #: ``export.onnx.precision``: the graph's element types (the model's dtype when not written)
 EXPORT_PRECISIONS = {
     "float32": "weights, inputs, outputs and compute in float32 (a float64 model is cast)",
@@ -400,6 +408,10 @@ def _onnx_export() -> dict[str, Any]:
                 "maxProperties": 1,
                 "additionalProperties": False,
             },
+            "grid": {"enum": list(GRID_MODES), NAMES_KEY: "grid", "enumDescriptions": list(GRID_MODES.values()),
+                     "default": EXPORT_DEFAULTS["grid"],
+                     "description": "steps: auto only: the fixed-step grids calibration searches: "
+                                    + "; ".join(f"{k}: {v}" for k, v in GRID_MODES.items()) + "."},
             "opset": {"type": "integer", "minimum": 14, "maximum": 23, "default": EXPORT_DEFAULTS["opset"],
                       "description": "ONNX opset version."},
             "dynamic_batch": {"type": "boolean", "default": EXPORT_DEFAULTS["dynamic_batch"],

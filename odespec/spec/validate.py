@@ -454,6 +454,14 @@ class _Checker:
         if "newton_iters" in raw and "method" in raw and not tableaus.get_tableau(method).implicit:
             self.error(path + ("newton_iters",), f"newton_iters is for implicit methods; {method!r} is explicit",
                        "remove newton_iters, or export with an implicit method such as radauIIA5", key=True)
+        if raw.get("grid") == "optimised":
+            if steps != "auto":
+                self.error(path + ("grid",), f"grid: optimised is for steps: auto (calibration places the steps); "
+                           f"the step count here is fixed ({steps})",
+                           "write steps: auto, or remove grid", key=True)
+            elif raw.get("loop", EXPORT_DEFAULTS["loop"]):
+                self.error(path + ("grid",), "grid: optimised is exported unrolled (its steps differ in size; a "
+                           "Loop repeats one)", "remove loop: true, or write grid: uniform", key=True)
         # (calibration keeps within MAX_STEPS itself)
         unrolled, most, where = 0, 0, path
         reported = len(self.issues)

@@ -145,7 +145,9 @@ def test_spec_steps_auto_exports_the_calibrated_choice(tmp_path: Path):
     assert (res.method, res.steps) == ("rk4", 3)
     c = res.calibration
     assert c["match_tol"] == 1e-5 and c["method"] == "rk4" and c["steps"] == 3 and c["error"] <= 1e-5
-    assert [r["method"] for r in c["candidates"]] == ["rk4"]  # a written method is the only one searched
+    # a written method is the only one searched, on uniform and optimised grids
+    assert {r["method"] for r in c["candidates"]} == {"rk4"}
+    assert [r["grid"] for r in c["candidates"]][0] == "uniform"
     assert c["candidates"][0]["latency_ms"] > 0
     meta = _meta(res.path)
     assert meta["export_method"] == "rk4" and meta["export_steps"] == "3"
@@ -181,7 +183,7 @@ def test_api_argument_rules(tmp_path: Path, demo):
         odespec.export_onnx(demo, tmp_path / "x.onnx", steps="many")
     # match_tol alone calibrates; method alone restricts the search
     r = odespec.export_onnx(demo, tmp_path / "m.onnx", method="midpoint", match_tol=1e-3, latency=False)
-    assert r.method == "midpoint" and [c["method"] for c in r.calibration["candidates"]] == ["midpoint"]
+    assert r.method == "midpoint" and {c["method"] for c in r.calibration["candidates"]} == {"midpoint"}
     assert r.calibration["error"] <= 1e-3
     assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
 
@@ -204,7 +206,7 @@ def test_calibration_data_file(tmp_path: Path, demo):
     x = np.random.default_rng(5).standard_normal((40, 2)).astype(np.float32)
     np.save(tmp_path / "calib.npy", x)
     r = odespec.export_onnx(demo, tmp_path / "c.onnx", match_tol=1e-4, calibration_data=tmp_path / "calib.npy",
-                            latency=False)
+                            latency=False, grid="uniform")
     assert r.calibration["inputs"] == "calib.npy (40 samples)"
     assert r.deployment_error["inputs"] == "calib.npy (40 samples)" and r.deployment_error["samples"] == 40
     inputs = InputSet((torch.from_numpy(x),), "x")
@@ -235,5 +237,5 @@ def test_render_accuracy_shows_the_table_and_the_deployment_line(tmp_path: Path,
     r = odespec.export_onnx(demo, tmp_path / "a.onnx", steps="auto", match_tol=1e-5)
     text = "\n".join(render_accuracy(r.to_dict()))
     assert "calibration: steps chosen within match_tol 1e-05" in text
-    assert re.search(r"rk4\s+3\s+60\s+\S+\s+\S+\s+[0-9.]+ ms\s+chosen", text), text
+    assert re.search(r"rk4\s+uniform\s+3\s+60\s+\S+\s+-\s+\S+\s+[0-9.]+ ms\s+chosen", text), text
     assert "deployment: onnxruntime vs training solver (dopri5 rtol=1e-07 atol=1e-09): max abs error" in text

@@ -74,7 +74,7 @@ def test_export_metadata():
     meta = export_metadata(cal, dep)
     assert meta["export_steps_source"] == "calibrated"
     assert meta["calibration"] == ('{"match_tol": 1e-05, "error": 1e-06, "nfe": 60, "methods": ["rk4", "euler"], '
-                                   '"inputs": "x"}')
+                                   '"inputs": "x", "grid": "uniform"}')
     assert meta["deployment_error"] == ('{"reference": ["r"], "inputs": "x", "max_abs_error": 1.0, '
                                         '"max_scaled_error": 0.5}')
 
