@@ -43,7 +43,9 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 def _onnx_line(onnx: dict[str, Any], onnx_path: Path) -> str:
     source = " (the training solver's)" if onnx.get("steps_source") == "training" else ""
-    if (onnx.get("calibration") or {}).get("grid") == "optimised":
+    if (onnx.get("correction") or {}).get("used"):
+        source = " with a learned step correction"  # on uniform steps, whatever calibration chose
+    elif (onnx.get("calibration") or {}).get("grid") == "optimised":
         source = " on an optimised grid"
     newton = onnx.get("newton_iters")
     if newton:  # an implicit method: its unrolled Newton iterations and where the count came from

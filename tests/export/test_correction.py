@@ -196,8 +196,8 @@ def test_calibrated_search_finds_a_cheaper_corrected_grid(tmp_path: Path):
     with torch.no_grad():
         for p in auto.parameters():
             p.mul_(2.0)
-    out = export_model(auto, tmp_path / "a.onnx", ExportOptions(latency=False, correction=dataclasses.replace(
-        FAST, hidden=8)))
+    out = export_model(auto, tmp_path / "a.onnx", ExportOptions(latency=False, grid="uniform",
+                                                                correction=dataclasses.replace(FAST, hidden=8)))
     corr = out.correction
     assert corr is not None and corr["search"].startswith("cheaper grids")
     plain_nfe = corr["plain"]["nfe"]
@@ -252,3 +252,32 @@ def test_spec_errors_are_located(onnx_options: str, model_items, message: str, t
     issue = next(i for i in info.value.issues if message in i.message)
     assert issue.line == text.splitlines().index(f"  onnx: {onnx_options}") + 1
     assert "correction" in issue.path
+
+
+def test_a_correction_replaces_an_optimised_grid_only_when_cheaper(tmp_path: Path):
+    """Calibration may choose an optimised grid; a corrected uniform grid then starts from the
+    cheapest passing uniform one and is used only with fewer f-evaluations than the optimised."""
+    text = (LINEAR % "steps: auto, match_tol: 1e-4").replace("{linear: {features: 2, bias: false}}",
+                                                              "{linear: 64}, tanh, {linear: 2}")
+    auto = odespec.build(parse_spec(text)).eval()
+    with torch.no_grad():
+        for p in auto.parameters():
+            p.mul_(2.0)
+    out = export_model(auto, tmp_path / "a.onnx", ExportOptions(latency=False, grid="optimised",
+                                                                correction=dataclasses.replace(FAST, hidden=8)))
+    cal, corr = out.calibration, out.correction
+    assert cal is not None and corr is not None
+    uniform = min(c["nfe"] for c in cal["candidates"] if c["passed"] and c["grid"] == "uniform")
+    assert corr["plain"]["nfe"] == uniform
+    # here the optimised grid (dopri5, 13 f-evaluations) beats uniform rk4 x 4 (16), and the
+    # corrected rk4 x 3 (12) beats both
+    assert cal["grid"] == "optimised" and cal["nfe"] < uniform
+    assert corr["used"], corr["note"]
+    assert out.nfe_per_forward < cal["nfe"] and "export_correction" in _meta(tmp_path / "a.onnx")
+    assert json.loads(_meta(tmp_path / "a.onnx")["calibration"])["grid"] == "optimised"
+
+
+def _meta(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(path).metadata_props}
