@@ -318,32 +318,28 @@ def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> flo
 
 # -- the split -----------------------------------------------------------------------------------
 
-def split_inputs(inputs: InputSet, reference: Sequence[np.ndarray], held_out: float,
+def split_inputs(model: ODENet, inputs: InputSet, held_out: float,
                  seed: int) -> tuple[InputSet, list[np.ndarray], InputSet, list[np.ndarray]]:
-    """``(fit, fit_reference, held, held_reference)``: the samples of ``inputs`` (and the
-    training-solver outputs on them) split at random, ``held_out`` of them held out (at least
-    one sample on each side). :class:`ExportError` for fewer than 2 samples."""
+    """``(fit, fit_reference, held, held_reference)``: the samples of ``inputs`` split at
+    random, ``held_out`` of them held out (at least one sample on each side), each part with
+    the training-solver model's outputs on it, solved on that part alone (an adaptive solver's
+    steps follow its batch: a shared reference would hand the held-out part the fit part's
+    steps). :class:`ExportError` for fewer than 2 samples, or series inputs."""
+    from odespec.export.metrics import reference_outputs
+
     if inputs.series:
         raise ExportError("the correction is not available for a model that reads irregular series")
-    x = torch.cat(list(inputs.batches))
-    ref = np.concatenate(list(reference))
-    n = int(x.shape[0])
+    n = inputs.samples
     if n < 2:
         raise ExportError(f"the correction needs at least 2 calibration samples (a fit and a held-out part); "
                           f"the inputs ({inputs.description}) have {n}", "pass more calibration data")
     held_n = min(n - 1, max(1, round(n * held_out)))
     order = np.random.default_rng(seed).permutation(n)
-    held_idx, fit_idx = np.sort(order[:held_n]), np.sort(order[held_n:])
-
-    def part(idx: np.ndarray, what: str) -> tuple[InputSet, list[np.ndarray]]:
-        xs = x[torch.from_numpy(idx)]
-        batches = tuple(xs[i:i + _BATCH] for i in range(0, len(idx), _BATCH))
-        refs = [ref[idx][i:i + _BATCH] for i in range(0, len(idx), _BATCH)]
-        return InputSet(batches, f"{what}: {len(idx)} of the {n} samples of {inputs.description}"), refs
-
-    fit, fit_ref = part(fit_idx, "fit")
-    held, held_ref = part(held_idx, "held out")
-    return fit, fit_ref, held, held_ref
+    fit = inputs.subset(np.sort(order[held_n:]), f"fit: {n - held_n} of the {n} samples of {inputs.description}",
+                        _BATCH)
+    held = inputs.subset(np.sort(order[:held_n]), f"held out: {held_n} of the {n} samples of {inputs.description}",
+                         _BATCH)
+    return fit, reference_outputs(model, fit), held, reference_outputs(model, held)
 
 
 # -- the choice ----------------------------------------------------------------------------------
@@ -456,7 +452,7 @@ def _error(model: ODENet, inputs: InputSet, want: list[np.ndarray], match: Match
         return math.inf
 
 
-def choose_correction(model: ODENet, inputs: InputSet, reference: list[np.ndarray], settings: "ExportSettings",
+def choose_correction(model: ODENet, inputs: InputSet, settings: "ExportSettings",
                       match: Match, options: CorrectionSpec, *, methods: Optional[Sequence[str]] = None,
                       cap: int = 4096) -> CorrectionOutcome:
     """Train corrections and decide whether the export uses one (module docstring: Choice).
@@ -468,7 +464,7 @@ def choose_correction(model: ODENet, inputs: InputSet, reference: list[np.ndarra
 
     start = time.perf_counter()
     check_correctable(model, settings.method, loop=settings.loop)
-    fit, fit_ref, held, held_ref = split_inputs(inputs, reference, options.held_out, options.seed)
+    fit, fit_ref, held, held_ref = split_inputs(model, inputs, options.held_out, options.seed)
     judge = _Judge(model, fit, fit_ref, held, held_ref, match, options)
     base_nfe = nfe_per_forward(model, settings.method, settings.steps)
     base = {"method": settings.method, "steps": settings.steps, "nfe": base_nfe,

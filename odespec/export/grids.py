@@ -280,14 +280,9 @@ def split_inputs(model: ODENet, inputs: InputSet) -> tuple[InputSet, list[np.nda
     held-out 9.3e-3)."""
     from odespec.export.metrics import reference_outputs
 
-    x = torch.cat(list(inputs.batches))
-    labels = np.concatenate(list(inputs.labels)) if inputs.labels else None
     parts = []
     for offset, name in ((0, "fit"), (1, "held-out")):
-        idx = slice(offset, None, 2)
-        batches = tuple(x[idx].split(HALF_BATCH))
-        lab = tuple(np.array_split(labels[idx], len(batches))) if labels is not None else ()
-        half = InputSet(batches, f"{inputs.description}, {name} half", labels=lab)
+        half = inputs.subset(np.arange(offset, inputs.samples, 2), f"{inputs.description}, {name} half", HALF_BATCH)
         parts.append((half, reference_outputs(model, half)))
     (fit, want_fit), (held, want_held) = parts
     return fit, want_fit, held, want_held

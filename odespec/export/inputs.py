@@ -56,6 +56,20 @@ class InputSet:
         """Every batch's inputs by name, ``input`` first."""
         return [{INPUT: x, **(self.series[i] if self.series else {})} for i, x in enumerate(self.batches)]
 
+    def subset(self, index: np.ndarray, description: str, batch: int = 256) -> "InputSet":
+        """The samples at ``index`` (positions over all batches, in order), with their labels,
+        re-batched ``batch`` at a time: the fit and held-out parts of calibration's searches.
+        ``ValueError`` for series inputs (their batches are not split here)."""
+        if self.series:
+            raise ValueError("the inputs of a model that reads series are not split")
+        x = torch.cat(list(self.batches))[torch.from_numpy(np.asarray(index, dtype=np.int64))]
+        batches = tuple(x.split(batch))
+        labels = ()
+        if self.labels:
+            picked = np.concatenate(list(self.labels))[index]
+            labels = tuple(picked[i:i + batch] for i in range(0, len(picked), batch))
+        return InputSet(batches, description, labels=labels)
+
 
 #: the name of the model's (first) input, as the ONNX graph names it
 INPUT = "input"

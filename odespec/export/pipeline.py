@@ -268,8 +268,7 @@ def export_model(model: ODENet, path: PathLike, options: ExportOptions = ExportO
     correction: Optional[dict[str, Any]] = None
     wanted = _correction_options(spec, options)
     if wanted is not None:
-        reference = reference if reference is not None else reference_outputs(cpu, inputs)
-        settings, correction = _correct(cpu, inputs, reference, settings, calibration, wanted)
+        settings, correction = _correct(cpu, inputs, settings, calibration, wanted)
     onnx_model, data, seconds = _build_checked(cpu, settings)
     sess = get_runtime("onnxruntime").load(data) if options.parity or options.deployment else None
     check = _parity_check(cpu, settings, options) if options.parity else None
@@ -312,7 +311,7 @@ def _correction_options(spec: Spec, options: ExportOptions) -> Optional["Correct
     return dataclasses.replace(spec.export.correction or CorrectionSpec(), hidden=int(given))
 
 
-def _correct(model: ODENet, inputs: InputSet, reference: list[np.ndarray], settings: "ExportSettings",
+def _correct(model: ODENet, inputs: InputSet, settings: "ExportSettings",
              calibration: Optional[Calibration], wanted: "CorrectionSpec") -> tuple["ExportSettings", dict[str, Any]]:
     """Train the step correction and decide (:func:`odespec.export.correction.choose_correction`):
     the settings to export (with the corrections, or the plain grid's) and the report's entry.
@@ -338,7 +337,7 @@ def _correct(model: ODENet, inputs: InputSet, reference: list[np.ndarray], setti
         assert calibration is not None
         uniform = min((c for c in calibration.candidates if c.passed and c.grid == "uniform"), key=lambda c: c.nfe)
         plain = dataclasses.replace(settings, method=uniform.method, steps=uniform.steps, grids=())
-    outcome = choose_correction(model, inputs, reference, plain, match, wanted, methods=methods, cap=cap)
+    outcome = choose_correction(model, inputs, plain, match, wanted, methods=methods, cap=cap)
     c = outcome.corrections
     if c is not None and optimised is not None and (nfe := outcome.report["chosen"]["nfe"]) >= optimised.nfe:
         outcome.report.update(used=False, note=(

@@ -66,7 +66,7 @@ def _inputs(model: odespec.ODENet):
 def test_correction_cuts_eulers_error_on_a_linear_system(tmp_path: Path):
     model = _linear(tmp_path)
     inputs, ref = _inputs(model)
-    fit, _, held, held_ref = split_inputs(inputs, ref, 0.25, 0)
+    fit, _, held, held_ref = split_inputs(model, inputs, 0.25, 0)
     corrections, stats = fit_corrections(model, fit, "euler", 4, FAST)
     # the one-step residuals are fitted (relative mean squared error, 1 for g = 0) ...
     assert stats.loss[0] < 1e-2
@@ -161,7 +161,7 @@ def test_but_not_when_it_does_not_help(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(corr_mod, "_residuals", nonsense)
     settings = ExportSettings(method="euler", steps=4)
-    outcome = choose_correction(model, inputs, ref, settings, Match("max_abs", 10.0), FAST)
+    outcome = choose_correction(model, inputs, settings, Match("max_abs", 10.0), FAST)
     assert outcome.corrections is None and outcome.report["used"] is False
     trial = outcome.report["trials"][0]
     assert trial["held_out_error"] > trial["held_out_error_plain"] and not trial["passed"]
@@ -171,7 +171,7 @@ def test_but_not_when_it_does_not_help(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_corrected_grid_over_the_tolerance_is_never_chosen(tmp_path: Path):
     model = _linear(tmp_path)
     inputs, ref = _inputs(model)
-    outcome = choose_correction(model, inputs, ref, ExportSettings(method="euler", steps=4), Match("max_abs", 1e-9),
+    outcome = choose_correction(model, inputs, ExportSettings(method="euler", steps=4), Match("max_abs", 1e-9),
                                 FAST)
     trial = outcome.report["trials"][0]
     assert trial["held_out_error"] < trial["held_out_error_plain"]  # it helps, but not enough
@@ -181,7 +181,7 @@ def test_a_corrected_grid_over_the_tolerance_is_never_chosen(tmp_path: Path):
 def test_nothing_cheaper_than_one_euler_step(tmp_path: Path):
     model = _linear(tmp_path)
     inputs, ref = _inputs(model)
-    outcome = choose_correction(model, inputs, ref, ExportSettings(method="euler", steps=1), Match("max_abs", 10.0),
+    outcome = choose_correction(model, inputs, ExportSettings(method="euler", steps=1), Match("max_abs", 10.0),
                                 FAST, methods=["euler", "rk4"])
     assert outcome.corrections is None and outcome.report["trials"] == []
     assert "no grid is cheaper than the calibrated one" in outcome.note

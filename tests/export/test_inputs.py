@@ -58,3 +58,16 @@ def test_data_file_inputs_are_batched_and_named_without_their_directory(tmp_path
 def test_model_dtype():
     assert model_dtype(torch.nn.Linear(2, 2).double()) == torch.float64
     assert model_dtype(torch.nn.Tanh()) == torch.float32
+
+
+def test_subset_keeps_samples_and_labels_in_order_and_rebatches():
+    from odespec.export.inputs import InputSet
+
+    x = torch.arange(20.0).reshape(10, 2)
+    labels = np.arange(10) % 3
+    inputs = InputSet((x[:4], x[4:]), "ten", labels=(labels[:4], labels[4:]))
+    part = inputs.subset(np.array([1, 3, 4, 8, 9]), "five", batch=2)
+    assert [b.shape[0] for b in part.batches] == [2, 2, 1] and part.description == "five"
+    assert torch.equal(torch.cat(part.batches), x[[1, 3, 4, 8, 9]])
+    assert np.array_equal(np.concatenate(part.labels), labels[[1, 3, 4, 8, 9]])
+    assert InputSet((x,), "unlabelled").subset(np.array([0]), "one").labels == ()
