@@ -187,15 +187,20 @@ def test_nothing_cheaper_than_one_euler_step(tmp_path: Path):
     assert "no grid is cheaper than the calibrated one" in outcome.note
 
 
-def test_calibrated_search_finds_a_cheaper_corrected_grid(tmp_path: Path):
-    # a dynamics whose evaluation costs more MACs (256) than the correction's (128), so a corrected
-    # grid with fewer f-evaluations is cheaper in MACs too
+def _wide_model() -> odespec.ODENet:
+    """A dynamics whose evaluation costs more MACs (256) than the correction's (128), so a
+    corrected grid with fewer f-evaluations is cheaper in MACs too; calibrated at match_tol 1e-4."""
     text = (LINEAR % "steps: auto, match_tol: 1e-4").replace("{linear: {features: 2, bias: false}}",
                                                               "{linear: 64}, tanh, {linear: 2}")
-    auto = odespec.build(parse_spec(text)).eval()
+    model = odespec.build(parse_spec(text)).eval()
     with torch.no_grad():
-        for p in auto.parameters():
+        for p in model.parameters():
             p.mul_(2.0)
+    return model
+
+
+def test_calibrated_search_finds_a_cheaper_corrected_grid(tmp_path: Path):
+    auto = _wide_model()
     out = export_model(auto, tmp_path / "a.onnx", ExportOptions(latency=False, grid="uniform",
                                                                 correction=dataclasses.replace(FAST, hidden=8)))
     corr = out.correction
@@ -257,12 +262,7 @@ def test_spec_errors_are_located(onnx_options: str, model_items, message: str, t
 def test_a_correction_replaces_an_optimised_grid_only_when_cheaper(tmp_path: Path):
     """Calibration may choose an optimised grid; a corrected uniform grid then starts from the
     cheapest passing uniform one and is used only with fewer f-evaluations than the optimised."""
-    text = (LINEAR % "steps: auto, match_tol: 1e-4").replace("{linear: {features: 2, bias: false}}",
-                                                              "{linear: 64}, tanh, {linear: 2}")
-    auto = odespec.build(parse_spec(text)).eval()
-    with torch.no_grad():
-        for p in auto.parameters():
-            p.mul_(2.0)
+    auto = _wide_model()
     out = export_model(auto, tmp_path / "a.onnx", ExportOptions(latency=False, grid="optimised",
                                                                 correction=dataclasses.replace(FAST, hidden=8)))
     cal, corr = out.calibration, out.correction
