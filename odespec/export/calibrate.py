@@ -272,8 +272,9 @@ def _match(model: ODENet, inputs: InputSet, want: Sequence[np.ndarray], match_to
         if not inputs.labels:
             raise ExportError(f"calibrating on accuracy needs labelled calibration data; the {inputs.description} "
                               "inputs have no labels",
-                              "pass --calibration-data FILE.npz with the inputs as x and their class labels as y, "
-                              "or calibrate on match: {agreement: A} with the training-solver model's predictions")
+                              "name an .npz with the inputs as x and their class labels as y (export.onnx."
+                              "calibration_data in the spec, or --calibration-data FILE.npz), or calibrate on match: "
+                              "{agreement: A} with the training-solver model's predictions")
         reached = 1.0 - Match("accuracy", 0.0).error(want, want, inputs.labels)
         if reached < match.value:
             raise ExportError(f"calibrating on accuracy {match.value:g}: the model solved with its training solver "

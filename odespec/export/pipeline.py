@@ -419,13 +419,14 @@ def _newton_choice(model: ODENet, settings: "ExportSettings", options: ExportOpt
 
 
 def accuracy_inputs(model: ODENet, options: ExportOptions, classifier: bool = False) -> InputSet:
-    """The inputs of calibration and the deployment error: the file ``options.calibration_data``
-    (with a ``classifier``'s labels, when a ``.npz`` has them as ``y``), or the parity check's
-    seeded random batches."""
+    """The inputs of calibration and the deployment error: the file ``options.calibration_data``,
+    else the spec's ``export.onnx.calibration_data`` (with a ``classifier``'s labels, when a
+    ``.npz`` has them as ``y``), or the parity check's seeded random batches."""
     spec = model.spec
     series = series_inputs(model)
-    if options.calibration_data is not None:
-        return data_input_set(options.calibration_data, spec.input_shape, dtype=model_dtype(model), series=series,
+    path = options.calibration_data if options.calibration_data is not None else spec.calibration_path()
+    if path is not None:
+        return data_input_set(path, spec.input_shape, dtype=model_dtype(model), series=series,
                               classes=spec.output_shape if classifier else None)
     return seeded_input_set(spec.input_shape, dtype=model_dtype(model), seed=spec.seed, series=series)
 

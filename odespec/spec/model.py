@@ -7,7 +7,7 @@ checks, building, export) can still point at the line a problem comes from.
 from __future__ import annotations
 
 import math
-
+import os
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -214,6 +214,9 @@ class OnnxExportSpec:
     dynamic_batch: bool = True
     parity_tol: float = 1e-5
     loop: bool = False
+    #: the inputs of calibration and the deployment error, a file relative to the spec's
+    #: directory (``None``: seeded random inputs); :meth:`Spec.calibration_path` resolves it
+    calibration_data: Optional[str] = None
     #: ``steps: auto`` only: largest max abs error against the training-solver model; ``None``:
     #: derived from the training solvers' tolerances when calibrating
     #: (:func:`odespec.export.calibrate.default_match_tol`)
@@ -383,6 +386,14 @@ class Spec:
     def output_shape(self) -> Shape:
         """Per-sample output shape of the whole model."""
         return self.model[-1].out_shape
+
+    def calibration_path(self) -> Optional[str]:
+        """``export.onnx.calibration_data`` as a path: as written when absolute (or when the spec
+        was parsed from a string), else relative to the spec file's directory."""
+        value = self.export.calibration_data
+        if value is None or os.path.isabs(value) or self.source_file.startswith("<"):
+            return value
+        return os.path.join(os.path.dirname(self.source_file), value)
 
     @property
     def classifier(self) -> bool:

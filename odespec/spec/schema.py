@@ -386,6 +386,11 @@ def _onnx_export() -> dict[str, Any]:
                             "whose output is the converged iteration's up to float rounding.",
                 default=EXPORT_DEFAULTS["newton_iters"],
             ),
+            "calibration_data": {"type": "string", "minLength": 1,
+                                 "description": "Inputs for calibration and the deployment error (.npy, .npz or .csv, "
+                                                "read as odespec run reads them; a classifier's .npz may hold labels "
+                                                "y), relative to the spec's directory; --calibration-data overrides it "
+                                                "(default: seeded random inputs)."},
             "match_tol": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                           "description": "steps: auto only: the largest max |export - training-solver model| "
                                          "accepted on the calibration inputs (default: derived from the training "

@@ -311,3 +311,27 @@ def test_match_accuracy_spec_errors_are_located(match: str, words: str):
     with pytest.raises(SpecError) as e:
         _spec(DOPRI, f"export: {{onnx: {{steps: auto, match: {match}}}}}")
     assert words in str(e.value) and ":" in str(e.value).splitlines()[0]
+
+
+def test_the_spec_names_its_labelled_calibration_data_relative_to_its_directory(tmp_path: Path):
+    """A spec calibrating on accuracy names its labelled data (the newcomer's case: --match-accuracy
+    without --calibration-data had nowhere in the spec to find labels)."""
+    model = _stiff(_spec(DOPRI))
+    (tmp_path / "data").mkdir()
+    data = _labelled(model, tmp_path / "data", wrong=0.1)
+    text = ("odespec: 1\nname: clf\ninput: {shape: [2]}\nmodel:\n"
+            f"  - ode: {{t: [0, 1], dynamics: {{layers: [{{linear: 16}}, tanh, {{linear: 2}}]}}, {DOPRI}}}\n"
+            "  - linear: 2\nexport: {onnx: {steps: auto, match: {accuracy: 0.85}, "
+            "calibration_data: data/labelled.npz}}\n")
+    (tmp_path / "clf.yaml").write_text(text)
+    spec = odespec.api.load_spec(tmp_path / "clf.yaml")
+    assert spec.calibration_path() == str(tmp_path / "data" / "labelled.npz")
+    built = odespec.build(spec)
+    built.load_state_dict(model.state_dict())
+    r = export_model(built, tmp_path / "m.onnx", FAST)
+    assert r.calibration is not None and "labelled.npz" in r.calibration["inputs"]
+    assert r.deployment_error is not None and r.deployment_error["accuracy"]["onnx"] >= 0.85
+    # the option wins over the spec's file
+    other = _labelled(model, tmp_path, wrong=0.05).rename(tmp_path / "other.npz")
+    r = export_model(built, tmp_path / "o.onnx", ExportOptions(latency=False, calibration_data=other))
+    assert r.calibration is not None and "other.npz" in r.calibration["inputs"]
