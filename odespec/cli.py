@@ -219,6 +219,10 @@ def _export_options(fn: Callable[..., None]) -> Callable[..., None]:
                           "export it in the graph when it lowers the held-out error within the tolerance, on a "
                           "cheaper grid with --steps auto; the other options are the spec's export.onnx.correction "
                           "or its defaults; 0: none, whatever the spec says."),
+        click.option("--parity-tol", type=click.FloatRange(min=0, min_open=True, max=1),
+                     help="Largest max abs |onnxruntime - PyTorch| the parity check accepts (default: the spec's "
+                          "export.onnx.parity_tol, 1e-5); float32 outputs of magnitude ~10 differ by a few 1e-6 "
+                          "from rounding alone."),
         click.option("--strict", is_flag=True,
                      help="A large deployment error (see the warning at the end of the output) is an error: exit "
                           "non-zero and write nothing."),

@@ -334,3 +334,11 @@ def test_build_match_accuracy_usage_errors(tmp_path: Path):
     assert r.exit_code == 2 and "two criteria" in r.output
     r = run("build", DEMO, "-o", tmp_path, "--steps", "2", "--match-accuracy", "0.9")
     assert r.exit_code == 2 and "--match-accuracy calibrates the step count" in r.output
+
+
+def test_build_parity_tol_overrides_the_spec(tmp_path: Path):
+    r = run("build", DEMO, "-o", tmp_path, "--steps", "2", "--parity-tol", "1e-3", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["onnx"]["parity"]["tolerance"] == 1e-3
+    r = run("build", DEMO, "-o", tmp_path / "bad", "--parity-tol", "0")
+    assert r.exit_code == 2 and "--parity-tol" in r.output
