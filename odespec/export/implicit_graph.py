@@ -132,6 +132,13 @@ def lay_implicit_step(gb: GraphBuilder, f: StageFunc, t: float, y: Value, h: flo
     for i in explicit:
         if tableau.c[i] != 0.0:
             ks[i] = f(t + tableau.c[i] * h, y)
+    # the start: the inverse applied to f(t, y) in every stage, as odespec.solvers.implicit._predict
+    f_flat = _reshape(gb, f0.name, [-1, m])
+    rhs = f_flat if len(unknown) == 1 else gb.node("Concat", [f_flat] * len(unknown), axis=1)
+    start = _reshape(gb, gb.node("MatMul", [inverse, _unsqueeze(gb, rhs, [2])]), [-1, n])
+    for idx, i in enumerate(unknown):
+        part = start if len(unknown) == 1 else _slice(gb, start, idx * m, (idx + 1) * m, 1)
+        ks[i] = Value(_reshape(gb, part, [-1, *state_shape]))
     for _ in range(iters):
         residuals = []
         for i in unknown:

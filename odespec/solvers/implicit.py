@@ -207,14 +207,14 @@ def implicit_step(
         if c[i] != 0.0:
             ks[i] = func(t + c[i] * h, y)
     lu = reuse.matrix(tableau, unknown, h, jac) if reuse is not None else _newton_matrix(tableau, unknown, h, jac)
+    _predict(ks, f0, unknown, lu, y)
     converged, evals, rate = _iterate(func, t, y, h, ks, tableau, unknown, lu, jac.shape[0], jac.shape[1],
                                       max_iters, tol)
     if not converged and reuse is not None and kept is not None:
         # the kept Jacobian did not do: the step again from the start with a fresh one
         _, jac = _jacobian(func, t, y, jacobian)
-        for i in unknown:
-            ks[i] = f0
         lu = reuse.matrix(tableau, unknown, h, jac)
+        _predict(ks, f0, unknown, lu, y)
         converged, evals, rate = _iterate(func, t, y, h, ks, tableau, unknown, lu, jac.shape[0], jac.shape[1],
                                           max_iters, tol)
     if reuse is not None:
@@ -242,6 +242,25 @@ def _jacobian(func: StageFunc, t: Any, y: torch.Tensor, jacobian: str) -> tuple[
         return fd_jacobian(func, t, y)
     batch = jacobian == "batch" or (jacobian == "auto" and y.dim() >= 2)
     return state_jacobian(func, t, y, batch)
+
+
+def _predict(ks: list[torch.Tensor], f0: torch.Tensor, unknown: list[int], lu: tuple[torch.Tensor, ...],
+             y: torch.Tensor) -> None:
+    """The unknown stages' starting values (in ``ks``, in place): ``(I - h A_UU (x) J)^-1`` applied
+    to ``f(t, y)`` in every stage, the first Newton iterate from stage values at ``y`` with
+    ``f(t, y)`` standing for the stages' own evaluations (no extra evaluation of ``func``).
+
+    Starting from ``k = f(t, y)`` instead, the stage values ``y + h c_i f(t, y)`` are an explicit
+    Euler step, off by about ``h lambda`` in a stiff direction: on a fast rate of 1e6 the first
+    iterate's error was 9e4. This start is exact for a linear autonomous problem, and within
+    ``O(h^2)`` of the stages on a smooth one (``(A (x) J) f = c J f``), where ``f(t, y)`` is ``O(h)``
+    off (Hairer & Wanner IV.8 start the stage increments from zero)."""
+    n_u, n_batch = len(unknown), lu[0].shape[0]
+    m = lu[0].shape[1] // n_u
+    rhs = f0.reshape(n_batch, 1, m).expand(n_batch, n_u, m).reshape(n_batch, n_u * m, 1).to(lu[0].dtype)
+    start = torch.linalg.lu_solve(lu[0], lu[1], rhs).reshape(n_batch, n_u, m).permute(1, 0, 2)
+    for idx, i in enumerate(unknown):
+        ks[i] = start[idx].reshape(y.shape).to(f0.dtype)
 
 
 def _iterate(func: StageFunc, t: Any, y: torch.Tensor, h: float, ks: list[torch.Tensor], tableau: ButcherTableau,
