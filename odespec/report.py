@@ -69,7 +69,8 @@ def _parity_line(parity: Optional[dict[str, Any]]) -> str:
     scaled = parity is not None and parity.get("measure") == "scaled"
     error = (f"error {parity['max_scaled_error']:.2e} relative to the output's largest magnitude"
              if scaled else f"max abs error {parity['max_abs_error']:.2e}") if parity else ""
-    checked = (f"{error} (tolerance {parity['tolerance']:g}) on batches "
+    bound = f", x max |output| = {parity['bound']:.3g}" if parity and "bound" in parity else ""
+    checked = (f"{error} (tolerance {parity['tolerance']:g}{bound}) on batches "
                f"{', '.join(map(str, parity['batch_sizes']))}") if parity else "not checked"
     return f"parity: onnxruntime vs PyTorch {checked}"
 
@@ -185,7 +186,7 @@ def _runtime_lines(onnx: dict[str, Any]) -> list[str]:
         note = (f"at its default {dp['precision']}: max abs error {_fmt_err(dp['max_abs_error'])}"
                 if dp else "")
         rows.append((r["runtime"], r.get("precision", ""), f"{_fmt_err(err)}{' rel' if scaled else ''}",
-                     f"{p['tolerance']:g}", f"{lat['1']:.3f} ms" if "1" in lat else "-",
+                     f"{p.get('bound', p['tolerance']):.3g}", f"{lat['1']:.3f} ms" if "1" in lat else "-",
                      f"{lat['256']:.3f} ms" if "256" in lat else "-", note))
     return [head, *_table(rows, indent="  "), *skipped]
 

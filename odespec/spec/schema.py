@@ -421,7 +421,8 @@ def _onnx_export() -> dict[str, Any]:
                       "description": "ONNX opset version."},
             "dynamic_batch": {"type": "boolean", "default": EXPORT_DEFAULTS["dynamic_batch"],
                               "description": "Leave the batch dimension symbolic."},
-            "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check.",
+            "parity_tol": _num("Largest allowed |onnxruntime - PyTorch| on the parity check, times the output's "
+                               "largest magnitude where that exceeds 1 (float rounding is relative).",
                                EXPORT_DEFAULTS["parity_tol"], exclusiveMinimum=0, maximum=1),
             "precision": {"enum": list(EXPORT_PRECISIONS), NAMES_KEY: "precision",
                           "enumDescriptions": list(EXPORT_PRECISIONS.values()),
