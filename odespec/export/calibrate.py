@@ -414,25 +414,28 @@ class _Search:
 
     def newton_error(self, method: str, steps: int, iters: int) -> float:
         """The twin's error with ``iters`` Newton iterations per step (recorded)."""
-        from odespec.export.newton_iters import twin_outputs
-
-        e = self.match.error(twin_outputs(self.model, method, steps, iters, self.inputs), self.want)
+        e = self._twin_error(method, steps, iters)
         self.newton_evaluations.append((method, steps, iters, e))
         return e
 
     def error(self, method: str, steps: int) -> float:
-        """The fixed-step twin's error (:meth:`Match.error <odespec.export.metrics.Match.error>`);
-        a solve that produced non-finite values: inf."""
-        from odespec.export.unroll import fixed_step_model
-
+        """The fixed-step twin's error (recorded, each ``(method, steps)`` evaluated once)."""
         if (method, steps) not in self.errors:
-            try:
-                got = model_outputs(fixed_step_model(self.model, method, steps, self.iters(method)), self.inputs)
-                self.errors[method, steps] = self.match.error(got, self.want, self.inputs.labels)
-            except SolverError:
-                self.errors[method, steps] = math.inf
+            self.errors[method, steps] = self._twin_error(method, steps, self.iters(method))
             self.evaluations.append((method, steps, self.errors[method, steps]))
         return self.errors[method, steps]
+
+    def _twin_error(self, method: str, steps: int, iters: Optional[int]) -> float:
+        """:meth:`Match.error <odespec.export.metrics.Match.error>` of the fixed-step twin
+        (``iters`` Newton iterations per step for an implicit method); a solve that produced
+        non-finite values: inf."""
+        from odespec.export.unroll import fixed_step_model
+
+        try:
+            got = model_outputs(fixed_step_model(self.model, method, steps, iters), self.inputs)
+        except SolverError:
+            return math.inf
+        return self.match.error(got, self.want, self.inputs.labels)
 
     def nfe(self, method: str, steps: int) -> int:
         """f-evaluations per forward of ``method`` x ``steps``."""

@@ -252,7 +252,7 @@ def _labelled(model, tmp_path: Path, *, wrong: float = 0.1, n: int = 400) -> Pat
     rng = np.random.default_rng(3)
     x = rng.normal(size=(n, 2)).astype(np.float32)
     with torch.no_grad():
-        y = model.eval()(torch.from_numpy(x)).numpy().argmax(-1)
+        y = model.eval()(torch.from_numpy(x).to(next(model.parameters()).dtype)).numpy().argmax(-1)
     flip = rng.permutation(n)[: round(wrong * n)]
     y[flip] = 1 - y[flip]
     np.savez(tmp_path / "labelled.npz", x=x, y=y)
@@ -335,3 +335,17 @@ def test_the_spec_names_its_labelled_calibration_data_relative_to_its_directory(
     other = _labelled(model, tmp_path, wrong=0.05).rename(tmp_path / "other.npz")
     r = export_model(built, tmp_path / "o.onnx", ExportOptions(latency=False, calibration_data=other))
     assert r.calibration is not None and "other.npz" in r.calibration["inputs"]
+
+
+def test_calibration_on_accuracy_searches_an_implicit_methods_newton_iterations(tmp_path: Path):
+    """The Newton-iteration search measures accuracy on the same labels as the step search
+    (float64: a float32 forward-difference Jacobian of unconverged iterates is rounding)."""
+    model = odespec.build(_spec(DOPRI), dtype="float64")
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.mul_(3)
+    options = ExportOptions(latency=False, method="implicit_euler", match_accuracy=0.85,
+                            calibration_data=_labelled(model, tmp_path, wrong=0.1))
+    r = export_model(model, tmp_path / "m.onnx", options)
+    assert r.method == "implicit_euler" and r.newton_iters is not None and r.newton_iters["source"] == "calibrated"
+    assert r.deployment_error is not None and r.deployment_error["accuracy"]["onnx"] >= 0.85
