@@ -53,7 +53,7 @@ from odespec.compile.correction_net import CorrectionNet
 from odespec.compile.ode_block import BlockBase, ODEBlock
 from odespec.errors import ExportError
 from odespec.export.inputs import InputSet
-from odespec.export.metrics import Match, model_outputs
+from odespec.export.metrics import Match, model_outputs, one_torch_thread
 from odespec.export.unroll import fixed_step_model
 from odespec.spec.correction import CorrectionSpec
 
@@ -266,23 +266,12 @@ def fit_corrections(model: ODENet, inputs: InputSet, method: str, steps: int,
             rows += int(data.y.shape[0])
             torch.manual_seed(options.seed)
             net = CorrectionNet(block.spec.state_shape, options.hidden).to(dtype)
-            losses.append(_one_thread(_train, net, data, options))
+            with one_torch_thread():
+                losses.append(_train(net, data, options))
             nets.append(net.eval())
     finally:
         model.train(was_training)
     return Corrections(tuple(nets), method, steps), FitStats(time.perf_counter() - start, losses, rows)
-
-
-def _one_thread(fn: Callable[..., float], *args: Any) -> float:
-    """``fn(*args)`` on one intra-op thread: the fit's tensors are small, and with more threads
-    each of its thousands of small operations pays their synchronisation (measured: 3x slower
-    with 2 threads on a 2-core machine under load, 1500 rows of a 3-feature state)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> float:

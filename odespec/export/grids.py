@@ -33,7 +33,7 @@ from odespec.compile.model import ODENet
 from odespec.compile.ode_block import BlockBase, ODEBlock
 from odespec.errors import SolverError
 from odespec.export.inputs import InputSet
-from odespec.export.metrics import Match, model_outputs
+from odespec.export.metrics import Match, model_outputs, one_torch_thread
 from odespec.solvers.grid import StepGrid
 from odespec.solvers.grid_solve import grid_solve
 from odespec.solvers.tableau import ButcherTableau
@@ -82,15 +82,8 @@ def calibration_threads(model: ODENet, samples: int) -> Iterator[None]:
     """One torch thread while calibrating a model whose ODE states are small
     (:data:`SMALL_STATE_NUMBERS` numbers in a batch of ``samples``), else as it is."""
     largest = max((math.prod(b.spec.state_shape) for b in model.ode_blocks), default=0)
-    before = torch.get_num_threads()
-    small = largest * samples <= SMALL_STATE_NUMBERS
-    if small:
-        torch.set_num_threads(1)
-    try:
+    with one_torch_thread(largest * samples <= SMALL_STATE_NUMBERS):
         yield
-    finally:
-        if small:
-            torch.set_num_threads(before)
 
 
 def _tensor_combine(base: Optional[torch.Tensor], h: Any, terms: Sequence[tuple[Any, torch.Tensor]]) -> torch.Tensor:
