@@ -511,16 +511,17 @@ def _parity_check(model: ODENet, settings: "ExportSettings", options: ExportOpti
     prec = graph_precision(model_dtype(model), settings.precision)
     half = prec.compute == torch.float16
     dtype = torch.float32 if half else prec.compute
-    if settings.grids:  # an optimised grid's twin (odespec.export.grids)
-        from odespec.export.grids import grid_model
-
-        twin = grid_model(precision_model(model, dtype), settings.method, settings.grids)
-    else:
-        twin = fixed_step_model(precision_model(model, dtype), settings.method, settings.steps, settings.newton_iters)
-    if settings.correction is not None:
+    cast = precision_model(model, dtype)
+    if settings.correction is not None:  # the corrected grid's twin (odespec.export.correction)
         from odespec.export.correction import corrected_model
 
-        twin = corrected_model(precision_model(model, dtype), settings.correction.to(dtype))
+        twin = corrected_model(cast, settings.correction.to(dtype))
+    elif settings.grids:  # an optimised grid's twin (odespec.export.grids)
+        from odespec.export.grids import grid_model
+
+        twin = grid_model(cast, settings.method, settings.grids)
+    else:
+        twin = fixed_step_model(cast, settings.method, settings.steps, settings.newton_iters)
     tol = options.parity_tol if options.parity_tol is not None else spec.export.parity_tol
     return ParityCheck(twin=twin, dtype=dtype, tolerance=max(tol, HALF_PARITY_TOL) if half else tol, scaled=half,
                        batch_sizes=parity_batches(settings.dynamic_batch), seed=spec.seed,
