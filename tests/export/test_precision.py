@@ -19,28 +19,12 @@ from odespec.export.pipeline import HALF_PARITY_TOL, ExportOptions, export_model
 from odespec.export.runtimes import get_runtime
 from odespec.export.unroll import fixed_step_model
 from odespec.spec import parse_spec
-
-SPEC = """
-odespec: 1
-name: tiny
-seed: 0
-input: {shape: [2]}
-model:
-  - linear: 8
-  - ode:
-      t: [0, 0.5, 1]
-      output: trajectory
-      dynamics: {time: concat, layers: [linear: 16, tanh, linear: 8]}
-      solver: {method: dopri5, rtol: 1e-7, atol: 1e-9}
-  - linear: 2
-export:
-  onnx: {method: rk4, steps: 32}
-"""
+from export_helpers import TINY_SPEC
 
 
 @pytest.fixture(scope="module")
 def model():
-    return odespec.build(parse_spec(SPEC))
+    return odespec.build(parse_spec(TINY_SPEC))
 
 
 def _graph(model, precision):
@@ -85,7 +69,7 @@ def test_float32_is_the_default_graph_byte_for_byte(model):
 
 
 def test_float32_precision_of_a_float64_model_casts_it(model):
-    m64 = odespec.build(parse_spec(SPEC), dtype="float64")
+    m64 = odespec.build(parse_spec(TINY_SPEC), dtype="float64")
     m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     g = _graph(m64, "float32")
     assert g.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
@@ -153,10 +137,10 @@ def test_unknown_precision_is_an_export_error_with_a_suggestion():
 
 
 def test_the_spec_takes_precision_and_verify():
-    spec = parse_spec(SPEC.replace("steps: 32}", "steps: 32, precision: mixed, verify: [onnxruntime, openvino]}"))
+    spec = parse_spec(TINY_SPEC.replace("steps: 32}", "steps: 32, precision: mixed, verify: [onnxruntime, openvino]}"))
     assert spec.export.precision == "mixed" and spec.export.verify == ("onnxruntime", "openvino")
-    assert parse_spec(SPEC).export.precision is None
-    assert parse_spec(SPEC).export.verify == ("onnxruntime",)
+    assert parse_spec(TINY_SPEC).export.precision is None
+    assert parse_spec(TINY_SPEC).export.verify == ("onnxruntime",)
 
 
 # -- models that read irregular series ---------------------------------------------------------------

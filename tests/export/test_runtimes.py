@@ -20,24 +20,8 @@ from odespec.export.runtimes import (METADATA_KEY_OPENVINO, OPENVINO_CONFIG, Onn
                                      runtime_names)
 from odespec.spec import parse_spec
 from odespec.spec.schema import EXPORT_RUNTIMES
+from export_helpers import TINY_SPEC
 
-
-SPEC = """
-odespec: 1
-name: tiny
-seed: 0
-input: {shape: [2]}
-model:
-  - linear: 8
-  - ode:
-      t: [0, 0.5, 1]
-      output: trajectory
-      dynamics: {time: concat, layers: [linear: 16, tanh, linear: 8]}
-      solver: {method: dopri5, rtol: 1e-7, atol: 1e-9}
-  - linear: 2
-export:
-  onnx: {method: rk4, steps: 32}
-"""
 
 
 def _identity_model() -> bytes:
@@ -56,7 +40,7 @@ needs_openvino = pytest.mark.skipif(not openvino_installed, reason="OpenVINO is 
 
 @pytest.fixture(scope="module")
 def model():
-    return odespec.build(parse_spec(SPEC))
+    return odespec.build(parse_spec(TINY_SPEC))
 
 
 def test_the_registry_holds_the_spec_languages_runtimes_once():
