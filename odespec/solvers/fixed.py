@@ -21,7 +21,7 @@ import torch
 
 from odespec.solvers.callbacks import Callbacks, nudge
 from odespec.solvers.common import Outcome, Quadrature, TimedFunc, nonfinite_start, solver_error
-from odespec.solvers.grid import steps_for_interval
+from odespec.solvers.grid import hermite_weights, steps_for_interval
 from odespec.solvers.options import FixedStepOptions, InvalidOptionError
 from odespec.solvers.replay import StepRecorder
 from odespec.solvers.step import Stepper, own, stepper
@@ -190,14 +190,10 @@ def outputs_in_step(outcome: Outcome, times: list[float], j: int, direction: flo
 
 def _hermite(t0: float, y0: torch.Tensor, f0: torch.Tensor, t1: float, y1: torch.Tensor, f1: torch.Tensor,
              t: float) -> torch.Tensor:
-    """The cubic Hermite interpolant through ``(t0, y0, f0)`` and ``(t1, y1, f1)`` at ``t``."""
-    dt = t1 - t0
-    s = (t - t0) / dt
-    h00 = (1 + 2 * s) * (1 - s) ** 2
-    h10 = s * (1 - s) ** 2
-    h01 = s * s * (3 - 2 * s)
-    h11 = s * s * (s - 1)
-    return h00 * y0 + (h10 * dt) * f0 + h01 * y1 + (h11 * dt) * f1
+    """The cubic Hermite interpolant through ``(t0, y0, f0)`` and ``(t1, y1, f1)`` at ``t``
+    (its weights: :func:`~odespec.solvers.grid.hermite_weights`, as the grid solve's)."""
+    a0, b0, a1, b1 = hermite_weights(t0, t1, t)
+    return a0 * y0 + b0 * f0 + a1 * y1 + b1 * f1
 
 
 def _check_finite(f: TimedFunc, y0: torch.Tensor, times: list[float], outcome: Outcome) -> Outcome:
