@@ -17,6 +17,16 @@ is the one-step residual ``(y_ref(t_{n+1}) - step(y_ref(t_n))) / h^(p+1)``, and 
 by full-batch Adam on the mean squared error (relative to the targets' mean square). The targets
 need one f-evaluation per stage and step once; the fit itself evaluates only g.
 
+The one-step fit leaves small errors in every step, and they add up over the solve; the training
+solver's outputs also carry its own error, which no step-by-step target sees. So the nets are then
+fine-tuned (``refine`` Adam steps) through the whole corrected solve: the loss is the mean fourth
+power of the model's output error against the training solver's outputs on the fit inputs
+(relative to their root mean square; the fourth power leans on the worst samples, as the max abs
+criterion does), gradients flow through the unrolled steps to the nets alone (the model's weights
+stay fixed), and the best iterate is kept. Poli et al. fit hypersolvers the same two ways (their
+"residual" and "trajectory" fitting). On the trained ``circles_anode`` model, rk4 x 5 corrected
+(hidden 32): held-out max abs error 0.059 after the one-step fit, 0.0076 refined.
+
 **Choice** (:func:`choose_correction`): the correction is judged on the held-out inputs by the
 calibration's own criterion (max abs error, or 1 - agreement) on the whole model's output. A
 corrected grid is used only when its held-out error is within the tolerance *and* below the same
@@ -52,7 +62,7 @@ from odespec.compile.model import ODENet
 from odespec.compile.correction_net import CorrectionNet
 from odespec.compile.ode_block import BlockBase, ODEBlock
 from odespec.errors import ExportError
-from odespec.export.inputs import InputSet
+from odespec.export.inputs import InputSet, call_model
 from odespec.export.metrics import Match, model_outputs, one_torch_thread
 from odespec.export.unroll import fixed_step_model
 from odespec.spec.correction import CorrectionSpec
@@ -247,12 +257,17 @@ class FitStats:
     loss: list[float]
     #: the same before training (g = 0): 1.0, unless the targets are all zero
     rows: int
+    #: the refining loss (root mean fourth power of the output error relative to the reference's
+    #: root mean square) before and after refining; ``None`` without refining
+    refined: Optional[tuple[float, float]] = None
 
 
-def fit_corrections(model: ODENet, inputs: InputSet, method: str, steps: int,
-                    options: CorrectionSpec) -> tuple[Corrections, FitStats]:
+def fit_corrections(model: ODENet, inputs: InputSet, method: str, steps: int, options: CorrectionSpec,
+                    reference: Optional[list[np.ndarray]] = None) -> tuple[Corrections, FitStats]:
     """Train one :class:`CorrectionNet` per correctable ODE block of ``model`` on ``inputs`` for
-    steps of ``method`` x ``steps`` (module docstring: Training)."""
+    steps of ``method`` x ``steps``, then refine them together through the whole solve against
+    ``reference`` (the training-solver model's outputs on ``inputs``; solved here when ``None``)
+    (module docstring: Training)."""
     start = time.perf_counter()
     check_correctable(model, method)
     blocks = correctable_blocks(model)
@@ -269,9 +284,15 @@ def fit_corrections(model: ODENet, inputs: InputSet, method: str, steps: int,
             with one_torch_thread():
                 losses.append(_train(net, data, options))
             nets.append(net.eval())
+        corrections = Corrections(tuple(nets), method, steps)
+        refined = None
+        if options.refine:
+            want = reference if reference is not None else model_outputs(model, inputs)
+            with one_torch_thread():
+                refined = _refine(model, corrections, inputs, want, options)
     finally:
         model.train(was_training)
-    return Corrections(tuple(nets), method, steps), FitStats(time.perf_counter() - start, losses, rows)
+    return corrections, FitStats(time.perf_counter() - start, losses, rows, refined)
 
 
 def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> float:
@@ -303,6 +324,77 @@ def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> flo
                 p.copy_(keep)
             final = best
     return final
+
+
+def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference: list[np.ndarray],
+            options: CorrectionSpec) -> tuple[float, float]:
+    """Fine-tune ``corrections``' nets through the corrected model's whole solve so its outputs
+    on ``inputs`` match ``reference``; the loss before and after (module docstring: Training).
+
+    The loss is the root mean fourth power of the error relative to the reference's root mean
+    square, minimised by Adam at a third of ``options.lr``, warmed up over the first tenth of the
+    ``refine`` steps and decayed to zero over them all (a cosine): the one-step fit is already
+    close, and Adam's first full-size steps would throw it away before its running averages
+    settle (on ``ode_demo_train``, without the warm-up the refined loss never got below the
+    one-step fit's). A pass sums the batches' gradients of the mean fourth power, scaled by the
+    root's derivative at the previous pass's loss: the root keeps the gradients' size steady as
+    the error falls by orders of magnitude (Adam's running averages lag behind such a fall), and
+    the batches need not be held in memory together. The best iterate is kept."""
+    twin = corrected_model(model, corrections)
+    dtype = next(model.parameters()).dtype
+    want = [torch.as_tensor(r, dtype=dtype) for r in reference]
+    count = sum(w.numel() for w in want)
+    scale = math.sqrt(sum(float(w.pow(2).sum()) for w in want) / count) or 1.0
+    params = [p for net in corrections.nets for p in net.parameters()]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=options.lr / 3)
+    warm = options.refine // 10
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / (warm + 1)) * 0.5 * (1 + math.cos(math.pi * k / options.refine)))
+
+    def fourth_power(learn: float) -> float:
+        """The mean fourth power at the nets' present parameters; its gradient times ``learn``
+        is added to theirs (0: measure only)."""
+        total = 0.0
+        for feeds, w in zip(inputs.feeds(), want, strict=True):
+            with torch.set_grad_enabled(learn > 0):
+                loss = ((call_model(twin, feeds) - w) / scale).pow(4).sum() / count
+            if learn > 0:
+                (loss * learn).backward()
+            total += float(loss.detach())
+        return total
+
+    best_params = [p.detach().clone() for p in params]
+    for p in frozen:  # only the nets learn; the model's weights need no gradients
+        p.requires_grad_(False)
+    try:
+        opt.zero_grad()
+        mean4 = fourth_power(0.0)
+        first = best = mean4 ** 0.25
+        for step in range(options.refine + 1):
+            last = step == options.refine  # the last pass only measures the last update
+            if step:
+                mean4 = fourth_power(0.0 if last else 0.25 * max(mean4, 1e-300) ** -0.75)
+            else:
+                fourth_power(0.25 * max(mean4, 1e-300) ** -0.75)  # the same point as the measure
+            value = mean4 ** 0.25
+            if not math.isfinite(value):
+                break
+            if value < best:
+                best = value
+                for keep, p in zip(best_params, params, strict=True):
+                    keep.copy_(p.detach())
+            if not last:
+                opt.step()
+                decay.step()
+                opt.zero_grad()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.no_grad():
+            for keep, p in zip(best_params, params, strict=True):
+                p.copy_(keep)
+    return first, best
 
 
 # -- the split -----------------------------------------------------------------------------------
@@ -349,6 +441,8 @@ class Trial:
     train_seconds: float
     loss: list[float]
     corrections: Optional[Corrections] = None
+    #: the refining loss before and after (:class:`FitStats`)
+    refined: Optional[tuple[float, float]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """One row of the report's ``trials``."""
@@ -356,7 +450,8 @@ class Trial:
                 "held_out_error_plain": _finite(self.held_out_error_plain),
                 "held_out_error": _finite(self.held_out_error), "fit_error": _finite(self.fit_error),
                 "passed": self.passed, "train_seconds": round(self.train_seconds, 3),
-                "relative_loss": [round(v, 6) for v in self.loss]}
+                "relative_loss": [round(v, 6) for v in self.loss],
+                **({"refine_loss": [_finite(round(v, 6)) for v in self.refined]} if self.refined else {})}
 
 
 def _finite(x: float) -> Optional[float]:
@@ -377,31 +472,34 @@ class CorrectionOutcome:
         return str(self.report.get("note", ""))
 
 
-def _ladder(model: ODENet, methods: Sequence[str], below: int, cap: int) -> list[tuple[str, int, int]]:
-    """``(method, steps, nfe)`` grids with fewer than ``below`` f-evaluations, by f-evaluations,
-    one per cost (the highest order, then calibration's tie-break), keeping only grids whose
-    method's order is at least every cheaper kept grid's."""
-    from odespec.export.calibrate import Candidate, _cost, nfe_per_forward
+#: ``(method, steps, nfe)``: one grid of the correction's search
+Grid = tuple[str, int, int]
+
+
+def _ladder(model: ODENet, methods: Sequence[str], below: int, cap: int) -> list[list[Grid]]:
+    """The grids with fewer than ``below`` f-evaluations, by f-evaluations: at each cost, the
+    grids of the highest order there (ties: ``midpoint``, ``heun`` and ``ralston`` x 1 all cost
+    two f-evaluations a step), keeping only costs whose order is at least every cheaper kept
+    one's."""
+    from odespec.export.calibrate import nfe_per_forward
     from odespec.solvers.tableaus import get_tableau
 
-    by_nfe: dict[int, tuple[str, int]] = {}
+    by_nfe: dict[int, list[tuple[int, str, int]]] = {}
     for m in methods:
         tab = get_tableau(m)
         if tab.fsal or tab.implicit or tab.adaptive:
             continue
         n = 1
         while n <= cap and (nfe := nfe_per_forward(model, m, n)) < below:
-            old = by_nfe.get(nfe)
-            key = (-tab.order, _cost(Candidate(m, n, nfe, 0.0, True)))
-            if old is None or key < (-get_tableau(old[0]).order, _cost(Candidate(old[0], old[1], nfe, 0.0, True))):
-                by_nfe[nfe] = (m, n)
+            by_nfe.setdefault(nfe, []).append((tab.order, m, n))
             n += 1
-    out, top = [], 0
+    out: list[list[Grid]] = []
+    top = 0
     for nfe in sorted(by_nfe):
-        m, n = by_nfe[nfe]
-        if get_tableau(m).order >= top:
-            top = get_tableau(m).order
-            out.append((m, n, nfe))
+        order = max(o for o, _, _ in by_nfe[nfe])
+        if order >= top:
+            top = order
+            out.append(sorted((m, n, nfe) for o, m, n in by_nfe[nfe] if o == order))
     return out
 
 
@@ -421,13 +519,27 @@ class _Judge:
     def plain_error(self, method: str, steps: int) -> float:
         return _error(fixed_step_model(self.model, method, steps), self.held, self.held_ref, self.match)
 
+    def first_passing(self, grids: list[Grid], trials: int) -> Trial:
+        """Trials of ``grids`` (all of one cost and order), by their plain error on the held-out
+        inputs, until one passes or ``trials`` have been trained in all: the passing trial, else
+        the last. Every tie is worth a try: how well a correction fits does not follow the plain
+        error (ode_demo_train: midpoint x 1, plain 0.016, corrected 1.6e-4; ralston x 1, plain
+        0.017, corrected 8.9e-5)."""
+        ranked = sorted(grids, key=lambda g: self.plain_error(g[0], g[1])) if len(grids) > 1 else grids
+        row = self.trial(*ranked[0])
+        for grid in ranked[1:]:
+            if row.passed or len(self.trials) >= trials:
+                break
+            row = self.trial(*grid)
+        return row
+
     def trial(self, method: str, steps: int, nfe: int) -> Trial:
-        corr, stats = fit_corrections(self.model, self.fit, method, steps, self.options)
+        corr, stats = fit_corrections(self.model, self.fit, method, steps, self.options, self.fit_ref)
         twin = corrected_model(self.model, corr)
         held = _error(twin, self.held, self.held_ref, self.match)
         plain = self.plain_error(method, steps)
         row = Trial(method, steps, nfe, plain, held, _error(twin, self.fit, self.fit_ref, self.match),
-                    held <= self.match.tolerance and held < plain, stats.seconds, stats.loss, corr)
+                    held <= self.match.tolerance and held < plain, stats.seconds, stats.loss, corr, stats.refined)
         self.trials.append(row)
         return row
 
@@ -465,6 +577,7 @@ def choose_correction(model: ODENet, inputs: InputSet, settings: "ExportSettings
         chosen = _bisect(judge, _ladder(model, methods, base_nfe, cap), options.trials)
     report: dict[str, Any] = {
         "options": {"hidden": options.hidden, "iterations": options.iterations, "lr": options.lr,
+                    "refine": options.refine,
                     "held_out": options.held_out, "trials": options.trials, "seed": options.seed},
         "criterion": (match.describe() if math.isfinite(match.tolerance)
                       else "max abs error, below the plain grid's (the step count is given: no tolerance)"),
@@ -479,13 +592,13 @@ def choose_correction(model: ODENet, inputs: InputSet, settings: "ExportSettings
     return outcome
 
 
-def _bisect(judge: _Judge, ladder: list[tuple[str, int, int]], trials: int) -> Optional[Trial]:
+def _bisect(judge: _Judge, ladder: list[list[Grid]], trials: int) -> Optional[Trial]:
     """The cheapest passing grid of ``ladder`` found by bisection (the calibrated grid above the
     ladder's top passes uncorrected), within ``trials`` trainings; ``None`` if none passed."""
     lo, hi, best = -1, len(ladder), None
     while hi - lo > 1 and len(judge.trials) < trials:
         mid = (lo + hi) // 2
-        row = judge.trial(*ladder[mid])
+        row = judge.first_passing(ladder[mid], trials)
         if row.passed:
             hi, best = mid, row
         else:

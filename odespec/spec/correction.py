@@ -29,6 +29,9 @@ class CorrectionSpec:
     iterations: int = 500
     #: Adam's learning rate
     lr: float = 1e-2
+    #: Adam steps that then fine-tune the nets through the whole corrected solve, against the
+    #: training solver's outputs on the fit inputs (0: the one-step fit alone)
+    refine: int = 300
     #: fraction of the calibration inputs held out: the correction is trained on the rest, and
     #: kept only if it lowers the error on these
     held_out: float = 0.25
@@ -46,6 +49,9 @@ _DESCRIPTIONS = {
               "channels between its two 3x3 (or 3) convolutions for an image (sequence) state.",
     "iterations": "Adam steps (full batch) fitting the one-step residuals.",
     "lr": "Adam's learning rate.",
+    "refine": "Adam steps that then fine-tune the correction through the whole corrected solve, so that the model's "
+              "outputs match the training solver's on the fit inputs (the one-step fit leaves errors that add up "
+              "over the steps); 0: the one-step fit alone.",
     "held_out": "Fraction of the calibration inputs held out: the correction trains on the rest and is kept "
                 "only if it lowers the error on these (and that error is within the tolerance).",
     "trials": "steps: auto only: how many grids cheaper than the calibrated one the search may train a "
@@ -57,6 +63,7 @@ _RANGES: dict[str, dict[str, Any]] = {
     "hidden": {"type": "integer", "minimum": 1, "maximum": 1024},
     "iterations": {"type": "integer", "minimum": 1, "maximum": 100_000},
     "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "refine": {"type": "integer", "minimum": 0, "maximum": 100_000},
     "held_out": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     "trials": {"type": "integer", "minimum": 0, "maximum": 64},
     "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
