@@ -240,9 +240,9 @@ def calibrate(
     notes: list[str] = []
     with calibration_threads(model, max(int(b.shape[0]) for b in inputs.batches)):
         rows = _search_methods(search, methods)
-        passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
         if grid != "uniform":
             rows += _grid_candidates(search, methods, grid, notes)
+        passing = [r for r in rows if r.passed]  # in search order, which the latency runs follow
     chosen = _choose(search, rows)
     cal = Calibration(chosen=chosen, candidates=rows, evaluations=search.evaluations,
                       match_tol=match.value if match.kind == "max_abs" else None,
@@ -588,19 +588,18 @@ def _no_candidate_error(search: _Search) -> ExportError:
 
 
 def _add_latencies(cal: Calibration, passing: list[Candidate], model: ODENet, settings: "ExportSettings") -> None:
-    """Time the ``passing`` candidates within :data:`LATENCY_NFE_FACTOR` of the chosen one's
-    f-evaluations, exported as ``settings`` says."""
+    """Time the ``passing`` candidates (uniform and optimised grids) within
+    :data:`LATENCY_NFE_FACTOR` of the chosen one's f-evaluations, exported as ``settings`` says
+    with each candidate's method, steps, step points and Newton iterations."""
     from odespec.export.latency import export_latencies
 
-    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe and r.grid == "uniform"]
+    timed = [r for r in passing if r.nfe <= LATENCY_NFE_FACTOR * cal.chosen.nfe]
     if len(timed) < len(passing):
         cal.notes.append(f"latency not measured for candidates above {LATENCY_NFE_FACTOR}x the chosen "
                          "one's f-evaluations")
-    # an implicit candidate's graph unrolls its own Newton iteration count
-    groups: dict[Optional[int], list[Candidate]] = {}
-    for r in timed:
-        groups.setdefault(r.newton_iters, []).append(r)
-    for iters, rows in groups.items():
-        each = dataclasses.replace(settings, newton_iters=iters) if iters is not None else settings
-        for method, ms in export_latencies(model, [(r.method, r.steps) for r in rows], each).items():
-            next(r for r in rows if r.method == method).latency_ms = ms
+    variants = {str(i): dataclasses.replace(settings, method=r.method, steps=r.steps, grids=r.grids or (),
+                                            newton_iters=settings.newton_iters if r.newton_iters is None
+                                            else r.newton_iters)
+                for i, r in enumerate(timed)}
+    for label, ms in export_latencies(model, variants).items():
+        timed[int(label)].latency_ms = ms

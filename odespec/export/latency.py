@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -53,15 +52,13 @@ def ort_latencies(sessions: dict[str, Any], x: Union[np.ndarray, dict[str, np.nd
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
-def export_latencies(model: ODENet, choices: Sequence[tuple[str, int]], settings: "ExportSettings") -> dict[str, float]:
-    """Export ``model`` once per ``(method, steps)`` of ``choices`` as ``settings`` says (its
-    method and steps replaced) and time each graph at batch 1: median milliseconds by method."""
+def export_latencies(model: ODENet, variants: Mapping[str, "ExportSettings"]) -> dict[str, float]:
+    """Export ``model`` once per entry of ``variants`` (a label and how to export: method, steps,
+    grids, Newton iterations) and time each graph at batch 1: median milliseconds by label."""
     from odespec.export.onnx_export import build_onnx
 
-    sessions = {}
-    for method, steps in choices:
-        graph = build_onnx(model, dataclasses.replace(settings, method=method, steps=steps))
-        sessions[method] = ort_session(graph.SerializeToString(), threads=LATENCY_THREADS)
+    sessions = {label: ort_session(build_onnx(model, settings).SerializeToString(), threads=LATENCY_THREADS)
+                for label, settings in variants.items()}
     dtype = model_dtype(model)
     x = torch.zeros((1, *model.spec.input_shape), dtype=dtype)
     series = series_inputs(model)

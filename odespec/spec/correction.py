@@ -75,7 +75,8 @@ def correction_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "description": "A learned step correction (hypersolver): a small network g(t, h, y, k1), trained after "
-                       "calibration on the training solver's states at the step points, adds h^(p+1) g to "
+                       "calibration on the training solver's states at the step points and refined on its "
+                       "outputs, adds h^(p+1) g to "
                        "every step of the exported method (order p). Kept only when it lowers the held-out "
                        "error within the tolerance; the report says what it saves (f-evaluations, MACs). "
                        "Write {} for the defaults.",

@@ -165,6 +165,16 @@ def test_export_records_the_grid_in_report_and_metadata(tmp_path: Path):
     assert re.search(r"optimised\s+\d+ in all", text) and "chosen grid's step points: 0, " in text
 
 
+def test_optimised_candidates_are_timed_like_uniform_ones(tmp_path: Path):
+    model = _cubic("{steps: auto, match_tol: 1e-3, grid: optimised}")
+    res = odespec.export_onnx(model, tmp_path / "g.onnx")
+    rows = res.calibration["candidates"]
+    chosen = next(r for r in rows if r["status"] == "chosen")
+    assert chosen["grid"] == "optimised" and chosen["latency_ms"] > 0
+    timed = [r for r in rows if r["latency_ms"] is not None]
+    assert {r["grid"] for r in timed} == {"uniform", "optimised"}
+
+
 def _tableau(name: str):
     from odespec.solvers.tableaus import get_tableau
 
