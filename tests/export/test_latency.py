@@ -33,6 +33,7 @@ def test_ort_latencies_interleave_warm_up_and_stop_at_max_repeats():
 
 def test_export_latencies_times_each_candidate_in_a_one_thread_session():
     model = odespec.build(ROOT / "specs" / "ode_demo.yaml")
-    ms = export_latencies(model, [("rk4", 2), ("euler", 3)], ExportSettings(steps=1))
-    assert set(ms) == {"rk4", "euler"} and all(v > 0 for v in ms.values())
+    ms = export_latencies(model, {"rk4 x 2": ExportSettings(method="rk4", steps=2),
+                                  "euler x 3": ExportSettings(method="euler", steps=3)})
+    assert set(ms) == {"rk4 x 2", "euler x 3"} and all(v > 0 for v in ms.values())
     assert LATENCY_THREADS == 1 and latency_description() == "onnxruntime, batch 1, 1 thread(s), median"

@@ -213,7 +213,8 @@ def test_steps_auto_calibrates_a_series_model(tmp_path: Path):
 
 
 def test_latency_feeds_every_input():
-    ms = export_latencies(model_of("latent"), [("rk4", 1), ("euler", 2)], ExportSettings(steps=1))
+    ms = export_latencies(model_of("latent"), {"rk4": ExportSettings(method="rk4", steps=1),
+                                               "euler": ExportSettings(method="euler", steps=2)})
     assert set(ms) == {"rk4", "euler"} and all(v > 0 for v in ms.values())
 
 
