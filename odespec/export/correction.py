@@ -34,8 +34,9 @@ grid's plain error, and its graph costs fewer multiply-accumulates than the plai
 replaces; otherwise the export falls back to the plain grid, with the reason in the report.
 
 With ``steps: auto`` the search looks for a grid *cheaper* than the calibrated one: the ladder of
-fixed-step grids (method x steps) with fewer f-evaluations, keeping at each cost only a method of
-at least the order of every cheaper one (rk4 x 3 stays, euler x 11 goes), is bisected by
+fixed-step grids (method x steps) with fewer f-evaluations, keeping at each cost only methods of
+at least the order of every cheaper one (rk4 x 3 stays, euler x 11 goes), and only grids whose
+corrected graph, the net's own MACs included, costs fewer MACs than the plain one, is bisected by
 f-evaluations on the assumption that the corrected error falls as the cost grows, training one
 correction per grid tried, at most ``trials`` of them. A corrected graph whose held-out error
 exceeds the tolerance is never chosen. With a given step count the correction is trained for that
@@ -565,16 +566,19 @@ def choose_correction(model: ODENet, inputs: InputSet, settings: "ExportSettings
 
     start = time.perf_counter()
     check_correctable(model, settings.method, loop=settings.loop)
+    base_nfe = nfe_per_forward(model, settings.method, settings.steps)
+    macs_plain = graph_macs(model, settings)
+    ladder, dearer = ([], []) if methods is None else _affordable(
+        model, settings, _ladder(model, methods, base_nfe, cap), options, macs_plain)
     fit, fit_ref, held, held_ref = split_inputs(model, inputs, options.held_out, options.seed)
     judge = _Judge(model, fit, fit_ref, held, held_ref, match, options)
-    base_nfe = nfe_per_forward(model, settings.method, settings.steps)
-    base = {"method": settings.method, "steps": settings.steps, "nfe": base_nfe,
+    base = {"method": settings.method, "steps": settings.steps, "nfe": base_nfe, "macs": macs_plain,
             "held_out_error": _finite(judge.plain_error(settings.method, settings.steps))}
     if methods is None:
         best = judge.trial(settings.method, settings.steps, base_nfe)
         chosen = best if best.passed else None
     else:
-        chosen = _bisect(judge, _ladder(model, methods, base_nfe, cap), options.trials)
+        chosen = _bisect(judge, ladder, options.trials)
     report: dict[str, Any] = {
         "options": {"hidden": options.hidden, "iterations": options.iterations, "lr": options.lr,
                     "refine": options.refine,
@@ -586,10 +590,36 @@ def choose_correction(model: ODENet, inputs: InputSet, settings: "ExportSettings
         "search": "given grid" if methods is None else "cheaper grids, bisected by f-evaluations",
         "plain": base, "trials": [t.to_dict() for t in judge.trials],
         "train_seconds": round(sum(t.train_seconds for t in judge.trials), 3),
+        **({"not_cheaper": dearer} if dearer else {}),
     }
-    outcome = _decide(model, settings, chosen, report, base_nfe, searched=methods is not None)
+    outcome = _decide(model, settings, chosen, report, base_nfe, macs_plain, searched=methods is not None)
     report["seconds"] = round(time.perf_counter() - start, 3)
     return outcome
+
+
+def _affordable(model: ODENet, settings: "ExportSettings", ladder: list[list[Grid]], options: CorrectionSpec,
+                macs_plain: int) -> tuple[list[list[Grid]], list[dict[str, Any]]]:
+    """``(kept, dropped)``: the ladder's costs whose corrected graph (built with untrained nets of
+    the options' width: the MACs do not depend on the weights) costs fewer multiply-accumulates
+    than the plain grid's ``macs_plain``, and the others as report rows. Where the dynamics is
+    cheap, the net's own MACs outweigh the f-evaluations a grid saves (ode_demo_train: a 200-MAC
+    MLP against a 1,280-MAC correction at hidden 32), and training for such a grid is wasted."""
+    import dataclasses
+
+    dtype = next(model.parameters()).dtype
+    kept, dropped = [], []
+    for group in ladder:
+        method, steps, nfe = group[0]  # one cost and order: the same stages and steps
+        nets = tuple(CorrectionNet(b.spec.state_shape, options.hidden).to(dtype).eval()
+                     for b in correctable_blocks(model))
+        corrected = dataclasses.replace(settings, method=method, steps=steps, grids=(),
+                                        correction=Corrections(nets, method, steps))
+        macs = graph_macs(model, corrected)
+        if macs < macs_plain:
+            kept.append(group)
+        else:
+            dropped.append({"methods": [g[0] for g in group], "steps": steps, "nfe": nfe, "macs": macs})
+    return kept, dropped
 
 
 def _bisect(judge: _Judge, ladder: list[list[Grid]], trials: int) -> Optional[Trial]:
@@ -607,15 +637,18 @@ def _bisect(judge: _Judge, ladder: list[list[Grid]], trials: int) -> Optional[Tr
 
 
 def _decide(model: ODENet, settings: "ExportSettings", chosen: Optional[Trial], report: dict[str, Any],
-            base_nfe: int, *, searched: bool) -> CorrectionOutcome:
-    """The outcome: ``chosen``'s corrections if it passed and, when it was searched as a cheaper
-    grid, its graph costs fewer MACs than the plain grid's; else the plain grid, with the reason
-    in ``report["note"]``."""
+            base_nfe: int, macs_plain: int, *, searched: bool) -> CorrectionOutcome:
+    """The outcome: ``chosen``'s corrections if it passed; else the plain grid, with the reason in
+    ``report["note"]``."""
     import dataclasses
 
     plain = f"{settings.method} x {settings.steps}"
     if chosen is None or chosen.corrections is None:
-        if not report["trials"]:
+        if not report["trials"] and report.get("not_cheaper"):
+            why = (f"every grid with fewer f-evaluations costs at least the plain grid's {macs_plain:,} MACs per "
+                   f"sample once the correction's own are added (hidden {report['options']['hidden']}; the "
+                   "dynamics is cheaper than the net), so none was trained")
+        elif not report["trials"]:
             why = "no grid is cheaper than the calibrated one" if searched else "nothing was tried"
         elif searched:
             why = (f"no cheaper grid's correction reached the tolerance ({report['criterion']}) on the held-out "
@@ -629,15 +662,10 @@ def _decide(model: ODENet, settings: "ExportSettings", chosen: Optional[Trial], 
         report.update(used=False, chosen=None, note=f"correction not used: {why}; exported the plain grid {plain}")
         return CorrectionOutcome(None, report)
     corrected = dataclasses.replace(settings, method=chosen.method, steps=chosen.steps, correction=chosen.corrections)
-    macs_plain, macs_corr = graph_macs(model, settings), graph_macs(model, corrected)
+    macs_corr = graph_macs(model, corrected)
     report["macs"] = {"plain": macs_plain, "corrected": macs_corr, "saved": macs_plain - macs_corr}
     entry = {**chosen.to_dict(), "parameters": chosen.corrections.parameters, "power": chosen.corrections.power}
-    if searched and macs_corr >= macs_plain:
-        report.update(used=False, chosen=entry,
-                      note=(f"correction not used: {chosen.method} x {chosen.steps} corrected costs {macs_corr:,} "
-                            f"MACs per sample, not fewer than the plain grid {plain}'s {macs_plain:,}; exported the "
-                            "plain grid"))
-        return CorrectionOutcome(None, report)
+    # a searched grid costs fewer MACs (_affordable kept only those);
     # a given grid keeps its f-evaluations and adds the net's MACs: it buys accuracy, not speed
     saves = (f"saves {base_nfe - chosen.nfe} f-evaluations and {macs_plain - macs_corr:,} MACs per sample"
              if macs_corr < macs_plain else

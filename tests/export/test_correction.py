@@ -230,6 +230,20 @@ def test_nothing_cheaper_than_one_euler_step(tmp_path: Path):
     assert "no grid is cheaper than the calibrated one" in outcome.note
 
 
+def test_no_correction_is_trained_where_the_net_costs_more_than_the_evaluations_it_saves(tmp_path: Path,
+                                                                                         monkeypatch: pytest.MonkeyPatch):
+    model = _linear(tmp_path)  # f is a 2 x 2 product: 4 MACs, against the net's hundreds
+    inputs, _ = _inputs(model)
+    monkeypatch.setattr(corr_mod, "fit_corrections", lambda *a, **k: pytest.fail("trained a correction"))
+    outcome = choose_correction(model, inputs, ExportSettings(method="rk4", steps=4), Match("max_abs", 1e-3),
+                                FAST, methods=["euler", "midpoint", "rk4"])
+    assert outcome.corrections is None and outcome.report["trials"] == []
+    dropped = outcome.report["not_cheaper"]
+    plain = outcome.report["plain"]["macs"]
+    assert dropped and all(row["macs"] >= plain and row["nfe"] < 16 for row in dropped)
+    assert "costs at least the plain grid's" in outcome.note and "none was trained" in outcome.note
+
+
 def _wide_model() -> odespec.ODENet:
     """A dynamics whose evaluation costs more MACs (256) than the correction's (128), so a
     corrected grid with fewer f-evaluations is cheaper in MACs too; calibrated at match_tol 1e-4."""
