@@ -304,7 +304,7 @@ def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> flo
     norm = data.target.pow(2).mean().clamp_min(torch.finfo(data.target.dtype).tiny)
     params = list(net.parameters())
     opt = torch.optim.Adam(params, lr=options.lr)
-    best, best_params = math.inf, [p.detach().clone() for p in params]
+    best = _Best(params)
     feats = (data.t, data.h, data.y, data.k)
     for _ in range(options.iterations):
         opt.zero_grad()
@@ -312,19 +312,38 @@ def _train(net: CorrectionNet, data: _Residuals, options: CorrectionSpec) -> flo
         value = loss.item()
         if not math.isfinite(value):
             break
-        if value < best:
-            best = value
-            for keep, p in zip(best_params, params, strict=True):
-                keep.copy_(p.detach())
+        best.offer(value)
         loss.backward()
         opt.step()
     with torch.no_grad():
         final = ((net(*feats) - data.target).pow(2).mean() / norm).item()
-        if not final <= best:  # Adam's last step made it worse (or not finite): the best iterate
-            for keep, p in zip(best_params, params, strict=True):
-                p.copy_(keep)
-            final = best
+    if not final <= best.value:  # Adam's last step made it worse (or not finite): the best iterate
+        best.restore()
+        final = best.value
     return final
+
+
+class _Best:
+    """The parameters ``params`` had when the lowest loss so far was offered (at first: as they
+    are, at ``value``)."""
+
+    def __init__(self, params: list[torch.Tensor], value: float = math.inf):
+        self.params = params
+        self.value = value
+        self.kept = [p.detach().clone() for p in params]
+
+    def offer(self, value: float) -> None:
+        """Keep the present parameters if ``value`` is the lowest loss yet."""
+        if value < self.value:
+            self.value = value
+            for keep, p in zip(self.kept, self.params, strict=True):
+                keep.copy_(p.detach())
+
+    def restore(self) -> None:
+        """Put the kept parameters back."""
+        with torch.no_grad():
+            for keep, p in zip(self.kept, self.params, strict=True):
+                p.copy_(keep)
 
 
 def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference: list[np.ndarray],
@@ -365,13 +384,13 @@ def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference
             total += float(loss.detach())
         return total
 
-    best_params = [p.detach().clone() for p in params]
     for p in frozen:  # only the nets learn; the model's weights need no gradients
         p.requires_grad_(False)
     try:
         opt.zero_grad()
         mean4 = fourth_power(0.0)
-        first = best = mean4 ** 0.25
+        first = mean4 ** 0.25
+        best = _Best(params, first)
         for step in range(options.refine + 1):
             last = step == options.refine  # the last pass only measures the last update
             if step:
@@ -381,10 +400,7 @@ def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference
             value = mean4 ** 0.25
             if not math.isfinite(value):
                 break
-            if value < best:
-                best = value
-                for keep, p in zip(best_params, params, strict=True):
-                    keep.copy_(p.detach())
+            best.offer(value)
             if not last:
                 opt.step()
                 decay.step()
@@ -392,10 +408,8 @@ def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        with torch.no_grad():
-            for keep, p in zip(best_params, params, strict=True):
-                p.copy_(keep)
-    return first, best
+    best.restore()
+    return first, best.value
 
 
 # -- the split -----------------------------------------------------------------------------------
