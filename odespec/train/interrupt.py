@@ -62,19 +62,7 @@ class InterruptGuard:
         self._installed = False
         pending, self._pending = self._pending, False
         if pending and et is None:
-            self._pass_on()
-
-    def _pass_on(self) -> None:
-        """Hand the held-back Ctrl-C to the previous handler, now installed again. A Python
-        handler is called here and now: through ``raise_signal`` it would run at the eval loop's
-        next check, which may fall inside a finalizer that garbage collection runs, where the
-        KeyboardInterrupt it raises is printed and dropped (seen: a full test run lost it at
-        the end of training, the same run alone did not)."""
-        previous = signal.getsignal(signal.SIGINT)
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)  # the default disposition: the process ends
+            signal.raise_signal(signal.SIGINT)  # to the previous handler, now installed again
 
     def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
         if not self._prompt:
