@@ -327,7 +327,7 @@ class _Best:
     """The parameters ``params`` had when the lowest loss so far was offered (at first: as they
     are, at ``value``)."""
 
-    def __init__(self, params: list[torch.Tensor], value: float = math.inf):
+    def __init__(self, params: Sequence[torch.Tensor], value: float = math.inf):
         self.params = params
         self.value = value
         self.kept = [p.detach().clone() for p in params]
