@@ -388,15 +388,14 @@ def _refine(model: ODENet, corrections: Corrections, inputs: InputSet, reference
         p.requires_grad_(False)
     try:
         opt.zero_grad()
-        mean4 = fourth_power(0.0)
+        mean4 = fourth_power(0.0)  # the start: the first slope needs its loss before that pass
         first = mean4 ** 0.25
         best = _Best(params, first)
         for step in range(options.refine + 1):
             last = step == options.refine  # the last pass only measures the last update
-            if step:
-                mean4 = fourth_power(0.0 if last else 0.25 * max(mean4, 1e-300) ** -0.75)
-            else:
-                fourth_power(0.25 * max(mean4, 1e-300) ** -0.75)  # the same point as the measure
+            # the gradient of the root: the fourth power's, scaled by the root's derivative at
+            # the previous pass's loss
+            mean4 = fourth_power(0.0 if last else 0.25 * max(mean4, 1e-300) ** -0.75)
             value = mean4 ** 0.25
             if not math.isfinite(value):
                 break
